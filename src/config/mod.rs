@@ -1,0 +1,132 @@
+//! Configuration: the TOML file, its validation, and the validated [`Config`].
+//!
+//! Loading is two steps. [`raw`] deserializes the file (`deny_unknown_fields`, so a
+//! misspelt key is an error, not a silent default); [`validate`] turns the raw
+//! structs into a [`Config`], collecting every problem with its field path
+//! (`models[1].versions[0].endpoints[0]: not an http URL`) instead of stopping at
+//! the first.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::registry::ModelSpec;
+
+/// Defaults for keys the file leaves out.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:8081";
+    pub const STATE_DIR: &str = "data";
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+    pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+    pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+    pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
+    pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+    pub const MAX_CONCURRENT_REQUESTS: u64 = 10_000;
+    pub const HEALTH_PATH: &str = "/v2/health/ready";
+}
+
+/// A validated configuration: every value here has been checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub models: Vec<ModelSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub worker_threads: usize,
+    pub state_dir: PathBuf,
+    pub header_read_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_concurrent_requests: usize,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: invalid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{origin}: {} error(s):\n{}", .errors.len(), FieldErrors(.errors))]
+    Invalid {
+        origin: String,
+        errors: Vec<FieldError>,
+    },
+}
+
+/// One invalid value, with the path of the field that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+struct FieldErrors<'a>(&'a [FieldError]);
+
+impl fmt::Display for FieldErrors<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    /// The field errors, when the file parsed but its values did not validate.
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            ConfigError::Invalid { errors, .. } => errors,
+            _ => &[],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        validate::validate(raw).map_err(|errors| ConfigError::Invalid {
+            origin: origin.to_string(),
+            errors,
+        })
+    }
+}

@@ -1,0 +1,67 @@
+//! The file as written: serde structs that mirror the TOML one to one.
+//!
+//! Fields whose values need checking (addresses, stages, URLs) stay strings here so
+//! that validation can report every bad value at once with its path, instead of
+//! serde stopping at the first.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub worker_threads: Option<u64>,
+    pub state_dir: Option<String>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub drain_timeout_ms: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_header_bytes: Option<u64>,
+    pub max_concurrent_requests: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub name: String,
+    pub health_path: Option<String>,
+    #[serde(default)]
+    pub versions: Vec<RawVersion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    /// `version = "3"` and `version = 3` both mean version "3".
+    #[serde(deserialize_with = "string_or_integer")]
+    pub version: String,
+    pub stage: String,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+fn string_or_integer<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a version id such as \"3\" or 3")]
+    enum StringOrInteger {
+        String(String),
+        Integer(i64),
+    }
+    Ok(match StringOrInteger::deserialize(deserializer)? {
+        StringOrInteger::String(s) => s,
+        StringOrInteger::Integer(n) => n.to_string(),
+    })
+}

@@ -1,0 +1,251 @@
+//! Raw config -> validated [`Config`], reporting every error with its field path.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawModel, RawServer, RawVersion};
+use super::{Config, FieldError, ServerConfig, defaults};
+use crate::registry::{EndpointUrl, ModelSpec, Stage, VersionSpec, is_valid_identifier};
+
+/// hyper refuses header buffers smaller than this.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+const MAX_WORKER_THREADS: u64 = 1024;
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let server = validate_server(&raw.server, &mut errors);
+    let models = validate_models(&raw.models, &mut errors);
+    if errors.0.is_empty() {
+        Ok(Config { server, models })
+    } else {
+        Err(errors.0)
+    }
+}
+
+fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerConfig {
+    let listen = socket_addr(&raw.listen, defaults::LISTEN, "server.listen", errors);
+    let admin_listen = socket_addr(
+        &raw.admin_listen,
+        defaults::ADMIN_LISTEN,
+        "server.admin_listen",
+        errors,
+    );
+    if listen == admin_listen && listen.port() != 0 {
+        errors.push(
+            "server.admin_listen",
+            format!("is the same address as server.listen ({listen})"),
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let worker_threads = raw.worker_threads.unwrap_or(cores);
+    if !(1..=MAX_WORKER_THREADS).contains(&worker_threads) {
+        errors.push(
+            "server.worker_threads",
+            format!("must be between 1 and {MAX_WORKER_THREADS}, got {worker_threads}"),
+        );
+    }
+    let max_header_bytes = raw.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES);
+    if max_header_bytes < MIN_HEADER_BYTES {
+        errors.push(
+            "server.max_header_bytes",
+            format!("must be at least {MIN_HEADER_BYTES}, got {max_header_bytes}"),
+        );
+    }
+    let mut millis = |value: Option<u64>, default: u64, path: &str| {
+        positive(value, default, path, errors).map_or(Duration::ZERO, Duration::from_millis)
+    };
+    let header_read_timeout = millis(
+        raw.header_read_timeout_ms,
+        defaults::HEADER_READ_TIMEOUT_MS,
+        "server.header_read_timeout_ms",
+    );
+    let connect_timeout = millis(
+        raw.connect_timeout_ms,
+        defaults::CONNECT_TIMEOUT_MS,
+        "server.connect_timeout_ms",
+    );
+    let request_timeout = millis(
+        raw.request_timeout_ms,
+        defaults::REQUEST_TIMEOUT_MS,
+        "server.request_timeout_ms",
+    );
+    let drain_timeout = millis(
+        raw.drain_timeout_ms,
+        defaults::DRAIN_TIMEOUT_MS,
+        "server.drain_timeout_ms",
+    );
+    let max_body_bytes = positive(
+        raw.max_body_bytes,
+        defaults::MAX_BODY_BYTES,
+        "server.max_body_bytes",
+        errors,
+    );
+    let max_concurrent_requests = positive(
+        raw.max_concurrent_requests,
+        defaults::MAX_CONCURRENT_REQUESTS,
+        "server.max_concurrent_requests",
+        errors,
+    );
+    ServerConfig {
+        listen,
+        admin_listen,
+        worker_threads: worker_threads as usize,
+        state_dir: PathBuf::from(raw.state_dir.as_deref().unwrap_or(defaults::STATE_DIR)),
+        header_read_timeout,
+        connect_timeout,
+        request_timeout,
+        drain_timeout,
+        max_body_bytes: usize_or_max(max_body_bytes),
+        max_header_bytes: usize_or_max(Some(max_header_bytes)),
+        max_concurrent_requests: usize_or_max(max_concurrent_requests),
+    }
+}
+
+fn socket_addr(
+    value: &Option<String>,
+    default: &str,
+    path: &str,
+    errors: &mut Errors,
+) -> SocketAddr {
+    let text = value.as_deref().unwrap_or(default);
+    text.parse().unwrap_or_else(|_| {
+        errors.push(
+            path,
+            format!("not a socket address: {text:?} (expected e.g. \"127.0.0.1:8080\")"),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+/// The value (or its default), which must be greater than zero.
+fn positive(value: Option<u64>, default: u64, path: &str, errors: &mut Errors) -> Option<u64> {
+    match value.unwrap_or(default) {
+        0 => {
+            errors.push(path, "must be greater than 0");
+            None
+        }
+        n => Some(n),
+    }
+}
+
+fn usize_or_max(value: Option<u64>) -> usize {
+    value.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+fn validate_models(raw: &[RawModel], errors: &mut Errors) -> Vec<ModelSpec> {
+    let mut names = HashSet::new();
+    let mut models = Vec::with_capacity(raw.len());
+    for (i, model) in raw.iter().enumerate() {
+        let path = format!("models[{i}]");
+        if !is_valid_identifier(&model.name) {
+            errors.push(format!("{path}.name"), identifier_message(&model.name));
+        } else if !names.insert(model.name.as_str()) {
+            errors.push(
+                format!("{path}.name"),
+                format!("duplicate model {:?}", model.name),
+            );
+        }
+        models.push(validate_model(model, &path, errors));
+    }
+    models
+}
+
+fn validate_model(raw: &RawModel, path: &str, errors: &mut Errors) -> ModelSpec {
+    let health_path = raw.health_path.as_deref().unwrap_or(defaults::HEALTH_PATH);
+    if !health_path.starts_with('/') {
+        errors.push(
+            format!("{path}.health_path"),
+            format!("must start with '/', got {health_path:?}"),
+        );
+    }
+    let mut ids = HashSet::new();
+    let mut production: Option<&str> = None;
+    let mut versions = Vec::with_capacity(raw.versions.len());
+    for (j, version) in raw.versions.iter().enumerate() {
+        let vpath = format!("{path}.versions[{j}]");
+        if !is_valid_identifier(&version.version) {
+            let message = identifier_message(&version.version);
+            errors.push(format!("{vpath}.version"), message);
+        } else if !ids.insert(version.version.as_str()) {
+            errors.push(
+                format!("{vpath}.version"),
+                format!(
+                    "duplicate version {:?} of model {:?}",
+                    version.version, raw.name
+                ),
+            );
+        }
+        let Some(spec) = validate_version(version, &vpath, errors) else {
+            continue;
+        };
+        if spec.stage == Stage::Production {
+            if let Some(first) = production {
+                errors.push(
+                    format!("{vpath}.stage"),
+                    format!(
+                        "model {:?} already has production version {first:?}; \
+                         at most one version per model may be in production",
+                        raw.name
+                    ),
+                );
+            } else {
+                production = Some(&version.version);
+            }
+        }
+        versions.push(spec);
+    }
+    ModelSpec {
+        name: raw.name.clone(),
+        health_path: health_path.to_string(),
+        versions,
+    }
+}
+
+fn validate_version(raw: &RawVersion, path: &str, errors: &mut Errors) -> Option<VersionSpec> {
+    let stage = raw
+        .stage
+        .parse::<Stage>()
+        .map_err(|e| errors.push(format!("{path}.stage"), e.to_string()))
+        .ok();
+    if raw.endpoints.is_empty() {
+        errors.push(
+            format!("{path}.endpoints"),
+            "needs at least one endpoint URL",
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut endpoints = Vec::with_capacity(raw.endpoints.len());
+    for (k, text) in raw.endpoints.iter().enumerate() {
+        let epath = format!("{path}.endpoints[{k}]");
+        match EndpointUrl::parse(text) {
+            Ok(url) if !seen.insert(url.clone()) => {
+                errors.push(epath, format!("duplicate endpoint {url}"));
+            }
+            Ok(url) => endpoints.push(url),
+            Err(e) => errors.push(epath, e.to_string()),
+        }
+    }
+    Some(VersionSpec {
+        version: raw.version.clone(),
+        stage: stage?,
+        endpoints,
+    })
+}
+
+fn identifier_message(name: &str) -> String {
+    format!("invalid name {name:?}: use 1-128 characters from A-Z a-z 0-9 '-' '_' '.'")
+}

@@ -1,0 +1,148 @@
+//! `stagegate demo`: three versions of a small model served in-process (one
+//! archived, one in production, one in staging) and a gateway in front of them,
+//! configured from an embedded config.
+
+mod model;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use model::DemoModel;
+
+use crate::config::{Config, ConfigError};
+use crate::gateway::{self, GatewayError, RunningGateway};
+use crate::proxy::{self, Limits};
+
+/// The demo's config; `{v1}`, `{v2}`, `{v3}` become the model servers' ports.
+const DEMO_CONFIG: &str = r#"
+[server]
+listen = "{listen}"
+admin_listen = "{admin_listen}"
+request_timeout_ms = 5000
+
+[[models]]
+name = "fraud"
+
+  [[models.versions]]
+  version = "1"
+  stage = "archived"
+  endpoints = ["http://127.0.0.1:{v1}"]
+
+  [[models.versions]]
+  version = "2"
+  stage = "production"
+  endpoints = ["http://127.0.0.1:{v2}"]
+
+  [[models.versions]]
+  version = "3"
+  stage = "staging"
+  endpoints = ["http://127.0.0.1:{v3}"]
+"#;
+
+/// The versions the demo serves: (version, weight drift).
+const VERSIONS: [(&str, f64); 3] = [("1", -0.05), ("2", 0.0), ("3", 0.01)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot start demo model server: {0}")]
+    ModelServer(#[source] std::io::Error),
+    #[error("embedded demo config is invalid: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+}
+
+/// A running demo: the gateway and its model servers.
+pub struct Demo {
+    pub gateway: RunningGateway,
+    pub config: Config,
+    model_servers: CancellationToken,
+}
+
+/// Starts the model servers and the gateway. Use port 0 for ephemeral ports.
+pub async fn start(listen: SocketAddr, admin_listen: SocketAddr) -> Result<Demo, DemoError> {
+    let model_servers = CancellationToken::new();
+    let mut ports = Vec::with_capacity(VERSIONS.len());
+    for (version, drift) in VERSIONS {
+        let model = DemoModel {
+            name: "fraud".to_string(),
+            version: version.to_string(),
+            drift,
+        };
+        ports.push(spawn_model_server(model, model_servers.clone()).await?);
+    }
+    let text = DEMO_CONFIG
+        .replace("{listen}", &listen.to_string())
+        .replace("{admin_listen}", &admin_listen.to_string())
+        .replace("{v1}", &ports[0].to_string())
+        .replace("{v2}", &ports[1].to_string())
+        .replace("{v3}", &ports[2].to_string());
+    let config = Config::parse(&text, "embedded demo config")?;
+    let gateway = gateway::start(&config).await?;
+    Ok(Demo {
+        gateway,
+        config,
+        model_servers,
+    })
+}
+
+impl Demo {
+    /// Shuts the gateway down, then the model servers.
+    pub async fn shutdown(self) {
+        self.gateway.shutdown().await;
+        self.model_servers.cancel();
+    }
+
+    /// What to try, as shell commands.
+    pub fn instructions(&self) -> String {
+        let data = self.gateway.data_addr();
+        let admin = self.gateway.admin_addr();
+        let v1 = r#"'{"instances": [[0.2, 1.5, 3.0]]}'"#;
+        let v2 = r#"'{"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP64", "data": [0.2, 1.5, 3.0]}]}'"#;
+        format!(
+            "stagegate demo: gateway on http://{data}, admin on http://{admin}\n\
+             model \"fraud\": version 1 archived, version 2 in production, version 3 in staging\n\n\
+             Production answers (see the x-stagegate-* response headers):\n  \
+             curl -si http://{data}/v1/models/fraud:predict -d {v1}\n  \
+             curl -si http://{data}/v2/models/fraud/infer -d {v2}\n\
+             Pin the staging version by header, or by the V2 version path:\n  \
+             curl -si http://{data}/v1/models/fraud:predict -H 'x-stagegate-stage: staging' -d {v1}\n  \
+             curl -si http://{data}/v2/models/fraud/versions/3/infer -d {v2}\n\
+             Archived versions serve nothing (403), unknown models are 404:\n  \
+             curl -si http://{data}/v1/models/fraud:predict -H 'x-stagegate-version: 1' -d {v1}\n  \
+             curl -si http://{data}/v1/models/nope:predict -d {v1}\n\
+             Metrics and health:\n  \
+             curl -s http://{admin}/metrics | grep ^stagegate_\n  \
+             curl -s http://{admin}/readyz\n\n\
+             Ctrl-C stops the demo.\n"
+        )
+    }
+}
+
+async fn spawn_model_server(
+    model: DemoModel,
+    shutdown: CancellationToken,
+) -> Result<u16, DemoError> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(DemoError::ModelServer)?;
+    let port = listener
+        .local_addr()
+        .map_err(DemoError::ModelServer)?
+        .port();
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(1),
+        max_body_bytes: 1 << 20,
+        max_header_bytes: 64 << 10,
+        max_concurrent_requests: 1024,
+    };
+    tokio::spawn(async move { proxy::serve(listener, Arc::new(model), &limits, shutdown).await });
+    Ok(port)
+}

@@ -1,0 +1,184 @@
+//! Wiring: binds the listeners, builds the router, the data plane and the admin
+//! listener from a validated [`Config`], and runs them until shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::proxy::{self, Drained, Limits, Proxy};
+use crate::routing::Router;
+use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot install signal handler: {0}")]
+    Signal(#[source] io::Error),
+}
+
+/// A gateway that is serving. Dropping it does not stop it; call
+/// [`RunningGateway::shutdown`].
+pub struct RunningGateway {
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    router: Arc<Router>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    admin_shutdown: CancellationToken,
+    data_plane: JoinHandle<Drained>,
+    admin: JoinHandle<Drained>,
+}
+
+/// Binds the configured addresses and starts serving.
+pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
+    let data = bind("data plane", config.server.listen).await?;
+    let admin = bind("admin", config.server.admin_listen).await?;
+    start_on(config, data, admin)
+}
+
+/// Starts serving on listeners the caller bound (tests bind port 0).
+pub fn start_on(
+    config: &Config,
+    data: TcpListener,
+    admin: TcpListener,
+) -> Result<RunningGateway, GatewayError> {
+    let local = |listener: &TcpListener, what, fallback| {
+        listener.local_addr().map_err(|source| GatewayError::Bind {
+            what,
+            addr: fallback,
+            source,
+        })
+    };
+    let data_addr = local(&data, "data plane", config.server.listen)?;
+    let admin_addr = local(&admin, "admin", config.server.admin_listen)?;
+    let telemetry = Telemetry::new();
+    let router = Arc::new(Router::new(&config.models, telemetry.clone()));
+    let limits = Limits::from(&config.server);
+    let ready = Arc::new(AtomicBool::new(true));
+    let shutdown = CancellationToken::new();
+
+    let proxy = Arc::new(Proxy::new(Arc::clone(&router), limits.clone()));
+    let data_plane = tokio::spawn({
+        let (limits, shutdown) = (limits.clone(), shutdown.clone());
+        async move { proxy::serve(data, proxy, &limits, shutdown).await }
+    });
+    // The admin listener outlives the data plane's drain so /readyz can say
+    // "draining" while in-flight requests finish.
+    let admin_shutdown = CancellationToken::new();
+    let admin_handler = Arc::new(Admin::new(Arc::clone(&router), Arc::clone(&ready)));
+    let admin = tokio::spawn({
+        let admin_shutdown = admin_shutdown.clone();
+        async move { proxy::serve(admin, admin_handler, &limits, admin_shutdown).await }
+    });
+    tokio::spawn(upkeep(telemetry, admin_shutdown.clone()));
+    tracing::info!(%data_addr, %admin_addr, models = config.models.len(), "stagegate serving");
+    Ok(RunningGateway {
+        data_addr,
+        admin_addr,
+        router,
+        ready,
+        shutdown,
+        admin_shutdown,
+        data_plane,
+        admin,
+    })
+}
+
+impl RunningGateway {
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The router, through which later stages (the registry) publish tables.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Stops accepting, drains in-flight requests, and waits until both listeners
+    /// are closed.
+    pub async fn shutdown(self) -> Drained {
+        self.ready.store(false, Ordering::Release);
+        self.shutdown.cancel();
+        let drained = self.data_plane.await.unwrap_or(Drained { abandoned: 0 });
+        self.admin_shutdown.cancel();
+        let _ = self.admin.await;
+        drained
+    }
+
+    /// Serves until `signal` fires, then shuts down gracefully.
+    pub async fn run_until(self, signal: &mut ShutdownSignal) -> Drained {
+        signal.recv().await;
+        tracing::info!("shutdown signal received; draining");
+        self.shutdown().await
+    }
+}
+
+/// SIGTERM or SIGINT. Installed before the gateway starts, so a signal that comes
+/// early still means "drain", not the default "die at once".
+pub struct ShutdownSignal {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    /// Must be called inside a Tokio runtime.
+    pub fn install() -> Result<ShutdownSignal, GatewayError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(ShutdownSignal {
+                terminate: signal(SignalKind::terminate()).map_err(GatewayError::Signal)?,
+                interrupt: signal(SignalKind::interrupt()).map_err(GatewayError::Signal)?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(ShutdownSignal {})
+        }
+    }
+
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { what, addr, source })
+}
+
+async fn upkeep(telemetry: Telemetry, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => telemetry.run_upkeep(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

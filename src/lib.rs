@@ -1,0 +1,29 @@
+//! stagegate: a deployment gateway that routes ML inference requests by the stage
+//! of the model version behind them.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, validated into a [`config::Config`] with every
+//!   error reported at once, with its field path.
+//! - [`registry`]: models, versions and stages (production, staging, archived).
+//! - [`routing`]: the immutable [`routing::RoutingTable`] held in one `ArcSwap`
+//!   ([`routing::Router`]); resolving a request to a version route.
+//! - [`proxy`]: the data plane: hyper server (HTTP/1.1 and h2c), limits and
+//!   timeouts, forwarding over pooled upstream connections, header hygiene,
+//!   graceful shutdown.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`telemetry`]: metric names, the Prometheus recorder, per-route handles.
+//! - [`gateway`]: wires the parts together from a config and runs them.
+//! - [`demo`]: `stagegate demo`, model servers and a gateway in one process.
+//!
+//! Data flows one way: control-plane inputs -> registry -> new routing table ->
+//! `ArcSwap` -> data plane. The data plane never writes control-plane state.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod proxy;
+pub mod registry;
+pub mod routing;
+pub mod telemetry;

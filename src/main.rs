@@ -1,0 +1,148 @@
+//! The `stagegate` command line: `serve`, `check`, `demo`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stagegate::config::{Config, ConfigError, defaults};
+use stagegate::demo;
+use stagegate::gateway::{self, GatewayError, ShutdownSignal};
+
+#[derive(Parser)]
+#[command(
+    name = "stagegate",
+    version,
+    about = "Routes ML inference requests by model stage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; print every error with its field path.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run demo model servers and a gateway in front of them.
+    Demo {
+        #[arg(long, default_value = defaults::LISTEN)]
+        listen: SocketAddr,
+        #[arg(long, default_value = defaults::ADMIN_LISTEN)]
+        admin_listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => serve(&config),
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => run_demo(listen, admin_listen),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            let versions: usize = config.models.iter().map(|m| m.versions.len()).sum();
+            println!(
+                "{}: ok ({} models, {versions} versions)",
+                path.display(),
+                config.models.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => config_failed(&error),
+    }
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => return config_failed(&error),
+    };
+    let runtime = match runtime(config.server.worker_threads) {
+        Ok(runtime) => runtime,
+        Err(error) => return failed(&format!("cannot start the runtime: {error}")),
+    };
+    runtime.block_on(async {
+        let started = async {
+            Ok::<_, GatewayError>((ShutdownSignal::install()?, gateway::start(&config).await?))
+        };
+        match started.await {
+            Ok((mut signal, running)) => {
+                let drained = running.run_until(&mut signal).await;
+                if drained.abandoned > 0 {
+                    eprintln!(
+                        "warning: {} connections were still open at the drain timeout",
+                        drained.abandoned
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => failed(&error.to_string()),
+        }
+    })
+}
+
+fn run_demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
+    let runtime = match runtime(std::thread::available_parallelism().map_or(2, |n| n.get())) {
+        Ok(runtime) => runtime,
+        Err(error) => return failed(&format!("cannot start the runtime: {error}")),
+    };
+    runtime.block_on(async {
+        let mut signal = match ShutdownSignal::install() {
+            Ok(signal) => signal,
+            Err(error) => return failed(&error.to_string()),
+        };
+        let demo = match demo::start(listen, admin_listen).await {
+            Ok(demo) => demo,
+            Err(error) => return failed(&error.to_string()),
+        };
+        println!("{}", demo.instructions());
+        signal.recv().await;
+        demo.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .build()
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn config_failed(error: &ConfigError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(2)
+}
+
+fn failed(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}

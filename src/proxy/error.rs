@@ -1,0 +1,121 @@
+//! [`ProxyError`]: everything that can go wrong with one request, and the JSON
+//! error response (`{"error": ..., "code": ...}`) each one becomes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::routing::RouteError;
+use crate::telemetry::UpstreamErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("gateway is at its limit of {limit} concurrent requests; retry later")]
+    Overloaded { limit: usize },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request headers exceed the limit of {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body not received within {0:?}")]
+    ClientTimeout(Duration),
+    #[error("model server {endpoint} refused or dropped the connection: {message}")]
+    UpstreamUnreachable { endpoint: String, message: String },
+    #[error("no connection to model server {endpoint} within {timeout:?}")]
+    UpstreamConnectTimeout { endpoint: String, timeout: Duration },
+    #[error("model server {endpoint} did not answer within {timeout:?}")]
+    UpstreamTimeout { endpoint: String, timeout: Duration },
+    #[error("model server {endpoint} failed mid-exchange: {message}")]
+    UpstreamFailed { endpoint: String, message: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Route(e) => e.status(),
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Route(e) => e.code(),
+            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ClientTimeout(_) => "client_timeout",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
+                "upstream_timeout"
+            }
+            ProxyError::UpstreamFailed { .. } => "upstream_error",
+        }
+    }
+
+    /// The `kind` of `stagegate_upstream_errors_total` this error counts as, if any.
+    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+        match self {
+            ProxyError::UpstreamUnreachable { .. } => Some(UpstreamErrorKind::Connect),
+            ProxyError::UpstreamConnectTimeout { .. } => Some(UpstreamErrorKind::ConnectTimeout),
+            ProxyError::UpstreamTimeout { .. } => Some(UpstreamErrorKind::Timeout),
+            ProxyError::UpstreamFailed { .. } => Some(UpstreamErrorKind::Protocol),
+            _ => None,
+        }
+    }
+
+    /// The JSON error response for this error.
+    pub fn to_response(&self) -> Response<Bytes> {
+        json_error(self.status(), &self.to_string(), self.code())
+    }
+}
+
+/// A `{"error": message, "code": code}` response.
+pub fn json_error(status: StatusCode, message: &str, code: &str) -> Response<Bytes> {
+    let body = serde_json::json!({ "error": message, "code": code }).to_string();
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_become_json_with_status_and_code() {
+        let response = ProxyError::BodyTooLarge { limit: 10 }.to_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["code"], "body_too_large");
+        assert_eq!(body["error"], "request body exceeds the limit of 10 bytes");
+    }
+
+    #[test]
+    fn route_errors_keep_their_status() {
+        let error = ProxyError::from(RouteError::UnknownModel("m".into()));
+        assert_eq!(
+            (error.status(), error.code()),
+            (StatusCode::NOT_FOUND, "unknown_model")
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! One request, start to finish: admit, route, read the body, forward, answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use tokio::time::timeout_at;
+
+use super::admission::{Admission, Permit};
+use super::body::ResponseBody;
+use super::headers::{prepare_upstream_request, strip_hop_by_hop};
+use super::upstream::{UpstreamClient, upstream_uri};
+use super::{Handler, Limits, ProxyError};
+use crate::routing::{self, EndpointGuard, Router, VersionRoute};
+
+/// The data plane's shared state; one per gateway, behind an `Arc`.
+pub struct Proxy {
+    router: Arc<Router>,
+    client: UpstreamClient,
+    admission: Arc<Admission>,
+    limits: Limits,
+}
+
+pub const X_STAGEGATE_MODEL: HeaderName = HeaderName::from_static("x-stagegate-model");
+pub const X_STAGEGATE_VERSION: HeaderName = HeaderName::from_static("x-stagegate-version");
+pub const X_STAGEGATE_STAGE: HeaderName = HeaderName::from_static("x-stagegate-stage");
+
+/// An error, and the route it happened on if one was chosen.
+type Failure = (ProxyError, Option<Arc<VersionRoute>>);
+
+impl Proxy {
+    pub fn new(router: Arc<Router>, limits: Limits) -> Proxy {
+        Proxy {
+            router,
+            client: UpstreamClient::new(limits.connect_timeout),
+            admission: Admission::new(limits.max_concurrent_requests),
+            limits,
+        }
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Answers one request; never fails: errors become JSON error responses.
+    pub async fn answer(
+        &self,
+        request: Request<Incoming>,
+        peer: &HeaderValue,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let Some(permit) = self.admission.try_admit() else {
+            let error = ProxyError::Overloaded {
+                limit: self.admission.limit(),
+            };
+            return self.error_response(started, error, None);
+        };
+        match self.route_and_forward(started, request, peer, permit).await {
+            Ok(response) => response,
+            Err((error, route)) => self.error_response(started, error, route.as_ref()),
+        }
+    }
+
+    async fn route_and_forward(
+        &self,
+        started: Instant,
+        request: Request<Incoming>,
+        peer: &HeaderValue,
+        permit: Permit,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        check_header_size(request.headers(), self.limits.max_header_bytes)
+            .map_err(|e| (e, None))?;
+        let (route, strip) = {
+            let table = self.router.load();
+            let resolved = routing::resolve(&table, request.uri().path(), request.headers())
+                .map_err(|e| (e.into(), None))?;
+            (Arc::clone(resolved.route), resolved.strip)
+        };
+        let (mut parts, body, endpoint) =
+            match self.exchange(started, &route, strip, request, peer).await {
+                Ok(exchanged) => exchanged,
+                Err(error) => return Err((error, Some(route))),
+            };
+        strip_hop_by_hop(&mut parts.headers);
+        add_route_headers(&mut parts.headers, &route);
+        route.metrics.requests.record(parts.status);
+        route
+            .metrics
+            .duration
+            .record(started.elapsed().as_secs_f64());
+        let body = ResponseBody::upstream(body, permit, endpoint, route);
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Reads the request body, sends the request to one of the route's endpoints
+    /// and waits for the response head, all before the request deadline.
+    async fn exchange(
+        &self,
+        started: Instant,
+        route: &VersionRoute,
+        strip: usize,
+        request: Request<Incoming>,
+        peer: &HeaderValue,
+    ) -> Result<(http::response::Parts, Incoming, EndpointGuard), ProxyError> {
+        let deadline = tokio::time::Instant::from_std(started + self.limits.request_timeout);
+        let (mut parts, body) = request.into_parts();
+        let body = self.read_body(body, deadline).await?;
+
+        let endpoint = route.pick_endpoint().begin();
+        parts.uri = upstream_uri(endpoint.endpoint(), &parts.uri, strip).map_err(|e| {
+            ProxyError::BadRequest(format!("request path cannot be forwarded: {e}"))
+        })?;
+        parts.version = Version::HTTP_11;
+        prepare_upstream_request(&mut parts.headers, endpoint.endpoint().host_header(), peer);
+        let upstream_request = Request::from_parts(parts, Full::new(body));
+
+        match timeout_at(
+            deadline,
+            self.client.send(endpoint.endpoint(), upstream_request),
+        )
+        .await
+        {
+            Ok(Ok(response)) => {
+                let (parts, body) = response.into_parts();
+                Ok((parts, body, endpoint))
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
+                endpoint: endpoint.endpoint().url().to_string(),
+                timeout: self.limits.request_timeout,
+            }),
+        }
+    }
+
+    /// Reads the whole request body, refusing it past `max_body_bytes`. The body is
+    /// read once and held as `Bytes`, so the mirrors of later stages share it.
+    async fn read_body(
+        &self,
+        body: Incoming,
+        deadline: tokio::time::Instant,
+    ) -> Result<Bytes, ProxyError> {
+        let limit = self.limits.max_body_bytes;
+        if body.is_end_stream() {
+            return Ok(Bytes::new());
+        }
+        if body.size_hint().lower() > limit as u64 {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        match timeout_at(deadline, Limited::new(body, limit).collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                Err(ProxyError::BodyTooLarge { limit })
+            }
+            Ok(Err(error)) => Err(ProxyError::BadRequest(format!(
+                "request body could not be read: {error}"
+            ))),
+            Err(_elapsed) => Err(ProxyError::ClientTimeout(self.limits.request_timeout)),
+        }
+    }
+
+    fn error_response(
+        &self,
+        started: Instant,
+        error: ProxyError,
+        route: Option<&Arc<VersionRoute>>,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = error.to_response().into_parts();
+        match route {
+            Some(route) => {
+                if let Some(kind) = error.upstream_kind() {
+                    route.metrics.upstream_error(kind);
+                }
+                add_route_headers(&mut parts.headers, route);
+                route.metrics.requests.record(parts.status);
+                route
+                    .metrics
+                    .duration
+                    .record(started.elapsed().as_secs_f64());
+            }
+            None => self.router.telemetry().unrouted().record(parts.status),
+        }
+        Response::from_parts(parts, ResponseBody::local(body))
+    }
+}
+
+impl Handler for Proxy {
+    type Body = ResponseBody;
+
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: &HeaderValue,
+    ) -> Response<ResponseBody> {
+        self.answer(request, peer).await
+    }
+}
+
+fn add_route_headers(headers: &mut HeaderMap, route: &VersionRoute) {
+    headers.insert(X_STAGEGATE_MODEL, route.headers.model.clone());
+    headers.insert(X_STAGEGATE_VERSION, route.headers.version.clone());
+    headers.insert(X_STAGEGATE_STAGE, route.headers.stage.clone());
+}
+
+/// hyper bounds the header buffer; this applies the configured limit exactly, on
+/// HTTP/1.1 and HTTP/2 alike.
+fn check_header_size(headers: &HeaderMap, limit: usize) -> Result<(), ProxyError> {
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > limit {
+        return Err(ProxyError::HeadersTooLarge { limit });
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Header hygiene between client, gateway and model server.
+//!
+//! Hop-by-hop headers describe one connection and must not cross the proxy, in
+//! either direction (RFC 9110 §7.6.1); that includes every header a `Connection`
+//! header nominates, which is how a client could otherwise smuggle a header past
+//! us (`Connection: x-secret`).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::routing::{PIN_STAGE, PIN_VERSION};
+
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let nominated: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|list| list.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in nominated {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Prepares the request headers the model server will see: hygiene, the gateway's
+/// own pin headers removed, `Host` set to the endpoint (the client's goes to
+/// `x-forwarded-host`), and the socket peer appended to `x-forwarded-for`.
+pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &HeaderValue, peer: &HeaderValue) {
+    strip_hop_by_hop(headers);
+    headers.remove(&PIN_STAGE);
+    headers.remove(&PIN_VERSION);
+    if let Some(client_host) = headers.insert(header::HOST, host.clone()) {
+        headers.insert(X_FORWARDED_HOST, client_host);
+    }
+    append_forwarded_for(headers, peer);
+}
+
+/// Appends the real peer to `x-forwarded-for`. The client's own entries stay (they
+/// may come from a trusted proxy in front of us) but the last entry is always the
+/// address we saw, so it cannot be forged.
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, peer.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(peer.as_bytes());
+    match HeaderValue::from_bytes(&joined) {
+        Ok(value) => {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        // A client value that cannot be joined is dropped rather than trusted.
+        Err(_) => {
+            headers.insert(X_FORWARDED_FOR, peer.clone());
+        }
+    }
+}
+
+/// The `x-forwarded-for` entry of a peer address.
+pub fn peer_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string())
+        .unwrap_or_else(|_| unreachable!("an IP address is a valid header value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn strips_standard_and_nominated_hop_by_hop_headers() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("connection", "X-Other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("content-type", "application/json"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        let left: Vec<_> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer_last() {
+        let peer = peer_header("10.1.2.3".parse().unwrap());
+        let mut fresh = HeaderMap::new();
+        append_forwarded_for(&mut fresh, &peer);
+        assert_eq!(fresh[&X_FORWARDED_FOR], "10.1.2.3");
+
+        let mut forged = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        append_forwarded_for(&mut forged, &peer);
+        assert_eq!(forged[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(forged.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+    }
+
+    #[test]
+    fn upstream_request_gets_endpoint_host_and_loses_pins() {
+        let mut map = headers(&[
+            ("host", "gateway.example"),
+            ("x-stagegate-version", "3"),
+            ("x-stagegate-stage", "staging"),
+        ]);
+        let host = HeaderValue::from_static("10.0.0.7:9001");
+        prepare_upstream_request(&mut map, &host, &peer_header("::1".parse().unwrap()));
+        assert_eq!(map[header::HOST], "10.0.0.7:9001");
+        assert_eq!(map[&X_FORWARDED_HOST], "gateway.example");
+        assert_eq!(map[&X_FORWARDED_FOR], "::1");
+        assert!(!map.contains_key(&PIN_STAGE) && !map.contains_key(&PIN_VERSION));
+    }
+}

@@ -1,0 +1,114 @@
+//! The registry: models, their versions and the stage each version is in.
+//!
+//! This module owns the domain vocabulary ([`Stage`], [`ModelSpec`],
+//! [`VersionSpec`], [`EndpointUrl`]) that configuration produces and the routing
+//! table consumes.
+
+mod endpoint;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use endpoint::{EndpointUrl, EndpointUrlError};
+
+/// The lifecycle stage of a model version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    /// Answers users.
+    Production,
+    /// Under test: receives mirrored traffic only, unless pinned.
+    Staging,
+    /// Retired: serves nothing, kept so that a rollback can bring it back.
+    Archived,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Production, Stage::Staging, Stage::Archived];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Production => "production",
+            Stage::Staging => "staging",
+            Stage::Archived => "archived",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stage name that is not one of `production`, `staging`, `archived`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stage {0:?} (expected production, staging or archived)")]
+pub struct UnknownStage(pub String);
+
+impl FromStr for Stage {
+    type Err = UnknownStage;
+
+    fn from_str(s: &str) -> Result<Stage, UnknownStage> {
+        Stage::ALL
+            .into_iter()
+            .find(|stage| stage.as_str() == s)
+            .ok_or_else(|| UnknownStage(s.to_string()))
+    }
+}
+
+/// A model and all its versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub name: String,
+    /// Path probed on a version's endpoints before a rollback puts it back.
+    pub health_path: String,
+    pub versions: Vec<VersionSpec>,
+}
+
+/// One version of a model: where it runs and which stage it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSpec {
+    pub version: String,
+    pub stage: Stage,
+    pub endpoints: Vec<EndpointUrl>,
+}
+
+impl ModelSpec {
+    pub fn production(&self) -> Option<&VersionSpec> {
+        self.versions.iter().find(|v| v.stage == Stage::Production)
+    }
+}
+
+/// Whether `name` may be used as a model or version identifier: it must sit in a
+/// URL path segment and a metric label unescaped.
+pub fn is_valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_round_trip_through_their_names() {
+        for stage in Stage::ALL {
+            assert_eq!(stage.as_str().parse::<Stage>(), Ok(stage));
+        }
+        assert_eq!(
+            "canary".parse::<Stage>(),
+            Err(UnknownStage("canary".to_string()))
+        );
+    }
+
+    #[test]
+    fn identifiers_are_path_and_label_safe() {
+        assert!(is_valid_identifier("fraud-v2.1_b"));
+        for bad in ["", "a/b", "a:b", "a b", "é", &"x".repeat(129)] {
+            assert!(!is_valid_identifier(bad), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Spreading a version's requests over its endpoints: power of two choices on
+//! outstanding requests.
+//!
+//! Each [`Endpoint`] counts the requests it is serving. A pick draws two distinct
+//! endpoints at random and takes the one with fewer in flight, which keeps a slow
+//! server from piling up work without the cost of scanning every endpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::HeaderValue;
+use http::uri::Authority;
+
+use crate::registry::EndpointUrl;
+
+/// One model server. Shared across routing tables, so its counters survive swaps.
+#[derive(Debug)]
+pub struct Endpoint {
+    url: EndpointUrl,
+    host: HeaderValue,
+    outstanding: AtomicUsize,
+}
+
+impl Endpoint {
+    pub fn new(url: EndpointUrl) -> Endpoint {
+        let host = HeaderValue::from_str(url.authority().as_str())
+            .unwrap_or_else(|_| unreachable!("an Authority is a valid header value"));
+        Endpoint {
+            url,
+            host,
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn url(&self) -> &EndpointUrl {
+        &self.url
+    }
+
+    pub fn authority(&self) -> &Authority {
+        self.url.authority()
+    }
+
+    /// The `Host` header the model server receives.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Requests this endpoint is serving now.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request against this endpoint until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> EndpointGuard {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        EndpointGuard(Arc::clone(self))
+    }
+}
+
+/// Holds one outstanding request on an endpoint.
+#[derive(Debug)]
+pub struct EndpointGuard(Arc<Endpoint>);
+
+impl EndpointGuard {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks the endpoint for the next request. `endpoints` is never empty: config
+/// validation and the registry refuse versions without endpoints.
+pub fn pick(endpoints: &[Arc<Endpoint>]) -> &Arc<Endpoint> {
+    match endpoints.len() {
+        0 | 1 => &endpoints[0],
+        n => {
+            let a = fastrand::usize(..n);
+            // A second index distinct from the first, uniformly.
+            let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+            let (ea, eb) = (&endpoints[a], &endpoints[b]);
+            if eb.outstanding() < ea.outstanding() {
+                eb
+            } else {
+                ea
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
+        (0..n)
+            .map(|i| {
+                let url = EndpointUrl::parse(&format!("http://127.0.0.1:{}", 9000 + i)).unwrap();
+                Arc::new(Endpoint::new(url))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn guard_counts_outstanding_requests() {
+        let eps = endpoints(1);
+        let first = eps[0].begin();
+        let second = eps[0].begin();
+        assert_eq!(eps[0].outstanding(), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(eps[0].outstanding(), 0);
+    }
+
+    #[test]
+    fn busy_endpoint_is_avoided_with_two_choices() {
+        let eps = endpoints(2);
+        let _busy: Vec<_> = (0..5).map(|_| eps[0].begin()).collect();
+        for _ in 0..100 {
+            assert!(Arc::ptr_eq(pick(&eps), &eps[1]));
+        }
+    }
+
+    #[test]
+    fn idle_endpoints_all_get_traffic() {
+        let eps = endpoints(3);
+        let mut hits = [0usize; 3];
+        for _ in 0..3000 {
+            let chosen = pick(&eps);
+            let index = eps.iter().position(|e| Arc::ptr_eq(e, chosen)).unwrap();
+            hits[index] += 1;
+        }
+        assert!(hits.iter().all(|&h| h > 500), "uneven spread: {hits:?}");
+    }
+}

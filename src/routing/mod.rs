@@ -1,0 +1,273 @@
+//! Routing: the immutable [`RoutingTable`], the [`Router`] that holds the current
+//! one in a single `ArcSwap`, and [`resolve`], which picks the version route for
+//! a request from its path and pin headers.
+//!
+//! The request path only ever calls [`Router::load`]. Every change (a stage
+//! transition, a canary weight, a rollback, a reload) builds a whole new table off
+//! the request path and publishes it with one atomic store: requests in flight
+//! finish on the table they started with, new ones see the new one.
+
+mod balance;
+pub mod path;
+mod table;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::{ArcSwap, Guard};
+use http::{HeaderMap, HeaderName, StatusCode};
+
+pub use balance::{Endpoint, EndpointGuard};
+pub use table::{ModelRoutes, RouteHeaders, RoutingTable, VersionRoute};
+
+use crate::registry::{ModelSpec, Stage};
+use crate::telemetry::Telemetry;
+
+/// Request header pinning a stage: `production` or `staging`.
+pub static PIN_STAGE: HeaderName = HeaderName::from_static("x-stagegate-stage");
+/// Request header pinning a version id.
+pub static PIN_VERSION: HeaderName = HeaderName::from_static("x-stagegate-version");
+
+/// The role in which a version answers a request (the `x-stagegate-stage` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedStage {
+    Production,
+    Canary,
+    Staging,
+}
+
+impl ServedStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedStage::Production => "production",
+            ServedStage::Canary => "canary",
+            ServedStage::Staging => "staging",
+        }
+    }
+}
+
+/// Why no version route could be chosen for a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error(
+        "no model in request path; use /v1/models/{{model}}:predict, /v2/models/{{model}}/infer or /models/{{model}}/..."
+    )]
+    NoModelInPath,
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
+    #[error("model {model:?} has no version {version:?}")]
+    UnknownVersion { model: String, version: String },
+    #[error("version {version:?} of model {model:?} is archived and serves no traffic")]
+    ArchivedVersion { model: String, version: String },
+    #[error("archived versions of model {0:?} serve no traffic")]
+    ArchivedStage(String),
+    #[error("model {model:?} has no {stage} version")]
+    NoVersionInStage { model: String, stage: Stage },
+    #[error("model {0:?} has no production version")]
+    NoProductionVersion(String),
+    #[error("invalid {header} header: {value:?}")]
+    InvalidPin { header: &'static str, value: String },
+    #[error(
+        "the version pinned by the path ({path:?}) and by x-stagegate-version ({header:?}) differ"
+    )]
+    ConflictingPins { path: String, header: String },
+}
+
+impl RouteError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RouteError::NoModelInPath
+            | RouteError::UnknownModel(_)
+            | RouteError::UnknownVersion { .. }
+            | RouteError::NoVersionInStage { .. } => StatusCode::NOT_FOUND,
+            RouteError::ArchivedVersion { .. } | RouteError::ArchivedStage(_) => {
+                StatusCode::FORBIDDEN
+            }
+            RouteError::NoProductionVersion(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RouteError::InvalidPin { .. } | RouteError::ConflictingPins { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+
+    /// The machine-readable `code` of the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RouteError::NoModelInPath => "no_route",
+            RouteError::UnknownModel(_) => "unknown_model",
+            RouteError::UnknownVersion { .. } => "unknown_version",
+            RouteError::ArchivedVersion { .. } | RouteError::ArchivedStage(_) => "archived_version",
+            RouteError::NoVersionInStage { .. } => "no_version_in_stage",
+            RouteError::NoProductionVersion(_) => "no_production_version",
+            RouteError::InvalidPin { .. } => "invalid_pin",
+            RouteError::ConflictingPins { .. } => "conflicting_pins",
+        }
+    }
+}
+
+/// The route chosen for a request.
+#[derive(Clone, Copy)]
+pub struct Resolved<'t> {
+    pub route: &'t Arc<VersionRoute>,
+    /// Leading bytes of the path the model server must not see.
+    pub strip: usize,
+}
+
+/// Chooses the version route for a request from its path and pin headers.
+pub fn resolve<'t>(
+    table: &'t RoutingTable,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Resolved<'t>, RouteError> {
+    let parsed = path::parse(path).ok_or(RouteError::NoModelInPath)?;
+    let model = table
+        .model(parsed.model)
+        .ok_or_else(|| RouteError::UnknownModel(parsed.model.to_string()))?;
+    let pinned_version = pinned_version(parsed.version, headers)?;
+    let route = match (pinned_version, pinned_stage(headers)?) {
+        (Some(version), _) => by_version(model, parsed.model, version)?,
+        (None, Some(stage)) => by_stage(model, parsed.model, stage)?,
+        (None, None) => model
+            .production()
+            .ok_or_else(|| RouteError::NoProductionVersion(parsed.model.to_string()))?,
+    };
+    Ok(Resolved {
+        route,
+        strip: parsed.strip,
+    })
+}
+
+fn pinned_version<'a>(
+    from_path: Option<&'a str>,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a str>, RouteError> {
+    let from_header = header_str(headers, &PIN_VERSION)?;
+    match (from_path, from_header) {
+        (Some(path), Some(header)) if path != header => Err(RouteError::ConflictingPins {
+            path: path.to_string(),
+            header: header.to_string(),
+        }),
+        (path, header) => Ok(path.or(header)),
+    }
+}
+
+fn pinned_stage(headers: &HeaderMap) -> Result<Option<Stage>, RouteError> {
+    let Some(value) = header_str(headers, &PIN_STAGE)? else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|_| RouteError::InvalidPin {
+        header: PIN_STAGE.as_str(),
+        value: value.to_string(),
+    })
+}
+
+fn header_str<'a>(
+    headers: &'a HeaderMap,
+    name: &'static HeaderName,
+) -> Result<Option<&'a str>, RouteError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| RouteError::InvalidPin {
+                header: name.as_str(),
+                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            }),
+    }
+}
+
+fn by_version<'t>(
+    model: &'t ModelRoutes,
+    name: &str,
+    version: &str,
+) -> Result<&'t Arc<VersionRoute>, RouteError> {
+    if let Some(route) = model.serving_version(version) {
+        return Ok(route);
+    }
+    let (model_name, version_id) = (name.to_string(), version.to_string());
+    Err(if model.is_archived(version) {
+        RouteError::ArchivedVersion {
+            model: model_name,
+            version: version_id,
+        }
+    } else {
+        RouteError::UnknownVersion {
+            model: model_name,
+            version: version_id,
+        }
+    })
+}
+
+fn by_stage<'t>(
+    model: &'t ModelRoutes,
+    name: &str,
+    stage: Stage,
+) -> Result<&'t Arc<VersionRoute>, RouteError> {
+    let route = match stage {
+        Stage::Production => model.production(),
+        Stage::Staging => match model.staging() {
+            [] => None,
+            [only] => Some(only),
+            several => several.get(fastrand::usize(..several.len())),
+        },
+        Stage::Archived => return Err(RouteError::ArchivedStage(name.to_string())),
+    };
+    route.ok_or_else(|| RouteError::NoVersionInStage {
+        model: name.to_string(),
+        stage,
+    })
+}
+
+// === impl Router ===
+
+/// Holds the current routing table. Readers call [`Router::load`]; writers build a
+/// new table and [`Router::publish`] it.
+pub struct Router {
+    current: ArcSwap<RoutingTable>,
+    telemetry: Telemetry,
+    /// Serializes publishers so revisions stay strictly increasing. Never taken on
+    /// the request path.
+    publishing: Mutex<()>,
+}
+
+impl Router {
+    /// A router serving `models` at revision 1.
+    pub fn new(models: &[ModelSpec], telemetry: Telemetry) -> Router {
+        let table = RoutingTable::build(models, 1, &telemetry, None);
+        telemetry.set_routing_revision(table.revision());
+        Router {
+            current: ArcSwap::from_pointee(table),
+            telemetry,
+            publishing: Mutex::new(()),
+        }
+    }
+
+    /// The current table. Lock-free; hold the guard only briefly (not across an
+    /// `.await`): clone the `Arc<VersionRoute>` you need instead.
+    pub fn load(&self) -> Guard<Arc<RoutingTable>> {
+        self.current.load()
+    }
+
+    /// Builds a table from `models` with the next revision and swaps it in with one
+    /// atomic store. Returns the new table.
+    pub fn publish(&self, models: &[ModelSpec]) -> Arc<RoutingTable> {
+        let _writer = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = self.current.load_full();
+        let next = Arc::new(RoutingTable::build(
+            models,
+            previous.revision() + 1,
+            &self.telemetry,
+            Some(&previous),
+        ));
+        self.current.store(Arc::clone(&next));
+        self.telemetry.set_routing_revision(next.revision());
+        next
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+}

@@ -1,0 +1,166 @@
+//! Which model (and, for a V2 version pin, which version) a request path names,
+//! and what path the model server should see.
+//!
+//! | path | model | forwarded as |
+//! | --- | --- | --- |
+//! | `/v1/models/{m}:predict`, `:explain`, `/v1/models/{m}` | `m` | unchanged |
+//! | `/v2/models/{m}[/infer, /ready, ...]` | `m` | unchanged |
+//! | `/v2/models/{m}/versions/{v}[/...]` | `m`, pinned to `v` | unchanged |
+//! | `/models/{m}/{rest}` | `m` | `/{rest}` |
+
+/// What a request path says about routing. Borrows from the path: no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelPath<'a> {
+    pub model: &'a str,
+    /// The version named by `/v2/models/{m}/versions/{v}`.
+    pub version: Option<&'a str>,
+    /// How many leading bytes of the path the model server must not see.
+    pub strip: usize,
+}
+
+const KSERVE_V1: &str = "/v1/models/";
+const OIP_V2: &str = "/v2/models/";
+const GENERIC: &str = "/models/";
+
+/// Parses the path part of a request URI (no query string).
+pub fn parse(path: &str) -> Option<ModelPath<'_>> {
+    if let Some(rest) = path.strip_prefix(KSERVE_V1) {
+        let model = segment(rest, |b| b == b'/' || b == b':')?;
+        return Some(ModelPath {
+            model,
+            version: None,
+            strip: 0,
+        });
+    }
+    if let Some(rest) = path.strip_prefix(OIP_V2) {
+        let model = segment(rest, |b| b == b'/')?;
+        let version = match rest[model.len()..].strip_prefix("/versions/") {
+            Some(tail) => Some(segment(tail, |b| b == b'/')?),
+            None => None,
+        };
+        return Some(ModelPath {
+            model,
+            version,
+            strip: 0,
+        });
+    }
+    if let Some(rest) = path.strip_prefix(GENERIC) {
+        let model = segment(rest, |b| b == b'/')?;
+        return Some(ModelPath {
+            model,
+            version: None,
+            strip: GENERIC.len() + model.len(),
+        });
+    }
+    None
+}
+
+/// The leading run of `text` up to the first byte matching `end`; `None` if empty.
+fn segment(text: &str, end: impl Fn(u8) -> bool) -> Option<&str> {
+    let len = text.bytes().position(end).unwrap_or(text.len());
+    (len > 0).then(|| &text[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn model(path: &str) -> Option<(&str, Option<&str>, &str)> {
+        parse(path).map(|p| (p.model, p.version, &path[p.strip..]))
+    }
+
+    #[test]
+    fn kserve_v1_paths() {
+        assert_eq!(
+            model("/v1/models/fraud:predict"),
+            Some(("fraud", None, "/v1/models/fraud:predict"))
+        );
+        assert_eq!(
+            model("/v1/models/fraud:explain"),
+            Some(("fraud", None, "/v1/models/fraud:explain"))
+        );
+        assert_eq!(
+            model("/v1/models/fraud"),
+            Some(("fraud", None, "/v1/models/fraud"))
+        );
+    }
+
+    #[test]
+    fn open_inference_protocol_paths() {
+        assert_eq!(
+            model("/v2/models/fraud/infer"),
+            Some(("fraud", None, "/v2/models/fraud/infer"))
+        );
+        assert_eq!(
+            model("/v2/models/fraud"),
+            Some(("fraud", None, "/v2/models/fraud"))
+        );
+        assert_eq!(
+            model("/v2/models/fraud/ready"),
+            Some(("fraud", None, "/v2/models/fraud/ready"))
+        );
+        assert_eq!(
+            model("/v2/models/fraud/versions/3/infer"),
+            Some(("fraud", Some("3"), "/v2/models/fraud/versions/3/infer"))
+        );
+        assert_eq!(
+            model("/v2/models/fraud/versions/3"),
+            Some(("fraud", Some("3"), "/v2/models/fraud/versions/3"))
+        );
+    }
+
+    #[test]
+    fn generic_paths_forward_the_rest() {
+        assert_eq!(
+            model("/models/fraud/invocations"),
+            Some(("fraud", None, "/invocations"))
+        );
+        assert_eq!(
+            model("/models/fraud/predictions/x/1"),
+            Some(("fraud", None, "/predictions/x/1"))
+        );
+        assert_eq!(model("/models/fraud"), Some(("fraud", None, "")));
+    }
+
+    #[test]
+    fn paths_without_a_model() {
+        for path in [
+            "/",
+            "",
+            "/v1/models/",
+            "/v1/models/:predict",
+            "/v2/models//infer",
+            "/v2/models/m/versions/",
+            "/v2/models/m/versions//infer",
+            "/models/",
+            "/v2/health/ready",
+            "/predict",
+        ] {
+            assert_eq!(parse(path), None, "{path}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_names_a_real_segment(path in "\\PC{0,64}") {
+            if let Some(p) = parse(&path) {
+                prop_assert!(!p.model.is_empty());
+                prop_assert!(!p.model.contains('/'));
+                prop_assert!(path.contains(p.model));
+                prop_assert!(p.strip <= path.len());
+                prop_assert!(path.is_char_boundary(p.strip));
+            }
+        }
+
+        #[test]
+        fn every_path_style_finds_the_model(m in "[a-zA-Z0-9._-]{1,20}", v in "[a-zA-Z0-9]{1,5}") {
+            let v1 = format!("/v1/models/{m}:predict");
+            let pinned = format!("/v2/models/{m}/versions/{v}/infer");
+            let generic = format!("/models/{m}/invocations");
+            prop_assert_eq!(model(&v1), Some((m.as_str(), None, v1.as_str())));
+            prop_assert_eq!(model(&pinned), Some((m.as_str(), Some(v.as_str()), pinned.as_str())));
+            prop_assert_eq!(model(&generic), Some((m.as_str(), None, "/invocations")));
+        }
+    }
+}

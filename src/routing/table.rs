@@ -1,0 +1,191 @@
+//! The immutable [`RoutingTable`] and how it is built from the registry's models.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use super::ServedStage;
+use super::balance::{self, Endpoint};
+use crate::registry::{EndpointUrl, ModelSpec, Stage, VersionSpec};
+use crate::telemetry::{RouteMetrics, Telemetry};
+
+/// Everything the request path needs to route, resolved ahead of time: version
+/// routes with their endpoints, response header values and metric handles.
+pub struct RoutingTable {
+    revision: u64,
+    models: HashMap<String, ModelRoutes>,
+    /// Every endpoint in the table, so the next table can reuse them (and their
+    /// outstanding-request counters) instead of starting from zero.
+    endpoints: HashMap<EndpointUrl, Arc<Endpoint>>,
+}
+
+/// The routes of one model.
+pub struct ModelRoutes {
+    production: Option<Arc<VersionRoute>>,
+    staging: Vec<Arc<VersionRoute>>,
+    /// Archived version ids: known, so a pin to one is refused (403), not unknown (404).
+    archived: Vec<String>,
+}
+
+/// One model version serving in one stage.
+pub struct VersionRoute {
+    model: String,
+    version: String,
+    stage: ServedStage,
+    endpoints: Vec<Arc<Endpoint>>,
+    pub metrics: RouteMetrics,
+    pub headers: RouteHeaders,
+}
+
+/// Response header values, built once per table instead of once per request.
+pub struct RouteHeaders {
+    pub model: HeaderValue,
+    pub version: HeaderValue,
+    pub stage: HeaderValue,
+}
+
+// === impl RoutingTable ===
+
+impl RoutingTable {
+    /// Builds a table from validated models. Endpoints already in `previous` are
+    /// reused, so load-balancing state carries over a swap.
+    pub fn build(
+        models: &[ModelSpec],
+        revision: u64,
+        telemetry: &Telemetry,
+        previous: Option<&RoutingTable>,
+    ) -> RoutingTable {
+        let mut endpoints = HashMap::new();
+        let mut endpoint = |url: &EndpointUrl| -> Arc<Endpoint> {
+            let existing = previous.and_then(|table| table.endpoints.get(url));
+            let shared = existing
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Endpoint::new(url.clone())));
+            endpoints.entry(url.clone()).or_insert(shared).clone()
+        };
+        let mut routes = HashMap::with_capacity(models.len());
+        for model in models {
+            let mut build = |spec: &VersionSpec, stage: ServedStage| {
+                let eps = spec.endpoints.iter().map(&mut endpoint).collect();
+                Arc::new(VersionRoute::new(
+                    &model.name,
+                    &spec.version,
+                    stage,
+                    eps,
+                    telemetry,
+                ))
+            };
+            let production = model
+                .production()
+                .map(|spec| build(spec, ServedStage::Production));
+            let staging = versions_in(model, Stage::Staging)
+                .map(|spec| build(spec, ServedStage::Staging))
+                .collect();
+            let archived = versions_in(model, Stage::Archived)
+                .map(|spec| spec.version.clone())
+                .collect();
+            routes.insert(
+                model.name.clone(),
+                ModelRoutes {
+                    production,
+                    staging,
+                    archived,
+                },
+            );
+        }
+        RoutingTable {
+            revision,
+            models: routes,
+            endpoints,
+        }
+    }
+
+    /// Increases by one with every table published.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelRoutes> {
+        self.models.get(name)
+    }
+}
+
+fn versions_in(model: &ModelSpec, stage: Stage) -> impl Iterator<Item = &VersionSpec> {
+    model.versions.iter().filter(move |v| v.stage == stage)
+}
+
+// === impl ModelRoutes ===
+
+impl ModelRoutes {
+    pub fn production(&self) -> Option<&Arc<VersionRoute>> {
+        self.production.as_ref()
+    }
+
+    pub fn staging(&self) -> &[Arc<VersionRoute>] {
+        &self.staging
+    }
+
+    /// The serving route of `version`, if it is in production or staging.
+    pub fn serving_version(&self, version: &str) -> Option<&Arc<VersionRoute>> {
+        self.production
+            .iter()
+            .chain(&self.staging)
+            .find(|route| route.version == version)
+    }
+
+    pub fn is_archived(&self, version: &str) -> bool {
+        self.archived.iter().any(|v| v == version)
+    }
+}
+
+// === impl VersionRoute ===
+
+impl VersionRoute {
+    fn new(
+        model: &str,
+        version: &str,
+        stage: ServedStage,
+        endpoints: Vec<Arc<Endpoint>>,
+        telemetry: &Telemetry,
+    ) -> VersionRoute {
+        VersionRoute {
+            model: model.to_string(),
+            version: version.to_string(),
+            stage,
+            endpoints,
+            metrics: telemetry.route_metrics(model, version, stage.as_str()),
+            headers: RouteHeaders {
+                model: header_value(model),
+                version: header_value(version),
+                stage: HeaderValue::from_static(stage.as_str()),
+            },
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn stage(&self) -> ServedStage {
+        self.stage
+    }
+
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// The endpoint for the next request (power of two choices).
+    pub fn pick_endpoint(&self) -> &Arc<Endpoint> {
+        balance::pick(&self.endpoints)
+    }
+}
+
+/// Model and version ids are validated identifiers, always valid header values.
+fn header_value(id: &str) -> HeaderValue {
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}

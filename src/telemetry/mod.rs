@@ -1,0 +1,231 @@
+//! Metrics and logging: metric names, the Prometheus recorder, and the handles the
+//! request path records into.
+//!
+//! Each gateway owns its own [`Telemetry`] (not the process-global recorder), so
+//! tests can run several gateways in one process and read each one's `/metrics`.
+//! Handles are resolved once, when a routing table is built ([`RouteMetrics`]);
+//! the request path only increments them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// Metric names: part of the external interface.
+pub mod names {
+    pub const REQUESTS_TOTAL: &str = "stagegate_requests_total";
+    pub const REQUEST_DURATION_SECONDS: &str = "stagegate_request_duration_seconds";
+    pub const UPSTREAM_ERRORS_TOTAL: &str = "stagegate_upstream_errors_total";
+    pub const ROUTING_TABLE_REVISION: &str = "stagegate_routing_table_revision";
+}
+
+/// Buckets of `stagegate_request_duration_seconds`, from fast in-memory models to
+/// slow generative ones.
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// How long histogram samples may pile up before they are folded into buckets.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The `kind` label of `stagegate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// The connection was refused or could not be made.
+    Connect,
+    /// The connection was not made within `connect_timeout_ms`.
+    ConnectTimeout,
+    /// No response within `request_timeout_ms`.
+    Timeout,
+    /// The upstream closed, reset or broke the protocol mid-exchange.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    pub const ALL: [UpstreamErrorKind; 4] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::ConnectTimeout,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// One counter per status class (`1xx` .. `5xx`), for the `code` label.
+#[derive(Clone)]
+pub struct CodeCounters([Counter; 5]);
+
+impl CodeCounters {
+    pub fn record(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.0[class].increment(1);
+    }
+}
+
+/// The handles one route (a model version serving in one stage) records into.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub requests: CodeCounters,
+    pub duration: Histogram,
+    upstream_errors: [Counter; UpstreamErrorKind::ALL.len()],
+}
+
+impl RouteMetrics {
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].increment(1);
+    }
+}
+
+/// A gateway's metrics: its recorder and the handles not tied to a route.
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    revision: Gauge,
+    unrouted: CodeCounters,
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(names::REQUEST_DURATION_SECONDS.to_string()),
+                &DURATION_BUCKETS,
+            )
+            .unwrap_or_else(|_| unreachable!("the bucket list is not empty"))
+            .build_recorder();
+        describe(&recorder);
+        let handle = recorder.handle();
+        let revision =
+            recorder.register_gauge(&Key::from_name(names::ROUTING_TABLE_REVISION), &METADATA);
+        let unrouted = code_counters(&recorder, &[("model", ""), ("version", ""), ("stage", "")]);
+        Telemetry {
+            inner: Arc::new(Inner {
+                recorder,
+                handle,
+                revision,
+                unrouted,
+            }),
+        }
+    }
+
+    /// Resolves the handles of one route; called when a routing table is built.
+    pub fn route_metrics(&self, model: &str, version: &str, stage: &str) -> RouteMetrics {
+        let recorder = &self.inner.recorder;
+        let labels = [("model", model), ("version", version), ("stage", stage)];
+        let requests = code_counters(recorder, &labels);
+        let duration =
+            recorder.register_histogram(&key(names::REQUEST_DURATION_SECONDS, &labels), &METADATA);
+        let upstream_errors = UpstreamErrorKind::ALL.map(|kind| {
+            let labels = [
+                ("model", model),
+                ("version", version),
+                ("kind", kind.as_str()),
+            ];
+            recorder.register_counter(&key(names::UPSTREAM_ERRORS_TOTAL, &labels), &METADATA)
+        });
+        RouteMetrics {
+            requests,
+            duration,
+            upstream_errors,
+        }
+    }
+
+    /// Counts requests answered before a model version was chosen (unknown model,
+    /// overload, bad request).
+    pub fn unrouted(&self) -> &CodeCounters {
+        &self.inner.unrouted
+    }
+
+    pub fn set_routing_revision(&self, revision: u64) {
+        self.inner.revision.set(revision as f64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.inner.handle.render()
+    }
+
+    /// Folds pending histogram samples into buckets; run every [`UPKEEP_INTERVAL`]
+    /// so memory stays bounded between scrapes.
+    pub fn run_upkeep(&self) {
+        self.inner.handle.run_upkeep();
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+fn code_counters(recorder: &PrometheusRecorder, labels: &[(&'static str, &str)]) -> CodeCounters {
+    CodeCounters(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| {
+        let mut labels = labels.to_vec();
+        labels.push(("code", code));
+        recorder.register_counter(&key(names::REQUESTS_TOTAL, &labels), &METADATA)
+    }))
+}
+
+fn describe(recorder: &PrometheusRecorder) {
+    let describe = |name: &'static str, unit: Option<Unit>, help: &'static str, kind: char| {
+        let name = name.into();
+        match kind {
+            'c' => recorder.describe_counter(name, unit, help.into()),
+            'g' => recorder.describe_gauge(name, unit, help.into()),
+            _ => recorder.describe_histogram(name, unit, help.into()),
+        }
+    };
+    describe(
+        names::REQUESTS_TOTAL,
+        None,
+        "Requests answered, by model, version, stage and status class.",
+        'c',
+    );
+    describe(
+        names::REQUEST_DURATION_SECONDS,
+        Some(Unit::Seconds),
+        "Time from receiving a request to sending its response head.",
+        'h',
+    );
+    describe(
+        names::UPSTREAM_ERRORS_TOTAL,
+        None,
+        "Failed exchanges with model servers, by kind.",
+        'c',
+    );
+    describe(
+        names::ROUTING_TABLE_REVISION,
+        None,
+        "Revision of the routing table in use.",
+        'g',
+    );
+}

@@ -1,0 +1,256 @@
+//! Test support: fake model servers that record what reaches them, a gateway on
+//! ephemeral ports, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use stagegate::config::Config;
+use stagegate::gateway::{self, RunningGateway};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// What a fake model server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// How a fake model server answers.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// 200 with `{"server": name, "path": ...}` and the given extra headers.
+    Answer {
+        headers: Vec<(&'static str, &'static str)>,
+    },
+    /// Waits for a permit from [`FakeUpstream::release`] before answering.
+    WaitForRelease,
+    /// Never answers.
+    Hang,
+}
+
+/// A model server on an ephemeral port that records every request.
+pub struct FakeUpstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<AtomicUsize>,
+    release: Arc<Semaphore>,
+}
+
+impl FakeUpstream {
+    pub async fn start(name: &str) -> FakeUpstream {
+        FakeUpstream::with(name, Behaviour::Answer { headers: vec![] }).await
+    }
+
+    pub async fn with(name: &str, behaviour: Behaviour) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = FakeUpstream {
+            name: name.to_string(),
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            connections: Arc::default(),
+            release: Arc::new(Semaphore::new(0)),
+        };
+        let state = (
+            name.to_string(),
+            behaviour,
+            Arc::clone(&upstream.received),
+            Arc::clone(&upstream.release),
+        );
+        let connections = Arc::clone(&upstream.connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(state, request).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        upstream
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Lets `n` waiting requests answer.
+    pub fn release(&self, n: usize) {
+        self.release.add_permits(n);
+    }
+}
+
+type State = (String, Behaviour, Arc<Mutex<Vec<Received>>>, Arc<Semaphore>);
+
+async fn answer(state: State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (name, behaviour, received, release) = state;
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.to_string();
+    received.lock().unwrap().push(Received {
+        method: parts.method,
+        uri: path.clone(),
+        headers: parts.headers,
+        body,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(
+        serde_json::json!({ "server": name, "path": path }).to_string(),
+    )));
+    match behaviour {
+        Behaviour::Answer { headers } => {
+            for (k, v) in headers {
+                response.headers_mut().append(k, v.parse().unwrap());
+            }
+        }
+        Behaviour::WaitForRelease => {
+            release.acquire().await.unwrap().forget();
+        }
+        Behaviour::Hang => std::future::pending::<()>().await,
+    }
+    response
+}
+
+/// A port with nothing listening on it.
+pub async fn refused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Starts a gateway on ephemeral ports from config text (its listen addresses are
+/// ignored).
+pub async fn gateway(config: &str) -> RunningGateway {
+    let config = Config::parse(config, "test config").unwrap_or_else(|e| panic!("{e}"));
+    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    gateway::start_on(&config, data, admin).unwrap()
+}
+
+/// Config text for one model "fraud" with the given `(version, stage, [urls])`.
+pub fn one_model(server: &str, versions: &[(&str, &str, &[&str])]) -> String {
+    let mut text = format!("[server]\n{server}\n[[models]]\nname = \"fraud\"\n");
+    for (version, stage, endpoints) in versions {
+        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+        text.push_str(&format!(
+            "[[models.versions]]\nversion = \"{version}\"\nstage = \"{stage}\"\nendpoints = [{}]\n",
+            endpoints.join(", ")
+        ));
+    }
+    text
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+    }
+
+    /// The `code` of a JSON error body.
+    pub fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends one request and reads the whole answer.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .expect("no answer within 20 s")
+        .expect("request failed");
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// POSTs a small JSON body.
+pub async fn post(url: &str, headers: &[(&str, &str)]) -> Answer {
+    send(
+        &client(),
+        Method::POST,
+        url,
+        headers,
+        r#"{"instances": [[1.0]]}"#,
+    )
+    .await
+}
+
+/// [`post`] with an owned URL, for spawned tasks.
+pub async fn post_owned(url: String) -> Answer {
+    post(&url, &[]).await
+}
+
+/// The admin listener's `/metrics` text.
+pub async fn metrics(gateway: &RunningGateway) -> String {
+    let url = format!("http://{}/metrics", gateway.admin_addr());
+    let answer = send(&client(), Method::GET, &url, &[], "").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    String::from_utf8(answer.body.to_vec()).unwrap()
+}

@@ -1,0 +1,152 @@
+//! Configuration: every invalid value is reported at once with its field path, and
+//! the examples in `config/` are valid.
+
+use stagegate::config::{Config, ConfigError, FieldError};
+
+fn field_errors(text: &str) -> Vec<String> {
+    match Config::parse(text, "test") {
+        Err(error @ ConfigError::Invalid { .. }) => error
+            .field_errors()
+            .iter()
+            .map(FieldError::to_string)
+            .collect(),
+        other => panic!("expected field errors, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_error_is_reported_with_its_field_path() {
+    let text = r#"
+        [server]
+        listen = "localhost"
+        header_read_timeout_ms = 0
+        connect_timeout_ms = 0
+        request_timeout_ms = 0
+        drain_timeout_ms = 0
+        max_body_bytes = 0
+        max_concurrent_requests = 0
+        worker_threads = 0
+
+        [[models]]
+        name = "fraud"
+          [[models.versions]]
+          version = "1"
+          stage = "production"
+          endpoints = ["http://127.0.0.1:9001"]
+          [[models.versions]]
+          version = "1"
+          stage = "production"
+          endpoints = []
+          [[models.versions]]
+          version = "3"
+          stage = "canary"
+          endpoints = ["127.0.0.1:9003", "https://secure:443", "http://ok:1", "http://ok:1/"]
+
+        [[models]]
+        name = "fraud"
+        health_path = "ready"
+
+        [[models]]
+        name = "bad/name"
+    "#;
+    let errors = field_errors(text);
+    let expected = [
+        "server.listen: not a socket address: \"localhost\"",
+        "server.worker_threads: must be between 1 and 1024, got 0",
+        "server.header_read_timeout_ms: must be greater than 0",
+        "server.connect_timeout_ms: must be greater than 0",
+        "server.request_timeout_ms: must be greater than 0",
+        "server.drain_timeout_ms: must be greater than 0",
+        "server.max_body_bytes: must be greater than 0",
+        "server.max_concurrent_requests: must be greater than 0",
+        "models[0].versions[1].version: duplicate version \"1\" of model \"fraud\"",
+        "models[0].versions[1].endpoints: needs at least one endpoint URL",
+        "models[0].versions[1].stage: model \"fraud\" already has production version \"1\"",
+        "models[0].versions[2].stage: unknown stage \"canary\"",
+        "models[0].versions[2].endpoints[0]: not an http URL",
+        "models[0].versions[2].endpoints[1]: https endpoints are not supported yet",
+        "models[0].versions[2].endpoints[3]: duplicate endpoint http://ok:1",
+        "models[1].name: duplicate model \"fraud\"",
+        "models[1].health_path: must start with '/'",
+        "models[2].name: invalid name \"bad/name\"",
+    ];
+    for want in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_are_syntax_errors_with_a_location() {
+    for (text, needle) in [
+        (
+            "[server]\nlisten_addr = \"x\"\n",
+            "unknown field `listen_addr`",
+        ),
+        ("[server]\nmax_body_bytes = \"big\"\n", "max_body_bytes"),
+        (
+            "[[models]]\nname = \"m\"\nshadow_percent = 1\n",
+            "unknown field `shadow_percent`",
+        ),
+        ("[[models]\n", "line 1, column 10"),
+    ] {
+        match Config::parse(text, "file.toml") {
+            Err(ConfigError::Syntax { origin, message }) => {
+                assert_eq!(origin, "file.toml");
+                assert!(message.contains(needle), "{message}");
+            }
+            other => panic!("{text:?}: expected a syntax error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn versions_may_be_written_as_integers_and_defaults_fill_the_rest() {
+    let text = "[[models]]\nname = \"m\"\n[[models.versions]]\nversion = 7\nstage = \"production\"\nendpoints = [\"http://h:1\"]\n";
+    let config = Config::parse(text, "t").unwrap();
+    assert_eq!(config.models[0].versions[0].version, "7");
+    assert_eq!(config.models[0].health_path, "/v2/health/ready");
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(config.server.max_body_bytes, 10 * 1024 * 1024);
+}
+
+#[test]
+fn listen_and_admin_addresses_must_differ() {
+    let errors =
+        field_errors("[server]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n");
+    assert_eq!(
+        errors,
+        ["server.admin_listen: is the same address as server.listen (127.0.0.1:9000)"]
+    );
+}
+
+#[test]
+fn examples_in_the_config_directory_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "only {checked} examples found in {}",
+        dir.display()
+    );
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let error = Config::load(std::path::Path::new("/nonexistent/stagegate.toml")).unwrap_err();
+    assert!(
+        error.to_string().contains("/nonexistent/stagegate.toml"),
+        "{error}"
+    );
+}
