@@ -1,1 +1,102 @@
-fn main() {}
+//! Routing micro-benchmarks: what the request path pays to pick a version route.
+//!
+//! - `resolve/*`: path parsing + model lookup + pins + endpoint pick, per path style,
+//!   on a table of 50 models with 3 versions each;
+//! - `router/load*`: `ArcSwap::load` of the current table, alone and while another
+//!   thread publishes a new table in a loop.
+//!
+//! Run: `cargo bench --bench routing`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
+use stagegate::config::Config;
+use stagegate::registry::ModelSpec;
+use stagegate::routing::{self, Router};
+use stagegate::telemetry::Telemetry;
+
+const MODELS: usize = 50;
+
+fn models() -> Vec<ModelSpec> {
+    let mut text = String::new();
+    for m in 0..MODELS {
+        text.push_str(&format!("[[models]]\nname = \"model-{m}\"\n"));
+        for (v, stage) in [(1, "archived"), (2, "production"), (3, "staging")] {
+            text.push_str(&format!(
+                "[[models.versions]]\nversion = \"{v}\"\nstage = \"{stage}\"\n\
+                 endpoints = [\"http://10.0.{m}.{v}:8080\", \"http://10.1.{m}.{v}:8080\"]\n"
+            ));
+        }
+    }
+    match Config::parse(&text, "bench") {
+        Ok(config) => config.models,
+        Err(error) => panic!("bench config: {error}"),
+    }
+}
+
+fn resolve(c: &mut Criterion) {
+    let router = Router::new(&models(), Telemetry::new());
+    let none = HeaderMap::new();
+    let mut staging_pin = HeaderMap::new();
+    staging_pin.insert("x-stagegate-stage", HeaderValue::from_static("staging"));
+    let cases = [
+        ("kserve_v1", "/v1/models/model-42:predict", &none),
+        ("oip_v2", "/v2/models/model-42/infer", &none),
+        (
+            "oip_v2_version_pin",
+            "/v2/models/model-42/versions/3/infer",
+            &none,
+        ),
+        ("generic", "/models/model-42/invocations", &none),
+        (
+            "stage_pin_header",
+            "/v2/models/model-42/infer",
+            &staging_pin,
+        ),
+    ];
+    let mut group = c.benchmark_group("resolve");
+    for (name, path, headers) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let table = router.load();
+                let resolved = routing::resolve(&table, black_box(path), headers);
+                let route = resolved.map(|r| Arc::clone(r.route.pick_endpoint()));
+                black_box(route.is_ok())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn load(c: &mut Criterion) {
+    let models = models();
+    let router = Arc::new(Router::new(&models, Telemetry::new()));
+    let mut group = c.benchmark_group("router");
+    group.bench_function("load", |b| b.iter(|| black_box(router.load().revision())));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (router, stop) = (Arc::clone(&router), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                router.publish(&models);
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    group.bench_function("load_under_swap_loop", |b| {
+        b.iter(|| black_box(router.load().revision()))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let swaps = publisher.join().unwrap_or(0);
+    group.finish();
+    eprintln!("router/load_under_swap_loop: {swaps} tables published meanwhile");
+}
+
+criterion_group!(benches, resolve, load);
+criterion_main!(benches);

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::proxy::{self, Drained, Limits, Proxy};
+use crate::proxy::{self, Drained, Proxy};
 use crate::routing::Router;
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
 
@@ -66,7 +66,7 @@ pub fn start_on(
     let admin_addr = local(&admin, "admin", config.server.admin_listen)?;
     let telemetry = Telemetry::new();
     let router = Arc::new(Router::new(&config.models, telemetry.clone()));
-    let limits = Limits::from(&config.server);
+    let limits = config.server.limits.clone();
     let ready = Arc::new(AtomicBool::new(true));
     let shutdown = CancellationToken::new();
 
@@ -116,7 +116,10 @@ impl RunningGateway {
     pub async fn shutdown(self) -> Drained {
         self.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
-        let drained = self.data_plane.await.unwrap_or(Drained { abandoned: 0 });
+        let drained = self.data_plane.await.unwrap_or_else(|error| {
+            tracing::error!(%error, "data plane task failed");
+            Drained { abandoned: 0 }
+        });
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         drained

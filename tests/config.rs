@@ -111,7 +111,7 @@ fn versions_may_be_written_as_integers_and_defaults_fill_the_rest() {
     assert_eq!(config.models[0].health_path, "/v2/health/ready");
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:8081");
-    assert_eq!(config.server.max_body_bytes, 10 * 1024 * 1024);
+    assert_eq!(config.server.limits.max_body_bytes, 10 * 1024 * 1024);
 }
 
 #[test]

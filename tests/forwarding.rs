@@ -181,3 +181,23 @@ async fn http2_cleartext_clients_are_served_on_the_same_port() {
         Bytes::from_static(b"{\"inputs\": []}")
     );
 }
+
+#[tokio::test]
+async fn expect_continue_is_answered_by_the_gateway_and_not_forwarded() {
+    let upstream = FakeUpstream::start("v2").await;
+    let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
+    let mut stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let head = "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: gw\r\nexpect: 100-continue\r\n\
+                content-length: 4\r\nconnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).await.unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"ping").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let received = &upstream.received()[0];
+    assert_eq!(received.body, Bytes::from_static(b"ping"));
+    assert!(!received.headers.contains_key("expect"));
+}

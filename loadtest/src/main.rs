@@ -1,1 +1,280 @@
-fn main() {}
+//! `loadtest`: the command line over the `loadtest` library. `backend` runs a fast
+//! fake model server; `run` generates load against a URL and reports latency and
+//! errors.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri};
+use loadtest::parse::{parse_duration, parse_fraction, parse_header, parse_rate};
+use loadtest::{BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, load};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, about = "Load testing for stagegate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a fast fake model server until SIGINT or SIGTERM.
+    Backend(BackendArgs),
+    /// Send load to a URL and report throughput, latency and errors.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct BackendArgs {
+    /// Address to listen on; port 0 picks a free one (printed on start).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Delay before each answer, in milliseconds (tokio's timer may add up to ~1 ms).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Approximate size of each 200 response body.
+    #[arg(long, default_value_t = 200)]
+    response_bytes: usize,
+    /// Fraction of requests (0 to 1) answered with a 500.
+    #[arg(long, default_value = "0", value_parser = parse_fraction)]
+    fail_rate: f64,
+    #[arg(long, value_enum, default_value_t = Mode::Ok)]
+    mode: Mode,
+    /// Runtime worker threads.
+    #[arg(long, default_value = "1")]
+    threads: NonZeroUsize,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Target, e.g. http://127.0.0.1:8080/v2/models/m/infer (http only).
+    #[arg(long)]
+    url: Uri,
+    #[arg(long, default_value = "POST")]
+    method: Method,
+    /// Request body; defaults to a ~1 KB JSON inference request (none for GET/HEAD).
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+    /// Extra request header, 'name: value'; repeatable.
+    #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = parse_header)]
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Concurrent keep-alive connections, one worker each.
+    #[arg(long, default_value = "64")]
+    connections: NonZeroUsize,
+    /// How long to measure, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "requests")]
+    duration: Duration,
+    /// Stop after this many measured requests instead of after --duration.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Unrecorded load before measuring starts.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Open loop at this many requests per second in total; closed loop without it.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Runtime worker threads.
+    #[arg(long, default_value = "1")]
+    threads: NonZeroUsize,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] io::Error),
+    #[error("cannot read body file {path}: {source}")]
+    BodyFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[source] io::Error),
+    #[error("cannot encode the report: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Backend(args) => {
+            runtime(args.threads).and_then(|rt| rt.block_on(backend_command(args)))
+        }
+        Command::Run(args) => runtime(args.threads).and_then(|rt| rt.block_on(run_command(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("loadtest: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(threads: NonZeroUsize) -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.get())
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+async fn backend_command(args: BackendArgs) -> Result<(), CliError> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| CliError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| CliError::Listen {
+        addr: args.listen,
+        source,
+    })?;
+    // Installed before announcing the address, so a signal sent by whoever reads
+    // that line is never missed.
+    let shutdown = shutdown_signal()?;
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening on {addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(CliError::Stdout)?;
+    drop(stdout);
+    let options = BackendOptions {
+        latency: Duration::from_millis(args.latency_ms),
+        response_bytes: args.response_bytes,
+        fail_rate: args.fail_rate,
+        mode: args.mode,
+    };
+    backend::serve(listener, options, shutdown).await;
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl Future<Output = ()>, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl Future<Output = ()>, CliError> {
+    Ok(async {
+        // Without a handler the process would still die on Ctrl-C; an error here
+        // means no handler, so waiting forever is the same outcome.
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+async fn run_command(args: RunArgs) -> Result<(), CliError> {
+    let body = match &args.body_file {
+        Some(path) => Bytes::from(std::fs::read(path).map_err(|source| CliError::BodyFile {
+            path: path.clone(),
+            source,
+        })?),
+        None if matches!(args.method, Method::GET | Method::HEAD) => Bytes::new(),
+        None => load::default_body(),
+    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in args.headers {
+        headers.append(name, value);
+    }
+    let options = LoadOptions {
+        url: args.url,
+        method: args.method,
+        headers,
+        body,
+        connections: args.connections.get(),
+        stop: args
+            .requests
+            .map_or(Stop::Duration(args.duration), Stop::Requests),
+        warmup: args.warmup,
+        rate: args.rate,
+        timeout: args.timeout,
+    };
+    let report = load::run(options).await?;
+    let mut stdout = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut stdout, &report.to_json())?;
+        writeln!(stdout).map_err(CliError::Stdout)?;
+    } else {
+        write!(stdout, "{report}").map_err(CliError::Stdout)?;
+    }
+    stdout.flush().map_err(CliError::Stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn duration_and_requests_conflict() {
+        let parsed = Cli::try_parse_from([
+            "loadtest",
+            "run",
+            "--url",
+            "http://x/",
+            "--duration",
+            "1s",
+            "--requests",
+            "5",
+        ]);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn run_defaults() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "run",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--header",
+            "a: b",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(args.connections.get(), 64);
+        assert_eq!(args.duration, Duration::from_secs(10));
+        assert_eq!(args.warmup, Duration::from_secs(2));
+        assert_eq!(args.rate, None);
+        assert_eq!(args.headers.len(), 1);
+    }
+}

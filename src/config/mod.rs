@@ -44,6 +44,12 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub worker_threads: usize,
     pub state_dir: PathBuf,
+    pub limits: Limits,
+}
+
+/// The limits and timeouts the listeners enforce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
     pub header_read_timeout: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawModel, RawServer, RawVersion};
-use super::{Config, FieldError, ServerConfig, defaults};
+use super::{Config, FieldError, Limits, ServerConfig, defaults};
 use crate::registry::{EndpointUrl, ModelSpec, Stage, VersionSpec, is_valid_identifier};
 
 /// hyper refuses header buffers smaller than this.
@@ -105,13 +105,15 @@ fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerConfig {
         admin_listen,
         worker_threads: worker_threads as usize,
         state_dir: PathBuf::from(raw.state_dir.as_deref().unwrap_or(defaults::STATE_DIR)),
-        header_read_timeout,
-        connect_timeout,
-        request_timeout,
-        drain_timeout,
-        max_body_bytes: usize_or_max(max_body_bytes),
-        max_header_bytes: usize_or_max(Some(max_header_bytes)),
-        max_concurrent_requests: usize_or_max(max_concurrent_requests),
+        limits: Limits {
+            header_read_timeout,
+            connect_timeout,
+            request_timeout,
+            drain_timeout,
+            max_body_bytes: usize_or_max(max_body_bytes),
+            max_header_bytes: usize_or_max(Some(max_header_bytes)),
+            max_concurrent_requests: usize_or_max(max_concurrent_requests),
+        },
     }
 }
 

@@ -48,10 +48,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Prepares the request headers the model server will see: hygiene, the gateway's
 /// own pin headers removed, `Host` set to the endpoint (the client's goes to
 /// `x-forwarded-host`), and the socket peer appended to `x-forwarded-for`.
+///
+/// `Expect: 100-continue` is answered by the gateway itself (hyper sends the 100
+/// when the body is read), and the body is complete before it is forwarded, so the
+/// model server must not be asked to wait for it.
 pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &HeaderValue, peer: &HeaderValue) {
     strip_hop_by_hop(headers);
     headers.remove(&PIN_STAGE);
     headers.remove(&PIN_VERSION);
+    headers.remove(header::EXPECT);
     if let Some(client_host) = headers.insert(header::HOST, host.clone()) {
         headers.insert(X_FORWARDED_HOST, client_host);
     }
@@ -149,5 +154,6 @@ mod tests {
         assert_eq!(map[&X_FORWARDED_HOST], "gateway.example");
         assert_eq!(map[&X_FORWARDED_FOR], "::1");
         assert!(!map.contains_key(&PIN_STAGE) && !map.contains_key(&PIN_VERSION));
+        assert!(!map.contains_key(header::EXPECT));
     }
 }

@@ -189,3 +189,48 @@ impl VersionRoute {
 fn header_value(id: &str) -> HeaderValue {
     HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn models(production: &str) -> Vec<ModelSpec> {
+        let text = format!(
+            "[[models]]\nname = \"m\"\n\
+             [[models.versions]]\nversion = \"1\"\nstage = \"{production}\"\nendpoints = [\"http://a:1\", \"http://b:1\"]\n\
+             [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"http://c:1\"]\n"
+        );
+        Config::parse(&text, "test").unwrap().models
+    }
+
+    #[test]
+    fn endpoints_and_their_counters_carry_over_a_rebuild() {
+        let telemetry = Telemetry::new();
+        let first = RoutingTable::build(&models("production"), 1, &telemetry, None);
+        let production = first.model("m").unwrap().production().unwrap();
+        let _busy = production.endpoints()[0].begin();
+
+        let second = RoutingTable::build(&models("production"), 2, &telemetry, Some(&first));
+        let rebuilt = second.model("m").unwrap().production().unwrap();
+        assert!(Arc::ptr_eq(
+            &production.endpoints()[0],
+            &rebuilt.endpoints()[0]
+        ));
+        assert_eq!(rebuilt.endpoints()[0].outstanding(), 1);
+    }
+
+    #[test]
+    fn stages_sort_versions_into_routes() {
+        let table = RoutingTable::build(&models("archived"), 1, &Telemetry::new(), None);
+        let model = table.model("m").unwrap();
+        assert!(model.production().is_none());
+        assert!(model.is_archived("1") && !model.is_archived("2"));
+        assert_eq!(
+            model.serving_version("2").unwrap().stage(),
+            ServedStage::Staging
+        );
+        assert!(model.serving_version("1").is_none());
+        assert_eq!(&model.staging()[0].headers.stage, "staging");
+    }
+}

@@ -1,0 +1,17 @@
+//! Load testing for stagegate: a load generator ([`load`]) built directly on hyper's
+//! HTTP/1 client connections, with coordinated-omission-corrected open-loop pacing,
+//! and a fast fake model server ([`backend`]) to aim it at.
+//!
+//! The `loadtest` binary is a thin command line over these modules; tests drive them
+//! in-process.
+
+pub mod backend;
+mod conn;
+pub mod load;
+pub mod parse;
+pub mod report;
+pub mod schedule;
+
+pub use backend::{BackendOptions, Mode};
+pub use load::{LoadError, LoadOptions, Stop};
+pub use report::{ErrorKind, Report};
