@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use stagegate::config::Config;
-use stagegate::registry::ModelSpec;
+use stagegate::registry::Catalog;
 use stagegate::routing::{self, Router};
 use stagegate::telemetry::Telemetry;
 
 const MODELS: usize = 50;
 
-fn models() -> Vec<ModelSpec> {
+fn catalog() -> Arc<Catalog> {
     let mut text = String::new();
     for m in 0..MODELS {
         text.push_str(&format!("[[models]]\nname = \"model-{m}\"\n"));
@@ -32,13 +32,13 @@ fn models() -> Vec<ModelSpec> {
         }
     }
     match Config::parse(&text, "bench") {
-        Ok(config) => config.models,
+        Ok(config) => Arc::new(Catalog::from_models(config.models)),
         Err(error) => panic!("bench config: {error}"),
     }
 }
 
 fn resolve(c: &mut Criterion) {
-    let router = Router::new(&models(), Telemetry::new());
+    let router = Router::new(catalog(), Telemetry::new());
     let none = HeaderMap::new();
     let mut staging_pin = HeaderMap::new();
     staging_pin.insert("x-stagegate-stage", HeaderValue::from_static("staging"));
@@ -72,8 +72,8 @@ fn resolve(c: &mut Criterion) {
 }
 
 fn load(c: &mut Criterion) {
-    let models = models();
-    let router = Arc::new(Router::new(&models, Telemetry::new()));
+    let catalog = catalog();
+    let router = Arc::new(Router::new(Arc::clone(&catalog), Telemetry::new()));
     let mut group = c.benchmark_group("router");
     group.bench_function("load", |b| b.iter(|| black_box(router.load().revision())));
 
@@ -83,7 +83,7 @@ fn load(c: &mut Criterion) {
         std::thread::spawn(move || {
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                router.publish(&models);
+                router.publish(Arc::clone(&catalog));
                 swaps += 1;
             }
             swaps

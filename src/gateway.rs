@@ -5,19 +5,32 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
+use crate::admin::auth::{AuthError, Tokens};
 use crate::config::Config;
 use crate::proxy::{self, Drained, Proxy};
+use crate::registry::merge::merge;
+use crate::registry::store::{FileStore, StoreError};
+use crate::registry::{Catalog, Registry, ReloadHook, Writer};
 use crate::routing::Router;
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
 
+/// How long a rollback waits for its target's health probes.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -27,6 +40,8 @@ pub enum GatewayError {
     },
     #[error("cannot install signal handler: {0}")]
     Signal(#[source] io::Error),
+    #[error("start-up task failed: {0}")]
+    Task(String),
 }
 
 /// A gateway that is serving. Dropping it does not stop it; call
@@ -35,6 +50,7 @@ pub struct RunningGateway {
     data_addr: SocketAddr,
     admin_addr: SocketAddr,
     router: Arc<Router>,
+    registry: Registry,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
     admin_shutdown: CancellationToken,
@@ -46,11 +62,11 @@ pub struct RunningGateway {
 pub async fn start(config: &Config) -> Result<RunningGateway, GatewayError> {
     let data = bind("data plane", config.server.listen).await?;
     let admin = bind("admin", config.server.admin_listen).await?;
-    start_on(config, data, admin)
+    start_on(config, data, admin).await
 }
 
 /// Starts serving on listeners the caller bound (tests bind port 0).
-pub fn start_on(
+pub async fn start_on(
     config: &Config,
     data: TcpListener,
     admin: TcpListener,
@@ -64,8 +80,33 @@ pub fn start_on(
     };
     let data_addr = local(&data, "data plane", config.server.listen)?;
     let admin_addr = local(&admin, "admin", config.server.admin_listen)?;
+    let tokens = Tokens::load(&config.admin)?;
+    tokens.check_exposure(admin_addr)?;
+    let tokens = Arc::new(ArcSwap::from_pointee(tokens));
+
+    let state_dir = config.server.state_dir.clone();
+    let (store, loaded) = tokio::task::spawn_blocking(move || FileStore::open(&state_dir))
+        .await
+        .map_err(|e| GatewayError::Task(e.to_string()))??;
+    let merged = merge(&config.models, &loaded.ledger);
+    for warning in loaded.warnings.iter().chain(&merged.warnings) {
+        tracing::warn!("{warning}");
+    }
+    let ledger = Arc::new(loaded.ledger);
     let telemetry = Telemetry::new();
-    let router = Arc::new(Router::new(&config.models, telemetry.clone()));
+    let catalog = Catalog {
+        models: merged.models,
+        ledger: Arc::clone(&ledger),
+    };
+    let router = Arc::new(Router::new(Arc::new(catalog), telemetry.clone()));
+    let registry = Registry::spawn(Writer {
+        config: config.clone(),
+        ledger,
+        store: Box::new(store),
+        router: Arc::clone(&router),
+        probe_timeout: PROBE_TIMEOUT,
+        reload_hook: Some(reload_tokens(Arc::clone(&tokens), admin_addr)),
+    });
     let limits = config.server.limits.clone();
     let ready = Arc::new(AtomicBool::new(true));
     let shutdown = CancellationToken::new();
@@ -78,7 +119,12 @@ pub fn start_on(
     // The admin listener outlives the data plane's drain so /readyz can say
     // "draining" while in-flight requests finish.
     let admin_shutdown = CancellationToken::new();
-    let admin_handler = Arc::new(Admin::new(Arc::clone(&router), Arc::clone(&ready)));
+    let admin_handler = Arc::new(Admin::new(
+        Arc::clone(&router),
+        registry.clone(),
+        Arc::clone(&ready),
+        tokens,
+    ));
     let admin = tokio::spawn({
         let admin_shutdown = admin_shutdown.clone();
         async move { proxy::serve(admin, admin_handler, &limits, admin_shutdown).await }
@@ -89,6 +135,7 @@ pub fn start_on(
         data_addr,
         admin_addr,
         router,
+        registry,
         ready,
         shutdown,
         admin_shutdown,
@@ -106,9 +153,14 @@ impl RunningGateway {
         self.admin_addr
     }
 
-    /// The router, through which later stages (the registry) publish tables.
+    /// The router holding the current routing table.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// The control-plane writer (what the admin API and SIGHUP drive).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Stops accepting, drains in-flight requests, and waits until both listeners
@@ -168,6 +220,17 @@ impl ShutdownSignal {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Re-reads admin tokens on a config reload; refuses a reload that would leave a
+/// non-loopback admin listener without a token.
+fn reload_tokens(tokens: Arc<ArcSwap<Tokens>>, admin_addr: SocketAddr) -> ReloadHook {
+    Box::new(move |config: &Config| {
+        let next = Tokens::load(&config.admin).map_err(|e| e.to_string())?;
+        next.check_exposure(admin_addr).map_err(|e| e.to_string())?;
+        tokens.store(Arc::new(next));
+        Ok(())
+    })
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, GatewayError> {

@@ -10,7 +10,7 @@ struct Setup {
     production: FakeUpstream,
     staging: FakeUpstream,
     base: String,
-    _gateway: stagegate::gateway::RunningGateway,
+    _gateway: common::TestGateway,
 }
 
 async fn setup() -> Setup {

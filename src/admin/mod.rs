@@ -1,9 +1,19 @@
-//! The admin listener: liveness (`/healthz`), readiness (`/readyz`) and
-//! Prometheus metrics (`/metrics`).
+//! The admin listener: liveness (`/healthz`), readiness (`/readyz`), Prometheus
+//! metrics (`/metrics`), and the JSON admin API under `/api/v1` ([`api`]), guarded
+//! by bearer tokens ([`auth`]).
+//!
+//! Order of checks on `/api/v1`: authentication (401), then the path (404), then the
+//! method (405: changes are POST only, reads GET only).
+
+pub mod api;
+pub mod auth;
+mod routes;
+mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -11,24 +21,45 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::proxy::{Handler, json_error};
+use crate::registry::Registry;
 use crate::routing::Router;
+use api::Api;
+use auth::Tokens;
+pub use routes::{API_PREFIX, ApiRoute};
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The admin API's shared state.
+/// The admin listener's shared state.
 pub struct Admin {
     router: Arc<Router>,
     ready: Arc<AtomicBool>,
+    tokens: Arc<ArcSwap<Tokens>>,
+    api: Api,
 }
 
 impl Admin {
-    /// `ready` is true while the gateway accepts traffic and false once it drains.
-    pub fn new(router: Arc<Router>, ready: Arc<AtomicBool>) -> Admin {
-        Admin { router, ready }
+    /// `ready` is true while the gateway accepts traffic and false once it drains;
+    /// `tokens` may be swapped by a config reload.
+    pub fn new(
+        router: Arc<Router>,
+        registry: Registry,
+        ready: Arc<AtomicBool>,
+        tokens: Arc<ArcSwap<Tokens>>,
+    ) -> Admin {
+        Admin {
+            api: Api::new(Arc::clone(&router), registry),
+            router,
+            ready,
+            tokens,
+        }
     }
 
-    fn answer(&self, request: &Request<Incoming>) -> Response<Bytes> {
-        match (request.method(), request.uri().path()) {
+    async fn answer(&self, request: Request<Incoming>) -> Response<Bytes> {
+        let path = request.uri().path();
+        if path == API_PREFIX || path.starts_with("/api/") {
+            return self.api(request).await;
+        }
+        match (request.method(), path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => {
@@ -39,17 +70,43 @@ impl Admin {
                 );
                 response
             }
-            (_, "/healthz" | "/readyz" | "/metrics") => json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only GET is allowed here",
-                "method_not_allowed",
-            ),
+            (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed(Method::GET),
             (_, path) => json_error(
                 StatusCode::NOT_FOUND,
                 &format!("no admin endpoint at {path}"),
                 "not_found",
             ),
         }
+    }
+
+    async fn api(&self, request: Request<Incoming>) -> Response<Bytes> {
+        let Some(caller) = self
+            .tokens
+            .load()
+            .authenticate(request.headers().get(header::AUTHORIZATION))
+        else {
+            let mut response = json_error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token: send Authorization: Bearer <token>",
+                "unauthorized",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        };
+        let path = request.uri().path();
+        let Some(route) = ApiRoute::parse(path) else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!("no admin API endpoint at {path}"),
+                "not_found",
+            );
+        };
+        if request.method() != route.method() {
+            return method_not_allowed(route.method());
+        }
+        self.api.answer(route, &caller, request).await
     }
 
     fn readiness(&self) -> Response<Bytes> {
@@ -69,8 +126,21 @@ impl Handler for Admin {
         request: Request<Incoming>,
         _peer: &HeaderValue,
     ) -> Response<Full<Bytes>> {
-        self.answer(&request).map(Full::new)
+        self.answer(request).await.map(Full::new)
     }
+}
+
+fn method_not_allowed(allowed: Method) -> Response<Bytes> {
+    let message = format!("only {allowed} is allowed here");
+    let mut response = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &message,
+        "method_not_allowed",
+    );
+    if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Bytes> {

@@ -9,6 +9,8 @@
 mod raw;
 mod validate;
 
+pub use raw::{optional_version_id, version_id};
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,16 @@ pub mod defaults {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub admin: AdminConfig,
     pub models: Vec<ModelSpec>,
+    /// The file this came from, for reloads; `None` for in-memory configs.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// File of admin tokens, one `name:token` (or bare token) per line.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,13 +126,37 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads and validates the config file at `path`.
+    /// Reads and validates the config file at `path`. Relative paths in it
+    /// (`state_dir`, `token_file`) are taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.server.state_dir = base.join(&config.server.state_dir);
+        config.admin.token_file = config.admin.token_file.map(|file| base.join(file));
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Settings that differ in `next` but only take effect at start-up.
+    pub fn unreloadable_changes(&self, next: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.server, &next.server);
+        [
+            ("server.listen", a.listen != b.listen),
+            ("server.admin_listen", a.admin_listen != b.admin_listen),
+            (
+                "server.worker_threads",
+                a.worker_threads != b.worker_threads,
+            ),
+            ("server.state_dir", a.state_dir != b.state_dir),
+            ("server limits and timeouts", a.limits != b.limits),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// Parses and validates config text; `origin` names it in error messages.

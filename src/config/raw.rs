@@ -12,7 +12,15 @@ pub struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,24 +52,37 @@ pub struct RawModel {
 #[serde(deny_unknown_fields)]
 pub struct RawVersion {
     /// `version = "3"` and `version = 3` both mean version "3".
-    #[serde(deserialize_with = "string_or_integer")]
+    #[serde(deserialize_with = "version_id")]
     pub version: String,
     pub stage: String,
     #[serde(default)]
     pub endpoints: Vec<String>,
 }
 
-fn string_or_integer<'de, D: serde::Deserializer<'de>>(
+/// A version id written as a string or an integer (`"3"` or `3`).
+pub fn version_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    StringOrInteger::deserialize(deserializer).map(String::from)
+}
+
+/// [`version_id`] for optional fields.
+pub fn optional_version_id<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
-) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged, expecting = "a version id such as \"3\" or 3")]
-    enum StringOrInteger {
-        String(String),
-        Integer(i64),
+) -> Result<Option<String>, D::Error> {
+    Option::<StringOrInteger>::deserialize(deserializer).map(|id| id.map(String::from))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a version id such as \"3\" or 3")]
+enum StringOrInteger {
+    String(String),
+    Integer(i64),
+}
+
+impl From<StringOrInteger> for String {
+    fn from(id: StringOrInteger) -> String {
+        match id {
+            StringOrInteger::String(s) => s,
+            StringOrInteger::Integer(n) => n.to_string(),
+        }
     }
-    Ok(match StringOrInteger::deserialize(deserializer)? {
-        StringOrInteger::String(s) => s,
-        StringOrInteger::Integer(n) => n.to_string(),
-    })
 }

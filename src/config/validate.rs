@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawModel, RawServer, RawVersion};
-use super::{Config, FieldError, Limits, ServerConfig, defaults};
+use super::raw::{RawAdmin, RawConfig, RawModel, RawServer, RawVersion};
+use super::{AdminConfig, Config, FieldError, Limits, ServerConfig, defaults};
 use crate::registry::{EndpointUrl, ModelSpec, Stage, VersionSpec, is_valid_identifier};
 
 /// hyper refuses header buffers smaller than this.
@@ -28,9 +28,15 @@ impl Errors {
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut errors = Errors::default();
     let server = validate_server(&raw.server, &mut errors);
+    let admin = validate_admin(&raw.admin, &mut errors);
     let models = validate_models(&raw.models, &mut errors);
     if errors.0.is_empty() {
-        Ok(Config { server, models })
+        Ok(Config {
+            server,
+            admin,
+            models,
+            source: None,
+        })
     } else {
         Err(errors.0)
     }
@@ -114,6 +120,22 @@ fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerConfig {
             max_header_bytes: usize_or_max(Some(max_header_bytes)),
             max_concurrent_requests: usize_or_max(max_concurrent_requests),
         },
+    }
+}
+
+fn validate_admin(raw: &RawAdmin, errors: &mut Errors) -> AdminConfig {
+    if raw.token_file.as_deref() == Some("") {
+        errors.push(
+            "admin.token_file",
+            "must not be empty (leave it out for no token)",
+        );
+    }
+    AdminConfig {
+        token_file: raw
+            .token_file
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from),
     }
 }
 

@@ -22,6 +22,7 @@ const DEMO_CONFIG: &str = r#"
 [server]
 listen = "{listen}"
 admin_listen = "{admin_listen}"
+state_dir = "{state_dir}"
 request_timeout_ms = 5000
 
 [[models]]
@@ -50,6 +51,8 @@ const VERSIONS: [(&str, f64); 3] = [("1", -0.05), ("2", 0.0), ("3", 0.01)];
 pub enum DemoError {
     #[error("cannot start demo model server: {0}")]
     ModelServer(#[source] std::io::Error),
+    #[error("cannot create the demo's state directory: {0}")]
+    StateDir(#[source] std::io::Error),
     #[error("embedded demo config is invalid: {0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -61,6 +64,8 @@ pub struct Demo {
     pub gateway: RunningGateway,
     pub config: Config,
     model_servers: CancellationToken,
+    /// A fresh journal each run, removed when the demo ends.
+    _state_dir: tempfile::TempDir,
 }
 
 /// Starts the model servers and the gateway. Use port 0 for ephemeral ports.
@@ -75,7 +80,12 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr) -> Result<Demo,
         };
         ports.push(spawn_model_server(model, model_servers.clone()).await?);
     }
+    let state_dir = tempfile::Builder::new()
+        .prefix("stagegate-demo-")
+        .tempdir()
+        .map_err(DemoError::StateDir)?;
     let text = DEMO_CONFIG
+        .replace("{state_dir}", &state_dir.path().display().to_string().replace('\\', "/"))
         .replace("{listen}", &listen.to_string())
         .replace("{admin_listen}", &admin_listen.to_string())
         .replace("{v1}", &ports[0].to_string())
@@ -87,6 +97,7 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr) -> Result<Demo,
         gateway,
         config,
         model_servers,
+        _state_dir: state_dir,
     })
 }
 

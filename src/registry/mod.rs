@@ -1,15 +1,36 @@
-//! The registry: models, their versions and the stage each version is in.
+//! The registry: models, their versions and the stage each version is in, kept
+//! durable and changed by one writer.
 //!
-//! This module owns the domain vocabulary ([`Stage`], [`ModelSpec`],
-//! [`VersionSpec`], [`EndpointUrl`]) that configuration produces and the routing
-//! table consumes.
+//! - the domain vocabulary ([`Stage`], [`ModelSpec`], [`VersionSpec`],
+//!   [`EndpointUrl`]) that configuration produces and the routing table consumes;
+//! - [`rules`]: which stage transitions are allowed, as pure planning;
+//! - [`record`] and [`ledger`]: the journal's records and the state they replay to;
+//! - [`merge`]: config seeds + journal-owned stages -> the served models;
+//! - [`store`]: the durable journal, snapshot and lock behind a trait;
+//! - [`writer`]: the single writer task (validate, journal, apply, publish) and the
+//!   [`Registry`] handle that sends it work;
+//! - [`probe`]: health probes before a rollback.
 
 mod endpoint;
+mod error;
+pub mod ledger;
+pub mod merge;
+pub mod probe;
+pub mod record;
+pub mod rules;
+pub mod store;
+mod writer;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 pub use endpoint::{EndpointUrl, EndpointUrlError};
+pub use error::RegistryError;
+pub use ledger::Ledger;
+pub use record::Record;
+pub use rules::Command;
+pub use writer::{Registry, ReloadHook, Reloaded, Writer};
 
 /// The lifecycle stage of a model version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,6 +97,30 @@ pub struct VersionSpec {
 impl ModelSpec {
     pub fn production(&self) -> Option<&VersionSpec> {
         self.versions.iter().find(|v| v.stage == Stage::Production)
+    }
+}
+
+/// What the control plane knows, published with every routing table so that
+/// readers (the admin API) see the same state the data plane routes by.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// The served models: config seeds merged with journal-owned stages.
+    pub models: Vec<ModelSpec>,
+    /// Journal-owned state, with each model's recent history.
+    pub ledger: Arc<Ledger>,
+}
+
+impl Catalog {
+    /// A catalog of `models` with an empty ledger (tests, benchmarks).
+    pub fn from_models(models: Vec<ModelSpec>) -> Catalog {
+        Catalog {
+            models,
+            ledger: Arc::default(),
+        }
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.name == name)
     }
 }
 

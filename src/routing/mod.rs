@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 pub use balance::{Endpoint, EndpointGuard};
 pub use table::{ModelRoutes, RouteHeaders, RoutingTable, VersionRoute};
 
-use crate::registry::{ModelSpec, Stage};
+use crate::registry::{Catalog, Stage};
 use crate::telemetry::Telemetry;
 
 /// Request header pinning a stage: `production` or `staging`.
@@ -231,9 +231,9 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router serving `models` at revision 1.
-    pub fn new(models: &[ModelSpec], telemetry: Telemetry) -> Router {
-        let table = RoutingTable::build(models, 1, &telemetry, None);
+    /// A router serving `catalog` at revision 1.
+    pub fn new(catalog: Arc<Catalog>, telemetry: Telemetry) -> Router {
+        let table = RoutingTable::build(catalog, 1, &telemetry, None);
         telemetry.set_routing_revision(table.revision());
         Router {
             current: ArcSwap::from_pointee(table),
@@ -248,16 +248,16 @@ impl Router {
         self.current.load()
     }
 
-    /// Builds a table from `models` with the next revision and swaps it in with one
+    /// Builds a table from `catalog` with the next revision and swaps it in with one
     /// atomic store. Returns the new table.
-    pub fn publish(&self, models: &[ModelSpec]) -> Arc<RoutingTable> {
+    pub fn publish(&self, catalog: Arc<Catalog>) -> Arc<RoutingTable> {
         let _writer = self
             .publishing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let previous = self.current.load_full();
         let next = Arc::new(RoutingTable::build(
-            models,
+            catalog,
             previous.revision() + 1,
             &self.telemetry,
             Some(&previous),

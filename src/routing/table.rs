@@ -7,13 +7,15 @@ use http::HeaderValue;
 
 use super::ServedStage;
 use super::balance::{self, Endpoint};
-use crate::registry::{EndpointUrl, ModelSpec, Stage, VersionSpec};
+use crate::registry::{Catalog, EndpointUrl, ModelSpec, Stage, VersionSpec};
 use crate::telemetry::{RouteMetrics, Telemetry};
 
 /// Everything the request path needs to route, resolved ahead of time: version
 /// routes with their endpoints, response header values and metric handles.
 pub struct RoutingTable {
     revision: u64,
+    /// The control-plane state this table was built from.
+    catalog: Arc<Catalog>,
     models: HashMap<String, ModelRoutes>,
     /// Every endpoint in the table, so the next table can reuse them (and their
     /// outstanding-request counters) instead of starting from zero.
@@ -51,7 +53,7 @@ impl RoutingTable {
     /// Builds a table from validated models. Endpoints already in `previous` are
     /// reused, so load-balancing state carries over a swap.
     pub fn build(
-        models: &[ModelSpec],
+        catalog: Arc<Catalog>,
         revision: u64,
         telemetry: &Telemetry,
         previous: Option<&RoutingTable>,
@@ -64,8 +66,8 @@ impl RoutingTable {
                 .unwrap_or_else(|| Arc::new(Endpoint::new(url.clone())));
             endpoints.entry(url.clone()).or_insert(shared).clone()
         };
-        let mut routes = HashMap::with_capacity(models.len());
-        for model in models {
+        let mut routes = HashMap::with_capacity(catalog.models.len());
+        for model in &catalog.models {
             let mut build = |spec: &VersionSpec, stage: ServedStage| {
                 let eps = spec.endpoints.iter().map(&mut endpoint).collect();
                 Arc::new(VersionRoute::new(
@@ -96,9 +98,15 @@ impl RoutingTable {
         }
         RoutingTable {
             revision,
+            catalog,
             models: routes,
             endpoints,
         }
+    }
+
+    /// The control-plane state this table routes by.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     /// Increases by one with every table published.
@@ -111,8 +119,14 @@ impl RoutingTable {
     }
 }
 
+/// The model's versions in `stage`. Versions without endpoints (only possible for a
+/// journal-owned version the config no longer lists) cannot serve, so they are left
+/// out; [`super::super::registry::merge`] warns about them.
 fn versions_in(model: &ModelSpec, stage: Stage) -> impl Iterator<Item = &VersionSpec> {
-    model.versions.iter().filter(move |v| v.stage == stage)
+    model
+        .versions
+        .iter()
+        .filter(move |v| v.stage == stage && (stage == Stage::Archived || !v.endpoints.is_empty()))
 }
 
 // === impl ModelRoutes ===
@@ -195,23 +209,25 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn models(production: &str) -> Vec<ModelSpec> {
+    fn catalog(production: &str) -> Arc<Catalog> {
         let text = format!(
             "[[models]]\nname = \"m\"\n\
              [[models.versions]]\nversion = \"1\"\nstage = \"{production}\"\nendpoints = [\"http://a:1\", \"http://b:1\"]\n\
              [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"http://c:1\"]\n"
         );
-        Config::parse(&text, "test").unwrap().models
+        Arc::new(Catalog::from_models(
+            Config::parse(&text, "test").unwrap().models,
+        ))
     }
 
     #[test]
     fn endpoints_and_their_counters_carry_over_a_rebuild() {
         let telemetry = Telemetry::new();
-        let first = RoutingTable::build(&models("production"), 1, &telemetry, None);
+        let first = RoutingTable::build(catalog("production"), 1, &telemetry, None);
         let production = first.model("m").unwrap().production().unwrap();
         let _busy = production.endpoints()[0].begin();
 
-        let second = RoutingTable::build(&models("production"), 2, &telemetry, Some(&first));
+        let second = RoutingTable::build(catalog("production"), 2, &telemetry, Some(&first));
         let rebuilt = second.model("m").unwrap().production().unwrap();
         assert!(Arc::ptr_eq(
             &production.endpoints()[0],
@@ -222,7 +238,7 @@ mod tests {
 
     #[test]
     fn stages_sort_versions_into_routes() {
-        let table = RoutingTable::build(&models("archived"), 1, &Telemetry::new(), None);
+        let table = RoutingTable::build(catalog("archived"), 1, &Telemetry::new(), None);
         let model = table.model("m").unwrap();
         assert!(model.production().is_none());
         assert!(model.is_archived("1") && !model.is_archived("2"));

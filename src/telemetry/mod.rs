@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::registry::Stage;
 use http::StatusCode;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
@@ -21,6 +22,9 @@ pub mod names {
     pub const REQUEST_DURATION_SECONDS: &str = "stagegate_request_duration_seconds";
     pub const UPSTREAM_ERRORS_TOTAL: &str = "stagegate_upstream_errors_total";
     pub const ROUTING_TABLE_REVISION: &str = "stagegate_routing_table_revision";
+    pub const TRANSITIONS_TOTAL: &str = "stagegate_transitions_total";
+    pub const ROLLBACKS_TOTAL: &str = "stagegate_rollbacks_total";
+    pub const CONFIG_RELOADS_TOTAL: &str = "stagegate_config_reloads_total";
 }
 
 /// Buckets of `stagegate_request_duration_seconds`, from fast in-memory models to
@@ -125,6 +129,11 @@ impl Telemetry {
         let revision =
             recorder.register_gauge(&Key::from_name(names::ROUTING_TABLE_REVISION), &METADATA);
         let unrouted = code_counters(&recorder, &[("model", ""), ("version", ""), ("stage", "")]);
+        for result in ["success", "error"] {
+            let key = key(names::CONFIG_RELOADS_TOTAL, &[("result", result)]);
+            // Present (at 0) from the start, so rate() works before the first reload.
+            recorder.register_counter(&key, &METADATA).increment(0);
+        }
         Telemetry {
             inner: Arc::new(Inner {
                 recorder,
@@ -163,6 +172,29 @@ impl Telemetry {
         &self.inner.unrouted
     }
 
+    /// Counts a version moving to `stage` (control plane: resolved per call).
+    pub fn transition(&self, model: &str, stage: Stage) {
+        let labels = [("model", model), ("to_stage", stage.as_str())];
+        self.counter(names::TRANSITIONS_TOTAL, &labels).increment(1);
+    }
+
+    pub fn rollback(&self, model: &str) {
+        self.counter(names::ROLLBACKS_TOTAL, &[("model", model)])
+            .increment(1);
+    }
+
+    /// `result` is `success` or `error`.
+    pub fn config_reload(&self, result: &str) {
+        self.counter(names::CONFIG_RELOADS_TOTAL, &[("result", result)])
+            .increment(1);
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.inner
+            .recorder
+            .register_counter(&key(name, labels), &METADATA)
+    }
+
     pub fn set_routing_revision(&self, revision: u64) {
         self.inner.revision.set(revision as f64);
     }
@@ -195,37 +227,39 @@ fn code_counters(recorder: &PrometheusRecorder, labels: &[(&'static str, &str)])
     }))
 }
 
-fn describe(recorder: &PrometheusRecorder) {
-    let describe = |name: &'static str, unit: Option<Unit>, help: &'static str, kind: char| {
-        let name = name.into();
-        match kind {
-            'c' => recorder.describe_counter(name, unit, help.into()),
-            'g' => recorder.describe_gauge(name, unit, help.into()),
-            _ => recorder.describe_histogram(name, unit, help.into()),
-        }
-    };
-    describe(
+/// HELP text of each counter.
+const COUNTERS: [(&str, &str); 5] = [
+    (
         names::REQUESTS_TOTAL,
-        None,
         "Requests answered, by model, version, stage and status class.",
-        'c',
-    );
-    describe(
-        names::REQUEST_DURATION_SECONDS,
-        Some(Unit::Seconds),
-        "Time from receiving a request to sending its response head.",
-        'h',
-    );
-    describe(
+    ),
+    (
         names::UPSTREAM_ERRORS_TOTAL,
-        None,
         "Failed exchanges with model servers, by kind.",
-        'c',
-    );
-    describe(
-        names::ROUTING_TABLE_REVISION,
+    ),
+    (
+        names::TRANSITIONS_TOTAL,
+        "Versions moved to a stage, by model and stage.",
+    ),
+    (names::ROLLBACKS_TOTAL, "Rollbacks, by model."),
+    (
+        names::CONFIG_RELOADS_TOTAL,
+        "Config reloads, by result (success, error).",
+    ),
+];
+
+fn describe(recorder: &PrometheusRecorder) {
+    for (name, help) in COUNTERS {
+        recorder.describe_counter(name.into(), None, help.into());
+    }
+    recorder.describe_gauge(
+        names::ROUTING_TABLE_REVISION.into(),
         None,
-        "Revision of the routing table in use.",
-        'g',
+        "Revision of the routing table in use.".into(),
+    );
+    recorder.describe_histogram(
+        names::REQUEST_DURATION_SECONDS.into(),
+        Some(Unit::Seconds),
+        "Time from receiving a request to sending its response head.".into(),
     );
 }

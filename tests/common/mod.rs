@@ -150,13 +150,42 @@ pub async fn refused_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// Starts a gateway on ephemeral ports from config text (its listen addresses are
-/// ignored).
-pub async fn gateway(config: &str) -> RunningGateway {
-    let config = Config::parse(config, "test config").unwrap_or_else(|e| panic!("{e}"));
+/// A gateway on ephemeral ports with its own state directory.
+pub struct TestGateway {
+    pub running: RunningGateway,
+    pub state_dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestGateway {
+    type Target = RunningGateway;
+    fn deref(&self) -> &RunningGateway {
+        &self.running
+    }
+}
+
+impl TestGateway {
+    pub async fn shutdown(self) -> stagegate::proxy::Drained {
+        self.running.shutdown().await
+    }
+}
+
+/// Starts a gateway on ephemeral ports from config text (its listen addresses and
+/// state directory are replaced).
+pub async fn gateway(config: &str) -> TestGateway {
+    let state_dir = tempfile::tempdir().unwrap();
+    let running = gateway_in(config, state_dir.path()).await;
+    TestGateway { running, state_dir }
+}
+
+/// Starts a gateway on ephemeral ports with the given state directory.
+pub async fn gateway_in(config: &str, state_dir: &std::path::Path) -> RunningGateway {
+    let mut config = Config::parse(config, "test config").unwrap_or_else(|e| panic!("{e}"));
+    config.server.state_dir = state_dir.to_path_buf();
     let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    gateway::start_on(&config, data, admin).unwrap()
+    gateway::start_on(&config, data, admin)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Config text for one model "fraud" with the given `(version, stage, [urls])`.

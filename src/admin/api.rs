@@ -1,0 +1,295 @@
+//! The JSON admin API under `/api/v1`: reads come from the routing table's
+//! catalog (the state the data plane routes by); changes go to the registry
+//! writer and are answered once durable and live.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::auth::Caller;
+use super::routes::ApiRoute;
+use super::views;
+use crate::proxy::json_error;
+use crate::registry::{Command, Registry, RegistryError, Stage};
+use crate::routing::Router;
+
+/// Admin request bodies are small JSON documents.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const DEFAULT_HISTORY_PAGE: usize = 50;
+const MAX_HISTORY_PAGE: usize = 1000;
+
+pub struct Api {
+    router: Arc<Router>,
+    registry: Registry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    #[serde(deserialize_with = "crate::config::version_id")]
+    version: String,
+    endpoints: Vec<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    stage: Stage,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    #[serde(default, deserialize_with = "crate::config::optional_version_id")]
+    to_version: Option<String>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    force: bool,
+}
+
+impl Api {
+    pub fn new(router: Arc<Router>, registry: Registry) -> Api {
+        Api { router, registry }
+    }
+
+    pub async fn answer(
+        &self,
+        route: ApiRoute,
+        caller: &Caller,
+        request: Request<Incoming>,
+    ) -> Response<Bytes> {
+        let query = request.uri().query().unwrap_or_default().to_string();
+        match route {
+            ApiRoute::Models => self.models(),
+            ApiRoute::Model(model) => self.model(&model),
+            ApiRoute::History(model) => self.history(&model, &query),
+            ApiRoute::Register(model) => {
+                let body: RegisterBody = match read_json(request, None).await {
+                    Ok(body) => body,
+                    Err(response) => return response,
+                };
+                let command = Command::Register {
+                    model,
+                    version: body.version,
+                    endpoints: body.endpoints,
+                    reason: body.reason,
+                };
+                self.change(command, caller, StatusCode::CREATED).await
+            }
+            ApiRoute::Transition(model, version) => {
+                let body: TransitionBody = match read_json(request, None).await {
+                    Ok(body) => body,
+                    Err(response) => return response,
+                };
+                let command = Command::Transition {
+                    model,
+                    version,
+                    to: body.stage,
+                    reason: body.reason,
+                };
+                self.change(command, caller, StatusCode::OK).await
+            }
+            ApiRoute::Rollback(model) => {
+                let body: RollbackBody =
+                    match read_json(request, Some(RollbackBody::default())).await {
+                        Ok(body) => body,
+                        Err(response) => return response,
+                    };
+                let command = Command::Rollback {
+                    model,
+                    to_version: body.to_version,
+                    reason: body.reason,
+                    force: body.force,
+                };
+                self.change(command, caller, StatusCode::OK).await
+            }
+            ApiRoute::Reload => self.reload().await,
+        }
+    }
+
+    fn models(&self) -> Response<Bytes> {
+        let table = self.router.load();
+        json_response(StatusCode::OK, &views::models(&table))
+    }
+
+    fn model(&self, name: &str) -> Response<Bytes> {
+        let table = self.router.load();
+        match views::model(&table, name) {
+            Some(view) => json_response(StatusCode::OK, &view),
+            None => registry_error(&RegistryError::UnknownModel(name.to_string())),
+        }
+    }
+
+    fn history(&self, name: &str, query: &str) -> Response<Bytes> {
+        let page = match HistoryPage::parse(query) {
+            Ok(page) => page,
+            Err(message) => {
+                return json_error(StatusCode::BAD_REQUEST, &message, "invalid_request");
+            }
+        };
+        let table = self.router.load();
+        if table.catalog().model(name).is_none() {
+            return registry_error(&RegistryError::UnknownModel(name.to_string()));
+        }
+        let history = table.catalog().ledger.model(name).map(|m| &m.history);
+        let mut newest_first = history
+            .into_iter()
+            .flatten()
+            .rev()
+            .filter(|r| page.before.is_none_or(|before| r.revision < before));
+        let entries: Vec<_> = newest_first.by_ref().take(page.limit).cloned().collect();
+        let next_before = match newest_first.next() {
+            Some(_) => entries.last().map(|r| r.revision),
+            None => None,
+        };
+        json_response(
+            StatusCode::OK,
+            &json!({ "model": name, "entries": entries, "next_before": next_before }),
+        )
+    }
+
+    async fn change(
+        &self,
+        command: Command,
+        caller: &Caller,
+        status: StatusCode,
+    ) -> Response<Bytes> {
+        match self.registry.change(command, caller.actor()).await {
+            Ok(record) => {
+                let revision = self.router.load().revision();
+                json_response(
+                    status,
+                    &json!({ "record": record, "routing_revision": revision }),
+                )
+            }
+            Err(error) => registry_error(&error),
+        }
+    }
+
+    async fn reload(&self) -> Response<Bytes> {
+        match self.registry.reload().await {
+            Ok(reloaded) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "result": "applied",
+                    "routing_revision": reloaded.routing_revision,
+                    "warnings": reloaded.warnings,
+                }),
+            ),
+            Err(error) => registry_error(&error),
+        }
+    }
+}
+
+struct HistoryPage {
+    limit: usize,
+    before: Option<u64>,
+}
+
+impl HistoryPage {
+    fn parse(query: &str) -> Result<HistoryPage, String> {
+        let mut page = HistoryPage {
+            limit: DEFAULT_HISTORY_PAGE,
+            before: None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("{key} must be a number, got {value:?}"))
+            };
+            match key {
+                "limit" => page.limit = (number()? as usize).clamp(1, MAX_HISTORY_PAGE),
+                "before" => page.before = Some(number()?),
+                _ => {
+                    return Err(format!(
+                        "unknown query parameter {key:?} (use limit, before)"
+                    ));
+                }
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`]; an empty body means
+/// `when_empty`, if given. Errors are ready-made 400/413 responses naming the field.
+async fn read_json<T: DeserializeOwned>(
+    request: Request<Incoming>,
+    when_empty: Option<T>,
+) -> Result<T, Response<Bytes>> {
+    let bytes = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            let message = format!("request body exceeds the limit of {MAX_BODY_BYTES} bytes");
+            return Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &message,
+                "body_too_large",
+            ));
+        }
+        Err(error) => {
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read body: {error}"),
+                "bad_request",
+            ));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return when_empty.ok_or_else(|| {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "a JSON body is required",
+                "invalid_request",
+            )
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid JSON body: {e}"),
+            "invalid_request",
+        )
+    })
+}
+
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Bytes> {
+    let body =
+        serde_json::to_vec(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn registry_error(error: &RegistryError) -> Response<Bytes> {
+    let mut body = json!({ "error": error.to_string(), "code": error.code() });
+    if let RegistryError::Reload(config_error) = error {
+        let fields: Vec<Value> = config_error
+            .field_errors()
+            .iter()
+            .map(|e| json!({ "path": e.path, "message": e.message }))
+            .collect();
+        body["errors"] = Value::from(fields);
+    }
+    json_response(error.status(), &body)
+}

@@ -1,0 +1,68 @@
+//! JSON views of the routing table's catalog for the admin API.
+
+use serde_json::{Value, json};
+
+use crate::registry::{ModelSpec, Stage};
+use crate::routing::RoutingTable;
+
+/// `GET /api/v1/models`.
+pub fn models(table: &RoutingTable) -> Value {
+    let catalog = table.catalog();
+    let models: Vec<Value> = catalog
+        .models
+        .iter()
+        .map(|model| {
+            let versions: Vec<Value> = model
+                .versions
+                .iter()
+                .map(|v| json!({ "version": v.version, "stage": v.stage }))
+                .collect();
+            json!({
+                "name": model.name,
+                "production": model.production().map(|v| &v.version),
+                "versions": versions,
+            })
+        })
+        .collect();
+    json!({
+        "routing_revision": table.revision(),
+        "registry_revision": catalog.ledger.revision,
+        "models": models,
+    })
+}
+
+/// `GET /api/v1/models/{m}`, or `None` for an unknown model.
+pub fn model(table: &RoutingTable, name: &str) -> Option<Value> {
+    let catalog = table.catalog();
+    let model = catalog.model(name)?;
+    let ledger = catalog.ledger.model(name);
+    let versions: Vec<Value> = model
+        .versions
+        .iter()
+        .map(|v| {
+            let owner = match ledger.is_some_and(|l| l.versions.contains_key(&v.version)) {
+                true => "journal",
+                false => "config",
+            };
+            let endpoints: Vec<String> = v.endpoints.iter().map(ToString::to_string).collect();
+            json!({ "version": v.version, "stage": v.stage, "endpoints": endpoints, "stage_owner": owner })
+        })
+        .collect();
+    let current = model.production().map(|v| v.version.as_str());
+    Some(json!({
+        "name": model.name,
+        "health_path": model.health_path,
+        "routing_revision": table.revision(),
+        "registry_revision": catalog.ledger.revision,
+        "production": current,
+        "rollback_target": ledger.and_then(|l| l.previous_production(current)).filter(|v| is_archived(model, v)),
+        "versions": versions,
+    }))
+}
+
+fn is_archived(model: &ModelSpec, version: &str) -> bool {
+    model
+        .versions
+        .iter()
+        .any(|v| v.version == version && v.stage == Stage::Archived)
+}

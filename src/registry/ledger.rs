@@ -1,0 +1,294 @@
+//! [`Ledger`]: the state the journal owns, rebuilt by replaying records.
+//!
+//! The ledger knows only versions that some record has touched. Versions the
+//! config seeds and nobody has changed yet follow the config; see [`super::merge`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::Stage;
+use super::record::{Action, Record};
+
+/// Records kept per model for `GET /models/{m}/history`; older ones live on only in
+/// the journal until it is compacted.
+pub const HISTORY_LIMIT: usize = 1000;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ledger {
+    /// Revision of the last record applied; 0 for an empty journal.
+    pub revision: u64,
+    pub models: BTreeMap<String, LedgerModel>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerModel {
+    pub versions: BTreeMap<String, LedgerVersion>,
+    /// Versions in the order they became production, for rollback's default target.
+    pub production_history: Vec<String>,
+    /// The newest records about this model, oldest first.
+    pub history: VecDeque<Arc<Record>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerVersion {
+    pub stage: Stage,
+    /// Endpoints given at registration; empty for versions defined in the config,
+    /// whose endpoints follow the config.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+}
+
+/// A record that does not follow the ledger's last one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record revision {found} does not follow revision {expected_after}")]
+pub struct OutOfOrder {
+    pub expected_after: u64,
+    pub found: u64,
+}
+
+impl Ledger {
+    /// Applies the next record. Revisions must follow one another without gaps.
+    pub fn apply(&mut self, record: Arc<Record>) -> Result<(), OutOfOrder> {
+        if record.revision != self.revision + 1 {
+            return Err(OutOfOrder {
+                expected_after: self.revision,
+                found: record.revision,
+            });
+        }
+        self.revision = record.revision;
+        let model = self.models.entry(record.model.clone()).or_default();
+        model.note_production_changes(&record);
+        for (version, stage) in record.moves() {
+            let entry = model
+                .versions
+                .entry(version.to_string())
+                .or_insert_with(|| LedgerVersion {
+                    stage,
+                    endpoints: Vec::new(),
+                });
+            entry.stage = stage;
+        }
+        if record.action == Action::Register
+            && let Some(entry) = model.versions.get_mut(&record.version)
+        {
+            entry.endpoints.clone_from(&record.endpoints);
+        }
+        model.history.push_back(record);
+        if model.history.len() > HISTORY_LIMIT {
+            model.history.pop_front();
+        }
+        Ok(())
+    }
+
+    pub fn model(&self, name: &str) -> Option<&LedgerModel> {
+        self.models.get(name)
+    }
+
+    /// The version's stage, if the journal owns it.
+    pub fn stage(&self, model: &str, version: &str) -> Option<Stage> {
+        self.models
+            .get(model)?
+            .versions
+            .get(version)
+            .map(|v| v.stage)
+    }
+}
+
+impl LedgerModel {
+    fn note_production_changes(&mut self, record: &Record) {
+        let leaving = std::iter::once((record.version.as_str(), record.from))
+            .chain(
+                record
+                    .also
+                    .iter()
+                    .map(|m| (m.version.as_str(), Some(m.from))),
+            )
+            .filter(|(_, from)| *from == Some(Stage::Production));
+        for (version, _) in leaving {
+            // A version seeded as production by the config enters the history when
+            // it first leaves production.
+            if self.production_history.last().map(String::as_str) != Some(version) {
+                self.production_history.push(version.to_string());
+            }
+        }
+        for (version, stage) in record.moves() {
+            if stage == Stage::Production {
+                self.production_history.push(version.to_string());
+            }
+        }
+    }
+
+    /// The version that was production before `current`: rollback's default target.
+    pub fn previous_production(&self, current: Option<&str>) -> Option<&str> {
+        let mut earlier = self.production_history.iter().rev().map(String::as_str);
+        if let Some(current) = current {
+            // Skip the current version's latest stint in production.
+            if self.production_history.last().map(String::as_str) == Some(current) {
+                earlier.next();
+            }
+        }
+        earlier.find(|v| Some(*v) != current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::record::Move;
+
+    fn record(
+        revision: u64,
+        action: Action,
+        version: &str,
+        from: Option<Stage>,
+        to: Stage,
+        also: Vec<Move>,
+    ) -> Arc<Record> {
+        Arc::new(Record {
+            revision,
+            time: String::new(),
+            actor: "test".into(),
+            action,
+            model: "m".into(),
+            version: version.into(),
+            from,
+            to,
+            reason: String::new(),
+            endpoints: if action == Action::Register {
+                vec!["http://h:1".into()]
+            } else {
+                vec![]
+            },
+            also,
+        })
+    }
+
+    fn archive(version: &str) -> Vec<Move> {
+        vec![Move {
+            version: version.into(),
+            from: Stage::Production,
+            to: Stage::Archived,
+        }]
+    }
+
+    #[test]
+    fn replays_registrations_promotions_and_rollbacks() {
+        let mut ledger = Ledger::default();
+        ledger
+            .apply(record(
+                1,
+                Action::Register,
+                "3",
+                None,
+                Stage::Staging,
+                vec![],
+            ))
+            .unwrap();
+        // Version 2 was seeded as production by the config.
+        ledger
+            .apply(record(
+                2,
+                Action::Transition,
+                "3",
+                Some(Stage::Staging),
+                Stage::Production,
+                archive("2"),
+            ))
+            .unwrap();
+        assert_eq!(ledger.stage("m", "3"), Some(Stage::Production));
+        assert_eq!(ledger.stage("m", "2"), Some(Stage::Archived));
+        assert_eq!(
+            ledger.model("m").unwrap().versions["3"].endpoints,
+            ["http://h:1"]
+        );
+        assert_eq!(ledger.model("m").unwrap().production_history, ["2", "3"]);
+        assert_eq!(
+            ledger.model("m").unwrap().previous_production(Some("3")),
+            Some("2")
+        );
+
+        ledger
+            .apply(record(
+                3,
+                Action::Rollback,
+                "2",
+                Some(Stage::Archived),
+                Stage::Production,
+                archive("3"),
+            ))
+            .unwrap();
+        let model = ledger.model("m").unwrap();
+        assert_eq!(model.production_history, ["2", "3", "2"]);
+        // Rolling back again undoes the rollback.
+        assert_eq!(model.previous_production(Some("2")), Some("3"));
+        assert_eq!(model.history.len(), 3);
+        assert_eq!(ledger.revision, 3);
+    }
+
+    #[test]
+    fn refuses_gaps_and_repeats() {
+        let mut ledger = Ledger::default();
+        let error = ledger
+            .apply(record(
+                2,
+                Action::Register,
+                "1",
+                None,
+                Stage::Staging,
+                vec![],
+            ))
+            .unwrap_err();
+        assert_eq!(
+            error,
+            OutOfOrder {
+                expected_after: 0,
+                found: 2
+            }
+        );
+        ledger
+            .apply(record(
+                1,
+                Action::Register,
+                "1",
+                None,
+                Stage::Staging,
+                vec![],
+            ))
+            .unwrap();
+        assert!(
+            ledger
+                .apply(record(
+                    1,
+                    Action::Register,
+                    "2",
+                    None,
+                    Stage::Staging,
+                    vec![]
+                ))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut ledger = Ledger::default();
+        for revision in 1..=(HISTORY_LIMIT as u64 + 5) {
+            let to = if revision % 2 == 0 {
+                Stage::Archived
+            } else {
+                Stage::Staging
+            };
+            ledger
+                .apply(record(revision, Action::Transition, "1", None, to, vec![]))
+                .unwrap();
+        }
+        let history = &ledger.model("m").unwrap().history;
+        assert_eq!(history.len(), HISTORY_LIMIT);
+        assert_eq!(history.front().unwrap().revision, 6);
+    }
+}

@@ -1,0 +1,128 @@
+//! [`Record`]: one acknowledged change, as written to the journal (one JSON line).
+//!
+//! A change that moves several versions at once (a promotion archives the old
+//! production version; a rollback swaps two) is one record, so a crash can never
+//! leave half of it applied.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::Stage;
+
+/// What kind of change a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A new version, into staging.
+    Register,
+    /// A stage change asked for by a person or a tool.
+    Transition,
+    /// The production version archived and an earlier one put back.
+    Rollback,
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// Strictly increasing, starting at 1, with no gaps.
+    pub revision: u64,
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    /// The admin token's name, or `system` for changes the gateway makes itself.
+    pub actor: String,
+    pub action: Action,
+    pub model: String,
+    pub version: String,
+    /// `None` for a registration.
+    pub from: Option<Stage>,
+    pub to: Stage,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Endpoints of a registered version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Other versions moved by the same change (the production version a
+    /// promotion or rollback archives).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Move>,
+}
+
+/// One more version moved by a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Move {
+    pub version: String,
+    pub from: Stage,
+    pub to: Stage,
+}
+
+impl Record {
+    /// Every version this record moves, with its new stage: the main one first.
+    pub fn moves(&self) -> impl Iterator<Item = (&str, Stage)> {
+        std::iter::once((self.version.as_str(), self.to))
+            .chain(self.also.iter().map(|m| (m.version.as_str(), m.to)))
+    }
+}
+
+/// The current time as the journal writes it.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl serde::Serialize for Stage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Stage, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_promotion_is_one_line_with_the_archived_version_in_also() {
+        let record = Record {
+            revision: 7,
+            time: "2026-11-27T09:00:00.000Z".into(),
+            actor: "alice".into(),
+            action: Action::Transition,
+            model: "fraud".into(),
+            version: "3".into(),
+            from: Some(Stage::Staging),
+            to: Stage::Production,
+            reason: "shadow agreement 99.7%".into(),
+            endpoints: vec![],
+            also: vec![Move {
+                version: "2".into(),
+                from: Stage::Production,
+                to: Stage::Archived,
+            }],
+        };
+        let line = serde_json::to_string(&record).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(
+            line.contains(r#""also":[{"version":"2","from":"production","to":"archived"}]"#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
+        let moves: Vec<_> = record.moves().collect();
+        assert_eq!(moves, [("3", Stage::Production), ("2", Stage::Archived)]);
+    }
+
+    #[test]
+    fn unknown_stages_and_fields_do_not_parse() {
+        let bad_stage = r#"{"revision":1,"time":"t","actor":"a","action":"register","model":"m","version":"1","from":null,"to":"canary"}"#;
+        assert!(serde_json::from_str::<Record>(bad_stage).is_err());
+        let extra = r#"{"revision":1,"time":"t","actor":"a","action":"register","model":"m","version":"1","from":null,"to":"staging","x":1}"#;
+        assert!(serde_json::from_str::<Record>(extra).is_err());
+    }
+}

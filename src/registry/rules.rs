@@ -1,0 +1,280 @@
+//! The transition rules: which changes are allowed, and the record each becomes.
+//!
+//! | from \ to  | production            | staging   | archived |
+//! | ---------- | --------------------- | --------- | -------- |
+//! | (new)      | refused               | register  | refused  |
+//! | production | (already)             | refused   | allowed  |
+//! | staging    | allowed, archives old | (already) | allowed  |
+//! | archived   | only by rollback      | allowed   | (already)|
+//!
+//! Planning is pure: it reads the current models and ledger and returns the record
+//! to journal, or why not. Exactly one production version per model holds because a
+//! promotion archives the old production version in the same record.
+
+use super::error::RegistryError;
+use super::ledger::Ledger;
+use super::record::{Action, Move, Record, now};
+use super::{EndpointUrl, ModelSpec, Stage, is_valid_identifier};
+
+/// A change someone asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Register {
+        model: String,
+        version: String,
+        endpoints: Vec<String>,
+        reason: String,
+    },
+    Transition {
+        model: String,
+        version: String,
+        to: Stage,
+        reason: String,
+    },
+    Rollback {
+        model: String,
+        to_version: Option<String>,
+        reason: String,
+        force: bool,
+    },
+}
+
+/// The record `command` becomes, stamped with the next revision, or why it is refused.
+pub fn plan(
+    models: &[ModelSpec],
+    ledger: &Ledger,
+    command: &Command,
+    actor: &str,
+) -> Result<Record, RegistryError> {
+    let mut record = match command {
+        Command::Register {
+            model,
+            version,
+            endpoints,
+            reason,
+        } => register(find(models, model)?, version, endpoints, reason)?,
+        Command::Transition {
+            model,
+            version,
+            to,
+            reason,
+        } => transition(find(models, model)?, version, *to, reason)?,
+        Command::Rollback {
+            model,
+            to_version,
+            reason,
+            ..
+        } => rollback(find(models, model)?, ledger, to_version.as_deref(), reason)?,
+    };
+    record.revision = ledger.revision + 1;
+    record.time = now();
+    record.actor = actor.to_string();
+    Ok(record)
+}
+
+fn find<'a>(models: &'a [ModelSpec], name: &str) -> Result<&'a ModelSpec, RegistryError> {
+    models
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| RegistryError::UnknownModel(name.to_string()))
+}
+
+fn stage_of(model: &ModelSpec, version: &str) -> Result<Stage, RegistryError> {
+    model
+        .versions
+        .iter()
+        .find(|v| v.version == version)
+        .map(|v| v.stage)
+        .ok_or_else(|| RegistryError::UnknownVersion {
+            model: model.name.clone(),
+            version: version.to_string(),
+        })
+}
+
+fn draft(
+    action: Action,
+    model: &ModelSpec,
+    version: &str,
+    from: Option<Stage>,
+    to: Stage,
+    reason: &str,
+) -> Record {
+    Record {
+        revision: 0,
+        time: String::new(),
+        actor: String::new(),
+        action,
+        model: model.name.clone(),
+        version: version.to_string(),
+        from,
+        to,
+        reason: reason.to_string(),
+        endpoints: Vec::new(),
+        also: Vec::new(),
+    }
+}
+
+fn register(
+    model: &ModelSpec,
+    version: &str,
+    endpoints: &[String],
+    reason: &str,
+) -> Result<Record, RegistryError> {
+    if !is_valid_identifier(version) {
+        return Err(RegistryError::Invalid {
+            field: "version",
+            message: format!("{version:?}: use 1-128 characters from A-Z a-z 0-9 '-' '_' '.'"),
+        });
+    }
+    if model.versions.iter().any(|v| v.version == version) {
+        return Err(RegistryError::AlreadyRegistered {
+            model: model.name.clone(),
+            version: version.to_string(),
+        });
+    }
+    let parsed = validate_endpoints(endpoints)?;
+    let mut record = draft(
+        Action::Register,
+        model,
+        version,
+        None,
+        Stage::Staging,
+        reason,
+    );
+    record.endpoints = parsed.iter().map(EndpointUrl::to_string).collect();
+    Ok(record)
+}
+
+fn validate_endpoints(endpoints: &[String]) -> Result<Vec<EndpointUrl>, RegistryError> {
+    let invalid = |message: String| RegistryError::Invalid {
+        field: "endpoints",
+        message,
+    };
+    if endpoints.is_empty() {
+        return Err(invalid("at least one endpoint URL is needed".to_string()));
+    }
+    let mut parsed: Vec<EndpointUrl> = Vec::with_capacity(endpoints.len());
+    for (i, text) in endpoints.iter().enumerate() {
+        let url = EndpointUrl::parse(text).map_err(|e| invalid(format!("[{i}]: {e}")))?;
+        if parsed.contains(&url) {
+            return Err(invalid(format!("[{i}]: duplicate endpoint {url}")));
+        }
+        parsed.push(url);
+    }
+    Ok(parsed)
+}
+
+fn transition(
+    model: &ModelSpec,
+    version: &str,
+    to: Stage,
+    reason: &str,
+) -> Result<Record, RegistryError> {
+    let from = stage_of(model, version)?;
+    let refuse = |why| RegistryError::Refused {
+        model: model.name.clone(),
+        version: version.to_string(),
+        from,
+        to,
+        why,
+    };
+    match (from, to) {
+        _ if from == to => {
+            return Err(RegistryError::AlreadyInStage {
+                model: model.name.clone(),
+                version: version.to_string(),
+                stage: to,
+            });
+        }
+        (Stage::Archived, Stage::Production) => {
+            return Err(refuse(
+                "archived versions return to production only through a rollback",
+            ));
+        }
+        (Stage::Production, Stage::Staging) => {
+            return Err(refuse(
+                "to take a version out of production, promote another one, archive it, or roll back",
+            ));
+        }
+        _ => {}
+    }
+    let mut record = draft(Action::Transition, model, version, Some(from), to, reason);
+    if to == Stage::Production {
+        record.also = archive_production(model);
+    }
+    Ok(record)
+}
+
+fn archive_production(model: &ModelSpec) -> Vec<Move> {
+    model
+        .production()
+        .map(|current| Move {
+            version: current.version.clone(),
+            from: Stage::Production,
+            to: Stage::Archived,
+        })
+        .into_iter()
+        .collect()
+}
+
+fn rollback(
+    model: &ModelSpec,
+    ledger: &Ledger,
+    to_version: Option<&str>,
+    reason: &str,
+) -> Result<Record, RegistryError> {
+    let current = model.production().map(|v| v.version.as_str());
+    let no_target = |why: String| RegistryError::NoRollbackTarget {
+        model: model.name.clone(),
+        why,
+    };
+    let target = match to_version {
+        Some(version) => version.to_string(),
+        None => ledger
+            .model(&model.name)
+            .and_then(|m| m.previous_production(current))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                no_target(
+                    "no earlier production version is on record; name one with to_version".into(),
+                )
+            })?,
+    };
+    match stage_of(model, &target)? {
+        Stage::Archived => {}
+        stage => {
+            return Err(no_target(format!(
+                "version {target:?} is {stage}, not archived{}",
+                if stage == Stage::Staging {
+                    "; promote it with a transition instead"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    let endpoints = model
+        .versions
+        .iter()
+        .find(|v| v.version == target)
+        .map_or(0, |v| v.endpoints.len());
+    if endpoints == 0 {
+        return Err(no_target(format!(
+            "version {target:?} has no endpoints to serve from"
+        )));
+    }
+    let mut record = draft(
+        Action::Rollback,
+        model,
+        &target,
+        Some(Stage::Archived),
+        Stage::Production,
+        reason,
+    );
+    record.also = archive_production(model);
+    Ok(record)
+}
+
+#[cfg(test)]
+#[path = "rules_tests.rs"]
+mod tests;

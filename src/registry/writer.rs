@@ -1,0 +1,300 @@
+//! The single writer of control-plane state, and [`Registry`], the handle that
+//! sends it work.
+//!
+//! Every change goes through one task, one at a time: validate (the transition
+//! rules), journal (append + fsync), apply to the ledger, build a new routing table,
+//! swap. A caller's future resolves only after all of that, so a 2xx from the admin
+//! API means the change is durable and live.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::RegistryError;
+use super::ledger::Ledger;
+use super::merge::merge;
+use super::probe::probe;
+use super::record::{Action, Record};
+use super::rules::{Command, plan};
+use super::store::{COMPACT_AFTER_RECORDS, Store};
+use super::{Catalog, ModelSpec};
+use crate::config::Config;
+use crate::routing::Router;
+
+/// Called with a freshly validated config during a reload, before anything is
+/// applied; an error refuses the whole reload.
+pub type ReloadHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
+/// Queued requests before callers wait for a place.
+const QUEUE: usize = 64;
+
+/// A handle to the registry writer. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    requests: mpsc::Sender<Request>,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub routing_revision: u64,
+    pub warnings: Vec<String>,
+}
+
+enum Work {
+    Change { command: Command, actor: String },
+    Reload,
+}
+
+enum Done {
+    Changed(Arc<Record>),
+    Reloaded(Reloaded),
+}
+
+struct Request {
+    work: Work,
+    reply: oneshot::Sender<Result<Done, RegistryError>>,
+}
+
+/// Everything the writer owns.
+pub struct Writer {
+    pub config: Config,
+    pub ledger: Arc<Ledger>,
+    pub store: Box<dyn Store>,
+    pub router: Arc<Router>,
+    pub probe_timeout: Duration,
+    pub reload_hook: Option<ReloadHook>,
+}
+
+impl Registry {
+    /// Starts the writer task.
+    pub fn spawn(writer: Writer) -> Registry {
+        let (requests, inbox) = mpsc::channel(QUEUE);
+        tokio::spawn(Task::new(writer).run(inbox));
+        Registry { requests }
+    }
+
+    /// Makes a change; resolves once it is journaled and live.
+    pub async fn change(
+        &self,
+        command: Command,
+        actor: &str,
+    ) -> Result<Arc<Record>, RegistryError> {
+        let work = Work::Change {
+            command,
+            actor: actor.to_string(),
+        };
+        match self.send(work).await? {
+            Done::Changed(record) => Ok(record),
+            Done::Reloaded(_) => Err(RegistryError::Closed),
+        }
+    }
+
+    /// Re-reads the config file; on any error the running state is unchanged.
+    pub async fn reload(&self) -> Result<Reloaded, RegistryError> {
+        match self.send(Work::Reload).await? {
+            Done::Reloaded(reloaded) => Ok(reloaded),
+            Done::Changed(_) => Err(RegistryError::Closed),
+        }
+    }
+
+    async fn send(&self, work: Work) -> Result<Done, RegistryError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { work, reply })
+            .await
+            .map_err(|_| RegistryError::Closed)?;
+        answer.await.map_err(|_| RegistryError::Closed)?
+    }
+}
+
+struct Task {
+    config: Config,
+    ledger: Arc<Ledger>,
+    /// The served models: the config merged with the ledger.
+    models: Vec<ModelSpec>,
+    store: Arc<Mutex<Box<dyn Store>>>,
+    router: Arc<Router>,
+    probe_timeout: Duration,
+    reload_hook: Option<ReloadHook>,
+}
+
+impl Task {
+    fn new(writer: Writer) -> Task {
+        let models = merge(&writer.config.models, &writer.ledger).models;
+        Task {
+            config: writer.config,
+            ledger: writer.ledger,
+            models,
+            store: Arc::new(Mutex::new(writer.store)),
+            router: writer.router,
+            probe_timeout: writer.probe_timeout,
+            reload_hook: writer.reload_hook,
+        }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Request>) {
+        while let Some(request) = inbox.recv().await {
+            let result = match request.work {
+                Work::Change { command, actor } => {
+                    self.change(&command, &actor).await.map(Done::Changed)
+                }
+                Work::Reload => self.reload().await.map(Done::Reloaded),
+            };
+            // The caller may have gone; the change stands either way.
+            let _ = request.reply.send(result);
+        }
+    }
+
+    async fn change(
+        &mut self,
+        command: &Command,
+        actor: &str,
+    ) -> Result<Arc<Record>, RegistryError> {
+        let record = Arc::new(plan(&self.models, &self.ledger, command, actor)?);
+        if let Command::Rollback { force: false, .. } = command {
+            self.check_health(&record).await?;
+        }
+        self.with_store(
+            move |store, record| store.append(record),
+            Arc::clone(&record),
+        )
+        .await?;
+        Arc::make_mut(&mut self.ledger)
+            .apply(Arc::clone(&record))
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.models = merge(&self.config.models, &self.ledger).models;
+        self.publish();
+        self.count(&record);
+        self.compact_if_due().await;
+        Ok(record)
+    }
+
+    async fn check_health(&self, record: &Record) -> Result<(), RegistryError> {
+        let Some(model) = self.models.iter().find(|m| m.name == record.model) else {
+            return Ok(());
+        };
+        let Some(target) = model.versions.iter().find(|v| v.version == record.version) else {
+            return Ok(());
+        };
+        let report = probe(&target.endpoints, &model.health_path, self.probe_timeout).await;
+        if report.any_healthy() {
+            return Ok(());
+        }
+        Err(RegistryError::Unhealthy {
+            model: record.model.clone(),
+            version: record.version.clone(),
+            details: report.failures(),
+        })
+    }
+
+    async fn reload(&mut self) -> Result<Reloaded, RegistryError> {
+        let result = self.try_reload().await;
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        self.router.telemetry().config_reload(outcome);
+        match &result {
+            Ok(reloaded) => tracing::info!(revision = reloaded.routing_revision, "config reloaded"),
+            Err(error) => tracing::error!(%error, "config reload refused"),
+        }
+        result
+    }
+
+    async fn try_reload(&mut self) -> Result<Reloaded, RegistryError> {
+        let path: PathBuf = self
+            .config
+            .source
+            .clone()
+            .ok_or(RegistryError::NoConfigFile)?;
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let next = loaded.map_err(RegistryError::Reload)?;
+        let fixed = self.config.unreloadable_changes(&next);
+        if !fixed.is_empty() {
+            return Err(RegistryError::NotReloadable(fixed));
+        }
+        if let Some(hook) = &self.reload_hook {
+            hook(&next).map_err(|message| RegistryError::Invalid {
+                field: "admin",
+                message,
+            })?;
+        }
+        let merged = merge(&next.models, &self.ledger);
+        for warning in &merged.warnings {
+            tracing::warn!("{warning}");
+        }
+        self.config = next;
+        self.models = merged.models;
+        let table = self.publish();
+        Ok(Reloaded {
+            routing_revision: table,
+            warnings: merged.warnings,
+        })
+    }
+
+    /// Builds and swaps in a routing table for the current state; returns its revision.
+    fn publish(&self) -> u64 {
+        let catalog = Catalog {
+            models: self.models.clone(),
+            ledger: Arc::clone(&self.ledger),
+        };
+        self.router.publish(Arc::new(catalog)).revision()
+    }
+
+    fn count(&self, record: &Record) {
+        let telemetry = self.router.telemetry();
+        for (_, stage) in record.moves() {
+            telemetry.transition(&record.model, stage);
+        }
+        if record.action == Action::Rollback {
+            telemetry.rollback(&record.model);
+        }
+    }
+
+    async fn compact_if_due(&self) {
+        let due = self
+            .store
+            .lock()
+            .map(|store| store.records_since_snapshot() >= COMPACT_AFTER_RECORDS)
+            .unwrap_or(false);
+        if !due {
+            return;
+        }
+        let ledger = Arc::clone(&self.ledger);
+        match self
+            .with_store(|store, ledger| store.compact(ledger), ledger)
+            .await
+        {
+            Ok(()) => tracing::info!(
+                revision = self.ledger.revision,
+                "journal compacted into a snapshot"
+            ),
+            // The journal is intact; compaction is retried after the next change.
+            Err(error) => tracing::warn!(%error, "journal compaction failed"),
+        }
+    }
+
+    /// Runs blocking store I/O off the async workers.
+    async fn with_store<T, R>(
+        &self,
+        operation: impl FnOnce(&mut dyn Store, &T) -> Result<R, super::store::StoreError>
+        + Send
+        + 'static,
+        input: Arc<T>,
+    ) -> Result<R, RegistryError>
+    where
+        T: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+            operation(store.as_mut(), &input)
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        Ok(done?)
+    }
+}
