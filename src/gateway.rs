@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::proxy::{self, Drained, Proxy};
 use crate::registry::merge::merge;
 use crate::registry::store::{FileStore, StoreError};
-use crate::registry::{Catalog, Registry, ReloadHook, Writer};
+use crate::registry::{Catalog, Registry, ReloadHook, Writer, WriterStop};
 use crate::routing::Router;
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
 
@@ -51,6 +51,7 @@ pub struct RunningGateway {
     admin_addr: SocketAddr,
     router: Arc<Router>,
     registry: Registry,
+    writer: WriterStop,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
     admin_shutdown: CancellationToken,
@@ -99,7 +100,7 @@ pub async fn start_on(
         ledger: Arc::clone(&ledger),
     };
     let router = Arc::new(Router::new(Arc::new(catalog), telemetry.clone()));
-    let registry = Registry::spawn(Writer {
+    let (registry, writer) = Registry::spawn(Writer {
         config: config.clone(),
         ledger,
         store: Box::new(store),
@@ -136,6 +137,7 @@ pub async fn start_on(
         admin_addr,
         router,
         registry,
+        writer,
         ready,
         shutdown,
         admin_shutdown,
@@ -174,6 +176,8 @@ impl RunningGateway {
         });
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
+        // Last, so the state directory's lock is free once this returns.
+        self.writer.stop().await;
         drained
     }
 
@@ -220,6 +224,30 @@ impl ShutdownSignal {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Reloads the config file on every SIGHUP (unix), logging the outcome.
+pub fn reload_on_sighup(registry: Registry) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; reload through the admin API instead");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config file");
+                // The registry logs the outcome and counts it.
+                let _ = registry.reload().await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(registry);
 }
 
 /// Re-reads admin tokens on a config reload; refuses a reload that would leave a

@@ -5,13 +5,16 @@
 //!
 //! - [`config`]: the TOML file, validated into a [`config::Config`] with every
 //!   error reported at once, with its field path.
-//! - [`registry`]: models, versions and stages (production, staging, archived).
+//! - [`registry`]: models, versions and stages (production, staging, archived); the
+//!   transition rules, the durable journal and snapshot, and the single writer.
 //! - [`routing`]: the immutable [`routing::RoutingTable`] held in one `ArcSwap`
 //!   ([`routing::Router`]); resolving a request to a version route.
 //! - [`proxy`]: the data plane: hyper server (HTTP/1.1 and h2c), limits and
 //!   timeouts, forwarding over pooled upstream connections, header hygiene,
 //!   graceful shutdown.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the JSON admin API under
+//!   `/api/v1` with bearer-token auth.
+//! - [`ctl`]: `stagegate ctl`, the admin API's command-line client.
 //! - [`telemetry`]: metric names, the Prometheus recorder, per-route handles.
 //! - [`gateway`]: wires the parts together from a config and runs them.
 //! - [`demo`]: `stagegate demo`, model servers and a gateway in one process.
@@ -21,6 +24,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod gateway;
 pub mod proxy;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use stagegate::config::{Config, ConfigError, defaults};
+use stagegate::ctl::CtlArgs;
 use stagegate::demo;
 use stagegate::gateway::{self, GatewayError, ShutdownSignal};
 
@@ -33,6 +34,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Talk to a running gateway's admin API (token from STAGEGATE_ADMIN_TOKEN).
+    Ctl(CtlArgs),
     /// Run demo model servers and a gateway in front of them.
     Demo {
         #[arg(long, default_value = defaults::LISTEN)]
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
         } => run_demo(listen, admin_listen),
+        Command::Ctl(args) => ctl(&args),
     }
 }
 
@@ -85,6 +89,7 @@ fn serve(path: &Path) -> ExitCode {
         };
         match started.await {
             Ok((mut signal, running)) => {
+                gateway::reload_on_sighup(running.registry().clone());
                 let drained = running.run_until(&mut signal).await;
                 if drained.abandoned > 0 {
                     eprintln!(
@@ -118,6 +123,23 @@ fn run_demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
         demo.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+fn ctl(args: &CtlArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return failed(&format!("cannot start the runtime: {error}")),
+    };
+    match runtime.block_on(stagegate::ctl::run(args)) {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => failed(&error.describe()),
+    }
 }
 
 fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {

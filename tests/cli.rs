@@ -3,18 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
+use common::process::{Serve, stagegate};
 use common::{Behaviour, FakeUpstream, one_model};
 use http::StatusCode;
-
-fn stagegate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stagegate"))
-}
 
 fn write_config(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -83,15 +76,8 @@ async fn serve_drains_in_flight_requests_on_sigterm() {
         "ok.toml",
         &one_model(server, &[("2", "production", &[&upstream.url()])]),
     );
-    let mut child = KillOnDrop(Some(
-        stagegate()
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
-    let data_addr = serving_address(child.get().stderr.take().unwrap());
+    let serve = Serve::start(&path);
+    let data_addr = serve.data_addr.clone();
 
     let in_flight = tokio::spawn(common::post_owned(format!(
         "http://{data_addr}/v2/models/fraud/infer"
@@ -99,59 +85,149 @@ async fn serve_drains_in_flight_requests_on_sigterm() {
     while upstream.received().is_empty() {
         tokio::task::yield_now().await;
     }
-    // The shell's builtin kill, so the test needs no procps.
-    let killed = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {}", child.get().id())])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    serve.signal("TERM");
     // Wait until the gateway has stopped accepting before letting the request finish.
     while tokio::net::TcpStream::connect(&data_addr).await.is_ok() {
         tokio::task::yield_now().await;
     }
     upstream.release(1);
     assert_eq!(in_flight.await.unwrap().status, StatusCode::OK);
-    let mut child = child.0.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let status = tokio::task::spawn_blocking(move || serve.wait())
         .await
-        .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status}");
 }
 
-/// Reads the gateway's log until it says where it serves; returns the data address.
-fn serving_address(stderr: std::process::ChildStderr) -> String {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("data_addr=").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("stagegate did not report its address")
+#[test]
+fn serve_refuses_an_exposed_admin_listener_without_a_token() {
+    let server = "listen = \"127.0.0.1:0\"\nadmin_listen = \"0.0.0.0:0\"";
+    let (_dir, path) = write_config(
+        "exposed.toml",
+        &one_model(server, &[("2", "production", &["http://127.0.0.1:1"])]),
+    );
+    let output = stagegate()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not a loopback address and no admin token is configured"),
+        "{stderr}"
+    );
 }
 
-/// Kills the gateway process if the test fails before it exits.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl KillOnDrop {
-    fn get(&mut self) -> &mut std::process::Child {
-        self.0.as_mut().unwrap()
-    }
+#[test]
+fn a_second_serve_on_the_same_state_dir_exits_with_a_clear_error() {
+    let server = "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"";
+    let (_dir, path) = write_config(
+        "ok.toml",
+        &one_model(server, &[("2", "production", &["http://127.0.0.1:1"])]),
+    );
+    let _first = Serve::start(&path);
+    let output = stagegate()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is in use by another stagegate process"),
+        "{stderr}"
+    );
 }
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
+// Multi-threaded: ctl runs as a blocking child process while the fake model
+// servers must keep answering (the rollback probes them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drives_a_running_gateway_and_sighup_reloads_its_config() {
+    let v2 = FakeUpstream::start("v2").await;
+    let v3 = FakeUpstream::start("v3").await;
+    let server = "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"";
+    let text = one_model(
+        server,
+        &[
+            ("2", "production", &[&v2.url()]),
+            ("3", "staging", &[&v3.url()]),
+        ],
+    );
+    let (dir, path) = write_config("stagegate.toml", &text);
+    std::fs::write(dir.path().join("tokens"), format!("ci:{}\n", common::TOKEN)).unwrap();
+    std::fs::write(&path, format!("[admin]\ntoken_file = \"tokens\"\n{text}")).unwrap();
+    let serve = Serve::start(&path);
+    let admin = format!("http://{}", serve.admin_addr);
+    let ctl = |args: &[&str], token: Option<&str>| {
+        let mut command = stagegate();
+        command.args(["ctl", "--admin", &admin]).args(args);
+        command.env_remove("STAGEGATE_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.env("STAGEGATE_ADMIN_TOKEN", token);
         }
+        command.output().unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let output = ctl(args, Some(common::TOKEN));
+        assert!(
+            output.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    let denied = ctl(&["status"], None);
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401 unauthorized"));
+
+    assert!(ok(&["status"]).contains("fraud  2           3"));
+    let promoted = ok(&[
+        "transition",
+        "fraud",
+        "3",
+        "production",
+        "--reason",
+        "canary passed",
+    ]);
+    assert!(
+        promoted.contains("3 staging -> production, 2 production -> archived by ci"),
+        "{promoted}"
+    );
+    let refused = ctl(
+        &["transition", "fraud", "2", "production"],
+        Some(common::TOKEN),
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("only through a rollback (409 transition_refused)")
+    );
+    let rolled_back = ok(&["rollback", "fraud", "--reason", "p99 regression"]);
+    assert!(
+        rolled_back.contains("rollback fraud 2 archived -> production"),
+        "{rolled_back}"
+    );
+    let history = ok(&["history", "fraud"]);
+    assert!(
+        history.contains("p99 regression") && history.contains("canary passed"),
+        "{history}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&["--json", "model", "fraud"])).unwrap();
+    assert_eq!(json["production"], "2");
+
+    // SIGHUP re-reads the file: a new staging version appears.
+    let v4 = FakeUpstream::start("v4").await;
+    let added = format!(
+        "{}\n[[models.versions]]\nversion = \"4\"\nstage = \"staging\"\nendpoints = [\"{}\"]\n",
+        std::fs::read_to_string(&path).unwrap(),
+        v4.url()
+    );
+    std::fs::write(&path, added).unwrap();
+    serve.signal("HUP");
+    while !ok(&["model", "fraud"]).contains(&v4.url()) {
+        tokio::task::yield_now().await;
     }
+    let reloaded = ok(&["reload"]);
+    assert!(reloaded.contains("config reloaded"), "{reloaded}");
 }

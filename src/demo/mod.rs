@@ -85,7 +85,10 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr) -> Result<Demo,
         .tempdir()
         .map_err(DemoError::StateDir)?;
     let text = DEMO_CONFIG
-        .replace("{state_dir}", &state_dir.path().display().to_string().replace('\\', "/"))
+        .replace(
+            "{state_dir}",
+            &state_dir.path().display().to_string().replace('\\', "/"),
+        )
         .replace("{listen}", &listen.to_string())
         .replace("{admin_listen}", &admin_listen.to_string())
         .replace("{v1}", &ports[0].to_string())

@@ -30,7 +30,7 @@ pub use error::RegistryError;
 pub use ledger::Ledger;
 pub use record::Record;
 pub use rules::Command;
-pub use writer::{Registry, ReloadHook, Reloaded, Writer};
+pub use writer::{Registry, ReloadHook, Reloaded, Writer, WriterStop};
 
 /// The lifecycle stage of a model version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::error::RegistryError;
 use super::ledger::Ledger;
@@ -68,12 +70,29 @@ pub struct Writer {
     pub reload_hook: Option<ReloadHook>,
 }
 
+/// Stops the writer: the change in progress finishes, queued ones are refused
+/// ([`RegistryError::Closed`]), and the store (with its lock) is released.
+pub struct WriterStop {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl WriterStop {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "registry writer task failed");
+        }
+    }
+}
+
 impl Registry {
     /// Starts the writer task.
-    pub fn spawn(writer: Writer) -> Registry {
+    pub fn spawn(writer: Writer) -> (Registry, WriterStop) {
         let (requests, inbox) = mpsc::channel(QUEUE);
-        tokio::spawn(Task::new(writer).run(inbox));
-        Registry { requests }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Task::new(writer).run(inbox, stop.clone()));
+        (Registry { requests }, WriterStop { stop, task })
     }
 
     /// Makes a change; resolves once it is journaled and live.
@@ -135,8 +154,16 @@ impl Task {
         }
     }
 
-    async fn run(mut self, mut inbox: mpsc::Receiver<Request>) {
-        while let Some(request) = inbox.recv().await {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Request>, stop: CancellationToken) {
+        loop {
+            let request = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                request = inbox.recv() => match request {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
             let result = match request.work {
                 Work::Change { command, actor } => {
                     self.change(&command, &actor).await.map(Done::Changed)

@@ -2,6 +2,8 @@
 //! ephemeral ports, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -179,13 +181,61 @@ pub async fn gateway(config: &str) -> TestGateway {
 
 /// Starts a gateway on ephemeral ports with the given state directory.
 pub async fn gateway_in(config: &str, state_dir: &std::path::Path) -> RunningGateway {
-    let mut config = Config::parse(config, "test config").unwrap_or_else(|e| panic!("{e}"));
-    config.server.state_dir = state_dir.to_path_buf();
-    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    gateway::start_on(&config, data, admin)
+    try_gateway_in(config, state_dir)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub async fn try_gateway_in(
+    config: &str,
+    state_dir: &std::path::Path,
+) -> Result<RunningGateway, gateway::GatewayError> {
+    let mut config = Config::parse(config, "test config").unwrap_or_else(|e| panic!("{e}"));
+    config.server.state_dir = state_dir.to_path_buf();
+    start_config(&config).await
+}
+
+/// Starts a gateway from a validated config on ephemeral ports.
+pub async fn start_config(config: &Config) -> Result<RunningGateway, gateway::GatewayError> {
+    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    gateway::start_on(config, data, admin).await
+}
+
+/// An admin token for tests, long enough to be accepted.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// Writes `config` and a token file (`alice:{TOKEN}`) into a fresh directory and
+/// starts a gateway from the file, so reloads work. Returns the config's path.
+pub async fn gateway_from_file(config: &str) -> (TestGateway, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens"), format!("alice:{TOKEN}\n")).unwrap();
+    let path = dir.path().join("stagegate.toml");
+    std::fs::write(&path, format!("[admin]\ntoken_file = \"tokens\"\n{config}")).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let running = start_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        TestGateway {
+            running,
+            state_dir: dir,
+        },
+        path,
+    )
+}
+
+/// Calls the admin API with the test token; `body` is sent when given.
+pub async fn admin(
+    gateway: &RunningGateway,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Answer {
+    let url = format!("http://{}{path}", gateway.admin_addr());
+    let auth = format!("Bearer {TOKEN}");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    send(&client(), method, &url, &[("authorization", &auth)], &body).await
 }
 
 /// Config text for one model "fraud" with the given `(version, stage, [urls])`.

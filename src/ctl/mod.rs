@@ -1,0 +1,162 @@
+//! `stagegate ctl`: the admin client. Each subcommand is one admin API call; the
+//! answer is printed as a table (or as JSON with `--json`), and a refusal exits
+//! non-zero with the server's message.
+
+mod client;
+mod render;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::admin::auth::TOKEN_ENV;
+use client::AdminClient;
+
+pub const ADMIN_URL_ENV: &str = "STAGEGATE_ADMIN_URL";
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Admin API base URL.
+    #[arg(long, env = ADMIN_URL_ENV, default_value = "http://127.0.0.1:8081")]
+    pub admin: String,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Every model with its production, staging and archived versions.
+    Status,
+    /// One model: versions, stages, endpoints, revisions.
+    Model { model: String },
+    /// Register a new version; it lands in staging.
+    Register {
+        model: String,
+        version: String,
+        /// Base URL of a model server (repeat for several).
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Move a version to production, staging or archived.
+    Transition {
+        model: String,
+        version: String,
+        stage: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Archive the production version and restore an earlier one.
+    Rollback {
+        model: String,
+        /// The archived version to restore (default: the previous production one).
+        #[arg(long = "to")]
+        to_version: Option<String>,
+        /// Skip the health probe of the restored version.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The model's journal entries, newest first.
+    History {
+        model: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only entries older than this revision (the `next_before` of a page).
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// Re-read the gateway's config file.
+    Reload,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the admin API at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("the gateway refused: {status}")]
+    Refused {
+        status: http::StatusCode,
+        body: Value,
+    },
+}
+
+/// Runs one ctl command; returns what to print.
+pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
+    let token = std::env::var(TOKEN_ENV).ok();
+    let client = AdminClient::new(&args.admin, token.as_deref());
+    let answer = call(&client, &args.command).await?;
+    if args.json {
+        return Ok(serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string()));
+    }
+    Ok(match &args.command {
+        CtlCommand::Status => render::status(&answer),
+        CtlCommand::Model { .. } => render::model(&answer),
+        CtlCommand::History { .. } => render::history(&answer),
+        CtlCommand::Reload => render::reloaded(&answer),
+        CtlCommand::Register { .. }
+        | CtlCommand::Transition { .. }
+        | CtlCommand::Rollback { .. } => render::change(&answer),
+    })
+}
+
+async fn call(client: &AdminClient, command: &CtlCommand) -> Result<Value, CtlError> {
+    let models = "/api/v1/models";
+    match command {
+        CtlCommand::Status => client.get(models).await,
+        CtlCommand::Model { model } => client.get(&format!("{models}/{model}")).await,
+        CtlCommand::Register {
+            model,
+            version,
+            endpoints,
+            reason,
+        } => {
+            let body = json!({ "version": version, "endpoints": endpoints, "reason": reason });
+            client
+                .post(&format!("{models}/{model}/versions"), &body)
+                .await
+        }
+        CtlCommand::Transition {
+            model,
+            version,
+            stage,
+            reason,
+        } => {
+            let body = json!({ "stage": stage, "reason": reason });
+            client
+                .post(
+                    &format!("{models}/{model}/versions/{version}/transition"),
+                    &body,
+                )
+                .await
+        }
+        CtlCommand::Rollback {
+            model,
+            to_version,
+            force,
+            reason,
+        } => {
+            let body = json!({ "to_version": to_version, "force": force, "reason": reason });
+            client
+                .post(&format!("{models}/{model}/rollback"), &body)
+                .await
+        }
+        CtlCommand::History {
+            model,
+            limit,
+            before,
+        } => {
+            let before = before.map(|b| format!("&before={b}")).unwrap_or_default();
+            client
+                .get(&format!("{models}/{model}/history?limit={limit}{before}"))
+                .await
+        }
+        CtlCommand::Reload => client.post("/api/v1/reload", &json!({})).await,
+    }
+}

@@ -1,0 +1,205 @@
+//! Human-readable tables of admin API answers.
+
+use serde_json::Value;
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut out = vec![line(header.to_vec())];
+    out.extend(
+        rows.iter()
+            .map(|row| line(row.iter().map(String::as_str).collect())),
+    );
+    out.join("\n")
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn list(values: &Value) -> String {
+    let items: Vec<String> = values.as_array().into_iter().flatten().map(text).collect();
+    if items.is_empty() {
+        "-".to_string()
+    } else {
+        items.join(",")
+    }
+}
+
+pub fn status(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = answer["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|model| {
+            let in_stage = |stage: &str| {
+                let ids: Vec<String> = model["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| v["stage"] == stage)
+                    .map(|v| text(&v["version"]))
+                    .collect();
+                if ids.is_empty() {
+                    "-".to_string()
+                } else {
+                    ids.join(",")
+                }
+            };
+            vec![
+                text(&model["name"]),
+                in_stage("production"),
+                in_stage("staging"),
+                in_stage("archived"),
+            ]
+        })
+        .collect();
+    format!(
+        "{}\n\nrouting revision {}, registry revision {}",
+        table(&["MODEL", "PRODUCTION", "STAGING", "ARCHIVED"], &rows),
+        text(&answer["routing_revision"]),
+        text(&answer["registry_revision"]),
+    )
+}
+
+pub fn model(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = answer["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            vec![
+                text(&v["version"]),
+                text(&v["stage"]),
+                text(&v["stage_owner"]),
+                list(&v["endpoints"]),
+            ]
+        })
+        .collect();
+    format!(
+        "model {}  production {}  rollback target {}\nhealth path {}  routing revision {}  registry revision {}\n\n{}",
+        text(&answer["name"]),
+        text(&answer["production"]),
+        text(&answer["rollback_target"]),
+        text(&answer["health_path"]),
+        text(&answer["routing_revision"]),
+        text(&answer["registry_revision"]),
+        table(&["VERSION", "STAGE", "STAGE FROM", "ENDPOINTS"], &rows),
+    )
+}
+
+fn describe_record(record: &Value) -> String {
+    let from = if record["from"].is_null() {
+        "(new)".to_string()
+    } else {
+        text(&record["from"])
+    };
+    let mut moves = format!(
+        "{} {from} -> {}",
+        text(&record["version"]),
+        text(&record["to"])
+    );
+    for also in record["also"].as_array().into_iter().flatten() {
+        moves.push_str(&format!(
+            ", {} {} -> {}",
+            text(&also["version"]),
+            text(&also["from"]),
+            text(&also["to"])
+        ));
+    }
+    moves
+}
+
+pub fn change(answer: &Value) -> String {
+    let record = &answer["record"];
+    format!(
+        "revision {}: {} {} {} by {} (routing revision {})",
+        text(&record["revision"]),
+        text(&record["action"]),
+        text(&record["model"]),
+        describe_record(record),
+        text(&record["actor"]),
+        text(&answer["routing_revision"]),
+    )
+}
+
+pub fn history(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = answer["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let reason = r.get("reason").map_or_else(String::new, text);
+            vec![
+                text(&r["revision"]),
+                text(&r["time"]),
+                text(&r["actor"]),
+                text(&r["action"]),
+                describe_record(r),
+                reason,
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["REV", "TIME", "ACTOR", "ACTION", "CHANGE", "REASON"],
+        &rows,
+    );
+    if let Some(next) = answer["next_before"].as_u64() {
+        out.push_str(&format!("\n\nolder entries: --before {next}"));
+    }
+    out
+}
+
+pub fn reloaded(answer: &Value) -> String {
+    let mut out = format!(
+        "config reloaded; routing revision {}",
+        text(&answer["routing_revision"])
+    );
+    for warning in answer["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("\nwarning: {}", text(warning)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align_columns() {
+        let out = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(out, "A    LONGER\nxyz  1");
+    }
+
+    #[test]
+    fn a_promotion_shows_both_moves() {
+        let answer = json!({
+            "routing_revision": 4,
+            "record": { "revision": 3, "action": "transition", "model": "fraud", "version": "3",
+                        "from": "staging", "to": "production", "actor": "alice",
+                        "also": [{ "version": "2", "from": "production", "to": "archived" }] }
+        });
+        assert_eq!(
+            change(&answer),
+            "revision 3: transition fraud 3 staging -> production, 2 production -> archived by alice (routing revision 4)"
+        );
+    }
+}
