@@ -173,7 +173,7 @@ async fn silent_and_partial_connections_are_closed_by_the_header_read_timeout() 
         let closed =
             tokio::time::timeout(Duration::from_secs(10), raw_exchange(addr, opening)).await;
         let response = closed.expect("connection was not closed by the header read timeout");
-        assert!(!response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.is_empty(), "{response}");
     }
     assert!(upstream.received().is_empty());
     assert_eq!(
@@ -201,4 +201,194 @@ async fn headers_over_the_limit_are_431() {
     assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(answer.code(), "headers_too_large");
     assert!(upstream.received().is_empty());
+}
+
+/// A model server that sends its response head and part of the body, then stalls.
+async fn stalling_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\":")
+                    .await;
+                std::future::pending::<()>().await;
+                drop(stream);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stalled_response_body_is_cut_off_and_frees_its_slot() {
+    let stalling = stalling_upstream().await;
+    let healthy = FakeUpstream::start("v3").await;
+    let config = one_model(
+        "request_timeout_ms = 300\nmax_concurrent_requests = 1",
+        &[
+            ("2", "production", &[&format!("http://{stalling}")]),
+            ("3", "staging", &[&healthy.url()]),
+        ],
+    );
+    let gateway = gateway(&config).await;
+    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let request = http::Request::post(&url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = common::client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+    assert!(
+        body.is_err(),
+        "a stalled body must end in an error, not look complete"
+    );
+    // The only admission slot is free again.
+    let next = post(&url, &[("x-stagegate-stage", "staging")]).await;
+    assert_eq!(next.status, StatusCode::OK);
+    let metrics = common::metrics(&gateway).await;
+    assert!(
+        metrics.contains(
+            r#"stagegate_upstream_errors_total{model="fraud",version="2",kind="timeout"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn paths_that_could_reach_another_version_are_refused() {
+    let archived = FakeUpstream::start("v1").await;
+    let production = FakeUpstream::start("v2").await;
+    let gateway = gateway(&one_model(
+        "",
+        &[
+            ("1", "archived", &[&archived.url()]),
+            ("2", "production", &[&production.url()]),
+        ],
+    ))
+    .await;
+    let base = format!("http://{}", gateway.data_addr());
+    for path in [
+        "/v2/models/fraud/ready/../versions/1/infer",
+        "/v2/models/fraud/%2e%2e/fraud/versions/1/infer",
+        "/models/fraud/v2/models/fraud/versions/1/infer",
+    ] {
+        let answer = post(&format!("{base}{path}"), &[]).await;
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_path"),
+            "{path}"
+        );
+    }
+    let conflicting = post(
+        &format!("{base}/v2/models/fraud/versions/2/infer"),
+        &[("x-stagegate-stage", "staging")],
+    )
+    .await;
+    assert_eq!(
+        (conflicting.status, conflicting.code().as_str()),
+        (StatusCode::BAD_REQUEST, "conflicting_pins")
+    );
+    assert!(archived.received().is_empty() && production.received().is_empty());
+}
+
+mod http2 {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    async fn connect(
+        addr: std::net::SocketAddr,
+    ) -> (http2::SendRequest<Full<Bytes>>, tokio::task::JoinHandle<()>) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+        (
+            sender,
+            tokio::spawn(async move {
+                let _ = connection.await;
+            }),
+        )
+    }
+
+    async fn send(
+        sender: &mut http2::SendRequest<Full<Bytes>>,
+        request: http::Request<Full<Bytes>>,
+    ) -> (StatusCode, String) {
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn limits_answer_in_json_over_http2_too() {
+        let upstream = FakeUpstream::start("v2").await;
+        let gateway = gateway(&one_model(
+            "max_body_bytes = 100\nmax_header_bytes = 8192",
+            &[("2", "production", &[&upstream.url()])],
+        ))
+        .await;
+        let (mut sender, _connection) = connect(gateway.data_addr()).await;
+        let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+        let big_body = http::Request::post(&url)
+            .body(Full::new(Bytes::from(vec![b'x'; 200])))
+            .unwrap();
+        let (status, body) = send(&mut sender, big_body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body.contains("body_too_large"), "{body}");
+        let big_headers = http::Request::post(&url)
+            .header("x-a", "y".repeat(5000))
+            .header("x-b", "y".repeat(5000))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, body) = send(&mut sender, big_headers).await;
+        assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert!(body.contains("headers_too_large"), "{body}");
+        assert!(upstream.received().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_forwarded_host_is_the_http2_authority_never_the_clients_header() {
+        let upstream = FakeUpstream::start("v2").await;
+        let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
+        let (mut sender, _connection) = connect(gateway.data_addr()).await;
+        let request = http::Request::post(format!("http://gw.example:8080/v2/models/fraud/infer"))
+            .header("x-forwarded-host", "evil.example")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&mut sender, request).await.0, StatusCode::OK);
+        let received = &upstream.received()[0];
+        assert_eq!(received.headers["x-forwarded-host"], "gw.example:8080");
+        assert_eq!(received.headers["host"], upstream.addr.to_string().as_str());
+    }
+
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_closed() {
+        let upstream = FakeUpstream::start("v2").await;
+        let gateway = gateway(&one_model(
+            "header_read_timeout_ms = 200",
+            &[("2", "production", &[&upstream.url()])],
+        ))
+        .await;
+        let (mut sender, connection) = connect(gateway.data_addr()).await;
+        let request = http::Request::get(format!(
+            "http://{}/v2/models/fraud/ready",
+            gateway.data_addr()
+        ))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+        assert_eq!(send(&mut sender, request).await.0, StatusCode::OK);
+        // Then nothing: the gateway ends the connection instead of holding it forever.
+        tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .expect("an idle HTTP/2 connection must be closed")
+            .unwrap();
+    }
 }

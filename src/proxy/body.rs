@@ -1,16 +1,25 @@
 //! [`ResponseBody`]: what the gateway sends back, either the model server's body
 //! streamed through or a body of its own (errors), plus the guards that keep a
 //! request counted until its last byte is sent.
+//!
+//! A model server that sends its response head and then stalls would otherwise
+//! hold the request's admission slot forever; a streamed body that makes no
+//! progress for the idle timeout is ended with an error instead (the client sees
+//! the connection or stream reset, never a silently truncated answer).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 
+use super::ProxyError;
 use super::admission::Permit;
 use crate::routing::{EndpointGuard, VersionRoute};
 use crate::telemetry::UpstreamErrorKind;
@@ -20,27 +29,33 @@ pin_project! {
     pub struct ResponseBody {
         #[pin]
         kind: Kind,
-        hold: Hold,
     }
 }
 
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { #[pin] body: Incoming },
+        Upstream {
+            #[pin]
+            body: Incoming,
+            stream: Streaming,
+        },
         Local { #[pin] body: Full<Bytes> },
     }
 }
 
-/// Dropped when the response body is: the admission permit and the endpoint's
-/// outstanding count end with the last byte, not with the response head.
-enum Hold {
-    None,
-    Forwarded {
-        _permit: Permit,
-        _endpoint: EndpointGuard,
-        route: Arc<VersionRoute>,
-    },
+/// A forwarded body's state. Dropped with the body: the admission permit and the
+/// endpoint's outstanding count end with the last byte, not the response head.
+struct Streaming {
+    _permit: Permit,
+    _endpoint: EndpointGuard,
+    route: Arc<VersionRoute>,
+    idle_timeout: Duration,
+    /// Created the first time the upstream body is pending, so bodies that arrive
+    /// with their head (most inference answers) never touch the timer.
+    idle: Option<Pin<Box<Sleep>>>,
+    /// Whether `idle` counts the current wait (it is re-armed after progress).
+    armed: bool,
 }
 
 impl ResponseBody {
@@ -50,63 +65,99 @@ impl ResponseBody {
             kind: Kind::Local {
                 body: Full::new(bytes),
             },
-            hold: Hold::None,
         }
     }
 
-    /// A model server's body, streamed through.
+    /// A model server's body, streamed through; it fails after `idle_timeout`
+    /// without a frame.
     pub fn upstream(
         body: Incoming,
         permit: Permit,
         endpoint: EndpointGuard,
         route: Arc<VersionRoute>,
+        idle_timeout: Duration,
     ) -> ResponseBody {
+        let stream = Streaming {
+            _permit: permit,
+            _endpoint: endpoint,
+            route,
+            idle_timeout,
+            idle: None,
+            armed: false,
+        };
         ResponseBody {
-            kind: Kind::Upstream { body },
-            hold: Hold::Forwarded {
-                _permit: permit,
-                _endpoint: endpoint,
-                route,
-            },
+            kind: Kind::Upstream { body, stream },
         }
+    }
+}
+
+impl Streaming {
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<ProxyError> {
+        let deadline = Instant::now() + self.idle_timeout;
+        let idle = match &mut self.idle {
+            Some(idle) if self.armed => idle,
+            Some(idle) => {
+                idle.as_mut().reset(deadline);
+                idle
+            }
+            None => self
+                .idle
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        ready!(idle.as_mut().poll(cx));
+        self.route
+            .metrics
+            .upstream_error(UpstreamErrorKind::Timeout);
+        Poll::Ready(ProxyError::UpstreamBodyStalled {
+            timeout: self.idle_timeout,
+        })
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ProxyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        match this.kind.project() {
+    ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
+        match self.project().kind.project() {
             KindProj::Local { body } => match ready!(body.poll_frame(cx)) {
                 Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
                 Some(Err(never)) => match never {},
                 None => Poll::Ready(None),
             },
-            KindProj::Upstream { body } => {
-                let frame = ready!(body.poll_frame(cx));
-                if let (Some(Err(_)), Hold::Forwarded { route, .. }) = (&frame, &*this.hold) {
-                    route.metrics.upstream_error(UpstreamErrorKind::Protocol);
+            KindProj::Upstream { body, stream } => match body.poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    // Progress: the next wait gets a full idle period.
+                    stream.armed = false;
+                    Poll::Ready(frame.map(|f| {
+                        f.map_err(|error| {
+                            stream
+                                .route
+                                .metrics
+                                .upstream_error(UpstreamErrorKind::Protocol);
+                            ProxyError::UpstreamBody(error)
+                        })
+                    }))
                 }
-                Poll::Ready(frame)
-            }
+                Poll::Pending => stream.poll_idle(cx).map(|error| Some(Err(error))),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
             Kind::Local { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream { body } => body.size_hint(),
+            Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Local { body } => body.size_hint(),
         }
     }

@@ -31,6 +31,10 @@ pub enum ProxyError {
     UpstreamTimeout { endpoint: String, timeout: Duration },
     #[error("model server {endpoint} failed mid-exchange: {message}")]
     UpstreamFailed { endpoint: String, message: String },
+    #[error("model server's response body failed: {0}")]
+    UpstreamBody(#[source] hyper::Error),
+    #[error("model server's response body made no progress for {timeout:?}")]
+    UpstreamBodyStalled { timeout: Duration },
 }
 
 impl ProxyError {
@@ -42,12 +46,12 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
-            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamFailed { .. }
+            | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnectTimeout { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamBodyStalled { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -60,10 +64,10 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientTimeout(_) => "client_timeout",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
-            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
-                "upstream_timeout"
-            }
-            ProxyError::UpstreamFailed { .. } => "upstream_error",
+            ProxyError::UpstreamConnectTimeout { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamBodyStalled { .. } => "upstream_timeout",
+            ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamBody(_) => "upstream_error",
         }
     }
 
@@ -72,8 +76,12 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamUnreachable { .. } => Some(UpstreamErrorKind::Connect),
             ProxyError::UpstreamConnectTimeout { .. } => Some(UpstreamErrorKind::ConnectTimeout),
-            ProxyError::UpstreamTimeout { .. } => Some(UpstreamErrorKind::Timeout),
-            ProxyError::UpstreamFailed { .. } => Some(UpstreamErrorKind::Protocol),
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamBodyStalled { .. } => {
+                Some(UpstreamErrorKind::Timeout)
+            }
+            ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamBody(_) => {
+                Some(UpstreamErrorKind::Protocol)
+            }
             _ => None,
         }
     }

@@ -92,7 +92,8 @@ impl Proxy {
             .metrics
             .duration
             .record(started.elapsed().as_secs_f64());
-        let body = ResponseBody::upstream(body, permit, endpoint, route);
+        let idle = self.limits.request_timeout;
+        let body = ResponseBody::upstream(body, permit, endpoint, route, idle);
         Ok(Response::from_parts(parts, body))
     }
 
@@ -111,11 +112,13 @@ impl Proxy {
         let body = self.read_body(body, deadline).await?;
 
         let endpoint = route.pick_endpoint().begin();
+        let client_authority = parts.uri.authority().cloned();
         parts.uri = upstream_uri(endpoint.endpoint(), &parts.uri, strip).map_err(|e| {
             ProxyError::BadRequest(format!("request path cannot be forwarded: {e}"))
         })?;
         parts.version = Version::HTTP_11;
-        prepare_upstream_request(&mut parts.headers, endpoint.endpoint().host_header(), peer);
+        let host = endpoint.endpoint().host_header();
+        prepare_upstream_request(&mut parts.headers, host, peer, client_authority.as_ref());
         let upstream_request = Request::from_parts(parts, Full::new(body));
 
         match timeout_at(

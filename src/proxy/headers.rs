@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 
 use crate::routing::{PIN_STAGE, PIN_VERSION};
 
@@ -25,6 +26,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Client-supplied claims about the original request that we do not maintain:
+/// dropped rather than passed on as if we vouched for them.
+const UNVOUCHED: [HeaderName; 2] = [header::FORWARDED, HeaderName::from_static("x-real-ip")];
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -46,20 +51,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Prepares the request headers the model server will see: hygiene, the gateway's
-/// own pin headers removed, `Host` set to the endpoint (the client's goes to
-/// `x-forwarded-host`), and the socket peer appended to `x-forwarded-for`.
+/// own pin headers removed, `Host` set to the endpoint, `x-forwarded-host` set to
+/// the host the client asked for (its `Host`, or the HTTP/2 `:authority`; never a
+/// client-sent `x-forwarded-host`), `x-forwarded-proto`, and the socket peer
+/// appended to `x-forwarded-for`.
 ///
 /// `Expect: 100-continue` is answered by the gateway itself (hyper sends the 100
 /// when the body is read), and the body is complete before it is forwarded, so the
 /// model server must not be asked to wait for it.
-pub fn prepare_upstream_request(headers: &mut HeaderMap, host: &HeaderValue, peer: &HeaderValue) {
+pub fn prepare_upstream_request(
+    headers: &mut HeaderMap,
+    host: &HeaderValue,
+    peer: &HeaderValue,
+    authority: Option<&Authority>,
+) {
     strip_hop_by_hop(headers);
-    headers.remove(&PIN_STAGE);
-    headers.remove(&PIN_VERSION);
-    headers.remove(header::EXPECT);
-    if let Some(client_host) = headers.insert(header::HOST, host.clone()) {
+    for name in [&PIN_STAGE, &PIN_VERSION, &header::EXPECT, &X_FORWARDED_HOST] {
+        headers.remove(name);
+    }
+    for name in &UNVOUCHED {
+        headers.remove(name);
+    }
+    let client_host = headers
+        .insert(header::HOST, host.clone())
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    if let Some(client_host) = client_host {
         headers.insert(X_FORWARDED_HOST, client_host);
     }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     append_forwarded_for(headers, peer);
 }
 
@@ -149,11 +168,28 @@ mod tests {
             ("x-stagegate-stage", "staging"),
         ]);
         let host = HeaderValue::from_static("10.0.0.7:9001");
-        prepare_upstream_request(&mut map, &host, &peer_header("::1".parse().unwrap()));
+        prepare_upstream_request(&mut map, &host, &peer_header("::1".parse().unwrap()), None);
         assert_eq!(map[header::HOST], "10.0.0.7:9001");
         assert_eq!(map[&X_FORWARDED_HOST], "gateway.example");
         assert_eq!(map[&X_FORWARDED_FOR], "::1");
         assert!(!map.contains_key(&PIN_STAGE) && !map.contains_key(&PIN_VERSION));
         assert!(!map.contains_key(header::EXPECT));
+        assert!(!map.contains_key(header::FORWARDED) && !map.contains_key("x-real-ip"));
+        assert_eq!(map[&X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn http2_authority_becomes_the_forwarded_host() {
+        let mut map = headers(&[("x-forwarded-host", "evil.example")]);
+        let authority: Authority = "gateway.example:8080".parse().unwrap();
+        let host = HeaderValue::from_static("10.0.0.7:9001");
+        prepare_upstream_request(
+            &mut map,
+            &host,
+            &peer_header("::1".parse().unwrap()),
+            Some(&authority),
+        );
+        assert_eq!(map[&X_FORWARDED_HOST], "gateway.example:8080");
+        assert_eq!(map.get_all(&X_FORWARDED_HOST).iter().count(), 1);
     }
 }

@@ -5,6 +5,7 @@
 mod admission;
 mod body;
 mod conn;
+mod connection;
 mod error;
 mod handler;
 pub mod headers;

@@ -2,7 +2,6 @@
 //! auto builder (HTTP/1.1 and h2c on one port), connection timeouts, and graceful
 //! shutdown with a drain timeout.
 
-use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
@@ -12,15 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Limits, conn, headers};
+use super::Limits;
+use super::connection::{Closers, serve_connection};
 
 /// HTTP/2 streams a client may have open at once on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -57,49 +55,32 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
 ) -> Drained {
     let builder = Arc::new(server_builder(limits));
-    let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
-    let force_close = CancellationToken::new();
+    let closers = Closers {
+        draining: CancellationToken::new(),
+        force_close: CancellationToken::new(),
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                accept_failed(&error).await;
-                continue;
+        match accepted {
+            Ok((stream, peer)) => {
+                connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    Arc::clone(&builder),
+                    Arc::clone(&handler),
+                    limits.header_read_timeout,
+                    closers.clone(),
+                ));
             }
-        };
-        let watcher = graceful.watcher();
-        let (builder, handler) = (Arc::clone(&builder), Arc::clone(&handler));
-        let force_close = force_close.clone();
-        let timeout = limits.header_read_timeout;
-        connections.spawn(async move {
-            // One Arc per connection, cloned per request: the service's futures
-            // must own what they use.
-            let context = Arc::new((handler, headers::peer_header(peer.ip())));
-            let io = TokioIo::new(conn::FirstBytesDeadline::new(configure(stream), timeout));
-            let service = service_fn(|request| {
-                let context = Arc::clone(&context);
-                async move {
-                    let (handler, peer) = &*context;
-                    Ok::<_, Infallible>(handler.handle(request, peer).await)
-                }
-            });
-            tokio::select! {
-                served = watcher.watch(builder.serve_connection(io, service)) => {
-                    if let Err(error) = served {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                }
-                () = force_close.cancelled() => {}
-            }
-        });
+            Err(error) => accept_failed(&error).await,
+        }
     }
     drop(listener);
-    drain(graceful, connections, force_close, limits.drain_timeout).await
+    drain(connections, closers, limits.drain_timeout).await
 }
 
 fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -119,16 +100,19 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // HTTP/2 counts 32 bytes of overhead per field; leave room so the handler
+        // applies the limit exactly and answers with a JSON 431.
+        .max_header_list_size(
+            u32::try_from(
+                limits
+                    .max_header_bytes
+                    .saturating_mul(2)
+                    .saturating_add(MAX_REQUEST_LINE_BYTES),
+            )
+            .unwrap_or(u32::MAX),
+        )
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     builder
-}
-
-fn configure(stream: TcpStream) -> TcpStream {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
-    }
-    stream
 }
 
 async fn accept_failed(error: &io::Error) {
@@ -138,12 +122,7 @@ async fn accept_failed(error: &io::Error) {
 
 /// Asks every connection to finish its in-flight requests and close; past the
 /// timeout, closes the rest.
-async fn drain(
-    graceful: GracefulShutdown,
-    connections: TaskTracker,
-    force_close: CancellationToken,
-    timeout: Duration,
-) -> Drained {
+async fn drain(connections: TaskTracker, closers: Closers, timeout: Duration) -> Drained {
     connections.close();
     if !connections.is_empty() {
         tracing::info!(
@@ -152,11 +131,11 @@ async fn drain(
             "draining open connections"
         );
     }
-    let finished = async {
-        graceful.shutdown().await;
-        connections.wait().await;
-    };
-    if tokio::time::timeout(timeout, finished).await.is_ok() {
+    closers.draining.cancel();
+    if tokio::time::timeout(timeout, connections.wait())
+        .await
+        .is_ok()
+    {
         return Drained { abandoned: 0 };
     }
     let abandoned = connections.len();
@@ -164,7 +143,7 @@ async fn drain(
         abandoned,
         "drain timeout reached; closing the remaining connections"
     );
-    force_close.cancel();
+    closers.force_close.cancel();
     connections.wait().await;
     Drained { abandoned }
 }

@@ -128,6 +128,7 @@ impl Catalog {
 /// URL path segment and a metric label unescaped.
 pub fn is_valid_identifier(name: &str) -> bool {
     !name.is_empty()
+        && !name.bytes().all(|b| b == b'.')
         && name.len() <= 128
         && name
             .bytes()
@@ -152,7 +153,7 @@ mod tests {
     #[test]
     fn identifiers_are_path_and_label_safe() {
         assert!(is_valid_identifier("fraud-v2.1_b"));
-        for bad in ["", "a/b", "a:b", "a b", "é", &"x".repeat(129)] {
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "é", &"x".repeat(129)] {
             assert!(!is_valid_identifier(bad), "{bad:?} accepted");
         }
     }

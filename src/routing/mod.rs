@@ -66,10 +66,14 @@ pub enum RouteError {
     NoProductionVersion(String),
     #[error("invalid {header} header: {value:?}")]
     InvalidPin { header: &'static str, value: String },
+    #[error("conflicting pins: {0}")]
+    ConflictingPins(String),
     #[error(
-        "the version pinned by the path ({path:?}) and by x-stagegate-version ({header:?}) differ"
+        "request path {0:?} is not in plain form (no '.' or '..' segments, no encoded '/', '.' or '\')"
     )]
-    ConflictingPins { path: String, header: String },
+    UnplainPath(String),
+    #[error("a model path inside the generic route ({0:?}); call that path directly")]
+    NestedModelPath(String),
 }
 
 impl RouteError {
@@ -83,9 +87,10 @@ impl RouteError {
                 StatusCode::FORBIDDEN
             }
             RouteError::NoProductionVersion(_) => StatusCode::SERVICE_UNAVAILABLE,
-            RouteError::InvalidPin { .. } | RouteError::ConflictingPins { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            RouteError::InvalidPin { .. }
+            | RouteError::ConflictingPins(_)
+            | RouteError::UnplainPath(_)
+            | RouteError::NestedModelPath(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -99,7 +104,8 @@ impl RouteError {
             RouteError::NoVersionInStage { .. } => "no_version_in_stage",
             RouteError::NoProductionVersion(_) => "no_production_version",
             RouteError::InvalidPin { .. } => "invalid_pin",
-            RouteError::ConflictingPins { .. } => "conflicting_pins",
+            RouteError::ConflictingPins(_) => "conflicting_pins",
+            RouteError::UnplainPath(_) | RouteError::NestedModelPath(_) => "invalid_path",
         }
     }
 }
@@ -118,22 +124,49 @@ pub fn resolve<'t>(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<Resolved<'t>, RouteError> {
+    if !path::is_plain(path) {
+        return Err(RouteError::UnplainPath(path.to_string()));
+    }
     let parsed = path::parse(path).ok_or(RouteError::NoModelInPath)?;
+    if parsed.strip > 0 && path::parse(&path[parsed.strip..]).is_some() {
+        return Err(RouteError::NestedModelPath(path.to_string()));
+    }
     let model = table
         .model(parsed.model)
         .ok_or_else(|| RouteError::UnknownModel(parsed.model.to_string()))?;
-    let pinned_version = pinned_version(parsed.version, headers)?;
-    let route = match (pinned_version, pinned_stage(headers)?) {
-        (Some(version), _) => by_version(model, parsed.model, version)?,
-        (None, Some(stage)) => by_stage(model, parsed.model, stage)?,
-        (None, None) => model
-            .production()
-            .ok_or_else(|| RouteError::NoProductionVersion(parsed.model.to_string()))?,
-    };
+    let version = pinned_version(parsed.version, headers)?;
+    let route = choose(model, parsed.model, version, pinned_stage(headers)?)?;
     Ok(Resolved {
         route,
         strip: parsed.strip,
     })
+}
+
+/// The route the pins (or their absence: production) select.
+fn choose<'t>(
+    model: &'t ModelRoutes,
+    name: &str,
+    version: Option<&str>,
+    stage: Option<Stage>,
+) -> Result<&'t Arc<VersionRoute>, RouteError> {
+    match (version, stage) {
+        (Some(version), stage) => {
+            let route = by_version(model, name, version)?;
+            match stage {
+                Some(stage) if stage.as_str() != route.stage().as_str() => {
+                    Err(RouteError::ConflictingPins(format!(
+                        "x-stagegate-stage is {stage} but version {version:?} is {}",
+                        route.stage().as_str()
+                    )))
+                }
+                _ => Ok(route),
+            }
+        }
+        (None, Some(stage)) => by_stage(model, name, stage),
+        (None, None) => model
+            .production()
+            .ok_or_else(|| RouteError::NoProductionVersion(name.to_string())),
+    }
 }
 
 fn pinned_version<'a>(
@@ -142,10 +175,9 @@ fn pinned_version<'a>(
 ) -> Result<Option<&'a str>, RouteError> {
     let from_header = header_str(headers, &PIN_VERSION)?;
     match (from_path, from_header) {
-        (Some(path), Some(header)) if path != header => Err(RouteError::ConflictingPins {
-            path: path.to_string(),
-            header: header.to_string(),
-        }),
+        (Some(path), Some(header)) if path != header => Err(RouteError::ConflictingPins(format!(
+            "the path pins version {path:?} but x-stagegate-version pins {header:?}"
+        ))),
         (path, header) => Ok(path.or(header)),
     }
 }

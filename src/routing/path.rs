@@ -55,6 +55,22 @@ pub fn parse(path: &str) -> Option<ModelPath<'_>> {
     None
 }
 
+/// Whether `path` is in the plain form the gateway routes by: no `.` or `..`
+/// segments, no backslashes, and no percent-encoded `.`, `/` or `\`. A model
+/// server that normalizes paths could otherwise be sent, through a path the
+/// gateway routed to one version, to a route of another.
+pub fn is_plain(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let encoded_separator = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f') | (b'5', b'c')
+            )
+    });
+    !encoded_separator && !path.contains('\\') && !path.split('/').any(|s| s == "." || s == "..")
+}
+
 /// The leading run of `text` up to the first byte matching `end`; `None` if empty.
 fn segment(text: &str, end: impl Fn(u8) -> bool) -> Option<&str> {
     let len = text.bytes().position(end).unwrap_or(text.len());
@@ -138,6 +154,28 @@ mod tests {
             "/predict",
         ] {
             assert_eq!(parse(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_separators_are_not_plain() {
+        for path in [
+            "/v2/models/m/infer",
+            "/models/m/a.b/c..d",
+            "/v1/models/m:predict?x=../y",
+        ] {
+            assert!(is_plain(path.split('?').next().unwrap()), "{path}");
+        }
+        for path in [
+            "/v2/models/m/ready/../versions/1/infer",
+            "/v2/models/m/./infer",
+            "/models/m/..",
+            "/v2/models/m%2Fversions%2F1/infer",
+            "/v2/models/m/%2e%2e/x",
+            "/models/m\\..\\x",
+            "/models/m/%5C",
+        ] {
+            assert!(!is_plain(path), "{path}");
         }
     }
 
