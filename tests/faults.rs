@@ -359,7 +359,7 @@ mod http2 {
         let upstream = FakeUpstream::start("v2").await;
         let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
         let (mut sender, _connection) = connect(gateway.data_addr()).await;
-        let request = http::Request::post(format!("http://gw.example:8080/v2/models/fraud/infer"))
+        let request = http::Request::post("http://gw.example:8080/v2/models/fraud/infer")
             .header("x-forwarded-host", "evil.example")
             .body(Full::new(Bytes::new()))
             .unwrap();
