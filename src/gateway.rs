@@ -180,13 +180,6 @@ impl RunningGateway {
         self.writer.stop().await;
         drained
     }
-
-    /// Serves until `signal` fires, then shuts down gracefully.
-    pub async fn run_until(self, signal: &mut ShutdownSignal) -> Drained {
-        signal.recv().await;
-        tracing::info!("shutdown signal received; draining");
-        self.shutdown().await
-    }
 }
 
 /// SIGTERM or SIGINT. Installed before the gateway starts, so a signal that comes

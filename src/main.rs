@@ -90,7 +90,16 @@ fn serve(path: &Path) -> ExitCode {
         match started.await {
             Ok((mut signal, running)) => {
                 gateway::reload_on_sighup(running.registry().clone());
-                let drained = running.run_until(&mut signal).await;
+                signal.recv().await;
+                tracing::info!(
+                    "shutdown signal received; draining (a second signal exits at once)"
+                );
+                tokio::spawn(async move {
+                    signal.recv().await;
+                    eprintln!("second shutdown signal: exiting without waiting for the drain");
+                    std::process::exit(130);
+                });
+                let drained = running.shutdown().await;
                 if drained.abandoned > 0 {
                     eprintln!(
                         "warning: {} connections were still open at the drain timeout",

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::auth::Caller;
 use super::routes::ApiRoute;
 use super::views;
-use crate::proxy::json_error;
+use crate::proxy::{json_error, json_response};
 use crate::registry::{Command, Registry, RegistryError, Stage};
 use crate::routing::Router;
 
@@ -75,44 +75,35 @@ impl Api {
             ApiRoute::Model(model) => self.model(&model),
             ApiRoute::History(model) => self.history(&model, &query),
             ApiRoute::Register(model) => {
-                let body: RegisterBody = match read_json(request, None).await {
-                    Ok(body) => body,
-                    Err(response) => return response,
-                };
-                let command = Command::Register {
+                let command = |body: RegisterBody| Command::Register {
                     model,
                     version: body.version,
                     endpoints: body.endpoints,
                     reason: body.reason,
                 };
-                self.change(command, caller, StatusCode::CREATED).await
+                self.change_from(request, None, command, caller, StatusCode::CREATED)
+                    .await
             }
             ApiRoute::Transition(model, version) => {
-                let body: TransitionBody = match read_json(request, None).await {
-                    Ok(body) => body,
-                    Err(response) => return response,
-                };
-                let command = Command::Transition {
+                let command = |body: TransitionBody| Command::Transition {
                     model,
                     version,
                     to: body.stage,
                     reason: body.reason,
                 };
-                self.change(command, caller, StatusCode::OK).await
+                self.change_from(request, None, command, caller, StatusCode::OK)
+                    .await
             }
             ApiRoute::Rollback(model) => {
-                let body: RollbackBody =
-                    match read_json(request, Some(RollbackBody::default())).await {
-                        Ok(body) => body,
-                        Err(response) => return response,
-                    };
-                let command = Command::Rollback {
+                let command = |body: RollbackBody| Command::Rollback {
                     model,
                     to_version: body.to_version,
                     reason: body.reason,
                     force: body.force,
                 };
-                self.change(command, caller, StatusCode::OK).await
+                let empty = Some(RollbackBody::default());
+                self.change_from(request, empty, command, caller, StatusCode::OK)
+                    .await
             }
             ApiRoute::Reload => self.reload().await,
         }
@@ -157,6 +148,21 @@ impl Api {
             StatusCode::OK,
             &json!({ "model": name, "entries": entries, "next_before": next_before }),
         )
+    }
+
+    /// Reads the body as `T`, turns it into a command and makes the change.
+    async fn change_from<T: DeserializeOwned>(
+        &self,
+        request: Request<Incoming>,
+        when_empty: Option<T>,
+        command: impl FnOnce(T) -> Command,
+        caller: &Caller,
+        status: StatusCode,
+    ) -> Response<Bytes> {
+        match read_json(request, when_empty).await {
+            Ok(body) => self.change(command(body), caller, status).await,
+            Err(response) => response,
+        }
     }
 
     async fn change(
@@ -267,18 +273,6 @@ async fn read_json<T: DeserializeOwned>(
             "invalid_request",
         )
     })
-}
-
-pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Bytes> {
-    let body =
-        serde_json::to_vec(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
-    let mut response = Response::new(Bytes::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 fn registry_error(error: &RegistryError) -> Response<Bytes> {

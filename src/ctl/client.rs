@@ -11,6 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::CtlError;
+use crate::telemetry::error_chain;
 
 /// Long enough for a rollback's health probes.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,17 +90,6 @@ impl AdminClient {
             })
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 impl CtlError {

@@ -115,6 +115,11 @@ impl Demo {
     pub fn instructions(&self) -> String {
         let data = self.gateway.data_addr();
         let admin = self.gateway.admin_addr();
+        let program = std::env::current_exe()
+            .ok()
+            .filter(|exe| exe.file_name().is_some_and(|name| name == "stagegate"))
+            .map_or_else(|| "stagegate".to_string(), |exe| exe.display().to_string());
+        let ctl = format!("{program} ctl --admin http://{admin}");
         let v1 = r#"'{"instances": [[0.2, 1.5, 3.0]]}'"#;
         let v2 = r#"'{"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP64", "data": [0.2, 1.5, 3.0]}]}'"#;
         format!(
@@ -129,6 +134,13 @@ impl Demo {
              Archived versions serve nothing (403), unknown models are 404:\n  \
              curl -si http://{data}/v1/models/fraud:predict -H 'x-stagegate-version: 1' -d {v1}\n  \
              curl -si http://{data}/v1/models/nope:predict -d {v1}\n\
+             Promote version 3, see the next request go to it, then roll back (the journal\n\
+             keeps both; the admin API needs no token here because it is on loopback):\n  \
+             {ctl} transition fraud 3 production --reason 'shadow looks good'\n  \
+             curl -si http://{data}/v1/models/fraud:predict -d {v1}\n  \
+             {ctl} rollback fraud --reason 'p99 regression'\n  \
+             {ctl} history fraud\n  \
+             {ctl} status\n\
              Metrics and health:\n  \
              curl -s http://{admin}/metrics | grep ^stagegate_\n  \
              curl -s http://{admin}/readyz\n\n\

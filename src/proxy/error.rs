@@ -94,7 +94,16 @@ impl ProxyError {
 
 /// A `{"error": message, "code": code}` response.
 pub fn json_error(status: StatusCode, message: &str, code: &str) -> Response<Bytes> {
-    let body = serde_json::json!({ "error": message, "code": code }).to_string();
+    json_response(
+        status,
+        &serde_json::json!({ "error": message, "code": code }),
+    )
+}
+
+/// A JSON response with `value` as its body.
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Bytes> {
+    let body =
+        serde_json::to_vec(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
     let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(

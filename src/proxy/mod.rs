@@ -13,7 +13,7 @@ mod server;
 mod upstream;
 
 pub use body::ResponseBody;
-pub use error::{ProxyError, json_error};
+pub use error::{ProxyError, json_error, json_response};
 pub use handler::{Proxy, X_STAGEGATE_MODEL, X_STAGEGATE_STAGE, X_STAGEGATE_VERSION};
 pub use server::{Drained, Handler, serve};
 

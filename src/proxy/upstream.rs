@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::ProxyError;
 use crate::routing::Endpoint;
+use crate::telemetry::error_chain;
 
 /// How long an idle pooled connection to a model server is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -112,18 +113,6 @@ fn io_error_kind(error: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
         source = cause.source();
     }
     None
-}
-
-/// "outer: cause: root cause", so the message says what actually failed.
-fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -211,6 +211,19 @@ impl Telemetry {
     }
 }
 
+/// "outer: cause: root cause", so a logged or returned message says what actually
+/// failed, not only the outermost wrapper.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
     let labels: Vec<Label> = labels
         .iter()
