@@ -17,7 +17,7 @@ use crate::admin::auth::{AuthError, Tokens};
 use crate::config::Config;
 use crate::proxy::{self, Drained, Proxy};
 use crate::registry::merge::merge;
-use crate::registry::store::{FileStore, StoreError};
+use crate::registry::store::{COMPACT_AFTER_RECORDS, FileStore, StoreError};
 use crate::registry::{Catalog, Registry, ReloadHook, Writer, WriterStop};
 use crate::routing::Router;
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
@@ -107,6 +107,7 @@ pub async fn start_on(
         router: Arc::clone(&router),
         probe_timeout: PROBE_TIMEOUT,
         reload_hook: Some(reload_tokens(Arc::clone(&tokens), admin_addr)),
+        compact_after: COMPACT_AFTER_RECORDS,
     });
     let limits = config.server.limits.clone();
     let ready = Arc::new(AtomicBool::new(true));

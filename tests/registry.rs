@@ -410,3 +410,61 @@ async fn reload_applies_a_valid_file_and_keeps_the_old_table_on_errors() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_writer_compacts_the_journal_into_a_snapshot_and_loses_nothing() {
+    use stagegate::registry::store::FileStore;
+    use stagegate::registry::{Catalog, Registry, Writer};
+
+    let (_ups, urls) = upstreams().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = stagegate::config::Config::parse(&config(&urls), "t").unwrap();
+    let (store, loaded) = FileStore::open(dir.path()).unwrap();
+    let ledger = Arc::new(loaded.ledger);
+    let catalog = Catalog {
+        models: config.models.clone(),
+        ledger: Arc::clone(&ledger),
+    };
+    let router = Arc::new(stagegate::routing::Router::new(
+        Arc::new(catalog),
+        stagegate::telemetry::Telemetry::new(),
+    ));
+    let (registry, writer) = Registry::spawn(Writer {
+        config,
+        ledger,
+        store: Box::new(store),
+        router,
+        probe_timeout: std::time::Duration::from_secs(1),
+        reload_hook: None,
+        compact_after: 3,
+    });
+    for stage in [
+        Stage::Archived,
+        Stage::Staging,
+        Stage::Archived,
+        Stage::Staging,
+        Stage::Archived,
+        Stage::Staging,
+        Stage::Archived,
+    ] {
+        let change = Command::Transition {
+            model: "fraud".into(),
+            version: "3".into(),
+            to: stage,
+            reason: String::new(),
+        };
+        registry.change(change, "t").await.unwrap();
+    }
+    writer.stop().await;
+    assert!(dir.path().join("snapshot.json").exists());
+    let journal = std::fs::read_to_string(dir.path().join("journal.jsonl")).unwrap();
+    assert_eq!(
+        journal.lines().count(),
+        1,
+        "7 changes, compacted after the 3rd and the 6th"
+    );
+    let (_, reloaded) = FileStore::open(dir.path()).unwrap();
+    assert_eq!(reloaded.ledger.revision, 7);
+    assert_eq!(reloaded.ledger.stage("fraud", "3"), Some(Stage::Archived));
+    assert_eq!(reloaded.ledger.model("fraud").unwrap().history.len(), 7);
+}

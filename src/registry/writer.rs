@@ -20,7 +20,9 @@ use super::merge::merge;
 use super::probe::probe;
 use super::record::{Action, Record};
 use super::rules::{Command, plan};
-use super::store::{COMPACT_AFTER_RECORDS, Store};
+#[cfg(doc)]
+use super::store::COMPACT_AFTER_RECORDS;
+use super::store::Store;
 use super::{Catalog, ModelSpec};
 use crate::config::Config;
 use crate::routing::Router;
@@ -68,6 +70,9 @@ pub struct Writer {
     pub router: Arc<Router>,
     pub probe_timeout: Duration,
     pub reload_hook: Option<ReloadHook>,
+    /// Journal records after which the journal is folded into a snapshot
+    /// (normally [`COMPACT_AFTER_RECORDS`]).
+    pub compact_after: usize,
 }
 
 /// Stops the writer: the change in progress finishes, queued ones are refused
@@ -138,6 +143,7 @@ struct Task {
     router: Arc<Router>,
     probe_timeout: Duration,
     reload_hook: Option<ReloadHook>,
+    compact_after: usize,
 }
 
 impl Task {
@@ -151,6 +157,7 @@ impl Task {
             router: writer.router,
             probe_timeout: writer.probe_timeout,
             reload_hook: writer.reload_hook,
+            compact_after: writer.compact_after,
         }
     }
 
@@ -284,7 +291,7 @@ impl Task {
         let due = self
             .store
             .lock()
-            .map(|store| store.records_since_snapshot() >= COMPACT_AFTER_RECORDS)
+            .map(|store| store.records_since_snapshot() >= self.compact_after)
             .unwrap_or(false);
         if !due {
             return;
