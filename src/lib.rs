@@ -12,6 +12,8 @@
 //! - [`proxy`]: the data plane: hyper server (HTTP/1.1 and h2c), limits and
 //!   timeouts, forwarding over pooled upstream connections, header hygiene,
 //!   graceful shutdown.
+//! - [`shadow`]: mirroring production traffic to staging versions, comparing
+//!   their answers off the request path, and the shadow reports.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the JSON admin API under
 //!   `/api/v1` with bearer-token auth.
 //! - [`ctl`]: `stagegate ctl`, the admin API's command-line client.
@@ -30,4 +32,5 @@ pub mod gateway;
 pub mod proxy;
 pub mod registry;
 pub mod routing;
+pub mod shadow;
 pub mod telemetry;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::auth::Caller;
 use super::routes::ApiRoute;
-use super::views;
+use super::{shadow, views};
 use crate::proxy::{json_error, json_response};
 use crate::registry::{Command, Registry, RegistryError, Stage};
 use crate::routing::Router;
@@ -45,6 +45,13 @@ struct TransitionBody {
     stage: Stage,
     #[serde(default)]
     reason: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    #[serde(default, deserialize_with = "crate::config::optional_version_id")]
+    version: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -106,6 +113,62 @@ impl Api {
                     .await
             }
             ApiRoute::Reload => self.reload().await,
+            ApiRoute::ShadowReport(model) => match shadow::report(&self.router.load(), &model) {
+                Some(view) => json_response(StatusCode::OK, &view),
+                None => registry_error(&RegistryError::UnknownModel(model)),
+            },
+            ApiRoute::SetShadow(model) => self.set_shadow(model, caller, request).await,
+            ApiRoute::ResetShadow(model) => self.reset_shadow(&model, request).await,
+        }
+    }
+
+    async fn set_shadow(
+        &self,
+        model: String,
+        caller: &Caller,
+        request: Request<Incoming>,
+    ) -> Response<Bytes> {
+        let body: Value = match read_json(request, None).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let current = match self.router.load().catalog().model(&model) {
+            Some(spec) => spec.shadow.clone(),
+            None => return registry_error(&RegistryError::UnknownModel(model)),
+        };
+        match shadow::merged_policy(&current, body) {
+            Ok((policy, reason)) => {
+                self.change(
+                    Command::SetShadow {
+                        model,
+                        policy,
+                        reason,
+                    },
+                    caller,
+                    StatusCode::OK,
+                )
+                .await
+            }
+            Err(message) => json_error(StatusCode::BAD_REQUEST, &message, "invalid_request"),
+        }
+    }
+
+    async fn reset_shadow(&self, model: &str, request: Request<Incoming>) -> Response<Bytes> {
+        let body: ResetBody = match read_json(request, Some(ResetBody::default())).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        match shadow::reset(&self.router.load(), model, body.version.as_deref()) {
+            Some(reset) => {
+                json_response(StatusCode::OK, &json!({ "model": model, "reset": reset }))
+            }
+            None => registry_error(&match body.version {
+                Some(version) => RegistryError::UnknownVersion {
+                    model: model.to_string(),
+                    version,
+                },
+                None => RegistryError::UnknownModel(model.to_string()),
+            }),
         }
     }
 

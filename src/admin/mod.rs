@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 mod routes;
+mod shadow;
 mod views;
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::registry::Registry;
 use crate::routing::Router;
 use api::Api;
 use auth::Tokens;
-pub use routes::{API_PREFIX, ApiRoute};
+pub use routes::{API_PREFIX, ApiRoute, Miss};
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -70,7 +71,7 @@ impl Admin {
                 );
                 response
             }
-            (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed(Method::GET),
+            (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
             (_, path) => json_error(
                 StatusCode::NOT_FOUND,
                 &format!("no admin endpoint at {path}"),
@@ -96,16 +97,14 @@ impl Admin {
             return response;
         };
         let path = request.uri().path();
-        let Some(route) = ApiRoute::parse(path) else {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                &format!("no admin API endpoint at {path}"),
-                "not_found",
-            );
+        let route = match ApiRoute::parse(request.method(), path) {
+            Ok(route) => route,
+            Err(Miss::NotFound) => {
+                let message = format!("no admin API endpoint at {path}");
+                return json_error(StatusCode::NOT_FOUND, &message, "not_found");
+            }
+            Err(Miss::MethodNotAllowed(allowed)) => return method_not_allowed(allowed),
         };
-        if request.method() != route.method() {
-            return method_not_allowed(route.method());
-        }
         self.api.answer(route, &caller, request).await
     }
 
@@ -130,16 +129,16 @@ impl Handler for Admin {
     }
 }
 
-fn method_not_allowed(allowed: Method) -> Response<Bytes> {
+fn method_not_allowed(allowed: &'static str) -> Response<Bytes> {
     let message = format!("only {allowed} is allowed here");
     let mut response = json_error(
         StatusCode::METHOD_NOT_ALLOWED,
         &message,
         "method_not_allowed",
     );
-    if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
-        response.headers_mut().insert(header::ALLOW, value);
-    }
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allowed));
     response
 }
 

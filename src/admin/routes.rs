@@ -11,38 +11,59 @@ pub enum ApiRoute {
     Transition(String, String),
     Rollback(String),
     History(String),
+    ShadowReport(String),
+    SetShadow(String),
+    ResetShadow(String),
     Reload,
+}
+
+/// Why a request matched no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    NotFound,
+    /// The path exists; these methods are allowed on it.
+    MethodNotAllowed(&'static str),
 }
 
 pub const API_PREFIX: &str = "/api/v1";
 
 impl ApiRoute {
-    /// The route of a path under `/api/v1`, or `None`.
-    pub fn parse(path: &str) -> Option<ApiRoute> {
-        let rest = path.strip_prefix(API_PREFIX)?.strip_prefix('/')?;
+    /// The route of a request under `/api/v1`. Reads are GET, changes POST.
+    pub fn parse(method: &Method, path: &str) -> Result<ApiRoute, Miss> {
+        let rest = path
+            .strip_prefix(API_PREFIX)
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or(Miss::NotFound)?;
         let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
-        let owned = |s: &str| s.to_string();
-        Some(match segments.as_slice() {
-            ["models"] => ApiRoute::Models,
-            ["models", m] if !m.is_empty() => ApiRoute::Model(owned(m)),
-            ["models", m, "versions"] => ApiRoute::Register(owned(m)),
-            ["models", m, "versions", v, "transition"] => ApiRoute::Transition(owned(m), owned(v)),
-            ["models", m, "rollback"] => ApiRoute::Rollback(owned(m)),
-            ["models", m, "history"] => ApiRoute::History(owned(m)),
-            ["reload"] => ApiRoute::Reload,
-            _ => return None,
-        })
-    }
-
-    /// The one method this route accepts: POST for changes, GET for reads.
-    pub fn method(&self) -> Method {
-        match self {
-            ApiRoute::Models | ApiRoute::Model(_) | ApiRoute::History(_) => Method::GET,
-            ApiRoute::Register(_)
-            | ApiRoute::Transition(..)
-            | ApiRoute::Rollback(_)
-            | ApiRoute::Reload => Method::POST,
-        }
+        let m = |s: &str| s.to_string();
+        let (get, post) = match segments.as_slice() {
+            ["models"] => (Some(ApiRoute::Models), None),
+            ["models", model] if !model.is_empty() => (Some(ApiRoute::Model(m(model))), None),
+            ["models", model, "versions"] => (None, Some(ApiRoute::Register(m(model)))),
+            ["models", model, "versions", v, "transition"] => {
+                (None, Some(ApiRoute::Transition(m(model), m(v))))
+            }
+            ["models", model, "rollback"] => (None, Some(ApiRoute::Rollback(m(model)))),
+            ["models", model, "history"] => (Some(ApiRoute::History(m(model))), None),
+            ["models", model, "shadow"] => (
+                Some(ApiRoute::ShadowReport(m(model))),
+                Some(ApiRoute::SetShadow(m(model))),
+            ),
+            ["models", model, "shadow", "reset"] => (None, Some(ApiRoute::ResetShadow(m(model)))),
+            ["reload"] => (None, Some(ApiRoute::Reload)),
+            _ => return Err(Miss::NotFound),
+        };
+        let allowed = match (&get, &post) {
+            (Some(_), Some(_)) => "GET, POST",
+            (Some(_), None) => "GET",
+            _ => "POST",
+        };
+        let route = match *method {
+            Method::GET => get,
+            Method::POST => post,
+            _ => None,
+        };
+        route.ok_or(Miss::MethodNotAllowed(allowed))
     }
 }
 
@@ -52,31 +73,43 @@ mod tests {
 
     #[test]
     fn parses_every_route() {
-        let cases = [
-            ("/api/v1/models", ApiRoute::Models),
-            ("/api/v1/models/", ApiRoute::Models),
-            ("/api/v1/models/fraud", ApiRoute::Model("fraud".into())),
-            (
-                "/api/v1/models/fraud/versions",
-                ApiRoute::Register("fraud".into()),
-            ),
-            (
-                "/api/v1/models/fraud/versions/3/transition",
-                ApiRoute::Transition("fraud".into(), "3".into()),
-            ),
-            (
-                "/api/v1/models/fraud/rollback",
-                ApiRoute::Rollback("fraud".into()),
-            ),
-            (
-                "/api/v1/models/fraud/history",
-                ApiRoute::History("fraud".into()),
-            ),
-            ("/api/v1/reload", ApiRoute::Reload),
-        ];
-        for (path, route) in cases {
-            assert_eq!(ApiRoute::parse(path), Some(route), "{path}");
-        }
+        let get = |path| ApiRoute::parse(&Method::GET, path);
+        let post = |path| ApiRoute::parse(&Method::POST, path);
+        assert_eq!(get("/api/v1/models"), Ok(ApiRoute::Models));
+        assert_eq!(get("/api/v1/models/"), Ok(ApiRoute::Models));
+        assert_eq!(
+            get("/api/v1/models/fraud"),
+            Ok(ApiRoute::Model("fraud".into()))
+        );
+        assert_eq!(
+            post("/api/v1/models/fraud/versions"),
+            Ok(ApiRoute::Register("fraud".into()))
+        );
+        assert_eq!(
+            post("/api/v1/models/fraud/versions/3/transition"),
+            Ok(ApiRoute::Transition("fraud".into(), "3".into()))
+        );
+        assert_eq!(
+            post("/api/v1/models/fraud/rollback"),
+            Ok(ApiRoute::Rollback("fraud".into()))
+        );
+        assert_eq!(
+            get("/api/v1/models/fraud/history"),
+            Ok(ApiRoute::History("fraud".into()))
+        );
+        assert_eq!(
+            get("/api/v1/models/fraud/shadow"),
+            Ok(ApiRoute::ShadowReport("fraud".into()))
+        );
+        assert_eq!(
+            post("/api/v1/models/fraud/shadow"),
+            Ok(ApiRoute::SetShadow("fraud".into()))
+        );
+        assert_eq!(
+            post("/api/v1/models/fraud/shadow/reset"),
+            Ok(ApiRoute::ResetShadow("fraud".into()))
+        );
+        assert_eq!(post("/api/v1/reload"), Ok(ApiRoute::Reload));
         for path in [
             "/api/v1",
             "/api/v2/models",
@@ -84,14 +117,23 @@ mod tests {
             "/api/v1/models/m/versions/3",
             "/api/v1models",
         ] {
-            assert_eq!(ApiRoute::parse(path), None, "{path}");
+            assert_eq!(get(path), Err(Miss::NotFound), "{path}");
         }
     }
 
     #[test]
     fn changes_are_post_and_reads_are_get() {
-        assert_eq!(ApiRoute::Reload.method(), Method::POST);
-        assert_eq!(ApiRoute::Rollback("m".into()).method(), Method::POST);
-        assert_eq!(ApiRoute::History("m".into()).method(), Method::GET);
+        assert_eq!(
+            ApiRoute::parse(&Method::GET, "/api/v1/reload"),
+            Err(Miss::MethodNotAllowed("POST"))
+        );
+        assert_eq!(
+            ApiRoute::parse(&Method::POST, "/api/v1/models"),
+            Err(Miss::MethodNotAllowed("GET"))
+        );
+        assert_eq!(
+            ApiRoute::parse(&Method::DELETE, "/api/v1/models/m/shadow"),
+            Err(Miss::MethodNotAllowed("GET, POST"))
+        );
     }
 }

@@ -46,6 +46,29 @@ pub struct RawModel {
     pub health_path: Option<String>,
     #[serde(default)]
     pub versions: Vec<RawVersion>,
+    pub shadow: Option<RawShadow>,
+    pub compare: Option<RawCompare>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub percent: Option<f64>,
+    pub versions: Option<Vec<String>>,
+    pub timeout_ms: Option<u64>,
+    pub max_in_flight: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompare {
+    pub mode: Option<String>,
+    pub abs_tol: Option<f64>,
+    pub rel_tol: Option<f64>,
+    pub ignore: Option<Vec<String>>,
+    pub label_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use super::raw::{RawAdmin, RawConfig, RawModel, RawServer, RawVersion};
 use super::{AdminConfig, Config, FieldError, Limits, ServerConfig, defaults};
-use crate::registry::{EndpointUrl, ModelSpec, Stage, VersionSpec, is_valid_identifier};
+use crate::registry::{
+    CompareMode, ComparePolicy, EndpointUrl, ModelSpec, ShadowPolicy, Stage, VersionSpec,
+    is_valid_identifier,
+};
 
 /// hyper refuses header buffers smaller than this.
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
@@ -236,7 +239,76 @@ fn validate_model(raw: &RawModel, path: &str, errors: &mut Errors) -> ModelSpec 
         name: raw.name.clone(),
         health_path: health_path.to_string(),
         versions,
+        shadow: validate_shadow(raw, path, errors),
     }
+}
+
+/// `[models.shadow]` and `[models.compare]`. A `[models.shadow]` section turns
+/// mirroring on (percent 100 unless it says otherwise).
+fn validate_shadow(raw: &RawModel, path: &str, errors: &mut Errors) -> ShadowPolicy {
+    let defaults = ShadowPolicy::default();
+    let shadow = raw.shadow.as_ref();
+    let compare = raw.compare.as_ref();
+    let mode = compare
+        .and_then(|c| c.mode.as_deref())
+        .map_or(Ok(defaults.compare.mode), |mode| {
+            serde_json::from_value::<CompareMode>(serde_json::Value::String(mode.to_string()))
+                .map_err(|_| {
+                    format!("unknown mode {mode:?} (expected json, oip, label, status or bytes)")
+                })
+        });
+    let policy = ShadowPolicy {
+        percent: shadow.map_or(0.0, |s| s.percent.unwrap_or(100.0)),
+        versions: shadow.and_then(|s| s.versions.clone()).unwrap_or_default(),
+        timeout_ms: shadow
+            .and_then(|s| s.timeout_ms)
+            .unwrap_or(defaults.timeout_ms),
+        max_in_flight: shadow
+            .and_then(|s| s.max_in_flight)
+            .map_or(defaults.max_in_flight, |n| usize_or_max(Some(n))),
+        max_body_bytes: shadow
+            .and_then(|s| s.max_body_bytes)
+            .map_or(defaults.max_body_bytes, |n| usize_or_max(Some(n))),
+        methods: shadow
+            .and_then(|s| s.methods.clone())
+            .unwrap_or(defaults.methods)
+            .into_iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect(),
+        compare: ComparePolicy {
+            mode: mode.clone().unwrap_or(defaults.compare.mode),
+            abs_tol: compare
+                .and_then(|c| c.abs_tol)
+                .unwrap_or(defaults.compare.abs_tol),
+            rel_tol: compare
+                .and_then(|c| c.rel_tol)
+                .unwrap_or(defaults.compare.rel_tol),
+            ignore: compare.and_then(|c| c.ignore.clone()).unwrap_or_default(),
+            label_path: compare
+                .and_then(|c| c.label_path.clone())
+                .unwrap_or(defaults.compare.label_path),
+        },
+    };
+    if let Err(message) = mode {
+        errors.push(format!("{path}.compare.mode"), message);
+    }
+    for (field, message) in policy.problems() {
+        let section = if field.starts_with("compare") {
+            ""
+        } else {
+            "shadow."
+        };
+        errors.push(format!("{path}.{section}{field}"), message);
+    }
+    for version in &policy.versions {
+        if !raw.versions.iter().any(|v| &v.version == version) {
+            errors.push(
+                format!("{path}.shadow.versions"),
+                format!("no version {version:?} in this model"),
+            );
+        }
+    }
+    policy
 }
 
 fn validate_version(raw: &RawVersion, path: &str, errors: &mut Errors) -> Option<VersionSpec> {

@@ -72,6 +72,65 @@ pub enum CtlCommand {
     },
     /// Re-read the gateway's config file.
     Reload,
+    /// Shadow report of a model (`shadow M`), or change (`shadow set`) or reset
+    /// (`shadow reset`) its mirroring.
+    Shadow(ShadowArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ShadowArgs {
+    /// The model whose report to show.
+    pub model: Option<String>,
+    #[command(subcommand)]
+    pub action: Option<ShadowAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShadowAction {
+    /// Change mirroring settings; only the options given change.
+    Set(Box<ShadowSet>),
+    /// Start a model's shadow reports afresh.
+    Reset {
+        model: String,
+        /// Only this staging version.
+        #[arg(long)]
+        version: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ShadowSet {
+    model: String,
+    /// Share of production requests mirrored, 0-100 (0 turns mirroring off).
+    #[arg(long)]
+    percent: Option<f64>,
+    /// Staging versions to mirror to, comma-separated ("" for all).
+    #[arg(long, value_delimiter = ',')]
+    versions: Option<Vec<String>>,
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    #[arg(long)]
+    max_in_flight: Option<u64>,
+    #[arg(long)]
+    max_body_bytes: Option<u64>,
+    /// Methods mirrored, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
+    /// Comparator: json, oip, label, status or bytes.
+    #[arg(long)]
+    mode: Option<String>,
+    #[arg(long)]
+    abs_tol: Option<f64>,
+    #[arg(long)]
+    rel_tol: Option<f64>,
+    /// JSON paths left out of comparisons, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    ignore: Option<Vec<String>>,
+    #[arg(long)]
+    label_path: Option<String>,
+    #[arg(long, default_value = "")]
+    reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +159,15 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
         CtlCommand::Model { .. } => render::model(&answer),
         CtlCommand::History { .. } => render::history(&answer),
         CtlCommand::Reload => render::reloaded(&answer),
+        CtlCommand::Shadow(ShadowArgs { action: None, .. }) => render::shadow(&answer),
+        CtlCommand::Shadow(ShadowArgs {
+            action: Some(ShadowAction::Set { .. }),
+            ..
+        }) => render::change(&answer),
+        CtlCommand::Shadow(ShadowArgs {
+            action: Some(ShadowAction::Reset { .. }),
+            ..
+        }) => render::reset(&answer),
         CtlCommand::Register { .. }
         | CtlCommand::Transition { .. }
         | CtlCommand::Rollback { .. } => render::change(&answer),
@@ -158,5 +226,78 @@ async fn call(client: &AdminClient, command: &CtlCommand) -> Result<Value, CtlEr
                 .await
         }
         CtlCommand::Reload => client.post("/api/v1/reload", &json!({})).await,
+        CtlCommand::Shadow(args) => shadow(client, args).await,
     }
+}
+
+async fn shadow(client: &AdminClient, args: &ShadowArgs) -> Result<Value, CtlError> {
+    let models = "/api/v1/models";
+    match (&args.action, &args.model) {
+        (None, Some(model)) => client.get(&format!("{models}/{model}/shadow")).await,
+        (None, None) => Err(CtlError::Usage(
+            "name a model: stagegate ctl shadow MODEL".into(),
+        )),
+        (Some(ShadowAction::Reset { model, version }), _) => {
+            client
+                .post(
+                    &format!("{models}/{model}/shadow/reset"),
+                    &json!({ "version": version }),
+                )
+                .await
+        }
+        (Some(ShadowAction::Set(set)), _) => {
+            let path = format!("{models}/{}/shadow", set.model);
+            client.post(&path, &shadow_settings(set)).await
+        }
+    }
+}
+
+/// The settings a `shadow set` names, as a partial settings object.
+fn shadow_settings(set: &ShadowSet) -> Value {
+    let ShadowSet {
+        percent,
+        versions,
+        timeout_ms,
+        max_in_flight,
+        max_body_bytes,
+        methods,
+        mode,
+        abs_tol,
+        rel_tol,
+        ignore,
+        label_path,
+        reason,
+        ..
+    } = set;
+    let mut body = serde_json::Map::new();
+    let put = |map: &mut serde_json::Map<String, Value>, key: &str, value: Value| {
+        if !value.is_null() {
+            map.insert(key.to_string(), value);
+        }
+    };
+    let non_empty = |list: &Option<Vec<String>>| {
+        list.as_ref().map(|l| {
+            l.iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+    };
+    put(&mut body, "percent", json!(percent));
+    put(&mut body, "versions", json!(non_empty(versions)));
+    put(&mut body, "timeout_ms", json!(timeout_ms));
+    put(&mut body, "max_in_flight", json!(max_in_flight));
+    put(&mut body, "max_body_bytes", json!(max_body_bytes));
+    put(&mut body, "methods", json!(methods));
+    let mut compare = serde_json::Map::new();
+    put(&mut compare, "mode", json!(mode));
+    put(&mut compare, "abs_tol", json!(abs_tol));
+    put(&mut compare, "rel_tol", json!(rel_tol));
+    put(&mut compare, "ignore", json!(non_empty(ignore)));
+    put(&mut compare, "label_path", json!(label_path));
+    if !compare.is_empty() {
+        body.insert("compare".into(), Value::Object(compare));
+    }
+    body.insert("reason".into(), json!(reason));
+    Value::Object(body)
 }

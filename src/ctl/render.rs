@@ -178,6 +178,132 @@ pub fn reloaded(answer: &Value) -> String {
     out
 }
 
+pub fn reset(answer: &Value) -> String {
+    format!(
+        "shadow reports of {} reset: {}",
+        text(&answer["model"]),
+        list(&answer["reset"])
+    )
+}
+
+fn percent(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_string(), |v| format!("{:.2}%", v * 100.0))
+}
+
+fn latency(report: &Value, side: &str) -> String {
+    let l = &report["latency_ms"][side];
+    if l.is_null() {
+        return "-".into();
+    }
+    format!(
+        "{}/{}/{}",
+        text(&l["p50"]),
+        text(&l["p95"]),
+        text(&l["p99"])
+    )
+}
+
+fn nonzero(counts: &Value) -> String {
+    let parts: Vec<String> = counts
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+pub fn shadow(answer: &Value) -> String {
+    let policy = &answer["policy"];
+    let mut out = format!(
+        "model {}  mirroring {} ({}% of {}, to {})  compare {}\n\n",
+        text(&answer["model"]),
+        if answer["active"] == true {
+            "on"
+        } else {
+            "off"
+        },
+        text(&policy["percent"]),
+        list(&policy["methods"]),
+        if policy["versions"].as_array().is_none_or(Vec::is_empty) {
+            "every staging version".to_string()
+        } else {
+            list(&policy["versions"])
+        },
+        text(&policy["compare"]["mode"]),
+    );
+    let versions = answer["versions"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|r| {
+            vec![
+                text(&r["version"]),
+                text(&r["mirrored"]),
+                text(&r["compared"]),
+                text(&r["matched"]),
+                percent(&r["agreement"]["agreement"]),
+                format!(
+                    "{} ({})",
+                    percent(&r["agreement"]["window_agreement"]),
+                    text(&r["agreement"]["window_compared"])
+                ),
+                nonzero(&r["errors"]),
+                nonzero(&r["dropped"]),
+                latency(r, "primary"),
+                latency(r, "shadow"),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "VERSION",
+            "MIRRORED",
+            "COMPARED",
+            "MATCHED",
+            "AGREEMENT",
+            "LAST 5 MIN",
+            "ERRORS",
+            "DROPPED",
+            "PROD P50/95/99 MS",
+            "SHADOW P50/95/99 MS",
+        ],
+        &rows,
+    ));
+    for report in &versions {
+        for path in report["top_mismatch_paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&format!(
+                "\n{} disagrees at {} ({} times)",
+                text(&report["version"]),
+                text(&path["path"]),
+                text(&path["count"])
+            ));
+        }
+        if let Some(sample) = report["samples"].as_array().and_then(|s| s.last()) {
+            out.push_str(&format!(
+                "\nlatest mismatch of {} (request {} {}):",
+                text(&report["version"]),
+                text(&sample["request_id"]),
+                text(&sample["path"]),
+            ));
+            for difference in sample["differences"].as_array().into_iter().flatten() {
+                out.push_str(&format!("\n  {}", text(difference)));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,16 @@ name = "fraud"
   version = "3"
   stage = "staging"
   endpoints = ["http://127.0.0.1:{v3}"]
+
+  # Every production request is mirrored to version 3; its answers are compared
+  # with production's, ignoring the fields that always differ.
+  [models.shadow]
+  percent = 100.0
+
+  [models.compare]
+  mode = "json"
+  rel_tol = 0.015
+  ignore = ["model_version", "id"]
 "#;
 
 /// The versions the demo serves: (version, weight drift).
@@ -134,6 +144,8 @@ impl Demo {
              Archived versions serve nothing (403), unknown models are 404:\n  \
              curl -si http://{data}/v1/models/fraud:predict -H 'x-stagegate-version: 1' -d {v1}\n  \
              curl -si http://{data}/v1/models/nope:predict -d {v1}\n\
+             Production traffic is mirrored to version 3 and the answers compared:\n  \
+             {ctl} shadow fraud\n\
              Promote version 3, see the next request go to it, then roll back (the journal\n\
              keeps both; the admin API needs no token here because it is on loopback):\n  \
              {ctl} transition fraud 3 production --reason 'shadow looks good'\n  \

@@ -22,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 use super::ProxyError;
 use super::admission::Permit;
 use crate::routing::{EndpointGuard, VersionRoute};
+use crate::shadow::capture::Capture;
 use crate::telemetry::UpstreamErrorKind;
 
 pin_project! {
@@ -56,6 +57,8 @@ struct Streaming {
     idle: Option<Pin<Box<Sleep>>>,
     /// Whether `idle` counts the current wait (it is re-armed after progress).
     armed: bool,
+    /// Production's answer for shadow comparison, when this request was mirrored.
+    capture: Option<Capture>,
 }
 
 impl ResponseBody {
@@ -76,7 +79,12 @@ impl ResponseBody {
         endpoint: EndpointGuard,
         route: Arc<VersionRoute>,
         idle_timeout: Duration,
+        mut capture: Option<Capture>,
     ) -> ResponseBody {
+        if body.is_end_stream() {
+            // hyper will not poll an empty body; the answer is complete now.
+            capture.iter_mut().for_each(Capture::finish);
+        }
         let stream = Streaming {
             _permit: permit,
             _endpoint: endpoint,
@@ -84,6 +92,7 @@ impl ResponseBody {
             idle_timeout,
             idle: None,
             armed: false,
+            capture,
         };
         ResponseBody {
             kind: Kind::Upstream { body, stream },
@@ -92,6 +101,28 @@ impl ResponseBody {
 }
 
 impl Streaming {
+    /// Feeds the capture and counts upstream failures. hyper stops polling once
+    /// `is_end_stream` is true, so the capture finishes on the last data frame too.
+    fn observe(&mut self, frame: Option<&Result<Frame<Bytes>, hyper::Error>>, ended: bool) {
+        match frame {
+            Some(Ok(frame)) => {
+                if let (Some(capture), Some(data)) = (self.capture.as_mut(), frame.data_ref()) {
+                    capture.push(data);
+                }
+                if ended {
+                    self.capture.iter_mut().for_each(Capture::finish);
+                }
+            }
+            Some(Err(_)) => {
+                self.route
+                    .metrics
+                    .upstream_error(UpstreamErrorKind::Protocol);
+                self.capture = None;
+            }
+            None => self.capture.iter_mut().for_each(Capture::finish),
+        }
+    }
+
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<ProxyError> {
         let deadline = Instant::now() + self.idle_timeout;
         let idle = match &mut self.idle {
@@ -129,19 +160,12 @@ impl Body for ResponseBody {
                 Some(Err(never)) => match never {},
                 None => Poll::Ready(None),
             },
-            KindProj::Upstream { body, stream } => match body.poll_frame(cx) {
+            KindProj::Upstream { mut body, stream } => match body.as_mut().poll_frame(cx) {
                 Poll::Ready(frame) => {
                     // Progress: the next wait gets a full idle period.
                     stream.armed = false;
-                    Poll::Ready(frame.map(|f| {
-                        f.map_err(|error| {
-                            stream
-                                .route
-                                .metrics
-                                .upstream_error(UpstreamErrorKind::Protocol);
-                            ProxyError::UpstreamBody(error)
-                        })
-                    }))
+                    stream.observe(frame.as_ref(), body.is_end_stream());
+                    Poll::Ready(frame.map(|f| f.map_err(ProxyError::UpstreamBody)))
                 }
                 Poll::Pending => stream.poll_idle(cx).map(|error| Some(Err(error))),
             },

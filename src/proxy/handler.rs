@@ -15,14 +15,34 @@ use super::body::ResponseBody;
 use super::headers::{prepare_upstream_request, strip_hop_by_hop};
 use super::upstream::{UpstreamClient, upstream_uri};
 use super::{Handler, Limits, ProxyError};
-use crate::routing::{self, EndpointGuard, Router, VersionRoute};
+use crate::routing::{self, EndpointGuard, Router, ServedStage, VersionRoute};
+use crate::shadow::capture::CaptureSender;
+use crate::shadow::{ModelShadow, ShadowService};
 
 /// The data plane's shared state; one per gateway, behind an `Arc`.
 pub struct Proxy {
     router: Arc<Router>,
     client: UpstreamClient,
+    shadow: ShadowService,
     admission: Arc<Admission>,
     limits: Limits,
+}
+
+/// Where a request goes: the route, how much of the path to strip, and the
+/// model's mirroring when this request may be mirrored.
+struct Routed {
+    route: Arc<VersionRoute>,
+    strip: usize,
+    shadow: Option<Arc<ModelShadow>>,
+}
+
+/// The model server's response head and body, and what to release or feed as
+/// the body streams.
+struct Exchanged {
+    parts: http::response::Parts,
+    body: Incoming,
+    endpoint: EndpointGuard,
+    capture: Option<CaptureSender>,
 }
 
 pub const X_STAGEGATE_MODEL: HeaderName = HeaderName::from_static("x-stagegate-model");
@@ -34,9 +54,13 @@ type Failure = (ProxyError, Option<Arc<VersionRoute>>);
 
 impl Proxy {
     pub fn new(router: Arc<Router>, limits: Limits) -> Proxy {
+        // A mirror task waits for production's answer at most as long as production
+        // may take to give it.
+        let primary_wait = limits.request_timeout + limits.request_timeout;
         Proxy {
             router,
             client: UpstreamClient::new(limits.connect_timeout),
+            shadow: ShadowService::new(limits.connect_timeout, primary_wait),
             admission: Admission::new(limits.max_concurrent_requests),
             limits,
         }
@@ -74,17 +98,18 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Failure> {
         check_header_size(request.headers(), self.limits.max_header_bytes)
             .map_err(|e| (e, None))?;
-        let (route, strip) = {
-            let table = self.router.load();
-            let resolved = routing::resolve(&table, request.uri().path(), request.headers())
-                .map_err(|e| (e.into(), None))?;
-            (Arc::clone(resolved.route), resolved.strip)
+        let routed = self.route(&request).map_err(|e| (e.into(), None))?;
+        let exchanged = match self.exchange(started, &routed, request, peer).await {
+            Ok(exchanged) => exchanged,
+            Err(error) => return Err((error, Some(routed.route))),
         };
-        let (mut parts, body, endpoint) =
-            match self.exchange(started, &route, strip, request, peer).await {
-                Ok(exchanged) => exchanged,
-                Err(error) => return Err((error, Some(route))),
-            };
+        let Exchanged {
+            mut parts,
+            body,
+            endpoint,
+            capture,
+        } = exchanged;
+        let route = routed.route;
         strip_hop_by_hop(&mut parts.headers);
         add_route_headers(&mut parts.headers, &route);
         route.metrics.requests.record(parts.status);
@@ -92,33 +117,62 @@ impl Proxy {
             .metrics
             .duration
             .record(started.elapsed().as_secs_f64());
+        let capture = capture.map(|sender| sender.start(parts.status.as_u16()));
         let idle = self.limits.request_timeout;
-        let body = ResponseBody::upstream(body, permit, endpoint, route, idle);
+        let body = ResponseBody::upstream(body, permit, endpoint, route, idle, capture);
         Ok(Response::from_parts(parts, body))
     }
 
+    /// Resolves the request against the current table. Production requests of a
+    /// model with active mirroring carry its shadow along.
+    fn route(&self, request: &Request<Incoming>) -> Result<Routed, routing::RouteError> {
+        let table = self.router.load();
+        let resolved = routing::resolve(&table, request.uri().path(), request.headers())?;
+        let shadow = resolved.model.shadow();
+        let mirrored = resolved.route.stage() == ServedStage::Production && shadow.is_active();
+        Ok(Routed {
+            route: Arc::clone(resolved.route),
+            strip: resolved.strip,
+            shadow: mirrored.then(|| Arc::clone(shadow)),
+        })
+    }
+
     /// Reads the request body, sends the request to one of the route's endpoints
-    /// and waits for the response head, all before the request deadline.
+    /// (and its mirrors, if sampled) and waits for the response head, all before
+    /// the request deadline.
     async fn exchange(
         &self,
         started: Instant,
-        route: &VersionRoute,
-        strip: usize,
+        routed: &Routed,
         request: Request<Incoming>,
         peer: &HeaderValue,
-    ) -> Result<(http::response::Parts, Incoming, EndpointGuard), ProxyError> {
+    ) -> Result<Exchanged, ProxyError> {
         let deadline = tokio::time::Instant::from_std(started + self.limits.request_timeout);
         let (mut parts, body) = request.into_parts();
         let body = self.read_body(body, deadline).await?;
+        let mirror = routed
+            .shadow
+            .as_ref()
+            .and_then(|s| s.sample(&parts.method, body.len()));
 
-        let endpoint = route.pick_endpoint().begin();
+        let endpoint = routed.route.pick_endpoint().begin();
         let client_authority = parts.uri.authority().cloned();
-        parts.uri = upstream_uri(endpoint.endpoint(), &parts.uri, strip).map_err(|e| {
+        let original = mirror.as_ref().map(|_| parts.uri.clone());
+        parts.uri = upstream_uri(endpoint.endpoint(), &parts.uri, routed.strip).map_err(|e| {
             ProxyError::BadRequest(format!("request path cannot be forwarded: {e}"))
         })?;
         parts.version = Version::HTTP_11;
         let host = endpoint.endpoint().host_header();
         prepare_upstream_request(&mut parts.headers, host, peer, client_authority.as_ref());
+        let capture = match (mirror, &original) {
+            (Some(mirror), Some(original)) => {
+                Some(
+                    self.shadow
+                        .dispatch(mirror, &mut parts, original, routed.strip, &body),
+                )
+            }
+            _ => None,
+        };
         let upstream_request = Request::from_parts(parts, Full::new(body));
 
         match timeout_at(
@@ -129,7 +183,12 @@ impl Proxy {
         {
             Ok(Ok(response)) => {
                 let (parts, body) = response.into_parts();
-                Ok((parts, body, endpoint))
+                Ok(Exchanged {
+                    parts,
+                    body,
+                    endpoint,
+                    capture,
+                })
             }
             Ok(Err(error)) => Err(error),
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {

@@ -2,7 +2,7 @@
 //! on one port), limits and timeouts, forwarding with pooled upstream connections,
 //! header hygiene and graceful shutdown.
 
-mod admission;
+pub mod admission;
 mod body;
 mod conn;
 mod connection;
@@ -10,7 +10,7 @@ mod error;
 mod handler;
 pub mod headers;
 mod server;
-mod upstream;
+pub mod upstream;
 
 pub use body::ResponseBody;
 pub use error::{ProxyError, json_error, json_response};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::Stage;
 use super::record::{Action, Record};
+use super::{ShadowPolicy, Stage};
 
 /// Records kept per model for `GET /models/{m}/history`; older ones live on only in
 /// the journal until it is compacted.
@@ -31,6 +31,9 @@ pub struct LedgerModel {
     pub production_history: Vec<String>,
     /// The newest records about this model, oldest first.
     pub history: VecDeque<Arc<Record>>,
+    /// Shadow settings set through the admin API; they override the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +80,9 @@ impl Ledger {
             && let Some(entry) = model.versions.get_mut(&record.version)
         {
             entry.endpoints.clone_from(&record.endpoints);
+        }
+        if let Some(shadow) = &record.shadow {
+            model.shadow = Some(shadow.clone());
         }
         model.history.push_back(record);
         if model.history.len() > HISTORY_LIMIT {
@@ -157,7 +163,8 @@ mod tests {
             model: "m".into(),
             version: version.into(),
             from,
-            to,
+            to: Some(to),
+            shadow: None,
             reason: String::new(),
             endpoints: if action == Action::Register {
                 vec!["http://h:1".into()]

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use super::ledger::Ledger;
-use super::{EndpointUrl, ModelSpec, Stage, VersionSpec};
+use super::{EndpointUrl, ModelSpec, ShadowPolicy, Stage, VersionSpec};
 use crate::config::defaults;
 
 /// The served models, and what the operator should know about how they were made.
@@ -37,6 +37,7 @@ pub fn merge(config: &[ModelSpec], ledger: &Ledger) -> Merged {
             name: name.clone(),
             health_path: defaults::HEALTH_PATH.to_string(),
             versions: Vec::new(),
+            shadow: ShadowPolicy::default(),
         };
         models.push(merge_model(&seed, ledger, &mut warnings));
     }
@@ -85,8 +86,20 @@ fn merge_model(config: &ModelSpec, ledger: &Ledger, warnings: &mut Vec<String>) 
         });
     }
     keep_one_production(&config.name, &mut versions, ledger, warnings);
+    let shadow = match owned.and_then(|m| m.shadow.as_ref()) {
+        Some(journal) if *journal != config.shadow => {
+            warnings.push(format!(
+                "model {:?}: shadow settings were changed through the admin API; the journal's apply, not the config's",
+                config.name
+            ));
+            journal.clone()
+        }
+        Some(journal) => journal.clone(),
+        None => config.shadow.clone(),
+    };
     ModelSpec {
         versions,
+        shadow,
         ..config.clone()
     }
 }
@@ -166,7 +179,7 @@ mod tests {
                 model: "m".into(),
                 version: version.into(),
                 from: Some(Stage::Staging),
-                to: Stage::Production,
+                to: Some(Stage::Production),
                 reason: String::new(),
                 endpoints: vec![],
                 also: vec![Move {
@@ -174,6 +187,7 @@ mod tests {
                     from: Stage::Production,
                     to: Stage::Archived,
                 }],
+                shadow: None,
             }))
             .unwrap();
     }

@@ -15,6 +15,7 @@ mod endpoint;
 mod error;
 pub mod ledger;
 pub mod merge;
+pub mod policy;
 pub mod probe;
 pub mod record;
 pub mod rules;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 pub use endpoint::{EndpointUrl, EndpointUrlError};
 pub use error::RegistryError;
 pub use ledger::Ledger;
+pub use policy::{CompareMode, ComparePolicy, ShadowPolicy};
 pub use record::Record;
 pub use rules::Command;
 pub use writer::{Registry, ReloadHook, Reloaded, Writer, WriterStop};
@@ -78,12 +80,14 @@ impl FromStr for Stage {
 }
 
 /// A model and all its versions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     pub name: String,
     /// Path probed on a version's endpoints before a rollback puts it back.
     pub health_path: String,
     pub versions: Vec<VersionSpec>,
+    /// Mirroring to staging versions, and how their answers are compared.
+    pub shadow: ShadowPolicy,
 }
 
 /// One version of a model: where it runs and which stage it is in.

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::Stage;
+use super::{ShadowPolicy, Stage};
 
 /// What kind of change a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,8 @@ pub enum Action {
     Transition,
     /// The production version archived and an earlier one put back.
     Rollback,
+    /// New shadow and compare settings for the model.
+    Shadow,
 }
 
 /// One journal entry.
@@ -34,10 +36,15 @@ pub struct Record {
     pub actor: String,
     pub action: Action,
     pub model: String,
+    /// The version moved; empty for model-wide changes (shadow settings).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
     /// `None` for a registration.
+    #[serde(default)]
     pub from: Option<Stage>,
-    pub to: Stage,
+    /// `None` for model-wide changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Stage>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     /// Endpoints of a registered version.
@@ -47,6 +54,9 @@ pub struct Record {
     /// promotion or rollback archives).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<Move>,
+    /// The model's new shadow settings (`action: shadow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowPolicy>,
 }
 
 /// One more version moved by a record.
@@ -61,7 +71,9 @@ pub struct Move {
 impl Record {
     /// Every version this record moves, with its new stage: the main one first.
     pub fn moves(&self) -> impl Iterator<Item = (&str, Stage)> {
-        std::iter::once((self.version.as_str(), self.to))
+        self.to
+            .map(|to| (self.version.as_str(), to))
+            .into_iter()
             .chain(self.also.iter().map(|m| (m.version.as_str(), m.to)))
     }
 }
@@ -98,7 +110,8 @@ mod tests {
             model: "fraud".into(),
             version: "3".into(),
             from: Some(Stage::Staging),
-            to: Stage::Production,
+            to: Some(Stage::Production),
+            shadow: None,
             reason: "shadow agreement 99.7%".into(),
             endpoints: vec![],
             also: vec![Move {

@@ -14,10 +14,10 @@
 use super::error::RegistryError;
 use super::ledger::Ledger;
 use super::record::{Action, Move, Record, now};
-use super::{EndpointUrl, ModelSpec, Stage, is_valid_identifier};
+use super::{EndpointUrl, ModelSpec, ShadowPolicy, Stage, is_valid_identifier};
 
 /// A change someone asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Register {
         model: String,
@@ -36,6 +36,12 @@ pub enum Command {
         to_version: Option<String>,
         reason: String,
         force: bool,
+    },
+    /// New shadow and compare settings for a model.
+    SetShadow {
+        model: String,
+        policy: ShadowPolicy,
+        reason: String,
     },
 }
 
@@ -65,6 +71,11 @@ pub fn plan(
             reason,
             ..
         } => rollback(find(models, model)?, ledger, to_version.as_deref(), reason)?,
+        Command::SetShadow {
+            model,
+            policy,
+            reason,
+        } => set_shadow(find(models, model)?, policy, reason)?,
     };
     record.revision = ledger.revision + 1;
     record.time = now();
@@ -107,10 +118,11 @@ fn draft(
         model: model.name.clone(),
         version: version.to_string(),
         from,
-        to,
+        to: Some(to),
         reason: reason.to_string(),
         endpoints: Vec::new(),
         also: Vec::new(),
+        shadow: None,
     }
 }
 
@@ -202,6 +214,36 @@ fn transition(
     if to == Stage::Production {
         record.also = archive_production(model);
     }
+    Ok(record)
+}
+
+fn set_shadow(
+    model: &ModelSpec,
+    policy: &ShadowPolicy,
+    reason: &str,
+) -> Result<Record, RegistryError> {
+    let mut problems: Vec<String> = policy
+        .problems()
+        .into_iter()
+        .map(|(field, message)| format!("{field}: {message}"))
+        .collect();
+    for version in &policy.versions {
+        if !model.versions.iter().any(|v| &v.version == version) {
+            problems.push(format!(
+                "versions: model {:?} has no version {version:?}",
+                model.name
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(RegistryError::Invalid {
+            field: "shadow",
+            message: problems.join("; "),
+        });
+    }
+    let mut record = draft(Action::Shadow, model, "", None, Stage::Staging, reason);
+    record.to = None;
+    record.shadow = Some(policy.clone());
     Ok(record)
 }
 

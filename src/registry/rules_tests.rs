@@ -156,7 +156,7 @@ fn registration_lands_in_staging_and_checks_its_input() {
     )
     .unwrap();
     assert_eq!(
-        (record.action, record.from, record.to),
+        (record.action, record.from, record.to.unwrap()),
         (Action::Register, None, Stage::Staging)
     );
     assert_eq!(record.endpoints, ["http://v5:1"]);

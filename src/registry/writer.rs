@@ -48,7 +48,10 @@ pub struct Reloaded {
 }
 
 enum Work {
-    Change { command: Command, actor: String },
+    Change {
+        command: Box<Command>,
+        actor: String,
+    },
     Reload,
 }
 
@@ -107,7 +110,7 @@ impl Registry {
         actor: &str,
     ) -> Result<Arc<Record>, RegistryError> {
         let work = Work::Change {
-            command,
+            command: Box::new(command),
             actor: actor.to_string(),
         };
         match self.send(work).await? {

@@ -113,6 +113,7 @@ impl RouteError {
 /// The route chosen for a request.
 #[derive(Clone, Copy)]
 pub struct Resolved<'t> {
+    pub model: &'t ModelRoutes,
     pub route: &'t Arc<VersionRoute>,
     /// Leading bytes of the path the model server must not see.
     pub strip: usize,
@@ -137,6 +138,7 @@ pub fn resolve<'t>(
     let version = pinned_version(parsed.version, headers)?;
     let route = choose(model, parsed.model, version, pinned_stage(headers)?)?;
     Ok(Resolved {
+        model,
         route,
         strip: parsed.strip,
     })

@@ -8,6 +8,7 @@ use http::HeaderValue;
 use super::ServedStage;
 use super::balance::{self, Endpoint};
 use crate::registry::{Catalog, EndpointUrl, ModelSpec, Stage, VersionSpec};
+use crate::shadow::ModelShadow;
 use crate::telemetry::{RouteMetrics, Telemetry};
 
 /// Everything the request path needs to route, resolved ahead of time: version
@@ -28,6 +29,23 @@ pub struct ModelRoutes {
     staging: Vec<Arc<VersionRoute>>,
     /// Archived version ids: known, so a pin to one is refused (403), not unknown (404).
     archived: Vec<String>,
+    shadow: Arc<ModelShadow>,
+}
+
+/// The endpoints of the table being built, reusing those of the previous one.
+struct Endpoints<'a> {
+    previous: Option<&'a HashMap<EndpointUrl, Arc<Endpoint>>>,
+    current: HashMap<EndpointUrl, Arc<Endpoint>>,
+}
+
+impl Endpoints<'_> {
+    fn get(&mut self, url: &EndpointUrl) -> Arc<Endpoint> {
+        let existing = self.previous.and_then(|map| map.get(url));
+        let shared = existing
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Endpoint::new(url.clone())));
+        Arc::clone(self.current.entry(url.clone()).or_insert(shared))
+    }
 }
 
 /// One model version serving in one stage.
@@ -58,49 +76,24 @@ impl RoutingTable {
         telemetry: &Telemetry,
         previous: Option<&RoutingTable>,
     ) -> RoutingTable {
-        let mut endpoints = HashMap::new();
-        let mut endpoint = |url: &EndpointUrl| -> Arc<Endpoint> {
-            let existing = previous.and_then(|table| table.endpoints.get(url));
-            let shared = existing
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Endpoint::new(url.clone())));
-            endpoints.entry(url.clone()).or_insert(shared).clone()
+        let mut endpoints = Endpoints {
+            previous: previous.map(|table| &table.endpoints),
+            current: HashMap::new(),
         };
-        let mut routes = HashMap::with_capacity(catalog.models.len());
-        for model in &catalog.models {
-            let mut build = |spec: &VersionSpec, stage: ServedStage| {
-                let eps = spec.endpoints.iter().map(&mut endpoint).collect();
-                Arc::new(VersionRoute::new(
-                    &model.name,
-                    &spec.version,
-                    stage,
-                    eps,
-                    telemetry,
-                ))
-            };
-            let production = model
-                .production()
-                .map(|spec| build(spec, ServedStage::Production));
-            let staging = versions_in(model, Stage::Staging)
-                .map(|spec| build(spec, ServedStage::Staging))
-                .collect();
-            let archived = versions_in(model, Stage::Archived)
-                .map(|spec| spec.version.clone())
-                .collect();
-            routes.insert(
-                model.name.clone(),
-                ModelRoutes {
-                    production,
-                    staging,
-                    archived,
-                },
-            );
-        }
+        let models = catalog
+            .models
+            .iter()
+            .map(|model| {
+                let before = previous.and_then(|table| table.models.get(&model.name));
+                let routes = ModelRoutes::build(model, &mut endpoints, before, telemetry);
+                (model.name.clone(), routes)
+            })
+            .collect();
         RoutingTable {
             revision,
             catalog,
-            models: routes,
-            endpoints,
+            models,
+            endpoints: endpoints.current,
         }
     }
 
@@ -132,6 +125,54 @@ fn versions_in(model: &ModelSpec, stage: Stage) -> impl Iterator<Item = &Version
 // === impl ModelRoutes ===
 
 impl ModelRoutes {
+    fn build(
+        model: &ModelSpec,
+        endpoints: &mut Endpoints<'_>,
+        previous: Option<&ModelRoutes>,
+        telemetry: &Telemetry,
+    ) -> ModelRoutes {
+        let mut route = |spec: &VersionSpec, stage: ServedStage| {
+            let eps = spec
+                .endpoints
+                .iter()
+                .map(|url| endpoints.get(url))
+                .collect();
+            Arc::new(VersionRoute::new(
+                &model.name,
+                &spec.version,
+                stage,
+                eps,
+                telemetry,
+            ))
+        };
+        let production = versions_in(model, Stage::Production)
+            .next()
+            .map(|spec| route(spec, ServedStage::Production));
+        let staging: Vec<_> = versions_in(model, Stage::Staging)
+            .map(|spec| route(spec, ServedStage::Staging))
+            .collect();
+        let archived = versions_in(model, Stage::Archived)
+            .map(|spec| spec.version.clone())
+            .collect();
+        let shadow = ModelShadow::build(
+            model,
+            &staging,
+            previous.map(|p| p.shadow.as_ref()),
+            telemetry,
+        );
+        ModelRoutes {
+            production,
+            staging,
+            archived,
+            shadow: Arc::new(shadow),
+        }
+    }
+
+    /// The model's mirroring to its staging versions.
+    pub fn shadow(&self) -> &Arc<ModelShadow> {
+        &self.shadow
+    }
+
     pub fn production(&self) -> Option<&Arc<VersionRoute>> {
         self.production.as_ref()
     }

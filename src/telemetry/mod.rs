@@ -25,6 +25,9 @@ pub mod names {
     pub const TRANSITIONS_TOTAL: &str = "stagegate_transitions_total";
     pub const ROLLBACKS_TOTAL: &str = "stagegate_rollbacks_total";
     pub const CONFIG_RELOADS_TOTAL: &str = "stagegate_config_reloads_total";
+    pub const SHADOW_REQUESTS_TOTAL: &str = "stagegate_shadow_requests_total";
+    pub const SHADOW_COMPARISONS_TOTAL: &str = "stagegate_shadow_comparisons_total";
+    pub const SHADOW_LATENCY_SECONDS: &str = "stagegate_shadow_latency_seconds";
 }
 
 /// Buckets of `stagegate_request_duration_seconds`, from fast in-memory models to
@@ -65,6 +68,51 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Protocol => "protocol",
         }
+    }
+}
+
+/// The `result` label of `stagegate_shadow_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowResult {
+    Ok,
+    Error,
+    Timeout,
+    Dropped,
+}
+
+impl ShadowResult {
+    pub const ALL: [ShadowResult; 4] = [
+        ShadowResult::Ok,
+        ShadowResult::Error,
+        ShadowResult::Timeout,
+        ShadowResult::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowResult::Ok => "ok",
+            ShadowResult::Error => "error",
+            ShadowResult::Timeout => "timeout",
+            ShadowResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// The handles one staging version's mirroring records into.
+#[derive(Clone)]
+pub struct ShadowMetrics {
+    requests: [Counter; ShadowResult::ALL.len()],
+    comparisons: [Counter; 2],
+    pub latency: Histogram,
+}
+
+impl ShadowMetrics {
+    pub fn request(&self, result: ShadowResult) {
+        self.requests[result as usize].increment(1);
+    }
+
+    pub fn comparison(&self, matched: bool) {
+        self.comparisons[usize::from(!matched)].increment(1);
     }
 }
 
@@ -118,10 +166,7 @@ impl Default for Telemetry {
 impl Telemetry {
     pub fn new() -> Telemetry {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(names::REQUEST_DURATION_SECONDS.to_string()),
-                &DURATION_BUCKETS,
-            )
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), &DURATION_BUCKETS)
             .unwrap_or_else(|_| unreachable!("the bucket list is not empty"))
             .build_recorder();
         describe(&recorder);
@@ -163,6 +208,22 @@ impl Telemetry {
             requests,
             duration,
             upstream_errors,
+        }
+    }
+
+    /// Resolves the mirroring handles of one staging version.
+    pub fn shadow_metrics(&self, model: &str, version: &str) -> ShadowMetrics {
+        let recorder = &self.inner.recorder;
+        let labels = [("model", model), ("version", version)];
+        let with = |name: &'static str, result: &str| {
+            let labels = [("model", model), ("version", version), ("result", result)];
+            recorder.register_counter(&key(name, &labels), &METADATA)
+        };
+        ShadowMetrics {
+            requests: ShadowResult::ALL.map(|r| with(names::SHADOW_REQUESTS_TOTAL, r.as_str())),
+            comparisons: ["match", "mismatch"].map(|r| with(names::SHADOW_COMPARISONS_TOTAL, r)),
+            latency: recorder
+                .register_histogram(&key(names::SHADOW_LATENCY_SECONDS, &labels), &METADATA),
         }
     }
 
@@ -241,7 +302,7 @@ fn code_counters(recorder: &PrometheusRecorder, labels: &[(&'static str, &str)])
 }
 
 /// HELP text of each counter.
-const COUNTERS: [(&str, &str); 5] = [
+const COUNTERS: &[(&str, &str)] = &[
     (
         names::REQUESTS_TOTAL,
         "Requests answered, by model, version, stage and status class.",
@@ -259,10 +320,18 @@ const COUNTERS: [(&str, &str); 5] = [
         names::CONFIG_RELOADS_TOTAL,
         "Config reloads, by result (success, error).",
     ),
+    (
+        names::SHADOW_REQUESTS_TOTAL,
+        "Mirrored requests to staging versions, by result (ok, error, timeout, dropped).",
+    ),
+    (
+        names::SHADOW_COMPARISONS_TOTAL,
+        "Shadow answers compared with production's, by result (match, mismatch).",
+    ),
 ];
 
 fn describe(recorder: &PrometheusRecorder) {
-    for (name, help) in COUNTERS {
+    for &(name, help) in COUNTERS {
         recorder.describe_counter(name.into(), None, help.into());
     }
     recorder.describe_gauge(
@@ -274,5 +343,10 @@ fn describe(recorder: &PrometheusRecorder) {
         names::REQUEST_DURATION_SECONDS.into(),
         Some(Unit::Seconds),
         "Time from receiving a request to sending its response head.".into(),
+    );
+    recorder.describe_histogram(
+        names::SHADOW_LATENCY_SECONDS.into(),
+        Some(Unit::Seconds),
+        "Time for a staging version to answer a mirrored request in full.".into(),
     );
 }

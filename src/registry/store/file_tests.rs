@@ -16,10 +16,11 @@ fn record(revision: u64, version: &str) -> Record {
         model: "m".into(),
         version: version.into(),
         from: None,
-        to: Stage::Staging,
+        to: Some(Stage::Staging),
         reason: String::new(),
         endpoints: vec![format!("http://v{version}:1")],
         also: vec![],
+        shadow: None,
     }
 }
 

@@ -1,0 +1,216 @@
+//! Per-model policies: how production traffic is mirrored to staging versions
+//! ([`ShadowPolicy`]) and how their answers are compared ([`ComparePolicy`]).
+//!
+//! The config seeds them (`[models.shadow]`, `[models.compare]`); a change through
+//! the admin API is journaled, and from then on the journal owns the model's policy.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub mod defaults {
+    pub const TIMEOUT_MS: u64 = 2_000;
+    pub const MAX_IN_FLIGHT: usize = 256;
+    pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+    pub const METHODS: [&str; 2] = ["POST", "GET"];
+    pub const ABS_TOL: f64 = 1e-6;
+    pub const REL_TOL: f64 = 1e-3;
+    pub const LABEL_PATH: &str = "predictions[*]";
+}
+
+/// Mirroring of production traffic to staging versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowPolicy {
+    /// Share of eligible production requests mirrored, 0 to 100; 0 is off.
+    pub percent: f64,
+    /// Staging versions mirrored to; empty means every staging version.
+    #[serde(default)]
+    pub versions: Vec<String>,
+    pub timeout_ms: u64,
+    /// Mirrored requests in flight for the model; past it mirrors are dropped.
+    pub max_in_flight: usize,
+    /// Larger request bodies are not mirrored; larger answers are not compared.
+    pub max_body_bytes: usize,
+    /// Upper-case HTTP methods that are mirrored.
+    pub methods: Vec<String>,
+    pub compare: ComparePolicy,
+}
+
+/// How a staging version's answer is compared with production's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComparePolicy {
+    pub mode: CompareMode,
+    pub abs_tol: f64,
+    pub rel_tol: f64,
+    /// JSON paths left out of the comparison, e.g. `id`, `outputs[*].parameters`.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Where the labels are, for `label` mode: e.g. `predictions[*]`.
+    pub label_path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareMode {
+    /// Structural JSON diff with numeric tolerance.
+    Json,
+    /// Open Inference Protocol outputs by name: shape, datatype, data within tolerance.
+    Oip,
+    /// Classification agreement at `label_path`.
+    Label,
+    /// Status codes only.
+    Status,
+    /// Exact bodies.
+    Bytes,
+}
+
+impl fmt::Display for CompareMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            CompareMode::Json => "json",
+            CompareMode::Oip => "oip",
+            CompareMode::Label => "label",
+            CompareMode::Status => "status",
+            CompareMode::Bytes => "bytes",
+        };
+        f.write_str(name)
+    }
+}
+
+impl Default for ShadowPolicy {
+    /// Mirroring off, every other setting at its default.
+    fn default() -> ShadowPolicy {
+        ShadowPolicy {
+            percent: 0.0,
+            versions: Vec::new(),
+            timeout_ms: defaults::TIMEOUT_MS,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            methods: defaults::METHODS.iter().map(|m| m.to_string()).collect(),
+            compare: ComparePolicy::default(),
+        }
+    }
+}
+
+impl Default for ComparePolicy {
+    fn default() -> ComparePolicy {
+        ComparePolicy {
+            mode: CompareMode::Json,
+            abs_tol: defaults::ABS_TOL,
+            rel_tol: defaults::REL_TOL,
+            ignore: Vec::new(),
+            label_path: defaults::LABEL_PATH.to_string(),
+        }
+    }
+}
+
+impl ShadowPolicy {
+    pub fn is_enabled(&self) -> bool {
+        self.percent > 0.0
+    }
+
+    /// Every invalid setting as `(field, message)`; empty when valid.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if !(0.0..=100.0).contains(&self.percent) || self.percent.is_nan() {
+            problems.push((
+                "percent",
+                format!("must be between 0 and 100, got {}", self.percent),
+            ));
+        }
+        for (field, value) in [
+            ("timeout_ms", self.timeout_ms),
+            ("max_in_flight", self.max_in_flight as u64),
+            ("max_body_bytes", self.max_body_bytes as u64),
+        ] {
+            if value == 0 {
+                problems.push((field, "must be greater than 0".to_string()));
+            }
+        }
+        if self.methods.is_empty() {
+            problems.push(("methods", "needs at least one HTTP method".to_string()));
+        }
+        for method in &self.methods {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                problems.push((
+                    "methods",
+                    format!("{method:?} is not an upper-case HTTP method"),
+                ));
+            }
+        }
+        for version in &self.versions {
+            if !super::is_valid_identifier(version) {
+                problems.push(("versions", format!("{version:?} is not a version id")));
+            }
+        }
+        problems.extend(self.compare.problems());
+        problems
+    }
+}
+
+impl ComparePolicy {
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        for (field, value) in [
+            ("compare.abs_tol", self.abs_tol),
+            ("compare.rel_tol", self.rel_tol),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                problems.push((field, format!("must be a finite number >= 0, got {value}")));
+            }
+        }
+        for pattern in self.ignore.iter().chain(std::iter::once(&self.label_path)) {
+            if let Err(message) = crate::shadow::JsonPath::parse(pattern) {
+                problems.push(("compare", format!("bad path {pattern:?}: {message}")));
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_off() {
+        let policy = ShadowPolicy::default();
+        assert!(policy.problems().is_empty());
+        assert!(!policy.is_enabled());
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported() {
+        let policy = ShadowPolicy {
+            percent: 101.0,
+            versions: vec!["a/b".into()],
+            timeout_ms: 0,
+            max_in_flight: 0,
+            max_body_bytes: 0,
+            methods: vec!["post".into()],
+            compare: ComparePolicy {
+                abs_tol: -1.0,
+                rel_tol: f64::NAN,
+                ignore: vec!["a[".into()],
+                ..ComparePolicy::default()
+            },
+        };
+        let fields: Vec<&str> = policy.problems().iter().map(|(field, _)| *field).collect();
+        assert_eq!(
+            fields,
+            [
+                "percent",
+                "timeout_ms",
+                "max_in_flight",
+                "max_body_bytes",
+                "methods",
+                "versions",
+                "compare.abs_tol",
+                "compare.rel_tol",
+                "compare"
+            ]
+        );
+    }
+}

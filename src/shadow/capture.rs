@@ -1,0 +1,127 @@
+//! Tee of production's answer for comparison: the response body keeps a reference
+//! to each frame it streams (a `Bytes` clone, no copy) and hands the whole answer
+//! over when the last frame has gone to the client. The client never waits for it.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+
+/// Production's complete answer.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub status: u16,
+    /// `None` when the answer was larger than the comparison limit.
+    pub body: Option<Bytes>,
+    /// From the start of the request to the last byte.
+    pub latency: Duration,
+}
+
+/// The receiving end, held by the mirror task.
+pub type CaptureReceiver = oneshot::Receiver<Captured>;
+
+/// The sending end, held by the response body. Dropped without finishing (the
+/// answer failed or the client went away), the receiver learns it was incomplete.
+pub struct Capture {
+    status: u16,
+    frames: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    started: Instant,
+    done: Option<oneshot::Sender<Captured>>,
+}
+
+/// A pending capture: created before the primary is sent, started once its
+/// response head is known.
+pub struct CaptureSender {
+    sender: oneshot::Sender<Captured>,
+    limit: usize,
+    started: Instant,
+}
+
+pub fn channel(limit: usize, started: Instant) -> (CaptureSender, CaptureReceiver) {
+    let (sender, receiver) = oneshot::channel();
+    (
+        CaptureSender {
+            sender,
+            limit,
+            started,
+        },
+        receiver,
+    )
+}
+
+impl CaptureSender {
+    pub fn start(self, status: u16) -> Capture {
+        Capture {
+            status,
+            frames: Vec::new(),
+            size: 0,
+            limit: self.limit,
+            started: self.started,
+            done: Some(self.sender),
+        }
+    }
+}
+
+impl Capture {
+    pub fn push(&mut self, data: &Bytes) {
+        self.size = self.size.saturating_add(data.len());
+        if self.size <= self.limit {
+            self.frames.push(data.clone());
+        } else {
+            self.frames.clear();
+        }
+    }
+
+    /// The answer is complete: hand it over.
+    pub fn finish(&mut self) {
+        let Some(done) = self.done.take() else { return };
+        let body = (self.size <= self.limit).then(|| match self.frames.len() {
+            0 => Bytes::new(),
+            1 => self.frames[0].clone(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(self.size);
+                self.frames.iter().for_each(|f| joined.extend_from_slice(f));
+                joined.freeze()
+            }
+        });
+        let _ = done.send(Captured {
+            status: self.status,
+            body,
+            latency: self.started.elapsed(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_are_joined_and_limits_respected() {
+        let (sender, receiver) = channel(10, Instant::now());
+        let mut capture = sender.start(200);
+        capture.push(&Bytes::from_static(b"{\"a\":"));
+        capture.push(&Bytes::from_static(b"1}"));
+        capture.finish();
+        let captured = receiver.await.unwrap();
+        assert_eq!(
+            (captured.status, captured.body.as_deref()),
+            (200, Some(&b"{\"a\":1}"[..]))
+        );
+
+        let (sender, receiver) = channel(4, Instant::now());
+        let mut capture = sender.start(200);
+        capture.push(&Bytes::from_static(b"too long"));
+        capture.finish();
+        assert!(receiver.await.unwrap().body.is_none());
+
+        let (sender, receiver) = channel(4, Instant::now());
+        drop(sender.start(200));
+        assert!(
+            receiver.await.is_err(),
+            "an unfinished capture means an incomplete answer"
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Comparators: whether a staging version's answer agrees with production's, and
+//! where it does not. Pure functions of the two answers and the model's
+//! [`ComparePolicy`]; they run on the comparison thread, off the request path.
+//!
+//! Status codes are always compared. `json`, `oip` and `label` parse the bodies;
+//! when either is not JSON they fall back to `bytes`.
+
+mod json;
+mod label;
+mod oip;
+
+use serde_json::Value;
+
+use super::path::{JsonPath, Step};
+use crate::registry::{CompareMode, ComparePolicy};
+
+/// Differences kept per comparison; past this only the count grows.
+pub const MAX_DIFFERENCES: usize = 32;
+
+/// One side of a comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    pub status: u16,
+    pub body: &'a [u8],
+}
+
+/// Where and how two answers differ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Difference {
+    pub path: Vec<Step>,
+    pub detail: String,
+}
+
+/// The outcome of one comparison.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Verdict {
+    pub matched: bool,
+    /// At most [`MAX_DIFFERENCES`] of them.
+    pub differences: Vec<Difference>,
+    /// All differences found, kept or not.
+    pub difference_count: usize,
+    /// `label` mode: (labels that agree, labels compared).
+    pub labels: Option<(u64, u64)>,
+}
+
+/// A compiled [`ComparePolicy`].
+#[derive(Debug, Clone)]
+pub struct Comparator {
+    mode: CompareMode,
+    abs_tol: f64,
+    rel_tol: f64,
+    ignore: Vec<JsonPath>,
+    label_path: JsonPath,
+}
+
+/// Collects differences up to the cap.
+#[derive(Default)]
+struct Findings {
+    kept: Vec<Difference>,
+    count: usize,
+}
+
+impl Findings {
+    fn add(&mut self, path: &[Step], detail: String) {
+        self.count += 1;
+        if self.kept.len() < MAX_DIFFERENCES {
+            self.kept.push(Difference {
+                path: path.to_vec(),
+                detail,
+            });
+        }
+    }
+}
+
+impl Comparator {
+    pub fn new(policy: &ComparePolicy) -> Result<Comparator, String> {
+        let parse = |text: &String| JsonPath::parse(text).map_err(|e| format!("{text:?}: {e}"));
+        Ok(Comparator {
+            mode: policy.mode,
+            abs_tol: policy.abs_tol,
+            rel_tol: policy.rel_tol,
+            ignore: policy.ignore.iter().map(parse).collect::<Result<_, _>>()?,
+            label_path: parse(&policy.label_path)?,
+        })
+    }
+
+    /// Compares status codes only: the fallback when a policy cannot compile.
+    pub fn status_only() -> Comparator {
+        Comparator {
+            mode: CompareMode::Status,
+            abs_tol: 0.0,
+            rel_tol: 0.0,
+            ignore: Vec::new(),
+            label_path: JsonPath::default(),
+        }
+    }
+
+    pub fn compare(&self, primary: Answer<'_>, shadow: Answer<'_>) -> Verdict {
+        let mut findings = Findings::default();
+        if primary.status != shadow.status {
+            let detail = format!("status {} vs {}", primary.status, shadow.status);
+            findings.add(&[Step::Key("$status".into())], detail);
+        }
+        let labels = match self.mode {
+            CompareMode::Status => None,
+            CompareMode::Bytes => {
+                compare_bytes(primary.body, shadow.body, &mut findings);
+                None
+            }
+            mode => match (parse(primary.body), parse(shadow.body)) {
+                (Some(a), Some(b)) => self.compare_json(mode, &a, &b, &mut findings),
+                _ => {
+                    compare_bytes(primary.body, shadow.body, &mut findings);
+                    None
+                }
+            },
+        };
+        let labels_agree = labels.is_none_or(|(agreed, total)| total > 0 && agreed == total);
+        Verdict {
+            matched: findings.count == 0 && labels_agree,
+            differences: findings.kept,
+            difference_count: findings.count,
+            labels,
+        }
+    }
+
+    fn compare_json(
+        &self,
+        mode: CompareMode,
+        a: &Value,
+        b: &Value,
+        findings: &mut Findings,
+    ) -> Option<(u64, u64)> {
+        match mode {
+            CompareMode::Oip => {
+                oip::diff(self, a, b, findings);
+                None
+            }
+            CompareMode::Label => Some(label::compare(&self.label_path, a, b, findings)),
+            _ => {
+                json::diff(self, a, b, &mut Vec::new(), findings);
+                None
+            }
+        }
+    }
+
+    fn ignored(&self, path: &[Step]) -> bool {
+        self.ignore.iter().any(|pattern| pattern.covers(path))
+    }
+
+    /// Numbers agree within the absolute or the relative tolerance. A few ulps of
+    /// slack keep `1.0` vs `1.01` within `abs_tol = 0.01`, as a person reads it.
+    fn close(&self, a: f64, b: f64) -> bool {
+        let (diff, scale) = ((a - b).abs(), a.abs().max(b.abs()));
+        let slack = 4.0 * f64::EPSILON * scale;
+        a == b || diff <= self.abs_tol + slack || diff <= self.rel_tol * scale + slack
+    }
+}
+
+fn parse(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice(body).ok()
+}
+
+fn compare_bytes(a: &[u8], b: &[u8], findings: &mut Findings) {
+    if a != b {
+        let detail = format!("bodies differ ({} vs {} bytes)", a.len(), b.len());
+        findings.add(&[Step::Key("$body".into())], detail);
+    }
+}
+
+/// A short rendering of a JSON value for difference details.
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() <= 64 {
+        return text;
+    }
+    let cut = (0..=61)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}...", &text[..cut])
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,335 @@
+//! Comparator tests: each mode's rules, tolerance boundaries, ignored paths, and
+//! property tests (identical answers always match; reordered keys never matter).
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::shadow::path::Display;
+
+fn comparator(mode: CompareMode, edit: impl FnOnce(&mut ComparePolicy)) -> Comparator {
+    let mut policy = ComparePolicy {
+        mode,
+        ..ComparePolicy::default()
+    };
+    edit(&mut policy);
+    Comparator::new(&policy).unwrap()
+}
+
+fn verdict(c: &Comparator, a: &Value, b: &Value) -> Verdict {
+    let (a, b) = (a.to_string(), b.to_string());
+    c.compare(
+        Answer {
+            status: 200,
+            body: a.as_bytes(),
+        },
+        Answer {
+            status: 200,
+            body: b.as_bytes(),
+        },
+    )
+}
+
+fn paths(v: &Verdict) -> Vec<String> {
+    v.differences
+        .iter()
+        .map(|d| Display(&d.path).to_string())
+        .collect()
+}
+
+#[test]
+fn json_reports_missing_extra_type_and_length_changes_by_path() {
+    let c = comparator(CompareMode::Json, |_| {});
+    let a = json!({ "predictions": [0.5, 0.25], "label": "fraud", "meta": { "a": 1 } });
+    let b = json!({ "predictions": [0.5, 0.25, 0.1], "label": 1, "meta": { "b": 1 } });
+    let v = verdict(&c, &a, &b);
+    assert!(!v.matched);
+    assert_eq!(paths(&v), ["label", "meta.a", "meta.b", "predictions"]);
+    assert_eq!(v.differences[0].detail, "type changed: string vs number");
+    assert_eq!(v.differences[1].detail, "missing in the shadow answer");
+    assert_eq!(v.differences[2].detail, "extra in the shadow answer");
+    assert_eq!(v.differences[3].detail, "array length 2 vs 3");
+}
+
+#[test]
+fn tolerance_boundaries() {
+    let abs = comparator(CompareMode::Json, |p| {
+        p.abs_tol = 0.01;
+        p.rel_tol = 0.0;
+    });
+    assert!(verdict(&abs, &json!([1.0]), &json!([1.01])).matched);
+    assert!(!verdict(&abs, &json!([1.0]), &json!([1.0101])).matched);
+    let rel = comparator(CompareMode::Json, |p| {
+        p.abs_tol = 0.0;
+        p.rel_tol = 0.1;
+    });
+    assert!(verdict(&rel, &json!([100.0]), &json!([110.0])).matched);
+    // Relative to the larger magnitude: 11 of 111 is within 10%, 12 of 112 is not.
+    assert!(verdict(&rel, &json!([100.0]), &json!([111.0])).matched);
+    assert!(!verdict(&rel, &json!([100.0]), &json!([112.0])).matched);
+    assert!(
+        verdict(&rel, &json!([0]), &json!([0.0])).matched,
+        "integers and floats compare as numbers"
+    );
+}
+
+#[test]
+fn ignored_paths_and_their_children_are_skipped() {
+    let c = comparator(CompareMode::Json, |p| {
+        p.ignore = vec!["id".into(), "outputs[*].parameters".into()]
+    });
+    let a = json!({ "id": "a", "outputs": [{ "data": [1], "parameters": { "ts": 1 } }] });
+    let b = json!({ "id": "b", "outputs": [{ "data": [1], "parameters": { "ts": 2, "x": 0 } }] });
+    assert!(verdict(&c, &a, &b).matched);
+    let missing_ignored = json!({ "outputs": [{ "data": [1] }] });
+    assert!(verdict(&c, &a, &missing_ignored).matched);
+}
+
+#[test]
+fn status_codes_are_always_compared() {
+    let c = comparator(CompareMode::Json, |_| {});
+    let v = c.compare(
+        Answer {
+            status: 200,
+            body: b"{}",
+        },
+        Answer {
+            status: 500,
+            body: b"{}",
+        },
+    );
+    assert!(!v.matched);
+    assert_eq!(v.differences[0].detail, "status 200 vs 500");
+    let status_only = comparator(CompareMode::Status, |_| {});
+    assert!(
+        status_only
+            .compare(
+                Answer {
+                    status: 200,
+                    body: b"a"
+                },
+                Answer {
+                    status: 200,
+                    body: b"b"
+                }
+            )
+            .matched
+    );
+}
+
+#[test]
+fn non_json_bodies_fall_back_to_bytes() {
+    let c = comparator(CompareMode::Json, |_| {});
+    assert!(
+        c.compare(
+            Answer {
+                status: 200,
+                body: b"ok"
+            },
+            Answer {
+                status: 200,
+                body: b"ok"
+            }
+        )
+        .matched
+    );
+    let v = c.compare(
+        Answer {
+            status: 200,
+            body: b"ok",
+        },
+        Answer {
+            status: 200,
+            body: b"no",
+        },
+    );
+    assert_eq!(paths(&v), ["$body"]);
+    let bytes = comparator(CompareMode::Bytes, |_| {});
+    assert!(
+        !bytes
+            .compare(
+                Answer {
+                    status: 200,
+                    body: b"{\"a\":1}"
+                },
+                Answer {
+                    status: 200,
+                    body: b"{\"a\": 1}"
+                }
+            )
+            .matched
+    );
+}
+
+fn oip(outputs: Value) -> Value {
+    json!({ "model_name": "m", "model_version": "2", "id": "r1", "outputs": outputs })
+}
+
+#[test]
+fn oip_matches_outputs_by_name_and_checks_shape_datatype_and_data() {
+    let c = comparator(CompareMode::Oip, |p| p.rel_tol = 0.01);
+    let base = oip(json!([
+        { "name": "score", "shape": [2], "datatype": "FP32", "data": [0.5, 0.25] },
+        { "name": "label", "shape": [2], "datatype": "BYTES", "data": ["a", "b"] },
+    ]));
+    let reordered = json!({ "outputs": [
+        { "name": "label", "shape": [2], "datatype": "BYTES", "data": ["a", "b"] },
+        { "name": "score", "shape": [2], "datatype": "FP32", "data": [0.501, 0.25] },
+    ], "model_version": "3" });
+    assert!(
+        verdict(&c, &base, &reordered).matched,
+        "{:?}",
+        verdict(&c, &base, &reordered)
+    );
+
+    let changed = oip(json!([
+        { "name": "score", "shape": [1, 2], "datatype": "FP64", "data": [[0.5, 0.3]] },
+        { "name": "extra", "shape": [1], "datatype": "FP32", "data": [1] },
+    ]));
+    let v = verdict(&c, &base, &changed);
+    assert_eq!(
+        paths(&v),
+        [
+            "outputs.score.shape",
+            "outputs.score.datatype",
+            "outputs.score.data[1]",
+            "outputs.label",
+            "outputs.extra"
+        ]
+    );
+    let not_oip = verdict(&c, &base, &json!({ "predictions": [1] }));
+    assert!(
+        not_oip.differences[0]
+            .detail
+            .contains("no Open Inference Protocol")
+    );
+}
+
+#[test]
+fn labels_count_agreement_per_item_with_argmax_of_scores() {
+    let c = comparator(CompareMode::Label, |p| {
+        p.label_path = "predictions[*]".into()
+    });
+    let a = json!({ "predictions": ["cat", "dog", "cat", [0.1, 0.9], [0.7, 0.3]] });
+    let b = json!({ "predictions": ["cat", "cat", "cat", [0.2, 0.8], [0.4, 0.6]] });
+    let v = verdict(&c, &a, &b);
+    assert_eq!(v.labels, Some((3, 5)));
+    assert!(!v.matched);
+    assert_eq!(paths(&v), ["predictions[1]", "predictions[4]"]);
+    assert_eq!(v.differences[1].detail, "label argmax 0 vs argmax 1");
+
+    let shorter = verdict(&c, &a, &json!({ "predictions": ["cat"] }));
+    assert_eq!(shorter.labels, Some((1, 5)));
+    let nothing = verdict(&c, &json!({}), &json!({}));
+    assert!(
+        !nothing.matched,
+        "no labels at all is a configuration problem, not agreement"
+    );
+}
+
+#[test]
+fn differences_are_capped_but_counted() {
+    let c = comparator(CompareMode::Json, |_| {});
+    let a = Value::Array((0..100).map(|i| json!(i)).collect());
+    let b = Value::Array((0..100).map(|i| json!(i + 1000)).collect());
+    let v = verdict(&c, &a, &b);
+    assert_eq!(
+        (v.differences.len(), v.difference_count),
+        (MAX_DIFFERENCES, 100)
+    );
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-1e6f64..1e6).prop_map(|f| json!(f)),
+        any::<i32>().prop_map(|i| json!(i)),
+        "[a-z]{0,8}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z]{1,6}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn reversed_keys(value: &Value) -> String {
+    // serde_json sorts keys, so write objects by hand in reverse order.
+    match value {
+        Value::Object(map) => {
+            let fields: Vec<String> = map
+                .iter()
+                .rev()
+                .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), reversed_keys(v)))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(reversed_keys)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+proptest! {
+    #[test]
+    fn identical_answers_always_match_in_every_mode(value in arb_json()) {
+        let body = value.to_string();
+        for mode in [CompareMode::Json, CompareMode::Oip, CompareMode::Label, CompareMode::Status, CompareMode::Bytes] {
+            let c = comparator(mode, |_| {});
+            let v = c.compare(Answer { status: 200, body: body.as_bytes() }, Answer { status: 200, body: body.as_bytes() });
+            // oip and label answers need their structure; identical ones never differ otherwise.
+            if matches!(mode, CompareMode::Json | CompareMode::Status | CompareMode::Bytes) {
+                prop_assert!(v.matched, "{mode}: {v:?}");
+            } else {
+                prop_assert!(v.differences.iter().all(|d| !d.detail.contains(" vs ")), "{mode}: {v:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn key_order_never_matters(value in arb_json()) {
+        let c = comparator(CompareMode::Json, |_| {});
+        let (a, b) = (value.to_string(), reversed_keys(&value));
+        let v = c.compare(Answer { status: 200, body: a.as_bytes() }, Answer { status: 200, body: b.as_bytes() });
+        prop_assert!(v.matched, "{v:?}");
+    }
+
+    #[test]
+    fn numbers_within_tolerance_match_and_beyond_it_do_not(x in -1e6f64..1e6, bump in 0.0f64..2.0) {
+        let c = comparator(CompareMode::Json, |p| { p.abs_tol = 0.5; p.rel_tol = 0.0; });
+        let v = verdict(&c, &json!({ "y": x }), &json!({ "y": x + bump }));
+        let diff = (x - (x + bump)).abs();
+        prop_assert_eq!(v.matched, diff <= 0.5 + 4.0 * f64::EPSILON * x.abs().max((x + bump).abs()));
+    }
+
+    #[test]
+    fn oip_data_changes_beyond_tolerance_are_found(data in prop::collection::vec(-100.0f64..100.0, 1..20), index in 0usize..20) {
+        let c = comparator(CompareMode::Oip, |p| { p.abs_tol = 1e-6; p.rel_tol = 1e-6; });
+        let index = index % data.len();
+        let mut changed = data.clone();
+        changed[index] += 1.0;
+        let answer = |d: &Vec<f64>| oip(json!([{ "name": "y", "shape": [d.len()], "datatype": "FP64", "data": d }]));
+        prop_assert!(verdict(&c, &answer(&data), &answer(&data)).matched);
+        let v = verdict(&c, &answer(&data), &answer(&changed));
+        prop_assert_eq!(paths(&v), vec![format!("outputs.y.data[{index}]")]);
+    }
+
+    #[test]
+    fn label_agreement_counts_equal_positions(labels in prop::collection::vec(0u8..3, 1..30), flips in prop::collection::vec(any::<bool>(), 30)) {
+        let c = comparator(CompareMode::Label, |p| p.label_path = "predictions[*]".into());
+        let other: Vec<u8> = labels.iter().zip(&flips).map(|(l, f)| if *f { (l + 1) % 3 } else { *l }).collect();
+        let v = verdict(&c, &json!({ "predictions": labels }), &json!({ "predictions": other }));
+        let expected = labels.iter().zip(&other).filter(|(a, b)| a == b).count() as u64;
+        prop_assert_eq!(v.labels, Some((expected, labels.len() as u64)));
+        prop_assert_eq!(v.matched, expected == labels.len() as u64);
+    }
+}

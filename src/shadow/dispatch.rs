@@ -1,0 +1,323 @@
+//! Sending mirrors. [`ShadowService::dispatch`] builds one request per target from
+//! the already prepared production request (same method, path, headers and the
+//! same body `Bytes`), then spawns one task that sends them on the shadow pool,
+//! waits for production's captured answer, and queues the pairs for comparison.
+//!
+//! Isolation: the task is detached from the request; every shadow exchange has
+//! its own timeout; a slot of the model's in-flight budget is held only until the
+//! shadow has answered or failed; shadow connections live in a pool of their own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use tokio::task::JoinSet;
+
+use super::capture::{self, CaptureReceiver, CaptureSender, Captured};
+use super::report::{DropReason, ErrorKind};
+use super::worker::{CompareQueue, Job};
+use super::{ModelShadow, ShadowVersion};
+use crate::proxy::ProxyError;
+use crate::proxy::admission::Permit;
+use crate::proxy::upstream::{UpstreamClient, upstream_uri};
+use crate::telemetry::ShadowResult;
+
+/// Marks a mirrored request, so model servers can tell it from live traffic.
+pub const X_STAGEGATE_SHADOW: HeaderName = HeaderName::from_static("x-stagegate-shadow");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request chosen for mirroring, holding its in-flight slots.
+pub struct Mirror {
+    shadow: Arc<ModelShadow>,
+    targets: Vec<(usize, Permit)>,
+}
+
+impl Mirror {
+    pub(super) fn new(shadow: Arc<ModelShadow>, targets: Vec<(usize, Permit)>) -> Mirror {
+        Mirror { shadow, targets }
+    }
+}
+
+/// What the data plane needs to mirror: the shadow connection pool and the
+/// comparison queue. One per gateway.
+pub struct ShadowService {
+    client: UpstreamClient,
+    queue: CompareQueue,
+    /// How long a mirror task waits for production's answer to be complete.
+    primary_wait: Duration,
+}
+
+/// A shadow's answer.
+struct Answered {
+    status: u16,
+    body: Bytes,
+    latency: Duration,
+}
+
+enum Outcome {
+    Answered(Answered),
+    Failed(ErrorKind),
+    TooLarge,
+}
+
+impl ShadowService {
+    pub fn new(connect_timeout: Duration, primary_wait: Duration) -> ShadowService {
+        ShadowService {
+            client: UpstreamClient::new(connect_timeout),
+            queue: CompareQueue::start(),
+            primary_wait,
+        }
+    }
+
+    /// Mirrors the prepared production request `parts` (whose URI is still the
+    /// client's `original`) to the mirror's targets. Gives the request an
+    /// `x-request-id` if it has none, so both sides' logs can be matched. Returns
+    /// the sender of production's answer, to attach to its response body.
+    pub fn dispatch(
+        &self,
+        mirror: Mirror,
+        parts: &mut Parts,
+        original: &Uri,
+        strip: usize,
+        body: &Bytes,
+    ) -> CaptureSender {
+        let request_id = request_id(parts);
+        let started = Instant::now();
+        let policy = mirror.shadow.policy();
+        let (sender, receiver) = capture::channel(policy.max_body_bytes, started);
+        let mut requests = Vec::with_capacity(mirror.targets.len());
+        for (index, permit) in mirror.targets {
+            let version = &mirror.shadow.versions[index];
+            match shadow_request(version, parts, original, strip, body) {
+                Some(request) => requests.push((index, permit, request)),
+                None => version.report.count_error(ErrorKind::Protocol),
+            }
+        }
+        let task = MirrorTask {
+            shadow: mirror.shadow,
+            client: self.client.clone(),
+            queue: self.queue.clone(),
+            request_id,
+            path: original.path().to_string(),
+            primary_wait: self.primary_wait,
+        };
+        tokio::spawn(task.run(requests, receiver));
+        sender
+    }
+}
+
+fn request_id(parts: &mut Parts) -> String {
+    if let Some(id) = parts
+        .headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        return id.to_string();
+    }
+    let id = format!("sg-{:016x}", fastrand::u64(..));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        parts.headers.insert(X_REQUEST_ID, value);
+    }
+    id
+}
+
+/// The mirror of one request for one staging version; `None` if its URI cannot
+/// be built (not expected: the production URI was built the same way).
+fn shadow_request(
+    version: &ShadowVersion,
+    parts: &Parts,
+    original: &Uri,
+    strip: usize,
+    body: &Bytes,
+) -> Option<(Request<Full<Bytes>>, crate::routing::EndpointGuard)> {
+    let endpoint = version.route.pick_endpoint().begin();
+    let uri = upstream_uri(endpoint.endpoint(), original, strip).ok()?;
+    let mut request = Request::new(Full::new(body.clone()));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
+        .headers_mut()
+        .insert(HOST, endpoint.endpoint().host_header().clone());
+    request
+        .headers_mut()
+        .insert(X_STAGEGATE_SHADOW, HeaderValue::from_static("1"));
+    Some((request, endpoint))
+}
+
+type Prepared = (
+    usize,
+    Permit,
+    (Request<Full<Bytes>>, crate::routing::EndpointGuard),
+);
+
+struct MirrorTask {
+    shadow: Arc<ModelShadow>,
+    client: UpstreamClient,
+    queue: CompareQueue,
+    request_id: String,
+    path: String,
+    primary_wait: Duration,
+}
+
+impl MirrorTask {
+    async fn run(self, requests: Vec<Prepared>, primary: CaptureReceiver) {
+        let outcomes = self.exchange_all(requests).await;
+        let primary = tokio::time::timeout(self.primary_wait, primary).await;
+        let primary = match primary {
+            Ok(Ok(captured)) => Some(captured),
+            _ => None,
+        };
+        for (index, outcome) in outcomes {
+            self.settle(index, outcome, primary.as_ref());
+        }
+    }
+
+    /// Sends every mirror at once; each slot is released as its exchange ends.
+    async fn exchange_all(&self, mut requests: Vec<Prepared>) -> Vec<(usize, Outcome)> {
+        if requests.len() == 1 {
+            let Some((index, permit, (request, endpoint))) = requests.pop() else {
+                return Vec::new();
+            };
+            let outcome = self.exchange(index, request, &endpoint).await;
+            drop((permit, endpoint));
+            return vec![(index, outcome)];
+        }
+        let mut set = JoinSet::new();
+        for (index, permit, (request, endpoint)) in requests {
+            let task = self.clone_for();
+            set.spawn(async move {
+                let outcome = task.exchange(index, request, &endpoint).await;
+                drop((permit, endpoint));
+                (index, outcome)
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(done) = set.join_next().await {
+            if let Ok(outcome) = done {
+                outcomes.push(outcome);
+            }
+        }
+        outcomes
+    }
+
+    fn clone_for(&self) -> MirrorTask {
+        MirrorTask {
+            shadow: Arc::clone(&self.shadow),
+            client: self.client.clone(),
+            queue: self.queue.clone(),
+            request_id: self.request_id.clone(),
+            path: self.path.clone(),
+            primary_wait: self.primary_wait,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        index: usize,
+        request: Request<Full<Bytes>>,
+        endpoint: &crate::routing::EndpointGuard,
+    ) -> Outcome {
+        let policy = self.shadow.policy();
+        let timeout = Duration::from_millis(policy.timeout_ms);
+        let started = Instant::now();
+        let exchange = async {
+            let response = self
+                .client
+                .send(endpoint.endpoint(), request)
+                .await
+                .map_err(error_kind)?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), policy.max_body_bytes)
+                .collect()
+                .await;
+            match body {
+                Ok(collected) => Ok(Outcome::Answered(Answered {
+                    status,
+                    body: collected.to_bytes(),
+                    latency: started.elapsed(),
+                })),
+                Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                    Ok(Outcome::TooLarge)
+                }
+                Err(_) => Err(ErrorKind::Protocol),
+            }
+        };
+        let outcome = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(kind)) => Outcome::Failed(kind),
+            Err(_elapsed) => Outcome::Failed(ErrorKind::Timeout),
+        };
+        let version = &self.shadow.versions[index];
+        if let Outcome::Answered(answered) = &outcome {
+            version
+                .metrics
+                .latency
+                .record(answered.latency.as_secs_f64());
+        }
+        outcome
+    }
+
+    /// Counts the outcome and queues the pair for comparison when both answers are
+    /// there.
+    fn settle(&self, index: usize, outcome: Outcome, primary: Option<&Captured>) {
+        let version = &self.shadow.versions[index];
+        let drop_pair = |reason| {
+            version.report.count_dropped(reason);
+            version.metrics.request(ShadowResult::Ok);
+        };
+        let answered = match outcome {
+            Outcome::Failed(kind) => {
+                version.report.count_error(kind);
+                let result = if kind == ErrorKind::Timeout {
+                    ShadowResult::Timeout
+                } else {
+                    ShadowResult::Error
+                };
+                version.metrics.request(result);
+                return;
+            }
+            Outcome::TooLarge => return drop_pair(DropReason::AnswerTooLarge),
+            Outcome::Answered(answered) => answered,
+        };
+        let Some(primary) = primary else {
+            return drop_pair(DropReason::PrimaryIncomplete);
+        };
+        let Some(primary_body) = primary.body.clone() else {
+            return drop_pair(DropReason::AnswerTooLarge);
+        };
+        version.metrics.request(ShadowResult::Ok);
+        let job = Job {
+            shadow: Arc::clone(&self.shadow),
+            target: index,
+            request_id: self.request_id.clone(),
+            path: self.path.clone(),
+            primary_status: primary.status,
+            primary_body,
+            primary_latency: primary.latency,
+            shadow_status: answered.status,
+            shadow_body: answered.body,
+            shadow_latency: answered.latency,
+        };
+        if !self.queue.submit(job) {
+            version.report.count_dropped(DropReason::CompareQueueFull);
+        }
+    }
+}
+
+fn error_kind(error: ProxyError) -> ErrorKind {
+    match error {
+        ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+            ErrorKind::Connect
+        }
+        ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamBodyStalled { .. } => {
+            ErrorKind::Timeout
+        }
+        _ => ErrorKind::Protocol,
+    }
+}

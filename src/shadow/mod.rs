@@ -1,0 +1,163 @@
+//! Shadow testing: mirroring a share of production traffic to staging versions and
+//! comparing their answers with production's, off the request path.
+//!
+//! - [`ModelShadow`]: a model's mirroring, resolved when a routing table is built
+//!   (policy, compiled comparator, staging targets with their reports and metric
+//!   handles, the in-flight budget). The request path only calls
+//!   [`ModelShadow::sample`].
+//! - [`dispatch`]: sends the mirrors from a task of their own, after the body was
+//!   read once (shared `Bytes`); the client's response never waits for them.
+//! - [`capture`]: tees production's answer as it streams to the client.
+//! - [`worker`]: the comparison thread, fed through a bounded queue.
+//! - [`compare`], [`path`]: the comparators and their JSON paths.
+//! - [`report`]: per staging version counters, agreement, latencies, samples.
+
+pub mod capture;
+pub mod compare;
+mod dispatch;
+pub mod path;
+pub mod report;
+mod worker;
+
+use std::sync::Arc;
+
+use http::Method;
+
+pub use compare::{Answer, Comparator, Verdict};
+pub use dispatch::{Mirror, ShadowService, X_STAGEGATE_SHADOW};
+pub use path::JsonPath;
+pub use report::{Agreement, DropReason, VersionReport};
+
+use crate::proxy::admission::{Admission, Permit};
+use crate::registry::{ModelSpec, ShadowPolicy};
+use crate::routing::VersionRoute;
+use crate::telemetry::{ShadowMetrics, ShadowResult, Telemetry};
+
+/// A model's mirroring, as one routing table sees it.
+pub struct ModelShadow {
+    policy: ShadowPolicy,
+    methods: Vec<Method>,
+    comparator: Arc<Comparator>,
+    in_flight: Arc<Admission>,
+    versions: Vec<ShadowVersion>,
+}
+
+/// One staging version: its route, report and metrics, and whether the policy
+/// mirrors to it.
+pub struct ShadowVersion {
+    pub route: Arc<VersionRoute>,
+    pub report: Arc<VersionReport>,
+    pub metrics: ShadowMetrics,
+    pub targeted: bool,
+}
+
+impl ModelShadow {
+    /// Resolves `model`'s mirroring over its staging routes. Reports and the
+    /// in-flight budget carry over from `previous` for versions that were staging
+    /// there too; a version that (re)enters staging starts a fresh report.
+    pub fn build(
+        model: &ModelSpec,
+        staging: &[Arc<VersionRoute>],
+        previous: Option<&ModelShadow>,
+        telemetry: &Telemetry,
+    ) -> ModelShadow {
+        let policy = model.shadow.clone();
+        let comparator = Comparator::new(&policy.compare).unwrap_or_else(|error| {
+            // Policies are validated before they get here; compare nothing rather
+            // than fail a table build.
+            tracing::error!(model = %model.name, %error, "invalid compare policy");
+            Comparator::status_only()
+        });
+        let in_flight = previous
+            .filter(|p| p.policy.max_in_flight == policy.max_in_flight)
+            .map_or_else(
+                || Admission::new(policy.max_in_flight),
+                |p| Arc::clone(&p.in_flight),
+            );
+        let versions = staging
+            .iter()
+            .map(|route| {
+                let report = previous
+                    .and_then(|p| {
+                        p.versions
+                            .iter()
+                            .find(|v| v.route.version() == route.version())
+                    })
+                    .map_or_else(
+                        || Arc::new(VersionReport::new(&model.name, route.version())),
+                        |v| Arc::clone(&v.report),
+                    );
+                ShadowVersion {
+                    route: Arc::clone(route),
+                    report,
+                    metrics: telemetry.shadow_metrics(&model.name, route.version()),
+                    targeted: policy.versions.is_empty()
+                        || policy.versions.iter().any(|v| v == route.version()),
+                }
+            })
+            .collect();
+        let methods = policy
+            .methods
+            .iter()
+            .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+            .collect();
+        ModelShadow {
+            policy,
+            methods,
+            comparator: Arc::new(comparator),
+            in_flight,
+            versions,
+        }
+    }
+
+    /// Whether any request of this model may be mirrored.
+    pub fn is_active(&self) -> bool {
+        self.policy.is_enabled() && self.versions.iter().any(|v| v.targeted)
+    }
+
+    pub fn policy(&self) -> &ShadowPolicy {
+        &self.policy
+    }
+
+    /// Every staging version, mirrored to or not.
+    pub fn versions(&self) -> &[ShadowVersion] {
+        &self.versions
+    }
+
+    pub fn report(&self, version: &str) -> Option<&Arc<VersionReport>> {
+        self.versions
+            .iter()
+            .find(|v| v.route.version() == version)
+            .map(|v| &v.report)
+    }
+
+    /// The request-path decision: whether to mirror this request, and to which
+    /// versions (each holding a slot of the in-flight budget). Counts what it
+    /// drops.
+    pub fn sample(self: &Arc<Self>, method: &Method, body_len: usize) -> Option<Mirror> {
+        if !self.methods.contains(method) || fastrand::f64() * 100.0 >= self.policy.percent {
+            return None;
+        }
+        let targeted = self.versions.iter().enumerate().filter(|(_, v)| v.targeted);
+        if body_len > self.policy.max_body_bytes {
+            targeted.for_each(|(_, v)| dropped(v, DropReason::BodyTooLarge));
+            return None;
+        }
+        let mut targets: Vec<(usize, Permit)> = Vec::with_capacity(1);
+        for (index, version) in targeted {
+            match self.in_flight.try_admit() {
+                Some(permit) => {
+                    version.report.count_mirrored();
+                    targets.push((index, permit));
+                }
+                None => dropped(version, DropReason::InFlight),
+            }
+        }
+        (!targets.is_empty()).then(|| Mirror::new(Arc::clone(self), targets))
+    }
+}
+
+fn dropped(version: &ShadowVersion, reason: DropReason) {
+    version.report.count_dropped(reason);
+    version.metrics.request(ShadowResult::Dropped);
+}

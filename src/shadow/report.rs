@@ -1,0 +1,477 @@
+//! [`VersionReport`]: what mirroring to one staging version has shown so far.
+//!
+//! Counters the request path touches (mirrored, dropped, errors) are atomics.
+//! Everything the comparison thread computes (agreement, latencies, disagreeing
+//! paths, samples) sits behind one mutex that only that thread and admin readers
+//! take, never a request.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::compare::Verdict;
+use super::path::{Display, normalized};
+
+/// Mismatch samples kept, newest last.
+pub const SAMPLES: usize = 20;
+/// Disagreeing paths listed in a report.
+pub const TOP_PATHS: usize = 10;
+/// Distinct paths counted; past this, new paths are not tracked (a pathological
+/// answer cannot grow the report without bound).
+const MAX_TRACKED_PATHS: usize = 1000;
+/// Bytes of each answer kept in a sample.
+const SAMPLE_BODY_BYTES: usize = 1024;
+/// The agreement window used as a promotion gate: 30 buckets of 10 s.
+const WINDOW_BUCKETS: usize = 30;
+const BUCKET_SECS: u64 = 10;
+
+/// Why a request was not mirrored, or a pair not compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The model's `max_in_flight` mirrors were already out.
+    InFlight,
+    /// The request body is over the shadow `max_body_bytes`.
+    BodyTooLarge,
+    /// Production's answer failed or was not completely sent.
+    PrimaryIncomplete,
+    /// An answer is over `max_body_bytes`, too large to compare.
+    AnswerTooLarge,
+    /// The comparison thread is behind; the pair was skipped.
+    CompareQueueFull,
+}
+
+/// How a mirrored request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::InFlight,
+        DropReason::BodyTooLarge,
+        DropReason::PrimaryIncomplete,
+        DropReason::AnswerTooLarge,
+        DropReason::CompareQueueFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::InFlight => "in_flight",
+            DropReason::BodyTooLarge => "body_too_large",
+            DropReason::PrimaryIncomplete => "primary_incomplete",
+            DropReason::AnswerTooLarge => "answer_too_large",
+            DropReason::CompareQueueFull => "compare_queue_full",
+        }
+    }
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 3] = [ErrorKind::Connect, ErrorKind::Timeout, ErrorKind::Protocol];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+pub struct VersionReport {
+    model: String,
+    version: String,
+    mirrored: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+    details: Mutex<Details>,
+}
+
+struct Details {
+    since: SystemTime,
+    compared: u64,
+    matched: u64,
+    labels_agreed: u64,
+    labels_total: u64,
+    primary_latency: Histogram<u64>,
+    shadow_latency: Histogram<u64>,
+    paths: HashMap<String, u64>,
+    samples: VecDeque<Sample>,
+    window: [Bucket; WINDOW_BUCKETS],
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    slot: u64,
+    compared: u64,
+    agreed: u64,
+    total: u64,
+}
+
+/// One compared pair, for the report.
+pub struct Compared<'a> {
+    pub request_id: &'a str,
+    pub path: &'a str,
+    pub primary: &'a [u8],
+    pub shadow: &'a [u8],
+    pub primary_latency: Duration,
+    pub shadow_latency: Duration,
+    pub verdict: &'a Verdict,
+}
+
+/// A mismatch, as kept in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub request_id: String,
+    pub path: String,
+    pub time: String,
+    pub primary: String,
+    pub shadow: String,
+    pub differences: Vec<String>,
+}
+
+/// Agreement as a promotion gate reads it. In `label` mode agreement is per label,
+/// otherwise per answer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Agreement {
+    /// Comparisons since the report was (re)started.
+    pub compared: u64,
+    pub agreement: Option<f64>,
+    /// Comparisons in the last `window_seconds`.
+    pub window_compared: u64,
+    pub window_agreement: Option<f64>,
+    pub window_seconds: u64,
+}
+
+impl VersionReport {
+    pub fn new(model: &str, version: &str) -> VersionReport {
+        VersionReport {
+            model: model.to_string(),
+            version: version.to_string(),
+            mirrored: AtomicU64::new(0),
+            dropped: Default::default(),
+            errors: Default::default(),
+            details: Mutex::new(Details::new()),
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn count_mirrored(&self) {
+        self.mirrored.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_dropped(&self, reason: DropReason) {
+        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a comparison (comparison thread only).
+    pub fn record(&self, compared: &Compared<'_>) {
+        let mut details = self.details();
+        details.record(compared);
+    }
+
+    /// Starts counting afresh.
+    pub fn reset(&self) {
+        self.mirrored.store(0, Ordering::Relaxed);
+        for counter in self.dropped.iter().chain(&self.errors) {
+            counter.store(0, Ordering::Relaxed);
+        }
+        *self.details() = Details::new();
+    }
+
+    pub fn agreement(&self) -> Agreement {
+        self.details().agreement(now_secs())
+    }
+
+    /// The report as the admin API shows it.
+    pub fn view(&self) -> serde_json::Value {
+        let details = self.details();
+        let count = |counters: &[AtomicU64],
+                     names: Vec<&'static str>|
+         -> serde_json::Map<String, serde_json::Value> {
+            names
+                .into_iter()
+                .zip(counters)
+                .map(|(name, c)| (name.to_string(), c.load(Ordering::Relaxed).into()))
+                .collect()
+        };
+        let mut paths: Vec<(&String, &u64)> = details.paths.iter().collect();
+        paths.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let top: Vec<_> = paths
+            .into_iter()
+            .take(TOP_PATHS)
+            .map(|(p, n)| serde_json::json!({ "path": p, "count": n }))
+            .collect();
+        serde_json::json!({
+            "model": self.model,
+            "version": self.version,
+            "since": humantime::format_rfc3339_seconds(details.since).to_string(),
+            "mirrored": self.mirrored.load(Ordering::Relaxed),
+            "compared": details.compared,
+            "matched": details.matched,
+            "mismatched": details.compared - details.matched,
+            "labels": (details.labels_total > 0).then(|| serde_json::json!({ "agreed": details.labels_agreed, "compared": details.labels_total })),
+            "agreement": details.agreement(now_secs()),
+            "errors": count(&self.errors, ErrorKind::ALL.map(ErrorKind::as_str).to_vec()),
+            "dropped": count(&self.dropped, DropReason::ALL.map(DropReason::as_str).to_vec()),
+            "latency_ms": {
+                "primary": percentiles(&details.primary_latency),
+                "shadow": percentiles(&details.shadow_latency),
+            },
+            "top_mismatch_paths": top,
+            "samples": details.samples,
+        })
+    }
+
+    fn details(&self) -> std::sync::MutexGuard<'_, Details> {
+        self.details.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Details {
+    fn new() -> Details {
+        let histogram = || {
+            Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .unwrap_or_else(|_| unreachable!("valid bounds"))
+        };
+        Details {
+            since: SystemTime::now(),
+            compared: 0,
+            matched: 0,
+            labels_agreed: 0,
+            labels_total: 0,
+            primary_latency: histogram(),
+            shadow_latency: histogram(),
+            paths: HashMap::new(),
+            samples: VecDeque::with_capacity(SAMPLES),
+            window: [Bucket::default(); WINDOW_BUCKETS],
+        }
+    }
+
+    fn record(&mut self, c: &Compared<'_>) {
+        self.compared += 1;
+        self.matched += u64::from(c.verdict.matched);
+        let (agreed, total) = c
+            .verdict
+            .labels
+            .unwrap_or((u64::from(c.verdict.matched), 1));
+        if c.verdict.labels.is_some() {
+            self.labels_agreed += agreed;
+            self.labels_total += total;
+        }
+        self.primary_latency
+            .saturating_record(micros(c.primary_latency));
+        self.shadow_latency
+            .saturating_record(micros(c.shadow_latency));
+        self.bucket(now_secs(), agreed, total);
+        if c.verdict.matched {
+            return;
+        }
+        for difference in &c.verdict.differences {
+            let key = normalized(&difference.path);
+            let tracked = self.paths.len() < MAX_TRACKED_PATHS || self.paths.contains_key(&key);
+            if tracked {
+                *self.paths.entry(key).or_default() += 1;
+            }
+        }
+        if self.samples.len() == SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(Sample {
+            request_id: c.request_id.to_string(),
+            path: c.path.to_string(),
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            primary: trimmed(c.primary),
+            shadow: trimmed(c.shadow),
+            differences: c
+                .verdict
+                .differences
+                .iter()
+                .map(|d| format!("{}: {}", Display(&d.path), d.detail))
+                .collect(),
+        });
+    }
+
+    fn bucket(&mut self, now: u64, agreed: u64, total: u64) {
+        let slot = now / BUCKET_SECS;
+        let bucket = &mut self.window[(slot % WINDOW_BUCKETS as u64) as usize];
+        if bucket.slot != slot {
+            *bucket = Bucket {
+                slot,
+                ..Bucket::default()
+            };
+        }
+        bucket.compared += 1;
+        bucket.agreed += agreed;
+        bucket.total += total;
+    }
+
+    fn agreement(&self, now: u64) -> Agreement {
+        let current = now / BUCKET_SECS;
+        let live = self
+            .window
+            .iter()
+            .filter(|b| b.compared > 0 && b.slot + (WINDOW_BUCKETS as u64) > current);
+        let (compared, agreed, total) = live.fold((0, 0, 0), |(c, a, t), b| {
+            (c + b.compared, a + b.agreed, t + b.total)
+        });
+        let (all_agreed, all_total) = if self.labels_total > 0 {
+            (self.labels_agreed, self.labels_total)
+        } else {
+            (self.matched, self.compared)
+        };
+        Agreement {
+            compared: self.compared,
+            agreement: ratio(all_agreed, all_total),
+            window_compared: compared,
+            window_agreement: ratio(agreed, total),
+            window_seconds: WINDOW_BUCKETS as u64 * BUCKET_SECS,
+        }
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn percentiles(histogram: &Histogram<u64>) -> serde_json::Value {
+    if histogram.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    serde_json::json!({ "p50": ms(0.50), "p95": ms(0.95), "p99": ms(0.99) })
+}
+
+fn trimmed(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(SAMPLE_BODY_BYTES)]).into_owned();
+    if body.len() > SAMPLE_BODY_BYTES {
+        format!("{text}... ({} bytes)", body.len())
+    } else {
+        text
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shadow::compare::Difference;
+    use crate::shadow::path::Step;
+
+    fn verdict(matched: bool, path: &str) -> Verdict {
+        let differences = if matched {
+            vec![]
+        } else {
+            vec![Difference {
+                path: vec![
+                    Step::Key("predictions".into()),
+                    Step::Index(3),
+                    Step::Key(path.into()),
+                ],
+                detail: "1 vs 2".into(),
+            }]
+        };
+        Verdict {
+            matched,
+            difference_count: differences.len(),
+            differences,
+            labels: None,
+        }
+    }
+
+    fn compared(v: &Verdict) -> Compared<'_> {
+        Compared {
+            request_id: "r1",
+            path: "/v2/models/m/infer",
+            primary: b"{}",
+            shadow: b"{}",
+            primary_latency: Duration::from_millis(2),
+            shadow_latency: Duration::from_millis(5),
+            verdict: v,
+        }
+    }
+
+    #[test]
+    fn counts_agreement_paths_and_samples() {
+        let report = VersionReport::new("m", "3");
+        report.count_mirrored();
+        report.count_dropped(DropReason::InFlight);
+        report.count_error(ErrorKind::Timeout);
+        let (good, bad) = (verdict(true, ""), verdict(false, "score"));
+        for _ in 0..3 {
+            report.record(&compared(&good));
+        }
+        report.record(&compared(&bad));
+        let view = report.view();
+        assert_eq!(
+            (
+                view["compared"].as_u64(),
+                view["matched"].as_u64(),
+                view["mismatched"].as_u64()
+            ),
+            (Some(4), Some(3), Some(1))
+        );
+        assert_eq!(view["agreement"]["agreement"], 0.75);
+        assert_eq!(view["agreement"]["window_compared"], 4);
+        assert_eq!(view["dropped"]["in_flight"], 1);
+        assert_eq!(view["errors"]["timeout"], 1);
+        assert_eq!(
+            view["top_mismatch_paths"][0]["path"],
+            "predictions[*].score"
+        );
+        assert_eq!(
+            view["samples"][0]["differences"][0],
+            "predictions[3].score: 1 vs 2"
+        );
+        assert!(view["latency_ms"]["shadow"]["p50"].as_f64().unwrap() >= 4.9);
+
+        report.reset();
+        let fresh = report.view();
+        assert_eq!(
+            (fresh["compared"].as_u64(), fresh["mirrored"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert!(fresh["samples"].as_array().unwrap().is_empty());
+        assert_eq!(report.agreement().agreement, None);
+    }
+
+    #[test]
+    fn samples_and_windows_are_bounded() {
+        let mut details = Details::new();
+        let bad = verdict(false, "x");
+        for _ in 0..(SAMPLES + 5) {
+            details.record(&compared(&bad));
+        }
+        assert_eq!(details.samples.len(), SAMPLES);
+        let later = now_secs() + WINDOW_BUCKETS as u64 * BUCKET_SECS + 1;
+        let aged = details.agreement(later);
+        assert_eq!(
+            (aged.compared, aged.window_compared),
+            (SAMPLES as u64 + 5, 0)
+        );
+    }
+}

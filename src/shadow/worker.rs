@@ -1,0 +1,87 @@
+//! The comparison thread: a plain OS thread fed through a bounded queue, so the
+//! CPU work of diffing answers never runs on the async workers that serve
+//! production, and a burst of mirrors cannot queue without bound (a full queue
+//! drops the pair and counts it).
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::ModelShadow;
+use super::compare::Answer;
+use super::report::Compared;
+
+/// Pairs waiting for the comparison thread.
+const QUEUE_DEPTH: usize = 1024;
+
+/// One production/shadow pair to compare.
+pub struct Job {
+    pub shadow: Arc<ModelShadow>,
+    pub target: usize,
+    pub request_id: String,
+    pub path: String,
+    pub primary_status: u16,
+    pub primary_body: Bytes,
+    pub primary_latency: Duration,
+    pub shadow_status: u16,
+    pub shadow_body: Bytes,
+    pub shadow_latency: Duration,
+}
+
+/// The sending side; the thread ends when every clone is dropped.
+#[derive(Clone)]
+pub struct CompareQueue(SyncSender<Job>);
+
+impl CompareQueue {
+    pub fn start() -> CompareQueue {
+        let (sender, receiver) = sync_channel(QUEUE_DEPTH);
+        let spawned = std::thread::Builder::new()
+            .name("stagegate-compare".into())
+            .spawn(move || run(receiver));
+        if let Err(error) = spawned {
+            // Without the thread every pair is dropped (and counted as such).
+            tracing::error!(%error, "cannot start the shadow comparison thread");
+        }
+        CompareQueue(sender)
+    }
+
+    /// Queues a pair; `false` if the queue is full (or the thread is gone).
+    pub fn submit(&self, job: Job) -> bool {
+        match self.0.try_send(job) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+fn run(jobs: Receiver<Job>) {
+    for job in jobs {
+        compare(&job);
+    }
+}
+
+fn compare(job: &Job) {
+    let version = &job.shadow.versions[job.target];
+    let verdict = job.shadow.comparator.compare(
+        Answer {
+            status: job.primary_status,
+            body: &job.primary_body,
+        },
+        Answer {
+            status: job.shadow_status,
+            body: &job.shadow_body,
+        },
+    );
+    version.metrics.comparison(verdict.matched);
+    version.report.record(&Compared {
+        request_id: &job.request_id,
+        path: &job.path,
+        primary: &job.primary_body,
+        shadow: &job.shadow_body,
+        primary_latency: job.primary_latency,
+        shadow_latency: job.shadow_latency,
+        verdict: &verdict,
+    });
+}
