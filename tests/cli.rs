@@ -230,4 +230,50 @@ async fn ctl_drives_a_running_gateway_and_sighup_reloads_its_config() {
     }
     let reloaded = ok(&["reload"]);
     assert!(reloaded.contains("config reloaded"), "{reloaded}");
+
+    // Shadow: turn mirroring on for version 4, send traffic, read the report.
+    let set = ok(&[
+        "shadow",
+        "set",
+        "fraud",
+        "--percent",
+        "100",
+        "--versions",
+        "4",
+        "--mode",
+        "json",
+        "--ignore",
+        "server,path",
+    ]);
+    assert!(set.contains("shadow fraud"), "{set}");
+    let url = format!("http://{}/v2/models/fraud/infer", serve.data_addr);
+    for _ in 0..3 {
+        assert_eq!(common::post_owned(url.clone()).await.status, StatusCode::OK);
+    }
+    while v4.received().len() < 3 {
+        tokio::task::yield_now().await;
+    }
+    let compared = async {
+        loop {
+            let report = ok(&["shadow", "fraud"]);
+            if report.contains("100.00% (3)") {
+                return report;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let report = tokio::time::timeout(std::time::Duration::from_secs(20), compared)
+        .await
+        .expect("three comparisons in the report");
+    assert!(
+        report.contains("mirroring on (100.0% of POST,GET, to 4)"),
+        "{report}"
+    );
+    let reset = ok(&["shadow", "reset", "fraud"]);
+    assert!(
+        reset.contains("shadow reports of fraud reset: 4"),
+        "{reset}"
+    );
+    let usage = ctl(&["shadow"], Some(common::TOKEN));
+    assert!(!usage.status.success());
 }
