@@ -2,9 +2,14 @@
 //! CPU work of diffing answers never runs on the async workers that serve
 //! production, and a burst of mirrors cannot queue without bound (a full queue
 //! drops the pair and counts it).
+//!
+//! Under load the thread drains the queue in batches and naps between them, so a
+//! submission never has to wake it: waking a thread per pair (a futex call and a
+//! context switch on a busy core) cost more than the comparison itself. After a
+//! while with nothing to do it blocks instead, and the next pair wakes it.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +19,11 @@ use super::compare::Answer;
 use super::report::Compared;
 
 /// Pairs waiting for the comparison thread.
-const QUEUE_DEPTH: usize = 1024;
+const QUEUE_DEPTH: usize = 4096;
+/// The nap between batches; comparisons are a few milliseconds late at most.
+const NAP: Duration = Duration::from_millis(2);
+/// Empty naps in a row before the thread blocks until the next pair.
+const NAPS_BEFORE_BLOCKING: u32 = 50;
 
 /// One production/shadow pair to compare.
 pub struct Job {
@@ -57,8 +66,26 @@ impl CompareQueue {
 }
 
 fn run(jobs: Receiver<Job>) {
-    for job in jobs {
-        compare(&job);
+    let mut idle = 0;
+    loop {
+        match jobs.try_recv() {
+            Ok(job) => {
+                idle = 0;
+                compare(&job);
+            }
+            Err(TryRecvError::Empty) if idle < NAPS_BEFORE_BLOCKING => {
+                idle += 1;
+                std::thread::sleep(NAP);
+            }
+            Err(TryRecvError::Empty) => match jobs.recv() {
+                Ok(job) => {
+                    idle = 0;
+                    compare(&job);
+                }
+                Err(_) => return,
+            },
+            Err(TryRecvError::Disconnected) => return,
+        }
     }
 }
 
