@@ -19,8 +19,12 @@ use crate::proxy::{self, Drained, Proxy};
 use crate::registry::merge::merge;
 use crate::registry::store::{COMPACT_AFTER_RECORDS, FileStore, StoreError};
 use crate::registry::{Catalog, Registry, ReloadHook, Writer, WriterStop};
+use crate::rollout::{Controller, RolloutReadings};
 use crate::routing::Router;
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
+
+/// How often the rollout controller looks at running rollouts.
+pub const CONTROLLER_TICK: Duration = Duration::from_millis(100);
 
 /// How long a rollback waits for its target's health probes.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,6 +56,8 @@ pub struct RunningGateway {
     router: Arc<Router>,
     registry: Registry,
     writer: WriterStop,
+    controller: JoinHandle<()>,
+    controller_stop: CancellationToken,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
     admin_shutdown: CancellationToken,
@@ -121,9 +127,19 @@ pub async fn start_on(
     // The admin listener outlives the data plane's drain so /readyz can say
     // "draining" while in-flight requests finish.
     let admin_shutdown = CancellationToken::new();
+    let readings = RolloutReadings::default();
+    let controller = Controller::new(
+        Arc::clone(&router),
+        registry.clone(),
+        readings.clone(),
+        CONTROLLER_TICK,
+    );
+    let controller_stop = CancellationToken::new();
+    let controller = tokio::spawn(controller.run(controller_stop.clone()));
     let admin_handler = Arc::new(Admin::new(
         Arc::clone(&router),
         registry.clone(),
+        readings,
         Arc::clone(&ready),
         tokens,
     ));
@@ -139,6 +155,8 @@ pub async fn start_on(
         router,
         registry,
         writer,
+        controller,
+        controller_stop,
         ready,
         shutdown,
         admin_shutdown,
@@ -177,6 +195,8 @@ impl RunningGateway {
         });
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
+        self.controller_stop.cancel();
+        let _ = self.controller.await;
         // Last, so the state directory's lock is free once this returns.
         self.writer.stop().await;
         drained

@@ -14,6 +14,8 @@
 //!   graceful shutdown.
 //! - [`shadow`]: mirroring production traffic to staging versions, comparing
 //!   their answers off the request path, and the shadow reports.
+//! - [`rollout`]: the controller that steps canaries through a rollout plan
+//!   while their gates hold, and stops them when they don't.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the JSON admin API under
 //!   `/api/v1` with bearer-token auth.
 //! - [`ctl`]: `stagegate ctl`, the admin API's command-line client.
@@ -31,6 +33,7 @@ pub mod demo;
 pub mod gateway;
 pub mod proxy;
 pub mod registry;
+pub mod rollout;
 pub mod routing;
 pub mod shadow;
 pub mod telemetry;

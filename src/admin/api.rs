@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use super::auth::Caller;
 use super::routes::ApiRoute;
-use super::{shadow, views};
+use super::{rollout, shadow, views};
 use crate::proxy::{json_error, json_response};
 use crate::registry::{Command, Registry, RegistryError, Stage};
+use crate::rollout::RolloutReadings;
 use crate::routing::Router;
 
 /// Admin request bodies are small JSON documents.
@@ -27,6 +28,7 @@ const MAX_HISTORY_PAGE: usize = 1000;
 pub struct Api {
     router: Arc<Router>,
     registry: Registry,
+    readings: RolloutReadings,
 }
 
 #[derive(Deserialize)]
@@ -66,8 +68,12 @@ struct RollbackBody {
 }
 
 impl Api {
-    pub fn new(router: Arc<Router>, registry: Registry) -> Api {
-        Api { router, registry }
+    pub fn new(router: Arc<Router>, registry: Registry, readings: RolloutReadings) -> Api {
+        Api {
+            router,
+            registry,
+            readings,
+        }
     }
 
     pub async fn answer(
@@ -118,6 +124,45 @@ impl Api {
                 None => registry_error(&RegistryError::UnknownModel(model)),
             },
             ApiRoute::SetShadow(model) => self.set_shadow(model, caller, request).await,
+            ApiRoute::SetCanary(model) => {
+                let command = |body: rollout::CanaryBody| Command::SetCanary {
+                    model,
+                    version: body.version,
+                    weight: body.weight,
+                    reason: body.reason,
+                };
+                self.change_from(request, None, command, caller, StatusCode::OK)
+                    .await
+            }
+            ApiRoute::RolloutStatus(model) => {
+                let table = self.router.load();
+                match table.catalog().model(&model) {
+                    Some(spec) => json_response(
+                        StatusCode::OK,
+                        &rollout::view(spec, self.readings.get(&model)),
+                    ),
+                    None => registry_error(&RegistryError::UnknownModel(model)),
+                }
+            }
+            ApiRoute::StartRollout(model) => self.start_rollout(model, caller, request).await,
+            ApiRoute::RolloutAction(model, action) => {
+                let Some(decision) = rollout::decision(&action) else {
+                    return json_error(
+                        StatusCode::NOT_FOUND,
+                        &format!("no rollout action {action:?}"),
+                        "not_found",
+                    );
+                };
+                let command = |body: rollout::ActionBody| Command::Rollout {
+                    model,
+                    id: None,
+                    decision,
+                    reason: body.reason,
+                };
+                let empty = Some(rollout::ActionBody::default());
+                self.change_from(request, empty, command, caller, StatusCode::OK)
+                    .await
+            }
             ApiRoute::ResetShadow(model) => self.reset_shadow(&model, request).await,
         }
     }
@@ -151,6 +196,29 @@ impl Api {
             }
             Err(message) => json_error(StatusCode::BAD_REQUEST, &message, "invalid_request"),
         }
+    }
+
+    async fn start_rollout(
+        &self,
+        model: String,
+        caller: &Caller,
+        request: Request<Incoming>,
+    ) -> Response<Bytes> {
+        let body: rollout::RolloutBody = match read_json(request, None).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let defaults = match self.router.load().catalog().model(&model) {
+            Some(spec) => spec.rollout_defaults.clone(),
+            None => return registry_error(&RegistryError::UnknownModel(model)),
+        };
+        let command = Command::StartRollout {
+            plan: body.plan(&defaults),
+            model,
+            candidate: body.candidate,
+            reason: body.reason,
+        };
+        self.change(command, caller, StatusCode::CREATED).await
     }
 
     async fn reset_shadow(&self, model: &str, request: Request<Incoming>) -> Response<Bytes> {

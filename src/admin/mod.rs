@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+mod rollout;
 mod routes;
 mod shadow;
 mod views;
@@ -23,6 +24,7 @@ use hyper::body::Incoming;
 
 use crate::proxy::{Handler, json_error};
 use crate::registry::Registry;
+use crate::rollout::RolloutReadings;
 use crate::routing::Router;
 use api::Api;
 use auth::Tokens;
@@ -44,11 +46,12 @@ impl Admin {
     pub fn new(
         router: Arc<Router>,
         registry: Registry,
+        readings: RolloutReadings,
         ready: Arc<AtomicBool>,
         tokens: Arc<ArcSwap<Tokens>>,
     ) -> Admin {
         Admin {
-            api: Api::new(Arc::clone(&router), registry),
+            api: Api::new(Arc::clone(&router), registry, readings),
             router,
             ready,
             tokens,

@@ -14,6 +14,11 @@ pub enum ApiRoute {
     ShadowReport(String),
     SetShadow(String),
     ResetShadow(String),
+    SetCanary(String),
+    RolloutStatus(String),
+    StartRollout(String),
+    /// `pause`, `resume`, `abort` or `promote`.
+    RolloutAction(String, String),
     Reload,
 }
 
@@ -50,6 +55,17 @@ impl ApiRoute {
                 Some(ApiRoute::SetShadow(m(model))),
             ),
             ["models", model, "shadow", "reset"] => (None, Some(ApiRoute::ResetShadow(m(model)))),
+            ["models", model, "canary"] => (None, Some(ApiRoute::SetCanary(m(model)))),
+            ["models", model, "rollout"] => (
+                Some(ApiRoute::RolloutStatus(m(model))),
+                Some(ApiRoute::StartRollout(m(model))),
+            ),
+            [
+                "models",
+                model,
+                "rollout",
+                action @ ("pause" | "resume" | "abort" | "promote"),
+            ] => (None, Some(ApiRoute::RolloutAction(m(model), m(action)))),
             ["reload"] => (None, Some(ApiRoute::Reload)),
             _ => return Err(Miss::NotFound),
         };
@@ -110,6 +126,26 @@ mod tests {
             Ok(ApiRoute::ResetShadow("fraud".into()))
         );
         assert_eq!(post("/api/v1/reload"), Ok(ApiRoute::Reload));
+        assert_eq!(
+            post("/api/v1/models/fraud/canary"),
+            Ok(ApiRoute::SetCanary("fraud".into()))
+        );
+        assert_eq!(
+            get("/api/v1/models/fraud/rollout"),
+            Ok(ApiRoute::RolloutStatus("fraud".into()))
+        );
+        assert_eq!(
+            post("/api/v1/models/fraud/rollout"),
+            Ok(ApiRoute::StartRollout("fraud".into()))
+        );
+        assert_eq!(
+            post("/api/v1/models/fraud/rollout/promote"),
+            Ok(ApiRoute::RolloutAction("fraud".into(), "promote".into()))
+        );
+        assert_eq!(
+            post("/api/v1/models/fraud/rollout/explode"),
+            Err(Miss::NotFound)
+        );
         for path in [
             "/api/v1",
             "/api/v2/models",

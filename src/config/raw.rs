@@ -48,6 +48,28 @@ pub struct RawModel {
     pub versions: Vec<RawVersion>,
     pub shadow: Option<RawShadow>,
     pub compare: Option<RawCompare>,
+    pub canary: Option<RawCanary>,
+    pub rollout: Option<RawRollout>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub sticky_header: Option<String>,
+    pub sticky_cookie: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub steps: Option<Vec<f64>>,
+    pub step_interval_s: Option<f64>,
+    pub min_requests: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub min_shadow_agreement: Option<f64>,
+    pub min_shadow_compared: Option<u64>,
+    pub on_failure: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::raw::{RawAdmin, RawConfig, RawModel, RawServer, RawVersion};
 use super::{AdminConfig, Config, FieldError, Limits, ServerConfig, defaults};
 use crate::registry::{
-    CompareMode, ComparePolicy, EndpointUrl, ModelSpec, ShadowPolicy, Stage, VersionSpec,
-    is_valid_identifier,
+    CompareMode, ComparePolicy, EndpointUrl, Gates, ModelSpec, OnFailure, Plan, ShadowPolicy,
+    Stage, StickyPolicy, VersionSpec, default_plan, is_valid_identifier,
 };
 
 /// hyper refuses header buffers smaller than this.
@@ -240,7 +240,74 @@ fn validate_model(raw: &RawModel, path: &str, errors: &mut Errors) -> ModelSpec 
         health_path: health_path.to_string(),
         versions,
         shadow: validate_shadow(raw, path, errors),
+        sticky: validate_sticky(raw, path, errors),
+        rollout_defaults: validate_rollout(raw, path, errors),
+        canary: None,
+        rollout: None,
     }
+}
+
+fn validate_sticky(raw: &RawModel, path: &str, errors: &mut Errors) -> StickyPolicy {
+    let canary = raw.canary.as_ref();
+    let header = canary
+        .and_then(|c| c.sticky_header.as_deref())
+        .map(str::to_ascii_lowercase);
+    if let Some(name) = &header
+        && http::HeaderName::from_bytes(name.as_bytes()).is_err()
+    {
+        errors.push(
+            format!("{path}.canary.sticky_header"),
+            format!("{name:?} is not a header name"),
+        );
+    }
+    let cookie = canary.and_then(|c| c.sticky_cookie.clone());
+    if cookie
+        .as_deref()
+        .is_some_and(|c| c.is_empty() || c.contains([';', '=', ' ']))
+    {
+        errors.push(
+            format!("{path}.canary.sticky_cookie"),
+            "is not a cookie name",
+        );
+    }
+    StickyPolicy { header, cookie }
+}
+
+fn validate_rollout(raw: &RawModel, path: &str, errors: &mut Errors) -> Plan {
+    let defaults = default_plan();
+    let Some(r) = raw.rollout.as_ref() else {
+        return defaults;
+    };
+    let on_failure = match r.on_failure.as_deref() {
+        None => defaults.on_failure,
+        Some("rollback") => OnFailure::Rollback,
+        Some("pause") => OnFailure::Pause,
+        Some(other) => {
+            errors.push(
+                format!("{path}.rollout.on_failure"),
+                format!("{other:?} is not rollback or pause"),
+            );
+            defaults.on_failure
+        }
+    };
+    let plan = Plan {
+        steps: r.steps.clone().unwrap_or(defaults.steps),
+        step_interval_s: r.step_interval_s.unwrap_or(defaults.step_interval_s),
+        min_requests: r.min_requests.unwrap_or(defaults.min_requests),
+        gates: Gates {
+            max_error_rate: r.max_error_rate.or(defaults.gates.max_error_rate),
+            max_p99_ratio: r.max_p99_ratio.or(defaults.gates.max_p99_ratio),
+            min_shadow_agreement: r.min_shadow_agreement,
+            min_shadow_compared: r
+                .min_shadow_compared
+                .unwrap_or(defaults.gates.min_shadow_compared),
+        },
+        on_failure,
+    };
+    for (field, message) in plan.problems() {
+        errors.push(format!("{path}.rollout.{field}"), message);
+    }
+    plan
 }
 
 /// `[models.shadow]` and `[models.compare]`. A `[models.shadow]` section turns

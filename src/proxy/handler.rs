@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use tokio::time::timeout_at;
@@ -112,11 +112,7 @@ impl Proxy {
         let route = routed.route;
         strip_hop_by_hop(&mut parts.headers);
         add_route_headers(&mut parts.headers, &route);
-        route.metrics.requests.record(parts.status);
-        route
-            .metrics
-            .duration
-            .record(started.elapsed().as_secs_f64());
+        record(&route, parts.status, started);
         let capture = capture.map(|sender| sender.start(parts.status.as_u16()));
         let idle = self.limits.request_timeout;
         let body = ResponseBody::upstream(body, permit, endpoint, route, idle, capture);
@@ -237,11 +233,7 @@ impl Proxy {
                     route.metrics.upstream_error(kind);
                 }
                 add_route_headers(&mut parts.headers, route);
-                route.metrics.requests.record(parts.status);
-                route
-                    .metrics
-                    .duration
-                    .record(started.elapsed().as_secs_f64());
+                record(route, parts.status, started);
             }
             None => self.router.telemetry().unrouted().record(parts.status),
         }
@@ -259,6 +251,15 @@ impl Handler for Proxy {
     ) -> Response<ResponseBody> {
         self.answer(request, peer).await
     }
+}
+
+/// Counts an answered request on its route: metrics, and the live stats the
+/// rollout gates read (a 5xx, the gateway's own 502/504 included, is an error).
+fn record(route: &VersionRoute, status: StatusCode, started: Instant) {
+    let elapsed = started.elapsed();
+    route.metrics.requests.record(status);
+    route.metrics.duration.record(elapsed.as_secs_f64());
+    route.stats.record(status.is_server_error(), elapsed);
 }
 
 fn add_route_headers(headers: &mut HeaderMap, route: &VersionRoute) {

@@ -33,6 +33,8 @@ pub enum RegistryError {
     },
     #[error("model {model:?} cannot roll back: {why}")]
     NoRollbackTarget { model: String, why: String },
+    #[error("model {model:?}: {why}")]
+    RolloutRefused { model: String, why: String },
     #[error(
         "version {version:?} of model {model:?} is not healthy, refusing to roll back to it (use force to override): {details}"
     )]
@@ -68,6 +70,7 @@ impl RegistryError {
             | RegistryError::AlreadyInStage { .. }
             | RegistryError::Refused { .. }
             | RegistryError::NoRollbackTarget { .. }
+            | RegistryError::RolloutRefused { .. }
             | RegistryError::Unhealthy { .. }
             | RegistryError::NotReloadable(_)
             | RegistryError::NoConfigFile => StatusCode::CONFLICT,
@@ -89,6 +92,7 @@ impl RegistryError {
             RegistryError::AlreadyInStage { .. } => "already_in_stage",
             RegistryError::Refused { .. } => "transition_refused",
             RegistryError::NoRollbackTarget { .. } => "no_rollback_target",
+            RegistryError::RolloutRefused { .. } => "rollout_refused",
             RegistryError::Unhealthy { .. } => "target_unhealthy",
             RegistryError::Reload(_) => "invalid_config",
             RegistryError::NotReloadable(_) => "not_reloadable",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::record::{Action, Record};
-use super::{ShadowPolicy, Stage};
+use super::{Canary, Rollout, ShadowPolicy, Stage};
 
 /// Records kept per model for `GET /models/{m}/history`; older ones live on only in
 /// the journal until it is compacted.
@@ -34,6 +34,12 @@ pub struct LedgerModel {
     /// Shadow settings set through the admin API; they override the config's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowPolicy>,
+    /// A canary set by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// The latest rollout, running or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +89,12 @@ impl Ledger {
         }
         if let Some(shadow) = &record.shadow {
             model.shadow = Some(shadow.clone());
+        }
+        if let Some(canary) = &record.canary {
+            model.canary = (canary.weight > 0.0).then(|| canary.clone());
+        }
+        if let Some(rollout) = &record.rollout {
+            model.rollout = Some(rollout.clone());
         }
         model.history.push_back(record);
         if model.history.len() > HISTORY_LIMIT {
@@ -165,6 +177,8 @@ mod tests {
             from,
             to: Some(to),
             shadow: None,
+            canary: None,
+            rollout: None,
             reason: String::new(),
             endpoints: if action == Action::Register {
                 vec!["http://h:1".into()]

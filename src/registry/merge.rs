@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use super::ledger::Ledger;
-use super::{EndpointUrl, ModelSpec, ShadowPolicy, Stage, VersionSpec};
+use super::{EndpointUrl, ModelSpec, ShadowPolicy, Stage, StickyPolicy, VersionSpec, default_plan};
 use crate::config::defaults;
 
 /// The served models, and what the operator should know about how they were made.
@@ -38,6 +38,10 @@ pub fn merge(config: &[ModelSpec], ledger: &Ledger) -> Merged {
             health_path: defaults::HEALTH_PATH.to_string(),
             versions: Vec::new(),
             shadow: ShadowPolicy::default(),
+            sticky: StickyPolicy::default(),
+            rollout_defaults: default_plan(),
+            canary: None,
+            rollout: None,
         };
         models.push(merge_model(&seed, ledger, &mut warnings));
     }
@@ -97,9 +101,17 @@ fn merge_model(config: &ModelSpec, ledger: &Ledger, warnings: &mut Vec<String>) 
         Some(journal) => journal.clone(),
         None => config.shadow.clone(),
     };
+    let rollout = owned.and_then(|m| m.rollout.clone());
+    // A running rollout drives the canary; otherwise a hand-set one may exist.
+    let canary = match rollout.as_ref().filter(|r| !r.phase.is_final()) {
+        Some(running) => running.canary(),
+        None => owned.and_then(|m| m.canary.clone()),
+    };
     ModelSpec {
         versions,
         shadow,
+        canary,
+        rollout,
         ..config.clone()
     }
 }
@@ -188,6 +200,8 @@ mod tests {
                     to: Stage::Archived,
                 }],
                 shadow: None,
+                canary: None,
+                rollout: None,
             }))
             .unwrap();
     }

@@ -18,6 +18,8 @@ pub mod merge;
 pub mod policy;
 pub mod probe;
 pub mod record;
+pub mod rollout;
+mod rollout_rules;
 pub mod rules;
 pub mod store;
 mod writer;
@@ -29,8 +31,10 @@ use std::sync::Arc;
 pub use endpoint::{EndpointUrl, EndpointUrlError};
 pub use error::RegistryError;
 pub use ledger::Ledger;
-pub use policy::{CompareMode, ComparePolicy, ShadowPolicy};
+pub use policy::{CompareMode, ComparePolicy, ShadowPolicy, StickyPolicy, default_plan};
 pub use record::Record;
+pub use rollout::{Canary, GateFailure, Gates, OnFailure, Phase, Plan, Rollout};
+pub use rollout_rules::Decision;
 pub use rules::Command;
 pub use writer::{Registry, ReloadHook, Reloaded, Writer, WriterStop};
 
@@ -88,6 +92,14 @@ pub struct ModelSpec {
     pub versions: Vec<VersionSpec>,
     /// Mirroring to staging versions, and how their answers are compared.
     pub shadow: ShadowPolicy,
+    /// Where a canary split finds each request's sticky key.
+    pub sticky: StickyPolicy,
+    /// Defaults for this model's rollouts (`[models.rollout]`).
+    pub rollout_defaults: Plan,
+    /// The staging version answering a share of production traffic, if any.
+    pub canary: Option<Canary>,
+    /// The model's latest rollout, running or finished.
+    pub rollout: Option<Rollout>,
 }
 
 /// One version of a model: where it runs and which stage it is in.

@@ -8,7 +8,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::rollout::{Gates, OnFailure, Plan};
+
 pub mod defaults {
+    pub const STEPS: [f64; 4] = [5.0, 25.0, 50.0, 100.0];
+    pub const STEP_INTERVAL_S: f64 = 60.0;
+    pub const MIN_REQUESTS: u64 = 200;
+    pub const MAX_ERROR_RATE: f64 = 0.01;
+    pub const MAX_P99_RATIO: f64 = 1.5;
+    pub const MIN_SHADOW_COMPARED: u64 = 200;
     pub const TIMEOUT_MS: u64 = 2_000;
     pub const MAX_IN_FLIGHT: usize = 256;
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -167,6 +175,32 @@ impl ComparePolicy {
             }
         }
         problems
+    }
+}
+
+/// Where the sticky key of a canary split comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyPolicy {
+    /// Request header holding the key, e.g. `x-user-id` (lower case).
+    pub header: Option<String>,
+    /// Cookie holding the key, when the header is absent.
+    pub cookie: Option<String>,
+}
+
+/// The rollout plan used when a rollout does not give its own.
+pub fn default_plan() -> Plan {
+    Plan {
+        steps: defaults::STEPS.to_vec(),
+        step_interval_s: defaults::STEP_INTERVAL_S,
+        min_requests: defaults::MIN_REQUESTS,
+        gates: Gates {
+            max_error_rate: Some(defaults::MAX_ERROR_RATE),
+            max_p99_ratio: Some(defaults::MAX_P99_RATIO),
+            min_shadow_agreement: None,
+            min_shadow_compared: defaults::MIN_SHADOW_COMPARED,
+        },
+        on_failure: OnFailure::Rollback,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ShadowPolicy, Stage};
+use super::{Canary, Rollout, ShadowPolicy, Stage};
 
 /// What kind of change a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +22,10 @@ pub enum Action {
     Rollback,
     /// New shadow and compare settings for the model.
     Shadow,
+    /// A canary weight set by hand.
+    Canary,
+    /// A rollout started, stepped, paused, resumed, failed, aborted or finished.
+    Rollout,
 }
 
 /// One journal entry.
@@ -57,6 +61,12 @@ pub struct Record {
     /// The model's new shadow settings (`action: shadow`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowPolicy>,
+    /// The model's new hand-set canary (`action: canary`); weight 0 ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// The model's rollout after this change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 /// One more version moved by a record.
@@ -112,6 +122,8 @@ mod tests {
             from: Some(Stage::Staging),
             to: Some(Stage::Production),
             shadow: None,
+            canary: None,
+            rollout: None,
             reason: "shadow agreement 99.7%".into(),
             endpoints: vec![],
             also: vec![Move {

@@ -14,7 +14,8 @@
 use super::error::RegistryError;
 use super::ledger::Ledger;
 use super::record::{Action, Move, Record, now};
-use super::{EndpointUrl, ModelSpec, ShadowPolicy, Stage, is_valid_identifier};
+use super::rollout_rules::{self, Decision};
+use super::{EndpointUrl, ModelSpec, Plan, ShadowPolicy, Stage, is_valid_identifier};
 
 /// A change someone asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +44,40 @@ pub enum Command {
         policy: ShadowPolicy,
         reason: String,
     },
+    /// A hand-set canary weight (0 ends the canary).
+    SetCanary {
+        model: String,
+        version: String,
+        weight: f64,
+        reason: String,
+    },
+    StartRollout {
+        model: String,
+        candidate: String,
+        plan: Plan,
+        reason: String,
+    },
+    /// A decision about the running rollout; `id` (when known) names it.
+    Rollout {
+        model: String,
+        id: Option<u64>,
+        decision: Decision,
+        reason: String,
+    },
+}
+
+impl Command {
+    pub fn model(&self) -> &str {
+        match self {
+            Command::Register { model, .. }
+            | Command::Transition { model, .. }
+            | Command::Rollback { model, .. }
+            | Command::SetShadow { model, .. }
+            | Command::SetCanary { model, .. }
+            | Command::StartRollout { model, .. }
+            | Command::Rollout { model, .. } => model,
+        }
+    }
 }
 
 /// The record `command` becomes, stamped with the next revision, or why it is refused.
@@ -76,6 +111,46 @@ pub fn plan(
             policy,
             reason,
         } => set_shadow(find(models, model)?, policy, reason)?,
+        Command::SetCanary {
+            model,
+            version,
+            weight,
+            reason,
+        } => {
+            let model = find(models, model)?;
+            let draft = draft(Action::Canary, model, version, None, Stage::Staging, reason);
+            rollout_rules::set_canary(model, version, *weight, Record { to: None, ..draft })?
+        }
+        Command::StartRollout {
+            model,
+            candidate,
+            plan,
+            reason,
+        } => {
+            let model = find(models, model)?;
+            let mut draft = draft(
+                Action::Rollout,
+                model,
+                candidate,
+                None,
+                Stage::Staging,
+                reason,
+            );
+            draft.to = None;
+            draft.revision = ledger.revision + 1;
+            rollout_rules::start(model, candidate, plan, draft)?
+        }
+        Command::Rollout {
+            model,
+            id,
+            decision,
+            reason,
+        } => {
+            let model = find(models, model)?;
+            let mut draft = draft(Action::Rollout, model, "", None, Stage::Staging, reason);
+            draft.to = None;
+            rollout_rules::decide(model, *id, decision, draft)?
+        }
     };
     record.revision = ledger.revision + 1;
     record.time = now();
@@ -123,6 +198,8 @@ fn draft(
         endpoints: Vec::new(),
         also: Vec::new(),
         shadow: None,
+        canary: None,
+        rollout: None,
     }
 }
 
@@ -183,6 +260,7 @@ fn transition(
     reason: &str,
 ) -> Result<Record, RegistryError> {
     let from = stage_of(model, version)?;
+    rollout_rules::guard_transition(model, version, to)?;
     let refuse = |why| RegistryError::Refused {
         model: model.name.clone(),
         version: version.to_string(),
@@ -314,6 +392,7 @@ fn rollback(
         reason,
     );
     record.also = archive_production(model);
+    record.rollout = rollout_rules::abort_for_rollback(model);
     Ok(record)
 }
 

@@ -19,6 +19,8 @@ use super::ledger::Ledger;
 use super::merge::merge;
 use super::probe::probe;
 use super::record::{Action, Record};
+use super::rollout::Phase;
+use super::rollout_rules::Decision;
 use super::rules::{Command, plan};
 #[cfg(doc)]
 use super::store::COMPACT_AFTER_RECORDS;
@@ -204,7 +206,7 @@ impl Task {
             .map_err(|e| RegistryError::Internal(e.to_string()))?;
         self.models = merge(&self.config.models, &self.ledger).models;
         self.publish();
-        self.count(&record);
+        self.count(&record, command);
         self.compact_if_due().await;
         Ok(record)
     }
@@ -280,13 +282,35 @@ impl Task {
         self.router.publish(Arc::new(catalog)).revision()
     }
 
-    fn count(&self, record: &Record) {
+    fn count(&self, record: &Record, command: &Command) {
         let telemetry = self.router.telemetry();
         for (_, stage) in record.moves() {
             telemetry.transition(&record.model, stage);
         }
         if record.action == Action::Rollback {
             telemetry.rollback(&record.model);
+        }
+        if let Some(rollout) = &record.rollout {
+            let phases = Phase::ALL.map(Phase::as_str);
+            telemetry.rollout_phase(&record.model, rollout.phase.as_str(), &phases);
+            let step_began = matches!(
+                command,
+                Command::Rollout {
+                    decision: Decision::Advance { .. },
+                    ..
+                }
+            ) || matches!(command, Command::StartRollout { .. })
+                && rollout.phase == Phase::Progressing;
+            if step_began && rollout.phase == Phase::Progressing {
+                telemetry.rollout_step(&record.model);
+            }
+        }
+        if let Command::Rollout {
+            decision: Decision::Fail(failure),
+            ..
+        } = command
+        {
+            telemetry.rollout_gate_failure(&record.model, &failure.gate);
         }
     }
 

@@ -8,7 +8,9 @@
 //! finish on the table they started with, new ones see the new one.
 
 mod balance;
+pub mod canary;
 pub mod path;
+pub mod stats;
 mod table;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -136,7 +138,13 @@ pub fn resolve<'t>(
         .model(parsed.model)
         .ok_or_else(|| RouteError::UnknownModel(parsed.model.to_string()))?;
     let version = pinned_version(parsed.version, headers)?;
-    let route = choose(model, parsed.model, version, pinned_stage(headers)?)?;
+    let route = choose(
+        model,
+        parsed.model,
+        version,
+        pinned_stage(headers)?,
+        headers,
+    )?;
     Ok(Resolved {
         model,
         route,
@@ -150,6 +158,7 @@ fn choose<'t>(
     name: &str,
     version: Option<&str>,
     stage: Option<Stage>,
+    headers: &HeaderMap,
 ) -> Result<&'t Arc<VersionRoute>, RouteError> {
     match (version, stage) {
         (Some(version), stage) => {
@@ -165,9 +174,12 @@ fn choose<'t>(
             }
         }
         (None, Some(stage)) => by_stage(model, name, stage),
-        (None, None) => model
-            .production()
-            .ok_or_else(|| RouteError::NoProductionVersion(name.to_string())),
+        (None, None) => match model.canary() {
+            Some(split) if split.chooses_canary(headers) => Ok(&split.route),
+            _ => model
+                .production()
+                .ok_or_else(|| RouteError::NoProductionVersion(name.to_string())),
+        },
     }
 }
 

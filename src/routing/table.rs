@@ -9,6 +9,9 @@ use super::ServedStage;
 use super::balance::{self, Endpoint};
 use crate::registry::{Catalog, EndpointUrl, ModelSpec, Stage, VersionSpec};
 use crate::shadow::ModelShadow;
+
+use super::canary::CanarySplit;
+use super::stats::RouteStats;
 use crate::telemetry::{RouteMetrics, Telemetry};
 
 /// Everything the request path needs to route, resolved ahead of time: version
@@ -30,6 +33,7 @@ pub struct ModelRoutes {
     /// Archived version ids: known, so a pin to one is refused (403), not unknown (404).
     archived: Vec<String>,
     shadow: Arc<ModelShadow>,
+    canary: Option<CanarySplit>,
 }
 
 /// The endpoints of the table being built, reusing those of the previous one.
@@ -56,6 +60,8 @@ pub struct VersionRoute {
     endpoints: Vec<Arc<Endpoint>>,
     pub metrics: RouteMetrics,
     pub headers: RouteHeaders,
+    /// Live measurements, carried across tables for the same version and stage.
+    pub stats: Arc<RouteStats>,
 }
 
 /// Response header values, built once per table instead of once per request.
@@ -112,6 +118,20 @@ impl RoutingTable {
     }
 }
 
+/// `stagegate_canary_weight`: the new canary's weight, and 0 for a canary that ended.
+fn set_canary_gauges(model: &ModelSpec, previous: Option<&ModelRoutes>, telemetry: &Telemetry) {
+    let before = previous
+        .and_then(|p| p.canary.as_ref())
+        .map(|c| c.route.version());
+    let now = model.canary.as_ref();
+    if let Some(old) = before.filter(|old| now.is_none_or(|c| c.version != *old)) {
+        telemetry.canary_weight(&model.name, old, 0.0);
+    }
+    if let Some(canary) = now {
+        telemetry.canary_weight(&model.name, &canary.version, canary.weight);
+    }
+}
+
 /// The model's versions in `stage`. Versions without endpoints (only possible for a
 /// journal-owned version the config no longer lists) cannot serve, so they are left
 /// out; [`super::super::registry::merge`] warns about them.
@@ -137,12 +157,16 @@ impl ModelRoutes {
                 .iter()
                 .map(|url| endpoints.get(url))
                 .collect();
+            let stats = previous
+                .and_then(|p| p.route(&spec.version, stage))
+                .map_or_else(Arc::default, |r| Arc::clone(&r.stats));
             Arc::new(VersionRoute::new(
                 &model.name,
                 &spec.version,
                 stage,
                 eps,
                 telemetry,
+                stats,
             ))
         };
         let production = versions_in(model, Stage::Production)
@@ -151,6 +175,14 @@ impl ModelRoutes {
         let staging: Vec<_> = versions_in(model, Stage::Staging)
             .map(|spec| route(spec, ServedStage::Staging))
             .collect();
+        let canary = model.canary.as_ref().and_then(|canary| {
+            let spec = versions_in(model, Stage::Staging).find(|v| v.version == canary.version)?;
+            Some(CanarySplit::new(
+                route(spec, ServedStage::Canary),
+                canary,
+                &model.sticky,
+            ))
+        });
         let archived = versions_in(model, Stage::Archived)
             .map(|spec| spec.version.clone())
             .collect();
@@ -160,12 +192,29 @@ impl ModelRoutes {
             previous.map(|p| p.shadow.as_ref()),
             telemetry,
         );
+        set_canary_gauges(model, previous, telemetry);
         ModelRoutes {
             production,
             staging,
             archived,
             shadow: Arc::new(shadow),
+            canary,
         }
+    }
+
+    /// The route serving `version` in `stage`, if this table has one.
+    pub fn route(&self, version: &str, stage: ServedStage) -> Option<&Arc<VersionRoute>> {
+        let canary = self.canary.as_ref().map(|c| &c.route);
+        self.production
+            .iter()
+            .chain(&self.staging)
+            .chain(canary)
+            .find(|r| r.stage == stage && r.version == version)
+    }
+
+    /// The canary split, if a staging version answers a share of production traffic.
+    pub fn canary(&self) -> Option<&CanarySplit> {
+        self.canary.as_ref()
     }
 
     /// The model's mirroring to its staging versions.
@@ -203,12 +252,14 @@ impl VersionRoute {
         stage: ServedStage,
         endpoints: Vec<Arc<Endpoint>>,
         telemetry: &Telemetry,
+        stats: Arc<RouteStats>,
     ) -> VersionRoute {
         VersionRoute {
             model: model.to_string(),
             version: version.to_string(),
             stage,
             endpoints,
+            stats,
             metrics: telemetry.route_metrics(model, version, stage.as_str()),
             headers: RouteHeaders {
                 model: header_value(model),

@@ -28,6 +28,10 @@ pub mod names {
     pub const SHADOW_REQUESTS_TOTAL: &str = "stagegate_shadow_requests_total";
     pub const SHADOW_COMPARISONS_TOTAL: &str = "stagegate_shadow_comparisons_total";
     pub const SHADOW_LATENCY_SECONDS: &str = "stagegate_shadow_latency_seconds";
+    pub const CANARY_WEIGHT: &str = "stagegate_canary_weight";
+    pub const ROLLOUT_PHASE: &str = "stagegate_rollout_phase";
+    pub const ROLLOUT_GATE_FAILURES_TOTAL: &str = "stagegate_rollout_gate_failures_total";
+    pub const ROLLOUT_STEPS_TOTAL: &str = "stagegate_rollout_steps_total";
 }
 
 /// Buckets of `stagegate_request_duration_seconds`, from fast in-memory models to
@@ -239,6 +243,44 @@ impl Telemetry {
         self.counter(names::TRANSITIONS_TOTAL, &labels).increment(1);
     }
 
+    /// `stagegate_canary_weight{model,version}`, in percent.
+    pub fn canary_weight(&self, model: &str, version: &str, weight: f64) {
+        let key = key(
+            names::CANARY_WEIGHT,
+            &[("model", model), ("version", version)],
+        );
+        self.inner
+            .recorder
+            .register_gauge(&key, &METADATA)
+            .set(weight);
+    }
+
+    /// `stagegate_rollout_phase{model,phase}`: 1 for the current phase, 0 for the others.
+    pub fn rollout_phase(&self, model: &str, phase: &str, phases: &[&str]) {
+        for candidate in phases {
+            let key = key(
+                names::ROLLOUT_PHASE,
+                &[("model", model), ("phase", candidate)],
+            );
+            let value = if *candidate == phase { 1.0 } else { 0.0 };
+            self.inner
+                .recorder
+                .register_gauge(&key, &METADATA)
+                .set(value);
+        }
+    }
+
+    pub fn rollout_gate_failure(&self, model: &str, gate: &str) {
+        let labels = [("model", model), ("gate", gate)];
+        self.counter(names::ROLLOUT_GATE_FAILURES_TOTAL, &labels)
+            .increment(1);
+    }
+
+    pub fn rollout_step(&self, model: &str) {
+        self.counter(names::ROLLOUT_STEPS_TOTAL, &[("model", model)])
+            .increment(1);
+    }
+
     pub fn rollback(&self, model: &str) {
         self.counter(names::ROLLBACKS_TOTAL, &[("model", model)])
             .increment(1);
@@ -325,6 +367,11 @@ const COUNTERS: &[(&str, &str)] = &[
         "Mirrored requests to staging versions, by result (ok, error, timeout, dropped).",
     ),
     (
+        names::ROLLOUT_GATE_FAILURES_TOTAL,
+        "Rollout gates that failed, by model and gate.",
+    ),
+    (names::ROLLOUT_STEPS_TOTAL, "Rollout steps taken, by model."),
+    (
         names::SHADOW_COMPARISONS_TOTAL,
         "Shadow answers compared with production's, by result (match, mismatch).",
     ),
@@ -338,6 +385,16 @@ fn describe(recorder: &PrometheusRecorder) {
         names::ROUTING_TABLE_REVISION.into(),
         None,
         "Revision of the routing table in use.".into(),
+    );
+    recorder.describe_gauge(
+        names::CANARY_WEIGHT.into(),
+        None,
+        "Percent of production traffic a canary version answers.".into(),
+    );
+    recorder.describe_gauge(
+        names::ROLLOUT_PHASE.into(),
+        None,
+        "1 for the phase a model's rollout is in, 0 for the others.".into(),
     );
     recorder.describe_histogram(
         names::REQUEST_DURATION_SECONDS.into(),

@@ -21,6 +21,8 @@ fn record(revision: u64, version: &str) -> Record {
         endpoints: vec![format!("http://v{version}:1")],
         also: vec![],
         shadow: None,
+        canary: None,
+        rollout: None,
     }
 }
 

@@ -1,0 +1,300 @@
+//! Canary and rollout state, as the journal records it.
+//!
+//! A canary gives a staging version a sticky share of production traffic
+//! ([`Canary`]). A rollout ([`Rollout`]) drives that share through a plan of steps
+//! while gates hold, and ends by promoting the candidate or by taking its share
+//! away. Every change of either is a journal record carrying the whole new state,
+//! so replay is trivial and a restart resumes exactly where the journal says.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// 10,000 buckets: a weight has two decimals (12.34%).
+pub const BUCKETS: u32 = 10_000;
+
+/// A staging version answering a share of production traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub version: String,
+    /// Percent of production traffic, 0 < weight <= 100.
+    pub weight: f64,
+    /// Mixed into the sticky hash; new for every canary, so each one samples
+    /// different users.
+    pub salt: u64,
+}
+
+impl Canary {
+    /// Requests whose bucket is below this go to the candidate.
+    pub fn threshold(&self) -> u32 {
+        weight_buckets(self.weight)
+    }
+}
+
+/// `weight` percent as a number of buckets.
+pub fn weight_buckets(weight: f64) -> u32 {
+    ((weight.clamp(0.0, 100.0) * f64::from(BUCKETS) / 100.0).round() as u32).min(BUCKETS)
+}
+
+/// What to do when a gate fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Weight to 0, the candidate back to plain staging; the rollout ends.
+    Rollback,
+    /// Weight to 0 and wait for a person to resume or abort.
+    Pause,
+}
+
+/// The measurable conditions a step must meet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    /// Candidate 5xx and transport errors over its requests in the step.
+    pub max_error_rate: Option<f64>,
+    /// Candidate p99 over stable p99 in the step.
+    pub max_p99_ratio: Option<f64>,
+    /// Shadow agreement of the candidate before (and during) the canary.
+    pub min_shadow_agreement: Option<f64>,
+    /// Comparisons the agreement must rest on.
+    pub min_shadow_compared: u64,
+}
+
+/// How a rollout proceeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Canary weights, increasing, each in (0, 100].
+    pub steps: Vec<f64>,
+    /// Seconds a step lasts at least (fractions allowed).
+    pub step_interval_s: f64,
+    /// Candidate requests a step needs before it may advance.
+    pub min_requests: u64,
+    pub gates: Gates,
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    WaitingForShadow,
+    Progressing,
+    Paused,
+    Succeeded,
+    RolledBack,
+    Aborted,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::WaitingForShadow,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Succeeded,
+        Phase::RolledBack,
+        Phase::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::WaitingForShadow => "waiting_for_shadow",
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Succeeded => "succeeded",
+            Phase::RolledBack => "rolled_back",
+            Phase::Aborted => "aborted",
+        }
+    }
+
+    /// Whether the rollout is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Aborted)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rollout and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// The journal revision that started it; decisions name it, so a decision
+    /// about an older rollout is never applied to a newer one.
+    pub id: u64,
+    pub candidate: String,
+    pub plan: Plan,
+    pub phase: Phase,
+    /// Index into `plan.steps` (the current or, when paused, the resumed step).
+    pub step: usize,
+    /// Why the rollout is in its phase (a failed gate with its reading and
+    /// threshold, a person's reason).
+    #[serde(default)]
+    pub reason: String,
+    /// The gate that failed, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_gate: Option<GateFailure>,
+    /// Paused by a person: the candidate keeps its weight until resumed.
+    #[serde(default)]
+    pub held: bool,
+    /// Whether the first canary step has started (resume goes back to it).
+    #[serde(default)]
+    pub progressed: bool,
+    pub salt: u64,
+}
+
+/// A gate that did not hold: its name, what was measured, what was allowed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateFailure {
+    pub gate: String,
+    pub reading: f64,
+    pub threshold: f64,
+}
+
+impl Rollout {
+    /// The weight the candidate has in this state.
+    pub fn weight(&self) -> f64 {
+        match self.phase {
+            Phase::Progressing => self.step_weight(),
+            Phase::Paused if self.held => self.step_weight(),
+            _ => 0.0,
+        }
+    }
+
+    fn step_weight(&self) -> f64 {
+        self.plan.steps.get(self.step).copied().unwrap_or(0.0)
+    }
+
+    /// The canary this state implies, if any.
+    pub fn canary(&self) -> Option<Canary> {
+        let weight = self.weight();
+        (weight > 0.0).then(|| Canary {
+            version: self.candidate.clone(),
+            weight,
+            salt: self.salt,
+        })
+    }
+}
+
+impl Plan {
+    /// Every problem with this plan, as `(field, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.steps.is_empty() {
+            problems.push(("steps", "needs at least one step".to_string()));
+        }
+        if self.steps.iter().any(|w| !(*w > 0.0 && *w <= 100.0)) {
+            problems.push((
+                "steps",
+                format!("each step must be in (0, 100], got {:?}", self.steps),
+            ));
+        }
+        if self.steps.windows(2).any(|w| w[0] >= w[1]) {
+            problems.push((
+                "steps",
+                format!("steps must increase, got {:?}", self.steps),
+            ));
+        }
+        if !(self.step_interval_s > 0.0 && self.step_interval_s.is_finite()) {
+            problems.push((
+                "step_interval_s",
+                format!("must be greater than 0, got {}", self.step_interval_s),
+            ));
+        }
+        let gates = &self.gates;
+        for (field, value, max) in [
+            ("max_error_rate", gates.max_error_rate, 1.0),
+            ("min_shadow_agreement", gates.min_shadow_agreement, 1.0),
+            ("max_p99_ratio", gates.max_p99_ratio, f64::MAX),
+        ] {
+            if let Some(v) = value
+                && !(v >= 0.0 && v <= max)
+            {
+                problems.push((field, format!("must be between 0 and {max}, got {v}")));
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(steps: Vec<f64>) -> Plan {
+        Plan {
+            steps,
+            step_interval_s: 60.0,
+            min_requests: 100,
+            gates: Gates {
+                max_error_rate: Some(0.01),
+                max_p99_ratio: Some(1.5),
+                min_shadow_agreement: None,
+                min_shadow_compared: 0,
+            },
+            on_failure: OnFailure::Rollback,
+        }
+    }
+
+    #[test]
+    fn weights_become_buckets() {
+        assert_eq!(weight_buckets(0.0), 0);
+        assert_eq!(weight_buckets(12.34), 1234);
+        assert_eq!(weight_buckets(100.0), BUCKETS);
+        assert_eq!(weight_buckets(150.0), BUCKETS);
+    }
+
+    #[test]
+    fn plans_are_checked() {
+        assert!(plan(vec![5.0, 25.0, 50.0, 100.0]).problems().is_empty());
+        let fields = |p: Plan| p.problems().into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+        assert_eq!(fields(plan(vec![])), ["steps"]);
+        assert_eq!(fields(plan(vec![50.0, 25.0])), ["steps"]);
+        assert_eq!(fields(plan(vec![0.0, 101.0])), ["steps"]);
+        let mut bad = plan(vec![10.0]);
+        bad.step_interval_s = 0.0;
+        bad.gates.max_error_rate = Some(2.0);
+        assert_eq!(fields(bad), ["step_interval_s", "max_error_rate"]);
+    }
+
+    #[test]
+    fn only_a_progressing_rollout_has_weight() {
+        let mut rollout = Rollout {
+            id: 1,
+            candidate: "3".into(),
+            plan: plan(vec![5.0, 50.0]),
+            phase: Phase::Progressing,
+            step: 1,
+            reason: String::new(),
+            failed_gate: None,
+            held: false,
+            progressed: true,
+            salt: 7,
+        };
+        assert_eq!(
+            rollout.canary(),
+            Some(Canary {
+                version: "3".into(),
+                weight: 50.0,
+                salt: 7
+            })
+        );
+        for phase in [
+            Phase::WaitingForShadow,
+            Phase::Paused,
+            Phase::Succeeded,
+            Phase::RolledBack,
+        ] {
+            rollout.phase = phase;
+            assert_eq!(rollout.canary(), None, "{phase}");
+        }
+        rollout.phase = Phase::Paused;
+        rollout.held = true;
+        assert_eq!(rollout.weight(), 50.0, "a person's pause holds the weight");
+    }
+}
