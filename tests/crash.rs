@@ -197,3 +197,113 @@ async fn every_acknowledged_change_survives_kill_9() {
 async fn soak_every_acknowledged_change_survives_kill_9() {
     crash_rounds(300).await;
 }
+
+/// The last rollout state the journal holds.
+fn journaled_rollout(dir: &Path) -> Value {
+    let journal = std::fs::read_to_string(dir.join("data/journal.jsonl")).unwrap();
+    journal
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|record| record.get("rollout").cloned())
+        .last()
+        .expect("a rollout record")
+}
+
+async fn rollout_view(admin: &str) -> Value {
+    call(admin, Method::GET, "/api/v1/models/fraud/rollout", None)
+        .await
+        .unwrap()
+        .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_resumes_where_the_journal_left_it_after_kill_9() {
+    let prod = common::FakeUpstream::start("v2").await;
+    let cand = common::FakeUpstream::start("v3").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"";
+    let mut text = common::one_model(
+        server,
+        &[
+            ("2", "production", &[&prod.url()]),
+            ("3", "staging", &[&cand.url()]),
+        ],
+    );
+    text.push_str("[models.canary]\nsticky_header = \"x-user-id\"\n");
+    let path = dir.path().join("stagegate.toml");
+    std::fs::write(&path, text).unwrap();
+
+    let mut serve = Serve::start(&path);
+    let plan = json!({ "candidate": "3", "steps": [10, 30, 60, 100], "step_interval_s": 0.4, "min_requests": 5, "max_p99_ratio": 1000.0 });
+    let started = call(
+        &serve.admin_addr,
+        Method::POST,
+        "/api/v1/models/fraud/rollout",
+        Some(plan),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started.status, StatusCode::CREATED);
+    for target_step in [2, 3] {
+        // Traffic until the rollout reaches the step, then kill -9 mid-step.
+        let url = format!("http://{}/v2/models/fraud/infer", serve.data_addr);
+        loop {
+            let user = format!("u{}", fastrand::u32(..));
+            call_with_user(&url, &user).await;
+            if rollout_view(&serve.admin_addr).await["step"].as_u64() >= Some(target_step) {
+                break;
+            }
+        }
+        tokio::task::spawn_blocking(move || serve.kill_hard())
+            .await
+            .unwrap();
+        let journaled = journaled_rollout(dir.path());
+        assert_eq!(journaled["phase"], "progressing");
+
+        serve = Serve::start(&path);
+        let resumed = rollout_view(&serve.admin_addr).await;
+        assert_eq!(
+            resumed["rollout"]["step"], journaled["step"],
+            "resumed at the journal's step"
+        );
+        assert_eq!(
+            resumed["weight"],
+            json!(journaled["plan"]["steps"][journaled["step"].as_u64().unwrap() as usize])
+        );
+        let model = call(&serve.admin_addr, Method::GET, "/api/v1/models/fraud", None)
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(
+            model["production"], "2",
+            "no transition that was not decided"
+        );
+    }
+    let url = format!("http://{}/v2/models/fraud/infer", serve.data_addr);
+    let finished = async {
+        loop {
+            call_with_user(&url, &format!("u{}", fastrand::u32(..))).await;
+            if rollout_view(&serve.admin_addr).await["phase"] == "succeeded" {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), finished)
+        .await
+        .expect("the resumed rollout finishes");
+    let model = call(&serve.admin_addr, Method::GET, "/api/v1/models/fraud", None)
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(model["production"], "3");
+}
+
+async fn call_with_user(url: &str, user: &str) {
+    let request = http::Request::post(url)
+        .header("x-user-id", user)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = common::client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+}

@@ -22,6 +22,9 @@ pub struct Measured<'a> {
     pub stable: &'a StatsSnapshot,
     /// The candidate's shadow report, when it is mirrored to.
     pub shadow: Option<Agreement>,
+    /// Stable's p99 from an earlier step of this rollout, for steps where stable
+    /// has too little traffic of its own (at 100% it has none).
+    pub stable_p99_before: Option<Duration>,
 }
 
 /// The readings behind a verdict, as `GET .../rollout` shows them.
@@ -52,10 +55,17 @@ pub fn evaluate(rollout: &Rollout, measured: &Measured<'_>) -> (Option<Decision>
     (decision, readings)
 }
 
+/// Stable's p99 in this step when it had enough requests to tell.
+pub fn stable_p99(stable: &StatsSnapshot) -> Option<Duration> {
+    (stable.requests >= MIN_STABLE_FOR_LATENCY)
+        .then(|| stable.quantile(0.99))
+        .flatten()
+}
+
 fn readings(m: &Measured<'_>) -> Readings {
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
-    let (candidate_p99, stable_p99) = (ms(m.candidate.quantile(0.99)), ms(m.stable.quantile(0.99)));
-    let enough_stable = m.stable.requests >= MIN_STABLE_FOR_LATENCY;
+    let candidate_p99 = ms(m.candidate.quantile(0.99));
+    let stable_p99 = ms(stable_p99(m.stable).or(m.stable_p99_before));
     Readings {
         elapsed_s: m.elapsed.as_secs_f64(),
         candidate_requests: m.candidate.requests,
@@ -65,7 +75,7 @@ fn readings(m: &Measured<'_>) -> Readings {
         stable_requests: m.stable.requests,
         stable_p99_ms: stable_p99,
         p99_ratio: match (candidate_p99, stable_p99) {
-            (Some(c), Some(s)) if enough_stable && s > 0.0 => Some(c / s),
+            (Some(c), Some(s)) if s > 0.0 => Some(c / s),
             _ => None,
         },
         shadow_compared: m.shadow.map(|a| a.compared),

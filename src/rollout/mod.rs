@@ -53,6 +53,8 @@ struct StepClock {
     started: Instant,
     candidate: StatsSnapshot,
     stable: StatsSnapshot,
+    /// The latest stable p99 this rollout measured, carried across its steps.
+    stable_p99: Option<Duration>,
 }
 
 pub struct Controller {
@@ -153,23 +155,26 @@ impl Controller {
             .unwrap_or_default();
         let stable = snapshot(ServedStage::Production, &stable_version);
         let key = (rollout.id, rollout.step, rollout.phase);
+        let fresh = |stable_p99| StepClock {
+            key,
+            started: Instant::now(),
+            candidate: candidate.clone(),
+            stable: stable.clone(),
+            stable_p99,
+        };
         let clock = self
             .clocks
             .entry(model.to_string())
-            .or_insert_with(|| StepClock {
-                key,
-                started: Instant::now(),
-                candidate: candidate.clone(),
-                stable: stable.clone(),
-            });
+            .or_insert_with(|| fresh(None));
         if clock.key != key {
-            *clock = StepClock {
-                key,
-                started: Instant::now(),
-                candidate: candidate.clone(),
-                stable: stable.clone(),
+            let carried = if clock.key.0 == rollout.id {
+                clock.stable_p99
+            } else {
+                None
             };
+            *clock = fresh(carried);
         }
+        let stable_step = stable.since(&clock.stable);
         let shadow = routes
             .shadow()
             .report(&rollout.candidate)
@@ -177,9 +182,13 @@ impl Controller {
         let measured = gates::Measured {
             elapsed: clock.started.elapsed(),
             candidate: &candidate.since(&clock.candidate),
-            stable: &stable.since(&clock.stable),
+            stable: &stable_step,
             shadow,
+            stable_p99_before: clock.stable_p99,
         };
+        if let Some(p99) = gates::stable_p99(&stable_step) {
+            clock.stable_p99 = Some(p99);
+        }
         gates::evaluate(rollout, &measured)
     }
 }

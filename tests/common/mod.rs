@@ -44,6 +44,10 @@ pub enum Behaviour {
     WaitForRelease,
     /// Never answers.
     Hang,
+    /// Answers with this status.
+    Status(u16),
+    /// Answers after this long.
+    Delay(Duration),
 }
 
 /// A model server on an ephemeral port that records every request.
@@ -142,6 +146,10 @@ async fn answer(state: State, request: Request<Incoming>) -> Response<Full<Bytes
             release.acquire().await.unwrap().forget();
         }
         Behaviour::Hang => std::future::pending::<()>().await,
+        Behaviour::Status(status) => {
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        }
+        Behaviour::Delay(delay) => tokio::time::sleep(delay).await,
     }
     response
 }
