@@ -67,6 +67,7 @@ fn decide(
             candidate,
             stable,
             shadow,
+            stable_p99_before: None,
         },
     )
 }
@@ -120,15 +121,38 @@ fn the_latency_gate_compares_candidate_and_stable_p99() {
     let (decision, readings) = decide(&r, 20, &stats(200, 0, 40), &stats(200, 0, 10), None);
     assert_eq!(failed_gate(decision), Some("p99_ratio".into()));
     assert!(readings.p99_ratio.unwrap() > 3.0);
-    // Within the ratio it passes; without enough stable traffic it is not judged.
+    // Within the ratio it passes; without enough stable traffic the step waits.
     assert!(matches!(
         decide(&r, 20, &stats(200, 0, 12), &stats(200, 0, 10), None).0,
         Some(Decision::Advance { .. })
     ));
-    assert!(matches!(
-        decide(&r, 20, &stats(200, 0, 40), &stats(5, 0, 10), None).0,
-        Some(Decision::Advance { .. })
-    ));
+    let (waiting, readings) = decide(&r, 20, &stats(200, 0, 40), &stats(5, 0, 10), None);
+    assert_eq!(waiting, None);
+    assert_eq!(
+        readings.waiting_for,
+        "5 of 20 stable requests to compare latency"
+    );
+}
+
+#[test]
+fn at_full_weight_the_latency_gate_uses_stable_from_an_earlier_step() {
+    let mut r = rollout(Phase::Progressing, gates());
+    r.step = 2; // 100%: stable gets no traffic
+    let (candidate, stable) = (stats(200, 0, 40), stats(0, 0, 1));
+    let measured = |before| Measured {
+        elapsed: Duration::from_secs(20),
+        candidate: &candidate,
+        stable: &stable,
+        shadow: None,
+        stable_p99_before: before,
+    };
+    let (decision, _) = evaluate(&r, &measured(Some(Duration::from_millis(10))));
+    assert_eq!(failed_gate(decision), Some("p99_ratio".into()));
+    let unjudged = evaluate(&r, &measured(None)).0;
+    assert!(
+        matches!(unjudged, Some(Decision::Advance { .. })),
+        "nothing to compare with: not judged"
+    );
 }
 
 #[test]
