@@ -205,7 +205,7 @@ fn journaled_rollout(dir: &Path) -> Value {
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter_map(|record| record.get("rollout").cloned())
-        .last()
+        .next_back()
         .expect("a rollout record")
 }
 

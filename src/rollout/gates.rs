@@ -148,6 +148,10 @@ fn step_gates(rollout: &Rollout, m: &Measured<'_>, readings: &mut Readings) -> O
         return failure("shadow_agreement", rate, min);
     }
     let interval = Duration::from_secs_f64(plan.step_interval_s);
+    // The latency gate must have been judged before a step passes: with no stable
+    // p99 at all (no earlier step to borrow one from) the step waits for one.
+    let latency_unjudged =
+        gates.max_p99_ratio.is_some() && readings.p99_ratio.is_none() && rollout.weight() < 100.0;
     readings.waiting_for = if m.elapsed < interval {
         format!(
             "step interval: {:.1} of {} s",
@@ -158,6 +162,11 @@ fn step_gates(rollout: &Rollout, m: &Measured<'_>, readings: &mut Readings) -> O
         format!(
             "{} of {} candidate requests",
             m.candidate.requests, plan.min_requests
+        )
+    } else if latency_unjudged {
+        format!(
+            "{} of {MIN_STABLE_FOR_LATENCY} stable requests to compare latency",
+            m.stable.requests
         )
     } else {
         return Some(Decision::Advance {
