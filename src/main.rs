@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use stagegate::config::{Config, ConfigError, defaults};
 use stagegate::ctl::CtlArgs;
 use stagegate::demo;
+use stagegate::demo::scenario::Scenario;
 use stagegate::gateway::{self, GatewayError, ShutdownSignal};
 
 #[derive(Parser)]
@@ -42,6 +43,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = defaults::ADMIN_LISTEN)]
         admin_listen: SocketAddr,
+        /// `rollout` and `bad-canary` drive demo traffic through a rollout and exit.
+        #[arg(long, value_enum, default_value = "interactive")]
+        scenario: Scenario,
     },
 }
 
@@ -54,7 +58,8 @@ fn main() -> ExitCode {
         Command::Demo {
             listen,
             admin_listen,
-        } => run_demo(listen, admin_listen),
+            scenario,
+        } => run_demo(listen, admin_listen, scenario),
         Command::Ctl(args) => ctl(&args),
     }
 }
@@ -113,7 +118,7 @@ fn serve(path: &Path) -> ExitCode {
     })
 }
 
-fn run_demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
+fn run_demo(listen: SocketAddr, admin_listen: SocketAddr, scenario: Scenario) -> ExitCode {
     let runtime = match runtime(std::thread::available_parallelism().map_or(2, |n| n.get())) {
         Ok(runtime) => runtime,
         Err(error) => return failed(&format!("cannot start the runtime: {error}")),
@@ -127,10 +132,25 @@ fn run_demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
             Ok(demo) => demo,
             Err(error) => return failed(&error.to_string()),
         };
-        println!("{}", demo.instructions());
-        signal.recv().await;
+        if scenario == Scenario::Interactive {
+            println!("{}", demo.instructions());
+            signal.recv().await;
+            demo.shutdown().await;
+            return ExitCode::SUCCESS;
+        }
+        let expected = if scenario == Scenario::Rollout {
+            "succeeded"
+        } else {
+            "rolled_back"
+        };
+        let outcome =
+            stagegate::demo::scenario::run(&demo, scenario, &mut |line| println!("{line}")).await;
         demo.shutdown().await;
-        ExitCode::SUCCESS
+        match outcome {
+            Ok(phase) if phase == expected => ExitCode::SUCCESS,
+            Ok(phase) => failed(&format!("the rollout ended {phase}, expected {expected}")),
+            Err(error) => failed(&error),
+        }
     })
 }
 

@@ -266,7 +266,7 @@ async fn ctl_drives_a_running_gateway_and_sighup_reloads_its_config() {
         .await
         .expect("three comparisons in the report");
     assert!(
-        report.contains("mirroring on (100.0% of POST,GET, to 4)"),
+        report.contains("mirroring on (100% of POST,GET, to 4)"),
         "{report}"
     );
     let reset = ok(&["shadow", "reset", "fraud"]);
@@ -276,4 +276,79 @@ async fn ctl_drives_a_running_gateway_and_sighup_reloads_its_config() {
     );
     let usage = ctl(&["shadow"], Some(common::TOKEN));
     assert!(!usage.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drives_canaries_and_rollouts() {
+    let v2 = FakeUpstream::start("v2").await;
+    let v3 = FakeUpstream::start("v3").await;
+    let server = "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"";
+    let text = one_model(
+        server,
+        &[
+            ("2", "production", &[&v2.url()]),
+            ("3", "staging", &[&v3.url()]),
+        ],
+    );
+    let (_dir, path) = write_config("stagegate.toml", &text);
+    let serve = Serve::start(&path);
+    let admin = format!("http://{}", serve.admin_addr);
+    let ctl = |args: &[&str]| {
+        let output = stagegate()
+            .args(["ctl", "--admin", &admin])
+            .args(args)
+            .env_remove("STAGEGATE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = ctl(&[
+        "canary", "fraud", "3", "--weight", "25", "--reason", "try it",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("canary 3 at 25%"), "{out}");
+    let (ok, _, err) = ctl(&["rollout", "start", "fraud", "3", "--steps", "10,100"]);
+    assert!(!ok && err.contains("hand-set canary"), "{err}");
+    assert!(ctl(&["canary", "fraud", "3", "--weight", "0"]).0);
+
+    let (ok, out, err) = ctl(&[
+        "rollout",
+        "start",
+        "fraud",
+        "3",
+        "--steps",
+        "10,100",
+        "--step-interval-s",
+        "3600",
+        "--reason",
+        "ship it",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("rollout of 3 progressing at step 1 (10%)"),
+        "{out}"
+    );
+    // The controller reports its readings within a tick.
+    let status = (0..200)
+        .map(|_| ctl(&["rollout", "status", "fraud"]).1)
+        .find(|status| status.contains("waiting for"))
+        .expect("readings in the status");
+    assert!(
+        status.contains("phase progressing  step 1 of 2  weight 10%"),
+        "{status}"
+    );
+    assert!(status.contains("waiting for: step interval"), "{status}");
+    assert!(ctl(&["rollout", "pause", "fraud"]).1.contains("paused"));
+    let (ok, out, err) = ctl(&["rollout", "promote", "fraud", "--reason", "looks fine"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("3 staging -> production, 2 production -> archived"),
+        "{out}"
+    );
+    let (_, done, _) = ctl(&["rollout", "status", "fraud"]);
+    assert!(done.contains("phase succeeded"), "{done}");
 }

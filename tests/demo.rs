@@ -55,3 +55,31 @@ async fn demo_serves_production_staging_and_refuses_archived() {
     assert_eq!(archived.status, StatusCode::FORBIDDEN);
     demo.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_scenarios_end_as_they_say() {
+    use stagegate::demo::scenario::{Scenario, run};
+    let any = "127.0.0.1:0".parse().unwrap();
+    for (scenario, expected) in [
+        (Scenario::BadCanary, "rolled_back"),
+        (Scenario::Rollout, "succeeded"),
+    ] {
+        let demo = stagegate::demo::start(any, any).await.unwrap();
+        let mut lines = Vec::new();
+        let phase = run(&demo, scenario, &mut |line| lines.push(line.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(phase, expected, "{lines:#?}");
+        let story = lines.join("\n");
+        assert!(
+            story.contains("rollout: progressing step 1 at 10"),
+            "{story}"
+        );
+        if scenario == Scenario::BadCanary {
+            assert!(story.contains("gate error_rate failed"), "{story}");
+        } else {
+            assert!(story.contains("step 2 at 50% passed its gates"), "{story}");
+        }
+        demo.shutdown().await;
+    }
+}

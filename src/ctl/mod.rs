@@ -75,6 +75,76 @@ pub enum CtlCommand {
     /// Shadow report of a model (`shadow M`), or change (`shadow set`) or reset
     /// (`shadow reset`) its mirroring.
     Shadow(ShadowArgs),
+    /// Give a staging version a sticky share of production traffic (0 ends it).
+    Canary {
+        model: String,
+        version: String,
+        /// Percent of production traffic, 0-100.
+        #[arg(long)]
+        weight: f64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Start, follow or steer a rollout.
+    #[command(subcommand)]
+    Rollout(RolloutAction),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutAction {
+    /// Start a rollout of a staging version; unset options take the model's defaults.
+    Start(Box<RolloutStart>),
+    /// Phase, step, weight, gate readings and what the rollout waits for.
+    Status { model: String },
+    /// Hold the candidate at its current weight.
+    Pause {
+        model: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    Resume {
+        model: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Stop the rollout; the candidate loses its share.
+    Abort {
+        model: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Skip the remaining steps: the candidate becomes production now.
+    Promote {
+        model: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutStart {
+    pub model: String,
+    pub candidate: String,
+    /// Canary weights, comma-separated, e.g. 5,25,50,100.
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Option<Vec<f64>>,
+    #[arg(long)]
+    pub step_interval_s: Option<f64>,
+    #[arg(long)]
+    pub min_requests: Option<u64>,
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+    #[arg(long)]
+    pub max_p99_ratio: Option<f64>,
+    #[arg(long)]
+    pub min_shadow_agreement: Option<f64>,
+    #[arg(long)]
+    pub min_shadow_compared: Option<u64>,
+    /// rollback or pause.
+    #[arg(long)]
+    pub on_failure: Option<String>,
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -168,9 +238,12 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
             action: Some(ShadowAction::Reset { .. }),
             ..
         }) => render::reset(&answer),
+        CtlCommand::Rollout(RolloutAction::Status { .. }) => render::rollout(&answer),
         CtlCommand::Register { .. }
         | CtlCommand::Transition { .. }
-        | CtlCommand::Rollback { .. } => render::change(&answer),
+        | CtlCommand::Rollback { .. }
+        | CtlCommand::Canary { .. }
+        | CtlCommand::Rollout(_) => render::change(&answer),
     })
 }
 
@@ -227,7 +300,65 @@ async fn call(client: &AdminClient, command: &CtlCommand) -> Result<Value, CtlEr
         }
         CtlCommand::Reload => client.post("/api/v1/reload", &json!({})).await,
         CtlCommand::Shadow(args) => shadow(client, args).await,
+        CtlCommand::Canary {
+            model,
+            version,
+            weight,
+            reason,
+        } => {
+            let body = json!({ "version": version, "weight": weight, "reason": reason });
+            client
+                .post(&format!("{models}/{model}/canary"), &body)
+                .await
+        }
+        CtlCommand::Rollout(action) => rollout(client, action).await,
     }
+}
+
+async fn rollout(client: &AdminClient, action: &RolloutAction) -> Result<Value, CtlError> {
+    let models = "/api/v1/models";
+    let (model, name, reason) = match action {
+        RolloutAction::Status { model } => {
+            return client.get(&format!("{models}/{model}/rollout")).await;
+        }
+        RolloutAction::Start(start) => {
+            let body = json!({
+                "candidate": start.candidate,
+                "steps": start.steps,
+                "step_interval_s": start.step_interval_s,
+                "min_requests": start.min_requests,
+                "max_error_rate": start.max_error_rate,
+                "max_p99_ratio": start.max_p99_ratio,
+                "min_shadow_agreement": start.min_shadow_agreement,
+                "min_shadow_compared": start.min_shadow_compared,
+                "on_failure": start.on_failure,
+                "reason": start.reason,
+            });
+            let body: serde_json::Map<String, Value> = body
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            return client
+                .post(
+                    &format!("{models}/{}/rollout", start.model),
+                    &Value::Object(body),
+                )
+                .await;
+        }
+        RolloutAction::Pause { model, reason } => (model, "pause", reason),
+        RolloutAction::Resume { model, reason } => (model, "resume", reason),
+        RolloutAction::Abort { model, reason } => (model, "abort", reason),
+        RolloutAction::Promote { model, reason } => (model, "promote", reason),
+    };
+    client
+        .post(
+            &format!("{models}/{model}/rollout/{name}"),
+            &json!({ "reason": reason }),
+        )
+        .await
 }
 
 async fn shadow(client: &AdminClient, args: &ShadowArgs) -> Result<Value, CtlError> {

@@ -30,6 +30,11 @@ fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_string(),
+        // 25.0 reads as 25.
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
         other => other.to_string(),
     }
 }
@@ -106,30 +111,61 @@ pub fn model(answer: &Value) -> String {
 }
 
 fn describe_record(record: &Value) -> String {
-    let from = if record["from"].is_null() {
-        "(new)".to_string()
-    } else {
-        text(&record["from"])
-    };
-    let mut moves = format!(
-        "{} {from} -> {}",
-        text(&record["version"]),
-        text(&record["to"])
-    );
+    let mut parts = Vec::new();
+    if !record["to"].is_null() {
+        let from = if record["from"].is_null() {
+            "(new)".to_string()
+        } else {
+            text(&record["from"])
+        };
+        parts.push(format!(
+            "{} {from} -> {}",
+            text(&record["version"]),
+            text(&record["to"])
+        ));
+    }
     for also in record["also"].as_array().into_iter().flatten() {
-        moves.push_str(&format!(
-            ", {} {} -> {}",
+        parts.push(format!(
+            "{} {} -> {}",
             text(&also["version"]),
             text(&also["from"]),
             text(&also["to"])
         ));
     }
-    moves
+    let canary = &record["canary"];
+    if canary.is_object() {
+        parts.push(format!(
+            "canary {} at {}%",
+            text(&canary["version"]),
+            text(&canary["weight"])
+        ));
+    }
+    let rollout = &record["rollout"];
+    if rollout.is_object() {
+        let step = rollout["step"].as_u64().unwrap_or(0) as usize;
+        let weight = rollout["plan"]["steps"]
+            .get(step)
+            .map_or_else(|| "-".to_string(), text);
+        parts.push(format!(
+            "rollout of {} {} at step {} ({weight}%)",
+            text(&rollout["candidate"]),
+            text(&rollout["phase"]),
+            step + 1
+        ));
+    }
+    if record["shadow"].is_object() {
+        parts.push(format!(
+            "shadow {}% compare {}",
+            text(&record["shadow"]["percent"]),
+            text(&record["shadow"]["compare"]["mode"])
+        ));
+    }
+    parts.join(", ")
 }
 
 pub fn change(answer: &Value) -> String {
     let record = &answer["record"];
-    format!(
+    let mut out = format!(
         "revision {}: {} {} {} by {} (routing revision {})",
         text(&record["revision"]),
         text(&record["action"]),
@@ -137,7 +173,11 @@ pub fn change(answer: &Value) -> String {
         describe_record(record),
         text(&record["actor"]),
         text(&answer["routing_revision"]),
-    )
+    );
+    if let Some(reason) = record["reason"].as_str().filter(|r| !r.is_empty()) {
+        out.push_str(&format!("\nreason: {reason}"));
+    }
+    out
 }
 
 pub fn history(answer: &Value) -> String {
@@ -174,6 +214,52 @@ pub fn reloaded(answer: &Value) -> String {
     );
     for warning in answer["warnings"].as_array().into_iter().flatten() {
         out.push_str(&format!("\nwarning: {}", text(warning)));
+    }
+    out
+}
+
+pub fn rollout(answer: &Value) -> String {
+    let Some(rollout) = answer["rollout"].as_object() else {
+        return format!("model {}: no rollout on record", text(&answer["model"]));
+    };
+    let plan = &rollout["plan"];
+    let mut out = format!(
+        "model {}  candidate {}  phase {}  step {} of {}  weight {}%\nplan: steps {}  every {} s  min {} requests  on failure {}",
+        text(&answer["model"]),
+        text(&rollout["candidate"]),
+        text(&answer["phase"]),
+        text(&answer["step"]),
+        text(&answer["steps"]),
+        text(&answer["weight"]),
+        list(&plan["steps"]),
+        text(&plan["step_interval_s"]),
+        text(&plan["min_requests"]),
+        text(&plan["on_failure"]),
+    );
+    if let Some(reason) = rollout
+        .get("reason")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+    {
+        out.push_str(&format!("\nreason: {reason}"));
+    }
+    let readings = &answer["readings"];
+    if readings.is_object() {
+        out.push_str(&format!(
+            "\nthis step: {} s, candidate {} requests ({} errors, rate {}), p99 {} ms vs stable {} ms (ratio {}), shadow agreement {} over {}",
+            text(&readings["elapsed_s"]),
+            text(&readings["candidate_requests"]),
+            text(&readings["candidate_errors"]),
+            text(&readings["error_rate"]),
+            text(&readings["candidate_p99_ms"]),
+            text(&readings["stable_p99_ms"]),
+            text(&readings["p99_ratio"]),
+            text(&readings["shadow_agreement"]),
+            text(&readings["shadow_compared"]),
+        ));
+        if let Some(waiting) = readings["waiting_for"].as_str().filter(|w| !w.is_empty()) {
+            out.push_str(&format!("\nwaiting for: {waiting}"));
+        }
     }
     out
 }

@@ -3,9 +3,11 @@
 //! configured from an embedded config.
 
 mod model;
+pub mod scenario;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -43,6 +45,9 @@ name = "fraud"
   stage = "staging"
   endpoints = ["http://127.0.0.1:{v3}"]
 
+  [models.canary]
+  sticky_header = "x-user-id"
+
   # Every production request is mirrored to version 3; its answers are compared
   # with production's, ignoring the fields that always differ.
   [models.shadow]
@@ -74,6 +79,8 @@ pub struct Demo {
     pub gateway: RunningGateway,
     pub config: Config,
     model_servers: CancellationToken,
+    /// Per version: set it and the version's predictions fail.
+    failing: Vec<(String, Arc<AtomicBool>)>,
     /// A fresh journal each run, removed when the demo ends.
     _state_dir: tempfile::TempDir,
 }
@@ -82,12 +89,15 @@ pub struct Demo {
 pub async fn start(listen: SocketAddr, admin_listen: SocketAddr) -> Result<Demo, DemoError> {
     let model_servers = CancellationToken::new();
     let mut ports = Vec::with_capacity(VERSIONS.len());
+    let mut failing = Vec::with_capacity(VERSIONS.len());
     for (version, drift) in VERSIONS {
         let model = DemoModel {
             name: "fraud".to_string(),
             version: version.to_string(),
             drift,
+            failing: Arc::default(),
         };
+        failing.push((version.to_string(), Arc::clone(&model.failing)));
         ports.push(spawn_model_server(model, model_servers.clone()).await?);
     }
     let state_dir = tempfile::Builder::new()
@@ -110,11 +120,21 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr) -> Result<Demo,
         gateway,
         config,
         model_servers,
+        failing,
         _state_dir: state_dir,
     })
 }
 
 impl Demo {
+    /// Makes `version`'s model server fail every prediction (or recover).
+    pub fn set_failing(&self, version: &str, failing: bool) {
+        for (v, flag) in &self.failing {
+            if v == version {
+                flag.store(failing, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Shuts the gateway down, then the model servers.
     pub async fn shutdown(self) {
         self.gateway.shutdown().await;
@@ -153,6 +173,9 @@ impl Demo {
              {ctl} rollback fraud --reason 'p99 regression'\n  \
              {ctl} history fraud\n  \
              {ctl} status\n\
+             Or hand the promotion to a rollout (canary steps with gates; see --scenario):\n  \
+             {ctl} rollout start fraud 3 --steps 10,50,100 --step-interval-s 5 --min-requests 20\n  \
+             {ctl} rollout status fraud\n\
              Metrics and health:\n  \
              curl -s http://{admin}/metrics | grep ^stagegate_\n  \
              curl -s http://{admin}/readyz\n\n\

@@ -3,6 +3,9 @@
 //! retrained model's would), speaking KServe V1, Open Inference Protocol V2 and
 //! MLflow's `/invocations`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -21,6 +24,8 @@ pub struct DemoModel {
     pub version: String,
     /// Added to every weight: how far this version drifted from the first.
     pub drift: f64,
+    /// While set, predictions fail with 500 (the `bad-canary` scenario).
+    pub failing: Arc<AtomicBool>,
 }
 
 impl DemoModel {
@@ -38,6 +43,13 @@ impl DemoModel {
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Bytes> {
         let (method, path) = (request.method().clone(), request.uri().path().to_string());
+        if method == Method::POST && self.failing.load(Ordering::Relaxed) {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "model crashed (demo failure mode)",
+                "internal",
+            );
+        }
         let v1 = format!("/v1/models/{}", self.name);
         let v2 = format!("/v2/models/{}", self.name);
         let v2_pinned = format!("{v2}/versions/{}", self.version);
@@ -183,6 +195,7 @@ mod tests {
             name: "fraud".into(),
             version: "2".into(),
             drift,
+            failing: Arc::default(),
         }
     }
 

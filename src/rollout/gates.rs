@@ -63,7 +63,7 @@ pub fn stable_p99(stable: &StatsSnapshot) -> Option<Duration> {
 }
 
 fn readings(m: &Measured<'_>) -> Readings {
-    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0);
     let candidate_p99 = ms(m.candidate.quantile(0.99));
     let stable_p99 = ms(stable_p99(m.stable).or(m.stable_p99_before));
     Readings {
