@@ -2,6 +2,8 @@
 //!
 //! - `resolve/*`: path parsing + model lookup + pins + endpoint pick, per path style,
 //!   on a table of 50 models with 3 versions each;
+//! - `canary/*`: the same with a 10% sticky canary, keyed by header or random;
+//!   and the sticky hash alone;
 //! - `router/load*`: `ArcSwap::load` of the current table, alone and while another
 //!   thread publishes a new table in a loop.
 //!
@@ -14,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use stagegate::config::Config;
-use stagegate::registry::Catalog;
+use stagegate::registry::{Canary, Catalog};
+use stagegate::routing::canary::bucket;
 use stagegate::routing::{self, Router};
 use stagegate::telemetry::Telemetry;
 
@@ -71,6 +74,37 @@ fn resolve(c: &mut Criterion) {
     group.finish();
 }
 
+fn canary(c: &mut Criterion) {
+    let mut catalog = (*catalog()).clone();
+    for model in &mut catalog.models {
+        model.sticky.header = Some("x-user-id".into());
+        model.canary = Some(Canary {
+            version: "3".into(),
+            weight: 10.0,
+            salt: 42,
+        });
+    }
+    let router = Router::new(Arc::new(catalog), Telemetry::new());
+    let mut keyed = HeaderMap::new();
+    keyed.insert("x-user-id", HeaderValue::from_static("user-123456"));
+    let keyless = HeaderMap::new();
+    let mut group = c.benchmark_group("canary");
+    for (name, headers) in [("sticky_header", &keyed), ("no_key_random", &keyless)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let table = router.load();
+                let resolved =
+                    routing::resolve(&table, black_box("/v2/models/model-42/infer"), headers);
+                black_box(resolved.map(|r| r.route.version().len()).unwrap_or(0))
+            })
+        });
+    }
+    group.bench_function("bucket_hash", |b| {
+        b.iter(|| black_box(bucket(42, black_box(b"user-123456"))))
+    });
+    group.finish();
+}
+
 fn load(c: &mut Criterion) {
     let catalog = catalog();
     let router = Arc::new(Router::new(Arc::clone(&catalog), Telemetry::new()));
@@ -98,5 +132,5 @@ fn load(c: &mut Criterion) {
     eprintln!("router/load_under_swap_loop: {swaps} tables published meanwhile");
 }
 
-criterion_group!(benches, resolve, load);
+criterion_group!(benches, resolve, canary, load);
 criterion_main!(benches);

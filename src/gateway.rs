@@ -35,6 +35,8 @@ pub enum GatewayError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -115,6 +117,10 @@ pub async fn start_on(
         reload_hook: Some(reload_tokens(Arc::clone(&tokens), admin_addr)),
         compact_after: COMPACT_AFTER_RECORDS,
     });
+    let seeded = registry.seed().await?;
+    if seeded > 0 {
+        tracing::info!(seeded, "journaled the config's new versions");
+    }
     let limits = config.server.limits.clone();
     let ready = Arc::new(AtomicBool::new(true));
     let shutdown = CancellationToken::new();

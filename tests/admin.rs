@@ -86,7 +86,7 @@ async fn metrics_count_requests_by_route_and_status_class() {
         r#"stagegate_request_duration_seconds_bucket{model="fraud",version="2",stage="production",le="0.0005"}"#,
         r#"stagegate_request_duration_seconds_bucket{model="fraud",version="2",stage="production",le="60"} 3"#,
         r#"stagegate_upstream_errors_total{model="fraud",version="2",kind="timeout"} 0"#,
-        "stagegate_routing_table_revision 1",
+        "stagegate_routing_table_revision 2",
         "# TYPE stagegate_requests_total counter",
         "# HELP stagegate_request_duration_seconds",
     ];
@@ -101,6 +101,6 @@ async fn metrics_count_requests_by_route_and_status_class() {
     assert!(
         common::metrics(&gateway)
             .await
-            .contains("stagegate_routing_table_revision 2")
+            .contains("stagegate_routing_table_revision 3")
     );
 }

@@ -114,7 +114,8 @@ async fn a_promotion_is_journaled_with_the_actor_and_live_when_acknowledged() {
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
     let record = &answer.json()["record"];
     assert_eq!(record["actor"], "alice");
-    assert_eq!(record["revision"], 1);
+    // Revisions 1-3 are the config's three versions, seeded into the journal.
+    assert_eq!(record["revision"], 4);
     assert_eq!(
         record["also"],
         json!([{ "version": "2", "from": "production", "to": "archived" }])
@@ -133,11 +134,11 @@ async fn a_promotion_is_journaled_with_the_actor_and_live_when_acknowledged() {
         .await
         .json();
     assert_eq!(model["production"], "3");
-    assert_eq!(model["registry_revision"], 1);
+    assert_eq!(model["registry_revision"], 4);
     assert_eq!(model["rollback_target"], "2");
     let journal =
         std::fs::read_to_string(gateway.state_dir.path().join("data/journal.jsonl")).unwrap();
-    assert_eq!(journal.lines().count(), 1);
+    assert_eq!(journal.lines().count(), 4);
     assert!(
         journal.contains("\"actor\":\"alice\"") && journal.contains("agreement 99.8%"),
         "{journal}"
@@ -178,7 +179,8 @@ async fn refused_transitions_are_409_and_change_nothing() {
             model["production"].as_str(),
             model["registry_revision"].as_u64()
         ),
-        (Some("2"), Some(0))
+        (Some("2"), Some(3)),
+        "only the three seeds"
     );
 }
 
@@ -326,29 +328,18 @@ async fn history_is_newest_first_and_paginated() {
             .map(|e| e["revision"].as_u64().unwrap())
             .collect()
     };
-    assert_eq!(revisions(&first), [5, 4]);
-    assert_eq!(first["next_before"], 4);
-    let second = admin(
-        &gateway,
-        Method::GET,
-        "/api/v1/models/fraud/history?limit=2&before=4",
-        None,
-    )
-    .await
-    .json();
-    assert_eq!(revisions(&second), [3, 2]);
-    let last = admin(
-        &gateway,
-        Method::GET,
-        "/api/v1/models/fraud/history?limit=2&before=2",
-        None,
-    )
-    .await
-    .json();
-    assert_eq!(
-        (revisions(&last), &last["next_before"]),
-        (vec![1], &serde_json::Value::Null)
-    );
+    // Three seeds and five transitions, two per page, newest first.
+    assert_eq!(revisions(&first), [8, 7]);
+    assert_eq!(first["next_before"], 7);
+    let mut all = revisions(&first);
+    let mut next = first["next_before"].as_u64();
+    while let Some(before) = next {
+        let path = format!("/api/v1/models/fraud/history?limit=2&before={before}");
+        let page = admin(&gateway, Method::GET, &path, None).await.json();
+        all.extend(revisions(&page));
+        next = page["next_before"].as_u64();
+    }
+    assert_eq!(all, (1..=8).rev().collect::<Vec<u64>>());
     let bad = admin(
         &gateway,
         Method::GET,

@@ -14,6 +14,9 @@ use super::{Canary, Rollout, ShadowPolicy, Stage};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    /// A version the config named and the journal had not seen, in the stage the
+    /// config gave it: from then on the journal owns its stage.
+    Seed,
     /// A new version, into staging.
     Register,
     /// A stage change asked for by a person or a tool.

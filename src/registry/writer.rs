@@ -18,7 +18,7 @@ use super::error::RegistryError;
 use super::ledger::Ledger;
 use super::merge::merge;
 use super::probe::probe;
-use super::record::{Action, Record};
+use super::record::{Action, Record, now};
 use super::rollout::Phase;
 use super::rollout_rules::Decision;
 use super::rules::{Command, plan};
@@ -55,11 +55,13 @@ enum Work {
         actor: String,
     },
     Reload,
+    Seed,
 }
 
 enum Done {
     Changed(Arc<Record>),
     Reloaded(Reloaded),
+    Seeded(usize),
 }
 
 struct Request {
@@ -117,7 +119,16 @@ impl Registry {
         };
         match self.send(work).await? {
             Done::Changed(record) => Ok(record),
-            Done::Reloaded(_) => Err(RegistryError::Closed),
+            _ => Err(RegistryError::Closed),
+        }
+    }
+
+    /// Journals the config's versions the journal has never seen (once, at
+    /// start-up); returns how many.
+    pub async fn seed(&self) -> Result<usize, RegistryError> {
+        match self.send(Work::Seed).await? {
+            Done::Seeded(count) => Ok(count),
+            _ => Err(RegistryError::Closed),
         }
     }
 
@@ -125,7 +136,7 @@ impl Registry {
     pub async fn reload(&self) -> Result<Reloaded, RegistryError> {
         match self.send(Work::Reload).await? {
             Done::Reloaded(reloaded) => Ok(reloaded),
-            Done::Changed(_) => Err(RegistryError::Closed),
+            _ => Err(RegistryError::Closed),
         }
     }
 
@@ -154,6 +165,13 @@ struct Task {
 impl Task {
     fn new(writer: Writer) -> Task {
         let models = merge(&writer.config.models, &writer.ledger).models;
+        let phases = Phase::ALL.map(Phase::as_str);
+        for model in &models {
+            if let Some(rollout) = &model.rollout {
+                let telemetry = writer.router.telemetry();
+                telemetry.rollout_phase(&model.name, rollout.phase.as_str(), &phases);
+            }
+        }
         Task {
             config: writer.config,
             ledger: writer.ledger,
@@ -181,6 +199,10 @@ impl Task {
                     self.change(&command, &actor).await.map(Done::Changed)
                 }
                 Work::Reload => self.reload().await.map(Done::Reloaded),
+                Work::Seed => {
+                    let models = self.models.clone();
+                    self.seed(&models).await.map(Done::Seeded)
+                }
             };
             // The caller may have gone; the change stands either way.
             let _ = request.reply.send(result);
@@ -264,6 +286,7 @@ impl Task {
         for warning in &merged.warnings {
             tracing::warn!("{warning}");
         }
+        self.seed(&merged.models).await?;
         self.config = next;
         self.models = merged.models;
         let table = self.publish();
@@ -271,6 +294,46 @@ impl Task {
             routing_revision: table,
             warnings: merged.warnings,
         })
+    }
+
+    /// Journals every version of `models` the journal has not seen, in the stage it
+    /// is served in, so that from then on the journal owns every stage and no
+    /// config edit can change one without a record.
+    async fn seed(&mut self, models: &[ModelSpec]) -> Result<usize, RegistryError> {
+        let mut seeded = 0;
+        for model in models {
+            for version in &model.versions {
+                if self.ledger.stage(&model.name, &version.version).is_some() {
+                    continue;
+                }
+                let record = Arc::new(Record {
+                    revision: self.ledger.revision + 1,
+                    time: now(),
+                    actor: "config".to_string(),
+                    action: Action::Seed,
+                    model: model.name.clone(),
+                    version: version.version.clone(),
+                    from: None,
+                    to: Some(version.stage),
+                    reason: "first seen in the config".to_string(),
+                    endpoints: Vec::new(),
+                    also: Vec::new(),
+                    shadow: None,
+                    canary: None,
+                    rollout: None,
+                });
+                self.with_store(|store, record| store.append(record), Arc::clone(&record))
+                    .await?;
+                Arc::make_mut(&mut self.ledger)
+                    .apply(record)
+                    .map_err(|e| RegistryError::Internal(e.to_string()))?;
+                seeded += 1;
+            }
+        }
+        if seeded > 0 {
+            self.publish();
+        }
+        Ok(seeded)
     }
 
     /// Builds and swaps in a routing table for the current state; returns its revision.

@@ -61,14 +61,33 @@ pub fn parse(path: &str) -> Option<ModelPath<'_>> {
 /// gateway routed to one version, to a route of another.
 pub fn is_plain(path: &str) -> bool {
     let bytes = path.as_bytes();
-    let encoded_separator = bytes.windows(3).any(|w| {
-        w[0] == b'%'
-            && matches!(
-                (w[1], w[2].to_ascii_lowercase()),
-                (b'2', b'e' | b'f') | (b'5', b'c')
-            )
-    });
-    !encoded_separator && !path.contains('\\') && !path.split('/').any(|s| s == "." || s == "..")
+    let mut segment_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return false,
+            b'%' => {
+                let code = bytes
+                    .get(i + 1..i + 3)
+                    .map(|c| (c[0], c[1].to_ascii_lowercase()));
+                if matches!(code, Some((b'2', b'e' | b'f') | (b'5', b'c'))) {
+                    return false;
+                }
+            }
+            b'/' => {
+                if is_dots(&bytes[segment_start..i]) {
+                    return false;
+                }
+                segment_start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    !is_dots(&bytes[segment_start..])
+}
+
+/// `.` or `..`.
+fn is_dots(segment: &[u8]) -> bool {
+    matches!(segment, b"." | b"..")
 }
 
 /// The leading run of `text` up to the first byte matching `end`; `None` if empty.
