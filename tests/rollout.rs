@@ -341,8 +341,16 @@ async fn a_disagreeing_candidate_is_stopped_before_any_user_sees_it() {
         failed["rollout"]["progressed"], false,
         "no canary step ever started"
     );
-    let canary_requests = common::metrics(&gateway).await;
-    assert!(!canary_requests.contains(r#"stage="canary",code="2xx"} 1"#));
+    let metrics = common::metrics(&gateway).await;
+    let canary_series =
+        r#"stagegate_requests_total{model="fraud",version="3",stage="canary",code="2xx"}"#;
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(canary_series))
+            .all(|l| l.ends_with(" 0")),
+        "no request was answered by the canary: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,6 +388,8 @@ async fn a_failing_gate_pauses_by_policy_and_people_resume_abort_and_promote() {
         StatusCode::CREATED
     );
     let paused = until_phase(&gateway, "paused").await;
+    // Quiet, so the failing candidate's gate cannot trip again while people act.
+    traffic.stop().await;
     assert_eq!(
         (
             paused["weight"].as_f64(),
@@ -406,7 +416,6 @@ async fn a_failing_gate_pauses_by_policy_and_people_resume_abort_and_promote() {
     );
     assert_eq!(action("abort").await.status, StatusCode::OK);
     assert_eq!(rollout_status(&gateway).await["phase"], "aborted");
-    traffic.stop().await;
 
     // A new rollout, paused by hand (the weight holds), then promoted.
     let healthy = FakeUpstream::start("v3").await;

@@ -177,22 +177,14 @@ impl Api {
             Ok(body) => body,
             Err(response) => return response,
         };
-        let current = match self.router.load().catalog().model(&model) {
-            Some(spec) => spec.shadow.clone(),
-            None => return registry_error(&RegistryError::UnknownModel(model)),
-        };
-        match shadow::merged_policy(&current, body) {
-            Ok((policy, reason)) => {
-                self.change(
-                    Command::SetShadow {
-                        model,
-                        policy,
-                        reason,
-                    },
-                    caller,
-                    StatusCode::OK,
-                )
-                .await
+        match shadow::patch_and_reason(body) {
+            Ok((patch, reason)) => {
+                let command = Command::SetShadow {
+                    model,
+                    patch,
+                    reason,
+                };
+                self.change(command, caller, StatusCode::OK).await
             }
             Err(message) => json_error(StatusCode::BAD_REQUEST, &message, "invalid_request"),
         }

@@ -3,7 +3,6 @@
 
 use serde_json::{Value, json};
 
-use crate::registry::ShadowPolicy;
 use crate::routing::RoutingTable;
 
 /// `GET /api/v1/models/{m}/shadow`, or `None` for an unknown model.
@@ -26,12 +25,8 @@ pub fn report(table: &RoutingTable, model: &str) -> Option<Value> {
     }))
 }
 
-/// The settings a `POST .../shadow` body asks for: its fields over the current
-/// ones (`compare` merged field by field), plus the optional `reason`.
-pub fn merged_policy(
-    current: &ShadowPolicy,
-    body: Value,
-) -> Result<(ShadowPolicy, String), String> {
+/// Splits a `POST .../shadow` body into the settings patch and the `reason`.
+pub fn patch_and_reason(body: Value) -> Result<(Value, String), String> {
     let Value::Object(mut changes) = body else {
         return Err("the body must be a JSON object of shadow settings".into());
     };
@@ -40,27 +35,7 @@ pub fn merged_policy(
         None => String::new(),
         Some(_) => return Err("reason must be a string".into()),
     };
-    let mut merged = serde_json::to_value(current).map_err(|e| e.to_string())?;
-    for (key, value) in changes {
-        match (key.as_str(), value, merged.get_mut(&key)) {
-            ("compare", Value::Object(fields), Some(Value::Object(compare))) => {
-                compare.extend(fields)
-            }
-            (_, value, _) => {
-                merged[key] = value;
-            }
-        }
-    }
-    if let Some(Value::Array(methods)) = merged.get_mut("methods") {
-        for method in methods.iter_mut() {
-            if let Value::String(m) = method {
-                *m = m.to_ascii_uppercase();
-            }
-        }
-    }
-    let policy =
-        serde_json::from_value(merged).map_err(|e| format!("invalid shadow settings: {e}"))?;
-    Ok((policy, reason))
+    Ok((Value::Object(changes), reason))
 }
 
 /// Resets the reports of `version` (or of every staging version); returns the
@@ -89,31 +64,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_partial_body_changes_only_what_it_names() {
-        let current = ShadowPolicy {
-            percent: 100.0,
-            ..ShadowPolicy::default()
-        };
-        let body = json!({ "percent": 10, "compare": { "mode": "oip" }, "methods": ["post"], "reason": "less load" });
-        let (policy, reason) = merged_policy(&current, body).unwrap();
-        assert_eq!(policy.percent, 10.0);
-        assert_eq!(policy.compare.mode, crate::registry::CompareMode::Oip);
-        assert_eq!(policy.compare.rel_tol, current.compare.rel_tol);
-        assert_eq!(policy.methods, ["POST"]);
-        assert_eq!(policy.timeout_ms, current.timeout_ms);
-        assert_eq!(reason, "less load");
-    }
-
-    #[test]
-    fn unknown_fields_and_bad_types_are_refused() {
-        let current = ShadowPolicy::default();
-        for body in [
-            json!({ "percnt": 1 }),
-            json!({ "percent": "all" }),
-            json!({ "compare": { "mod": "oip" } }),
-            json!([1]),
-        ] {
-            assert!(merged_policy(&current, body.clone()).is_err(), "{body}");
-        }
+    fn the_reason_is_taken_out_of_the_patch() {
+        let (patch, reason) =
+            patch_and_reason(json!({ "percent": 10, "reason": "less load" })).unwrap();
+        assert_eq!(
+            (patch, reason.as_str()),
+            (json!({ "percent": 10 }), "less load")
+        );
+        assert!(patch_and_reason(json!({ "reason": 1 })).is_err());
+        assert!(patch_and_reason(json!([1])).is_err());
     }
 }

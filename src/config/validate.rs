@@ -193,7 +193,8 @@ fn validate_models(raw: &[RawModel], errors: &mut Errors) -> Vec<ModelSpec> {
 
 fn validate_model(raw: &RawModel, path: &str, errors: &mut Errors) -> ModelSpec {
     let health_path = raw.health_path.as_deref().unwrap_or(defaults::HEALTH_PATH);
-    if !health_path.starts_with('/') {
+    // "" means: probe with a TCP connect only.
+    if !health_path.is_empty() && !health_path.starts_with('/') {
         errors.push(
             format!("{path}.health_path"),
             format!("must start with '/', got {health_path:?}"),

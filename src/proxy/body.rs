@@ -117,6 +117,9 @@ impl Streaming {
                 self.route
                     .metrics
                     .upstream_error(UpstreamErrorKind::Protocol);
+                // The head was counted as answered; the rollout gates must still
+                // see the failure.
+                self.route.stats.count_late_error();
                 self.capture = None;
             }
             None => self.capture.iter_mut().for_each(Capture::finish),
@@ -140,6 +143,7 @@ impl Streaming {
         self.route
             .metrics
             .upstream_error(UpstreamErrorKind::Timeout);
+        self.route.stats.count_late_error();
         Poll::Ready(ProxyError::UpstreamBodyStalled {
             timeout: self.idle_timeout,
         })

@@ -158,6 +158,35 @@ impl ShadowPolicy {
     }
 }
 
+impl ShadowPolicy {
+    /// These settings with `patch` (a JSON object of settings) laid over them;
+    /// `compare` is merged field by field, methods are upper-cased. Unknown fields
+    /// and wrong types are errors.
+    pub fn patched(&self, patch: &serde_json::Value) -> Result<ShadowPolicy, String> {
+        use serde_json::Value;
+        let Value::Object(changes) = patch else {
+            return Err("the body must be a JSON object of shadow settings".into());
+        };
+        let mut merged = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        for (key, value) in changes {
+            match (key.as_str(), value, merged.get_mut(key)) {
+                ("compare", Value::Object(fields), Some(Value::Object(compare))) => {
+                    compare.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                (_, value, _) => merged[key] = value.clone(),
+            }
+        }
+        if let Some(Value::Array(methods)) = merged.get_mut("methods") {
+            for method in methods.iter_mut() {
+                if let Value::String(m) = method {
+                    *m = m.to_ascii_uppercase();
+                }
+            }
+        }
+        serde_json::from_value(merged).map_err(|e| format!("invalid shadow settings: {e}"))
+    }
+}
+
 impl ComparePolicy {
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
@@ -207,6 +236,30 @@ pub fn default_plan() -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partial_patch_changes_only_what_it_names() {
+        let current = ShadowPolicy {
+            percent: 100.0,
+            ..ShadowPolicy::default()
+        };
+        let patch =
+            serde_json::json!({ "percent": 10, "compare": { "mode": "oip" }, "methods": ["post"] });
+        let policy = current.patched(&patch).unwrap();
+        assert_eq!(policy.percent, 10.0);
+        assert_eq!(policy.compare.mode, CompareMode::Oip);
+        assert_eq!(policy.compare.rel_tol, current.compare.rel_tol);
+        assert_eq!(policy.methods, ["POST"]);
+        assert_eq!(policy.timeout_ms, current.timeout_ms);
+        for bad in [
+            serde_json::json!({ "percnt": 1 }),
+            serde_json::json!({ "percent": "all" }),
+            serde_json::json!({ "compare": { "mod": "oip" } }),
+            serde_json::json!([1]),
+        ] {
+            assert!(current.patched(&bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_off() {

@@ -207,6 +207,12 @@ impl Plan {
             ));
         }
         let gates = &self.gates;
+        if gates.min_shadow_agreement.is_some() && gates.min_shadow_compared == 0 {
+            problems.push((
+                "min_shadow_compared",
+                "must be at least 1 when min_shadow_agreement is set".to_string(),
+            ));
+        }
         for (field, value, max) in [
             ("max_error_rate", gates.max_error_rate, 1.0),
             ("min_shadow_agreement", gates.min_shadow_agreement, 1.0),

@@ -17,8 +17,12 @@ pub enum Decision {
     Advance {
         from_step: Option<usize>,
     },
-    /// A gate failed: roll back or pause, by the plan's policy.
-    Fail(GateFailure),
+    /// A gate failed at `at_step` (`None`: before the first step): roll back or
+    /// pause, by the plan's policy.
+    Fail {
+        failure: GateFailure,
+        at_step: Option<usize>,
+    },
     Pause,
     Resume,
     Abort,
@@ -30,7 +34,7 @@ impl Decision {
     pub fn name(&self) -> &'static str {
         match self {
             Decision::Advance { .. } => "advance",
-            Decision::Fail(_) => "fail",
+            Decision::Fail { .. } => "fail",
             Decision::Pause => "pause",
             Decision::Resume => "resume",
             Decision::Abort => "abort",
@@ -152,6 +156,12 @@ pub(super) fn start(
         ));
     }
     staging_candidate(model, candidate)?;
+    if model.production().is_none() {
+        return Err(refuse(
+            model,
+            "there is no production version to compare the candidate with".into(),
+        ));
+    }
     let problems: Vec<String> = plan
         .problems()
         .into_iter()
@@ -248,7 +258,7 @@ pub(super) fn decide(
             }
             next.step += 1;
         }
-        (Decision::Fail(failure), Phase::WaitingForShadow | Phase::Progressing) => {
+        (Decision::Fail { failure, at_step }, phase) if judged(current, phase, *at_step) => {
             next.phase = match current.plan.on_failure {
                 OnFailure::Rollback => Phase::RolledBack,
                 OnFailure::Pause => Phase::Paused,
@@ -285,6 +295,18 @@ pub(super) fn decide(
     })
 }
 
+/// Whether a failure was judged on the state the rollout is still in: before the
+/// first step, on the current step, or on a step a person paused (whose
+/// candidate keeps serving, so its gates keep being checked).
+fn judged(current: &Rollout, phase: Phase, at_step: Option<usize>) -> bool {
+    match (phase, at_step) {
+        (Phase::WaitingForShadow, None) => true,
+        (Phase::Progressing, Some(step)) => step == current.step,
+        (Phase::Paused, Some(step)) => current.held && step == current.step,
+        _ => false,
+    }
+}
+
 /// The candidate becomes production and the old production version is archived,
 /// in the same record that ends the rollout.
 fn succeed(
@@ -315,6 +337,19 @@ fn succeed(
     })
 }
 
+/// A transition of the hand-set canary's version takes the canary away in the
+/// same record: a canary only ever points at a staging version.
+pub(super) fn end_canary_of(model: &ModelSpec, version: &str) -> Option<Canary> {
+    let canary = model
+        .canary
+        .as_ref()
+        .filter(|c| c.version == version && running(model).is_none())?;
+    Some(Canary {
+        weight: 0.0,
+        ..canary.clone()
+    })
+}
+
 /// A rollback in the middle of a rollout ends it too (on-call wins).
 pub(super) fn abort_for_rollback(model: &ModelSpec) -> Option<Rollout> {
     running(model).map(|r| Rollout {
@@ -325,7 +360,8 @@ pub(super) fn abort_for_rollback(model: &ModelSpec) -> Option<Rollout> {
     })
 }
 
-/// Refuses stage changes that would pull the ground from under a running rollout.
+/// Refuses stage changes that would pull the ground from under a running rollout:
+/// its candidate, its stable (production) version, or a new production version.
 pub(super) fn guard_transition(
     model: &ModelSpec,
     version: &str,
@@ -334,7 +370,8 @@ pub(super) fn guard_transition(
     let Some(rollout) = running(model) else {
         return Ok(());
     };
-    if version == rollout.candidate || to == Stage::Production {
+    let production = model.production().map(|p| p.version.as_str());
+    if version == rollout.candidate || to == Stage::Production || Some(version) == production {
         return Err(refuse(
             model,
             format!(
@@ -344,4 +381,19 @@ pub(super) fn guard_transition(
         ));
     }
     Ok(())
+}
+
+/// Shadow settings are frozen while a rollout is gated on shadow agreement: a
+/// change could make the gate pass on answers compared some other way.
+pub(super) fn guard_shadow_change(model: &ModelSpec) -> Result<(), RegistryError> {
+    match running(model) {
+        Some(rollout) if rollout.plan.gates.min_shadow_agreement.is_some() => Err(refuse(
+            model,
+            format!(
+                "a rollout of version {:?} is gated on shadow agreement; abort it before changing shadow settings",
+                rollout.candidate
+            ),
+        )),
+        _ => Ok(()),
+    }
 }

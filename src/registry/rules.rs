@@ -38,10 +38,12 @@ pub enum Command {
         reason: String,
         force: bool,
     },
-    /// New shadow and compare settings for a model.
+    /// Changes to a model's shadow and compare settings: the given fields over
+    /// the current ones (merged here, by the single writer, so concurrent
+    /// partial updates cannot lose each other).
     SetShadow {
         model: String,
-        policy: ShadowPolicy,
+        patch: serde_json::Value,
         reason: String,
     },
     /// A hand-set canary weight (0 ends the canary).
@@ -108,9 +110,20 @@ pub fn plan(
         } => rollback(find(models, model)?, ledger, to_version.as_deref(), reason)?,
         Command::SetShadow {
             model,
-            policy,
+            patch,
             reason,
-        } => set_shadow(find(models, model)?, policy, reason)?,
+        } => {
+            let model = find(models, model)?;
+            let policy = model
+                .shadow
+                .patched(patch)
+                .map_err(|message| RegistryError::Invalid {
+                    field: "shadow",
+                    message,
+                })?;
+            rollout_rules::guard_shadow_change(model)?;
+            set_shadow(model, &policy, reason)?
+        }
         Command::SetCanary {
             model,
             version,
@@ -292,6 +305,7 @@ fn transition(
     if to == Stage::Production {
         record.also = archive_production(model);
     }
+    record.canary = rollout_rules::end_canary_of(model, version);
     Ok(record)
 }
 

@@ -369,7 +369,7 @@ impl Task {
             }
         }
         if let Command::Rollout {
-            decision: Decision::Fail(failure),
+            decision: Decision::Fail { failure, .. },
             ..
         } = command
         {

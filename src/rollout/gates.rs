@@ -50,6 +50,10 @@ pub fn evaluate(rollout: &Rollout, measured: &Measured<'_>) -> (Option<Decision>
     let decision = match rollout.phase {
         Phase::WaitingForShadow => shadow_gate(rollout, measured.shadow, &mut readings),
         Phase::Progressing => step_gates(rollout, measured, &mut readings),
+        // A person's pause keeps the candidate's share, so its gates stay armed;
+        // only advancing waits for the resume.
+        Phase::Paused if rollout.held => step_gates(rollout, measured, &mut readings)
+            .filter(|decision| matches!(decision, Decision::Fail { .. })),
         _ => None,
     };
     (decision, readings)
@@ -84,12 +88,13 @@ fn readings(m: &Measured<'_>) -> Readings {
     }
 }
 
-fn failure(gate: &str, reading: f64, threshold: f64) -> Option<Decision> {
-    Some(Decision::Fail(GateFailure {
+fn failure(at_step: Option<usize>, gate: &str, reading: f64, threshold: f64) -> Option<Decision> {
+    let failure = GateFailure {
         gate: gate.to_string(),
         reading,
         threshold,
-    }))
+    };
+    Some(Decision::Fail { failure, at_step })
 }
 
 /// Before the first canary step: enough comparisons, and enough of them agree.
@@ -107,15 +112,15 @@ fn shadow_gate(
         );
         return None;
     };
-    if agreement.compared < gates.min_shadow_compared {
+    if agreement.window_compared < gates.min_shadow_compared.max(1) {
         readings.waiting_for = format!(
-            "{} of {} shadow comparisons",
-            agreement.compared, gates.min_shadow_compared
+            "{} of {} shadow comparisons in the last {} s",
+            agreement.window_compared, gates.min_shadow_compared, agreement.window_seconds
         );
         return None;
     }
-    match agreement.agreement {
-        Some(rate) if rate < min => failure("shadow_agreement", rate, min),
+    match agreement.window_agreement {
+        Some(rate) if rate < min => failure(None, "shadow_agreement", rate, min),
         _ => Some(Decision::Advance { from_step: None }),
     }
 }
@@ -133,19 +138,19 @@ fn step_gates(rollout: &Rollout, m: &Measured<'_>, readings: &mut Readings) -> O
             .error_rate
             .filter(|r| *r > max && (enough || hopeless))
         {
-            return failure("error_rate", rate, max);
+            return failure(Some(rollout.step), "error_rate", rate, max);
         }
     }
     if let (Some(max), Some(ratio), true) = (gates.max_p99_ratio, readings.p99_ratio, enough)
         && ratio > max
     {
-        return failure("p99_ratio", ratio, max);
+        return failure(Some(rollout.step), "p99_ratio", ratio, max);
     }
     if let (Some(min), Some(shadow)) = (gates.min_shadow_agreement, m.shadow)
         && shadow.window_compared >= gates.min_shadow_compared
         && let Some(rate) = shadow.window_agreement.filter(|r| *r < min)
     {
-        return failure("shadow_agreement", rate, min);
+        return failure(Some(rollout.step), "shadow_agreement", rate, min);
     }
     let interval = Duration::from_secs_f64(plan.step_interval_s);
     // The latency gate must have been judged before a step passes: with no stable

@@ -74,7 +74,7 @@ fn decide(
 
 fn failed_gate(decision: Option<Decision>) -> Option<String> {
     match decision {
-        Some(Decision::Fail(failure)) => Some(failure.gate),
+        Some(Decision::Fail { failure, .. }) => Some(failure.gate),
         _ => None,
     }
 }
@@ -163,7 +163,10 @@ fn the_shadow_gate_holds_the_first_step_and_fails_on_disagreement() {
     let none = stats(0, 0, 1);
     let (decision, readings) = decide(&waiting, 0, &none, &none, Some(agreement(10, 1.0)));
     assert_eq!(decision, None);
-    assert_eq!(readings.waiting_for, "10 of 50 shadow comparisons");
+    assert_eq!(
+        readings.waiting_for,
+        "10 of 50 shadow comparisons in the last 300 s"
+    );
     assert_eq!(
         decide(&waiting, 0, &none, &none, Some(agreement(60, 0.995))).0,
         Some(Decision::Advance { from_step: None })

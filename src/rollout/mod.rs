@@ -212,7 +212,7 @@ fn describe(decision: &crate::registry::Decision, rollout: &Rollout) -> String {
             ),
             None => format!("last step at {}% passed its gates; promoting", steps[*step]),
         },
-        Decision::Fail(f) => format!(
+        Decision::Fail { failure: f, .. } => format!(
             "gate {} failed: reading {:.4} against threshold {:.4}",
             f.gate, f.reading, f.threshold
         ),

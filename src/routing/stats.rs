@@ -45,6 +45,11 @@ impl RouteStats {
         self.latency[bucket(elapsed)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a request already recorded as answered whose body then failed.
+    pub fn count_late_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             requests: self.requests.load(Ordering::Relaxed),

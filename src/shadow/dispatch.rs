@@ -166,8 +166,11 @@ struct MirrorTask {
 }
 
 impl MirrorTask {
+    /// Sends the mirrors, waits for production's answer, settles each pair. The
+    /// in-flight slots are held to the end, so `max_in_flight` bounds everything
+    /// a mirror holds, its answer included.
     async fn run(self, requests: Vec<Prepared>, primary: CaptureReceiver) {
-        let outcomes = self.exchange_all(requests).await;
+        let (outcomes, _permits) = self.exchange_all(requests).await;
         let primary = tokio::time::timeout(self.primary_wait, primary).await;
         let primary = match primary {
             Ok(Ok(captured)) => Some(captured),
@@ -178,32 +181,34 @@ impl MirrorTask {
         }
     }
 
-    /// Sends every mirror at once; each slot is released as its exchange ends.
-    async fn exchange_all(&self, mut requests: Vec<Prepared>) -> Vec<(usize, Outcome)> {
+    /// Sends every mirror at once; returns the outcomes and the slots they hold.
+    async fn exchange_all(
+        &self,
+        mut requests: Vec<Prepared>,
+    ) -> (Vec<(usize, Outcome)>, Vec<Permit>) {
         if requests.len() == 1 {
             let Some((index, permit, (request, endpoint))) = requests.pop() else {
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             };
             let outcome = self.exchange(index, request, &endpoint).await;
-            drop((permit, endpoint));
-            return vec![(index, outcome)];
+            return (vec![(index, outcome)], vec![permit]);
         }
         let mut set = JoinSet::new();
         for (index, permit, (request, endpoint)) in requests {
             let task = self.clone_for();
             set.spawn(async move {
                 let outcome = task.exchange(index, request, &endpoint).await;
-                drop((permit, endpoint));
-                (index, outcome)
+                (index, outcome, permit)
             });
         }
-        let mut outcomes = Vec::new();
+        let (mut outcomes, mut permits) = (Vec::new(), Vec::new());
         while let Some(done) = set.join_next().await {
-            if let Ok(outcome) = done {
-                outcomes.push(outcome);
+            if let Ok((index, outcome, permit)) = done {
+                outcomes.push((index, outcome));
+                permits.push(permit);
             }
         }
-        outcomes
+        (outcomes, permits)
     }
 
     fn clone_for(&self) -> MirrorTask {

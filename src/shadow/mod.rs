@@ -40,6 +40,8 @@ pub struct ModelShadow {
     comparator: Arc<Comparator>,
     in_flight: Arc<Admission>,
     versions: Vec<ShadowVersion>,
+    /// The production version the reports compare against.
+    production: Option<String>,
 }
 
 /// One staging version: its route, report and metrics, and whether the policy
@@ -54,7 +56,8 @@ pub struct ShadowVersion {
 impl ModelShadow {
     /// Resolves `model`'s mirroring over its staging routes. Reports and the
     /// in-flight budget carry over from `previous` for versions that were staging
-    /// there too; a version that (re)enters staging starts a fresh report.
+    /// there too; a version that (re)enters staging starts a fresh report, and so
+    /// does every version when production or the comparator changes.
     pub fn build(
         model: &ModelSpec,
         staging: &[Arc<VersionRoute>],
@@ -74,10 +77,15 @@ impl ModelShadow {
                 || Admission::new(policy.max_in_flight),
                 |p| Arc::clone(&p.in_flight),
             );
+        let production = model.production().map(|v| v.version.clone());
+        // Reports compare against one production version under one comparator;
+        // when either changes, counting starts over.
+        let comparable =
+            previous.filter(|p| p.production == production && p.policy.compare == policy.compare);
         let versions = staging
             .iter()
             .map(|route| {
-                let report = previous
+                let report = comparable
                     .and_then(|p| {
                         p.versions
                             .iter()
@@ -107,6 +115,7 @@ impl ModelShadow {
             comparator: Arc::new(comparator),
             in_flight,
             versions,
+            production,
         }
     }
 

@@ -276,7 +276,11 @@ impl Details {
             .saturating_record(micros(c.primary_latency));
         self.shadow_latency
             .saturating_record(micros(c.shadow_latency));
-        self.bucket(now_secs(), agreed, total);
+        // A label-mode pair without labels (an error, metadata) says nothing about
+        // label agreement: it stays out of the window the gates read.
+        if total > 0 {
+            self.bucket(now_secs(), agreed, total);
+        }
         if c.verdict.matched {
             return;
         }

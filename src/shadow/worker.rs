@@ -9,12 +9,14 @@
 //! while with nothing to do it blocks instead, and the next pair wakes it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::ModelShadow;
+use super::capture::Frames;
 use super::compare::Answer;
 use super::report::Compared;
 
@@ -24,6 +26,8 @@ const QUEUE_DEPTH: usize = 4096;
 const NAP: Duration = Duration::from_millis(2);
 /// Empty naps in a row before the thread blocks until the next pair.
 const NAPS_BEFORE_BLOCKING: u32 = 50;
+/// Answer bytes the queue may hold at once.
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// One production/shadow pair to compare.
 pub struct Job {
@@ -32,7 +36,7 @@ pub struct Job {
     pub request_id: String,
     pub path: String,
     pub primary_status: u16,
-    pub primary_body: Bytes,
+    pub primary_body: Frames,
     pub primary_latency: Duration,
     pub shadow_status: u16,
     pub shadow_body: Bytes,
@@ -41,37 +45,65 @@ pub struct Job {
 
 /// The sending side; the thread ends when every clone is dropped.
 #[derive(Clone)]
-pub struct CompareQueue(SyncSender<Job>);
+pub struct CompareQueue {
+    jobs: SyncSender<Job>,
+    /// Answer bytes queued now.
+    bytes: Arc<AtomicUsize>,
+}
 
 impl CompareQueue {
     pub fn start() -> CompareQueue {
         let (sender, receiver) = sync_channel(QUEUE_DEPTH);
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::clone(&bytes);
         let spawned = std::thread::Builder::new()
             .name("stagegate-compare".into())
-            .spawn(move || run(receiver));
+            .spawn(move || run(receiver, &queued));
         if let Err(error) = spawned {
             // Without the thread every pair is dropped (and counted as such).
             tracing::error!(%error, "cannot start the shadow comparison thread");
         }
-        CompareQueue(sender)
+        CompareQueue {
+            jobs: sender,
+            bytes,
+        }
     }
 
-    /// Queues a pair; `false` if the queue is full (or the thread is gone).
+    /// Queues a pair; `false` if the queue is full, in pairs or in bytes (or the
+    /// thread is gone).
     pub fn submit(&self, job: Job) -> bool {
-        match self.0.try_send(job) {
+        let size = job.size();
+        if self.bytes.fetch_add(size, Ordering::AcqRel) + size > QUEUE_BYTES {
+            self.bytes.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        match self.jobs.try_send(job) {
             Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.bytes.fetch_sub(size, Ordering::AcqRel);
+                false
+            }
         }
     }
 }
 
-fn run(jobs: Receiver<Job>) {
+impl Job {
+    fn size(&self) -> usize {
+        self.primary_body.len() + self.shadow_body.len()
+    }
+}
+
+fn run(jobs: Receiver<Job>, queued: &AtomicUsize) {
     let mut idle = 0;
+    let take = |job: Job| {
+        queued.fetch_sub(job.size(), Ordering::AcqRel);
+        compare(job);
+    };
     loop {
         match jobs.try_recv() {
             Ok(job) => {
                 idle = 0;
-                compare(&job);
+                take(job);
             }
             Err(TryRecvError::Empty) if idle < NAPS_BEFORE_BLOCKING => {
                 idle += 1;
@@ -80,7 +112,7 @@ fn run(jobs: Receiver<Job>) {
             Err(TryRecvError::Empty) => match jobs.recv() {
                 Ok(job) => {
                     idle = 0;
-                    compare(&job);
+                    take(job);
                 }
                 Err(_) => return,
             },
@@ -89,12 +121,13 @@ fn run(jobs: Receiver<Job>) {
     }
 }
 
-fn compare(job: &Job) {
+fn compare(job: Job) {
     let version = &job.shadow.versions[job.target];
+    let primary_body = job.primary_body.join();
     let verdict = job.shadow.comparator.compare(
         Answer {
             status: job.primary_status,
-            body: &job.primary_body,
+            body: &primary_body,
         },
         Answer {
             status: job.shadow_status,
@@ -105,7 +138,7 @@ fn compare(job: &Job) {
     version.report.record(&Compared {
         request_id: &job.request_id,
         path: &job.path,
-        primary: &job.primary_body,
+        primary: &primary_body,
         shadow: &job.shadow_body,
         primary_latency: job.primary_latency,
         shadow_latency: job.shadow_latency,

@@ -132,11 +132,20 @@ impl Store for FileStore {
             .write_all(&line)
             .and_then(|()| self.journal.sync_data());
         if let Err(error) = written {
-            // Cut off whatever part of the line reached the file, so the next record
-            // does not follow garbage.
-            if let Err(repair) = self.journal.set_len(self.journal_len) {
-                self.poisoned = Some(format!("{error}; truncating back failed: {repair}"));
-            }
+            // Cut off whatever part of the line reached the file, then refuse further
+            // writes: after a failed fsync the page cache may hold data the disk
+            // never got, and reusing this revision could let the unacknowledged
+            // record survive a crash in place of an acknowledged one.
+            let repair = self
+                .journal
+                .set_len(self.journal_len)
+                .and_then(|()| self.journal.sync_all());
+            self.poisoned = Some(match repair {
+                Ok(()) => format!("a journal write failed: {error}"),
+                Err(repair) => {
+                    format!("a journal write failed: {error}; truncating back failed: {repair}")
+                }
+            });
             return Err(StoreError::Io {
                 path: self.journal_path.clone(),
                 source: error,
@@ -148,9 +157,25 @@ impl Store for FileStore {
     }
 
     fn compact(&mut self, ledger: &Ledger) -> Result<(), StoreError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(StoreError::Poisoned(reason.clone()));
+        }
         self.write_snapshot(ledger)?;
-        self.journal.set_len(0).map_err(io(&self.journal_path))?;
-        self.journal.sync_all().map_err(io(&self.journal_path))?;
+        // The snapshot covers the journal now; emptying it may fail halfway, and
+        // then the journal's length is unknown: refuse writes until a restart.
+        if let Err(error) = self
+            .journal
+            .set_len(0)
+            .and_then(|()| self.journal.sync_all())
+        {
+            self.poisoned = Some(format!(
+                "emptying the journal after a snapshot failed: {error}"
+            ));
+            return Err(StoreError::Io {
+                path: self.journal_path.clone(),
+                source: error,
+            });
+        }
         self.journal_len = 0;
         self.since_snapshot = 0;
         Ok(())
@@ -231,7 +256,10 @@ struct Replay {
     torn: Option<String>,
 }
 
+/// Replays the journal over the snapshot's ledger. Records the snapshot already
+/// covers are skipped; every other one must follow its predecessor exactly.
 fn replay(path: &Path, journal: &mut File, mut ledger: Ledger) -> Result<Replay, StoreError> {
+    let snapshot_revision = ledger.revision;
     let mut bytes = Vec::new();
     journal.read_to_end(&mut bytes).map_err(io(path))?;
     let (mut valid_len, mut records) = (0usize, 0usize);
@@ -258,7 +286,7 @@ fn replay(path: &Path, journal: &mut File, mut ledger: Ledger) -> Result<Replay,
                 continue;
             }
         };
-        if record.revision > ledger.revision {
+        if record.revision > snapshot_revision {
             ledger
                 .apply(Arc::new(record))
                 .map_err(|e| StoreError::CorruptJournal {

@@ -192,3 +192,24 @@ fn a_corrupt_snapshot_stops_start_up() {
         "{error}"
     );
 }
+
+#[test]
+fn a_repeated_revision_after_the_snapshot_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = FileStore::open(dir.path()).unwrap();
+    append_all(&mut store, &[record(1, "1"), record(2, "2")]);
+    drop(store);
+    let mut line = serde_json::to_vec(&record(2, "other")).unwrap();
+    line.push(b'\n');
+    raw_append(dir.path(), &line);
+    let mut line3 = serde_json::to_vec(&record(3, "3")).unwrap();
+    line3.push(b'\n');
+    raw_append(dir.path(), &line3);
+    let Err(error) = FileStore::open(dir.path()) else {
+        panic!("a repeated revision must stop start-up");
+    };
+    assert!(
+        matches!(error, StoreError::CorruptJournal { line: 3, .. }),
+        "{error}"
+    );
+}

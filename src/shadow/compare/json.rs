@@ -46,6 +46,11 @@ pub(super) fn diff(
                 path.pop();
             }
         }
+        // Integers (class ids, counts) must be equal; tolerance is for measurements.
+        (Value::Number(x), Value::Number(y)) if !x.is_f64() && !y.is_f64() && x != y => {
+            findings.add(path, format!("{x} vs {y}"));
+        }
+        (Value::Number(x), Value::Number(y)) if !x.is_f64() && !y.is_f64() => {}
         (Value::Number(x), Value::Number(y)) => {
             let (x, y) = (
                 x.as_f64().unwrap_or(f64::NAN),

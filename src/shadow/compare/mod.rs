@@ -126,7 +126,7 @@ impl Comparator {
                 }
             },
         };
-        let labels_agree = labels.is_none_or(|(agreed, total)| total > 0 && agreed == total);
+        let labels_agree = labels.is_none_or(|(agreed, total)| agreed == total);
         Verdict {
             matched: findings.count == 0 && labels_agree,
             differences: findings.kept,
@@ -143,11 +143,21 @@ impl Comparator {
         findings: &mut Findings,
     ) -> Option<(u64, u64)> {
         match mode {
-            CompareMode::Oip => {
+            // Answers without outputs on either side (errors, metadata) are not OIP
+            // inference answers: compare them as plain JSON.
+            CompareMode::Oip if oip::has_outputs(a) || oip::has_outputs(b) => {
                 oip::diff(self, a, b, findings);
                 None
             }
-            CompareMode::Label => Some(label::compare(&self.label_path, a, b, findings)),
+            // Likewise without labels on either side; `(0, 0)` keeps such pairs out
+            // of the label agreement.
+            CompareMode::Label if label::has_labels(&self.label_path, a, b) => {
+                Some(label::compare(&self.label_path, a, b, findings))
+            }
+            CompareMode::Label => {
+                json::diff(self, a, b, &mut Vec::new(), findings);
+                Some((0, 0))
+            }
             _ => {
                 json::diff(self, a, b, &mut Vec::new(), findings);
                 None

@@ -41,6 +41,11 @@ pub(super) fn diff(comparator: &Comparator, a: &Value, b: &Value, findings: &mut
     }
 }
 
+/// Whether the answer has an `outputs` array at all.
+pub(super) fn has_outputs(answer: &Value) -> bool {
+    answer.get("outputs").is_some_and(Value::is_array)
+}
+
 /// `(name, output object)` pairs, or `None` if this is not an OIP answer.
 fn outputs(answer: &Value) -> Option<Vec<(&str, &Map<String, Value>)>> {
     answer
