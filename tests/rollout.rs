@@ -312,7 +312,7 @@ async fn a_failing_candidate_is_rolled_back_by_the_error_gate() {
 async fn a_slow_candidate_is_rolled_back_by_the_latency_gate() {
     let plan = fast_plan(json!({ "max_p99_ratio": 3.0, "steps": [50, 100] }));
     let (_gateway, failed) = failing_rollout(
-        Behaviour::Delay(Duration::from_millis(40)),
+        Behaviour::Delay(Duration::from_millis(150)),
         "",
         plan,
         "p99_ratio",
