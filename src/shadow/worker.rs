@@ -48,13 +48,13 @@ pub struct Job {
 pub struct CompareQueue {
     jobs: SyncSender<Job>,
     /// Answer bytes queued now.
-    bytes: Arc<AtomicUsize>,
+    bytes: Arc<ByteBudget>,
 }
 
 impl CompareQueue {
     pub fn start() -> CompareQueue {
         let (sender, receiver) = sync_channel(QUEUE_DEPTH);
-        let bytes = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(ByteBudget::new(QUEUE_BYTES));
         let queued = Arc::clone(&bytes);
         let spawned = std::thread::Builder::new()
             .name("stagegate-compare".into())
@@ -73,14 +73,13 @@ impl CompareQueue {
     /// thread is gone).
     pub fn submit(&self, job: Job) -> bool {
         let size = job.size();
-        if self.bytes.fetch_add(size, Ordering::AcqRel) + size > QUEUE_BYTES {
-            self.bytes.fetch_sub(size, Ordering::AcqRel);
+        if !self.bytes.try_take(size) {
             return false;
         }
         match self.jobs.try_send(job) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.bytes.fetch_sub(size, Ordering::AcqRel);
+                self.bytes.release(size);
                 false
             }
         }
@@ -93,10 +92,10 @@ impl Job {
     }
 }
 
-fn run(jobs: Receiver<Job>, queued: &AtomicUsize) {
+fn run(jobs: Receiver<Job>, queued: &ByteBudget) {
     let mut idle = 0;
     let take = |job: Job| {
-        queued.fetch_sub(job.size(), Ordering::AcqRel);
+        queued.release(job.size());
         compare(job);
     };
     loop {
@@ -118,6 +117,34 @@ fn run(jobs: Receiver<Job>, queued: &AtomicUsize) {
             },
             Err(TryRecvError::Disconnected) => return,
         }
+    }
+}
+
+/// Bytes that may be held at once.
+pub struct ByteBudget {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl ByteBudget {
+    pub fn new(limit: usize) -> ByteBudget {
+        ByteBudget {
+            held: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Takes `size` bytes of the budget, or nothing if that would exceed it.
+    pub fn try_take(&self, size: usize) -> bool {
+        if self.held.fetch_add(size, Ordering::AcqRel) + size > self.limit {
+            self.held.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn release(&self, size: usize) {
+        self.held.fetch_sub(size, Ordering::AcqRel);
     }
 }
 
@@ -144,4 +171,20 @@ fn compare(job: Job) {
         shadow_latency: job.shadow_latency,
         verdict: &verdict,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_budget_refuses_what_does_not_fit_and_frees_on_release() {
+        let budget = ByteBudget::new(100);
+        assert!(budget.try_take(60));
+        assert!(!budget.try_take(50), "60 + 50 is over 100");
+        assert!(budget.try_take(40));
+        assert!(!budget.try_take(1));
+        budget.release(60);
+        assert!(budget.try_take(50));
+    }
 }
