@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use http::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -24,6 +24,7 @@ pub(crate) struct RequestTemplate {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    random_headers: Vec<HeaderName>,
     body: Bytes,
 }
 
@@ -52,6 +53,7 @@ impl RequestTemplate {
             method: options.method.clone(),
             uri: Uri::from(path),
             headers,
+            random_headers: options.random_headers.clone(),
             body: options.body.clone(),
         })
     }
@@ -61,6 +63,11 @@ impl RequestTemplate {
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
+        for name in &self.random_headers {
+            request
+                .headers_mut()
+                .insert(name.clone(), HeaderValue::from(fastrand::u64(..)));
+        }
         request
     }
 }
@@ -144,6 +151,27 @@ mod tests {
         assert_eq!(request.headers()[HOST], "127.0.0.1:9000");
         assert_eq!(request.headers()[CONTENT_TYPE], "application/json");
         assert_eq!(request.headers()["x-stagegate-stage"], "staging");
+    }
+
+    #[test]
+    fn random_headers_change_on_every_request() {
+        let mut options = LoadOptions::new("http://127.0.0.1:9000/".parse().unwrap());
+        let name = HeaderName::from_static("x-user-id");
+        options
+            .headers
+            .insert(name.clone(), HeaderValue::from_static("fixed"));
+        options.random_headers.push(name.clone());
+        let template = RequestTemplate::new(&options).unwrap();
+        let values: std::collections::HashSet<HeaderValue> = (0..100)
+            .map(|_| {
+                let request = template.build();
+                assert_eq!(request.headers().get_all(&name).iter().count(), 1);
+                request.headers()[&name].clone()
+            })
+            .collect();
+        assert!(!values.contains(&HeaderValue::from_static("fixed")));
+        // 100 draws of a u64: a repeat would be a broken generator, not bad luck.
+        assert_eq!(values.len(), 100);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Load testing for stagegate: a load generator ([`load`]) built directly on hyper's
 //! HTTP/1 client connections, with coordinated-omission-corrected open-loop pacing,
-//! and a fast fake model server ([`backend`]) to aim it at.
+//! and a fast fake model server ([`backend`]) to aim it at; [`compare`] runs
+//! stagegate, nginx and haproxy side by side with both.
 //!
 //! The `loadtest` binary is a thin command line over these modules; tests drive them
 //! in-process.
 
 pub mod backend;
+pub mod compare;
 mod conn;
 pub mod load;
 pub mod parse;

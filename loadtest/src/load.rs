@@ -16,7 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderName};
 use http::{Method, Uri};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::{Instant, sleep, timeout_at};
@@ -78,6 +78,9 @@ pub struct LoadOptions {
     pub method: Method,
     /// Sent as given, plus `Host` and a JSON `Content-Type` when they are missing.
     pub headers: HeaderMap,
+    /// Headers set to a fresh random value on every request (a user id for sticky
+    /// canary routing, say), replacing any of the same name in `headers`.
+    pub random_headers: Vec<HeaderName>,
     pub body: Bytes,
     pub connections: usize,
     pub stop: Stop,
@@ -96,6 +99,7 @@ impl LoadOptions {
             url,
             method: Method::POST,
             headers: HeaderMap::new(),
+            random_headers: Vec::new(),
             body: default_body(),
             connections: 64,
             stop: Stop::Duration(Duration::from_secs(10)),

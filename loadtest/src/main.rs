@@ -1,6 +1,6 @@
 //! `loadtest`: the command line over the `loadtest` library. `backend` runs a fast
 //! fake model server; `run` generates load against a URL and reports latency and
-//! errors.
+//! errors; `compare` runs proxies side by side and prints a Markdown table.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
+use loadtest::compare::{self, CompareArgs};
 use loadtest::parse::{parse_duration, parse_fraction, parse_header, parse_rate};
 use loadtest::{BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, load};
 use tokio::net::TcpListener;
@@ -30,6 +31,9 @@ enum Command {
     Backend(BackendArgs),
     /// Send load to a URL and report throughput, latency and errors.
     Run(RunArgs),
+    /// Run stagegate, nginx and haproxy side by side on pinned cores and print a
+    /// Markdown comparison.
+    Compare(CompareArgs),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +70,10 @@ struct RunArgs {
     /// Extra request header, 'name: value'; repeatable.
     #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = parse_header)]
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// Header set to a new random value on every request (e.g. a user id for sticky
+    /// canary routing); repeatable.
+    #[arg(long = "random-header", value_name = "NAME")]
+    random_headers: Vec<HeaderName>,
     /// Concurrent keep-alive connections, one worker each.
     #[arg(long, default_value = "64")]
     connections: NonZeroUsize,
@@ -116,6 +124,8 @@ enum CliError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Compare(compare::CompareError),
 }
 
 fn main() -> ExitCode {
@@ -125,6 +135,7 @@ fn main() -> ExitCode {
             runtime(args.threads).and_then(|rt| rt.block_on(backend_command(args)))
         }
         Command::Run(args) => runtime(args.threads).and_then(|rt| rt.block_on(run_command(args))),
+        Command::Compare(args) => compare::run(&args).map_err(CliError::Compare),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -212,6 +223,7 @@ async fn run_command(args: RunArgs) -> Result<(), CliError> {
         url: args.url,
         method: args.method,
         headers,
+        random_headers: args.random_headers,
         body,
         connections: args.connections.get(),
         stop: args

@@ -1,0 +1,233 @@
+//! The proxies under comparison: starting each pinned to the proxy core, with its
+//! config (from [`super::configs`]) in a temporary directory of its own, and
+//! waiting until a request gets through it.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tempfile::TempDir;
+
+use super::CompareError;
+use super::configs::{
+    Ports, Setup, fd_hard_limit, haproxy_config, haproxy_maxconn, nginx_config, stagegate_config,
+};
+use super::http;
+use super::procs::{Core, Pinning, ProcessGuard, free_addr, tree_cpu_seconds, tree_peak_rss_kib};
+
+/// The path every load run and probe requests.
+pub const INFER_PATH: &str = "/v2/models/m/infer";
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyKind {
+    /// No proxy: load goes straight to the primary backend.
+    Direct,
+    Stagegate,
+    Nginx,
+    Haproxy,
+}
+
+impl ProxyKind {
+    pub const ALL: [ProxyKind; 4] = [
+        ProxyKind::Direct,
+        ProxyKind::Stagegate,
+        ProxyKind::Nginx,
+        ProxyKind::Haproxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyKind::Direct => "direct",
+            ProxyKind::Stagegate => "stagegate",
+            ProxyKind::Nginx => "nginx",
+            ProxyKind::Haproxy => "haproxy",
+        }
+    }
+}
+
+impl fmt::Display for ProxyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a proxy is set up to do for one case.
+#[derive(Debug)]
+pub struct RunningProxy {
+    pub kind: ProxyKind,
+    /// Where load goes.
+    pub target: SocketAddr,
+    /// stagegate's admin listener.
+    pub admin: Option<SocketAddr>,
+    // Declared before the directory so the process stops before its files go.
+    process: Option<ProcessGuard>,
+    _dir: Option<TempDir>,
+}
+
+impl RunningProxy {
+    pub fn direct(primary: SocketAddr) -> Self {
+        RunningProxy {
+            kind: ProxyKind::Direct,
+            target: primary,
+            admin: None,
+            process: None,
+            _dir: None,
+        }
+    }
+
+    /// CPU seconds used so far by the proxy's process tree; `None` for direct.
+    pub fn cpu_seconds(&self, ticks_per_second: f64) -> Option<f64> {
+        let pid = self.process.as_ref()?.pid();
+        Some(tree_cpu_seconds(pid, ticks_per_second))
+    }
+
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        Some(tree_peak_rss_kib(self.process.as_ref()?.pid()))
+    }
+}
+
+/// Programs the proxies run from.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    pub stagegate: PathBuf,
+    pub nginx: Option<PathBuf>,
+    pub haproxy: Option<PathBuf>,
+}
+
+pub fn start(
+    kind: ProxyKind,
+    setup: &Setup,
+    programs: &Programs,
+    pin: &Pinning,
+) -> Result<RunningProxy, CompareError> {
+    if kind == ProxyKind::Direct {
+        return Ok(RunningProxy::direct(setup.primary));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("loadtest-{kind}-"))
+        .tempdir()
+        .map_err(|source| CompareError::io("creating a temporary directory", source))?;
+    let ports = Ports {
+        listen: free_addr()?,
+        admin: free_addr()?,
+    };
+    let (program, args) = write_config(kind, setup, programs, dir.path(), &ports)?;
+    let log_path = dir.path().join("stderr.log");
+    let log = File::create(&log_path)
+        .map_err(|source| CompareError::io(format!("creating {}", log_path.display()), source))?;
+    let mut command = pin.command(Core::Proxy, &program);
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut process = ProcessGuard::spawn(kind.name(), &mut command)?;
+    let admin = (kind == ProxyKind::Stagegate).then_some(ports.admin);
+    wait_ready(&mut process, &ports, admin.is_some(), &log_path)?;
+    Ok(RunningProxy {
+        kind,
+        target: ports.listen,
+        admin,
+        process: Some(process),
+        _dir: Some(dir),
+    })
+}
+
+/// Writes the proxy's config into `dir`; returns the program and its arguments.
+fn write_config(
+    kind: ProxyKind,
+    setup: &Setup,
+    programs: &Programs,
+    dir: &Path,
+    ports: &Ports,
+) -> Result<(PathBuf, Vec<OsString>), CompareError> {
+    let (program, name, config, flags): (_, _, _, &[&str]) = match kind {
+        ProxyKind::Direct => return Err(CompareError::Setup("direct has no proxy".into())),
+        ProxyKind::Stagegate => (
+            programs.stagegate.clone(),
+            "stagegate.toml",
+            stagegate_config(setup, ports, &dir.join("state")),
+            &["serve", "--config"],
+        ),
+        ProxyKind::Nginx => (
+            missing(programs.nginx.clone(), kind)?,
+            "nginx.conf",
+            nginx_config(setup, ports.listen, dir),
+            &["-c"],
+        ),
+        ProxyKind::Haproxy => (
+            missing(programs.haproxy.clone(), kind)?,
+            "haproxy.cfg",
+            haproxy_config(setup, ports.listen, haproxy_maxconn(fd_hard_limit())),
+            &["-db", "-f"],
+        ),
+    };
+    let path = dir.join(name);
+    fs::write(&path, config)
+        .map_err(|source| CompareError::io(format!("writing {}", path.display()), source))?;
+    let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
+    args.push(path.into_os_string());
+    Ok((program, args))
+}
+
+fn missing(program: Option<PathBuf>, kind: ProxyKind) -> Result<PathBuf, CompareError> {
+    program.ok_or_else(|| CompareError::Setup(format!("{kind} is not installed")))
+}
+
+/// Waits for stagegate's `/readyz`, then for one request through the proxy to
+/// succeed; fails early if the process exits.
+fn wait_ready(
+    process: &mut ProcessGuard,
+    ports: &Ports,
+    has_admin: bool,
+    log: &Path,
+) -> Result<(), CompareError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let last = loop {
+        if let Some(status) = process.exited() {
+            break format!("it exited ({status})");
+        }
+        let problem = match probe(ports, has_admin) {
+            Ok(()) => return Ok(()),
+            Err(problem) => problem,
+        };
+        if Instant::now() >= deadline {
+            break problem;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let output = fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = output.lines().rev().take(5).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(CompareError::NotReady {
+        what: process.name().to_string(),
+        detail: format!("{last}; its stderr ends with: {}", tail.join(" / ")),
+    })
+}
+
+/// One readiness check: `/readyz` (stagegate), then a request through the proxy.
+fn probe(ports: &Ports, has_admin: bool) -> Result<(), String> {
+    if has_admin {
+        match http::call(ports.admin, "GET", "/readyz", None, CALL_TIMEOUT) {
+            Ok(response) if response.status == 200 => {}
+            Ok(response) => return Err(format!("admin /readyz answered {}", response.status)),
+            Err(err) => return Err(format!("admin /readyz failed: {err}")),
+        }
+    }
+    let body = Some(r#"{"instances": [[0.5]]}"#);
+    match http::call(ports.listen, "POST", INFER_PATH, body, CALL_TIMEOUT) {
+        Ok(response) if response.is_success() => Ok(()),
+        Ok(response) => Err(format!("probe request answered {}", response.status)),
+        Err(err) => Err(format!("probe request failed: {err}")),
+    }
+}
