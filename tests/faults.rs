@@ -392,3 +392,106 @@ mod http2 {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_and_the_healthy_one_takes_the_traffic() {
+    let healthy = FakeUpstream::start("ok").await;
+    let dead = format!("http://{}", common::refused_addr().await);
+    let config = one_model(
+        "eject_after_failures = 3\neject_backoff_ms = 60000",
+        &[("2", "production", &[&healthy.url(), &dead])],
+    );
+    let gateway = gateway(&config).await;
+    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let mut failed = 0;
+    for _ in 0..60 {
+        if post(&url, &[]).await.status != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed <= 3,
+        "{failed} requests failed; the dead endpoint must be ejected after 3"
+    );
+    assert_eq!(healthy.received().len(), 60 - failed);
+}
+
+#[tokio::test]
+async fn a_version_with_no_healthy_endpoint_fails_fast_and_is_probed_back_in() {
+    let addr = common::refused_addr().await;
+    let config = one_model(
+        "eject_after_failures = 2\neject_backoff_ms = 100",
+        &[("2", "production", &[&format!("http://{addr}")])],
+    );
+    let gateway = gateway(&config).await;
+    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    for _ in 0..2 {
+        assert_eq!(post(&url, &[]).await.code(), "upstream_unreachable");
+    }
+    let fast = post(&url, &[]).await;
+    assert_eq!(
+        (fast.status, fast.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_endpoint")
+    );
+
+    // The server comes back: after its back-off a probe finds it, and it serves again.
+    let back = FakeUpstream::at(addr, "back", Behaviour::Answer { headers: vec![] }).await;
+    let recovered = async {
+        loop {
+            if post(&url, &[]).await.status == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), recovered)
+        .await
+        .expect("probed back in");
+    for _ in 0..5 {
+        assert_eq!(post(&url, &[]).await.status, StatusCode::OK);
+    }
+    assert!(back.received().len() >= 6);
+}
+
+#[tokio::test]
+async fn a_version_over_its_own_limit_sheds_while_others_serve() {
+    let held = FakeUpstream::with("v2", Behaviour::WaitForRelease).await;
+    let staging = FakeUpstream::start("v3").await;
+    let mut config = one_model(
+        "",
+        &[
+            ("2", "production", &[&held.url()]),
+            ("3", "staging", &[&staging.url()]),
+        ],
+    );
+    config = config.replacen(
+        "stage = \"production\"",
+        "stage = \"production\"\nmax_concurrent_requests = 1",
+        1,
+    );
+    let gateway = gateway(&config).await;
+    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let first = tokio::spawn(common::post_owned(url.clone()));
+    while held.received().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let shed = post(&url, &[]).await;
+    assert_eq!(
+        (shed.status, shed.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+    );
+    assert_eq!(shed.header("x-stagegate-version"), "2");
+    let other = post(&url, &[("x-stagegate-stage", "staging")]).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "another version is not limited by version 2's limit"
+    );
+    held.release(2);
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        post(&url, &[]).await.status,
+        StatusCode::OK,
+        "the slot is free again"
+    );
+}

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::registry::ModelSpec;
+pub use crate::routing::health::EjectionPolicy;
 
 /// Defaults for keys the file leaves out.
 pub mod defaults {
@@ -31,6 +32,8 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
     pub const MAX_CONCURRENT_REQUESTS: u64 = 10_000;
     pub const HEALTH_PATH: &str = "/v2/health/ready";
+    pub const EJECT_AFTER_FAILURES: u64 = 5;
+    pub const EJECT_BACKOFF_MS: u64 = 1_000;
 }
 
 /// A validated configuration: every value here has been checked.
@@ -68,6 +71,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Passive health: when an endpoint is ejected, and for how long.
+    pub ejection: EjectionPolicy,
 }
 
 /// Why a configuration could not be loaded.

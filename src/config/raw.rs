@@ -37,6 +37,8 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     pub max_header_bytes: Option<u64>,
     pub max_concurrent_requests: Option<u64>,
+    pub eject_after_failures: Option<u64>,
+    pub eject_backoff_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +104,7 @@ pub struct RawVersion {
     pub stage: String,
     #[serde(default)]
     pub endpoints: Vec<String>,
+    pub max_concurrent_requests: Option<u64>,
 }
 
 /// A version id written as a string or an integer (`"3"` or `3`).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{RawAdmin, RawConfig, RawModel, RawServer, RawVersion};
-use super::{AdminConfig, Config, FieldError, Limits, ServerConfig, defaults};
+use super::{AdminConfig, Config, EjectionPolicy, FieldError, Limits, ServerConfig, defaults};
 use crate::registry::{
     CompareMode, ComparePolicy, EndpointUrl, Gates, ModelSpec, OnFailure, Plan, ShadowPolicy,
     Stage, StickyPolicy, VersionSpec, default_plan, is_valid_identifier,
@@ -109,6 +109,19 @@ fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerConfig {
         "server.max_concurrent_requests",
         errors,
     );
+    let eject_after = positive(
+        raw.eject_after_failures,
+        defaults::EJECT_AFTER_FAILURES,
+        "server.eject_after_failures",
+        errors,
+    );
+    let eject_backoff = positive(
+        raw.eject_backoff_ms,
+        defaults::EJECT_BACKOFF_MS,
+        "server.eject_backoff_ms",
+        errors,
+    )
+    .map_or(Duration::ZERO, Duration::from_millis);
     ServerConfig {
         listen,
         admin_listen,
@@ -122,6 +135,11 @@ fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerConfig {
             max_body_bytes: usize_or_max(max_body_bytes),
             max_header_bytes: usize_or_max(Some(max_header_bytes)),
             max_concurrent_requests: usize_or_max(max_concurrent_requests),
+            ejection: EjectionPolicy {
+                failures: eject_after.map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+                base: eject_backoff,
+                max: eject_backoff.saturating_mul(30),
+            },
         },
     }
 }
@@ -403,10 +421,19 @@ fn validate_version(raw: &RawVersion, path: &str, errors: &mut Errors) -> Option
             Err(e) => errors.push(epath, e.to_string()),
         }
     }
+    if raw.max_concurrent_requests == Some(0) {
+        errors.push(
+            format!("{path}.max_concurrent_requests"),
+            "must be greater than 0",
+        );
+    }
     Some(VersionSpec {
         version: raw.version.clone(),
         stage: stage?,
         endpoints,
+        max_concurrent_requests: raw
+            .max_concurrent_requests
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     })
 }
 

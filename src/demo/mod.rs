@@ -203,6 +203,7 @@ async fn spawn_model_server(
         max_body_bytes: 1 << 20,
         max_header_bytes: 64 << 10,
         max_concurrent_requests: 1024,
+        ejection: Default::default(),
     };
     tokio::spawn(async move { proxy::serve(listener, Arc::new(model), &limits, shutdown).await });
     Ok(port)

@@ -48,7 +48,8 @@ pin_project! {
 /// A forwarded body's state. Dropped with the body: the admission permit and the
 /// endpoint's outstanding count end with the last byte, not the response head.
 struct Streaming {
-    _permit: Permit,
+    /// The gateway's admission slot and, if the version has a limit, its own.
+    _permits: [Option<Permit>; 2],
     _endpoint: EndpointGuard,
     route: Arc<VersionRoute>,
     idle_timeout: Duration,
@@ -75,7 +76,7 @@ impl ResponseBody {
     /// without a frame.
     pub fn upstream(
         body: Incoming,
-        permit: Permit,
+        permits: [Option<Permit>; 2],
         endpoint: EndpointGuard,
         route: Arc<VersionRoute>,
         idle_timeout: Duration,
@@ -86,7 +87,7 @@ impl ResponseBody {
             capture.iter_mut().for_each(Capture::finish);
         }
         let stream = Streaming {
-            _permit: permit,
+            _permits: permits,
             _endpoint: endpoint,
             route,
             idle_timeout,

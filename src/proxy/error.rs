@@ -15,6 +15,12 @@ pub enum ProxyError {
     Route(#[from] RouteError),
     #[error("gateway is at its limit of {limit} concurrent requests; retry later")]
     Overloaded { limit: usize },
+    #[error(
+        "every endpoint of version {version:?} is ejected after repeated failures; retry later"
+    )]
+    NoHealthyEndpoint { version: String },
+    #[error("this version is at its limit of {limit} concurrent requests; retry later")]
+    VersionOverloaded { limit: usize },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("request headers exceed the limit of {limit} bytes")]
@@ -41,7 +47,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Route(e) => e.status(),
-            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded { .. }
+            | ProxyError::VersionOverloaded { .. }
+            | ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -58,7 +66,8 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::Route(e) => e.code(),
-            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::Overloaded { .. } | ProxyError::VersionOverloaded { .. } => "overloaded",
+            ProxyError::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::BadRequest(_) => "bad_request",

@@ -15,7 +15,8 @@ use super::body::ResponseBody;
 use super::headers::{prepare_upstream_request, strip_hop_by_hop};
 use super::upstream::{UpstreamClient, upstream_uri};
 use super::{Handler, Limits, ProxyError};
-use crate::routing::{self, EndpointGuard, Router, ServedStage, VersionRoute};
+use crate::routing::health::EjectionPolicy;
+use crate::routing::{self, Endpoint, EndpointGuard, Router, ServedStage, VersionRoute};
 use crate::shadow::capture::CaptureSender;
 use crate::shadow::{ModelShadow, ShadowService};
 
@@ -60,7 +61,7 @@ impl Proxy {
         Proxy {
             router,
             client: UpstreamClient::new(limits.connect_timeout),
-            shadow: ShadowService::new(limits.connect_timeout, primary_wait),
+            shadow: ShadowService::new(limits.connect_timeout, primary_wait, limits.ejection),
             admission: Admission::new(limits.max_concurrent_requests),
             limits,
         }
@@ -99,6 +100,18 @@ impl Proxy {
         check_header_size(request.headers(), self.limits.max_header_bytes)
             .map_err(|e| (e, None))?;
         let routed = self.route(&request).map_err(|e| (e.into(), None))?;
+        let version_permit = match &routed.route.admission {
+            Some(admission) => match admission.try_admit() {
+                Some(permit) => Some(permit),
+                None => {
+                    let error = ProxyError::VersionOverloaded {
+                        limit: admission.limit(),
+                    };
+                    return Err((error, Some(routed.route)));
+                }
+            },
+            None => None,
+        };
         let exchanged = match self.exchange(started, &routed, request, peer).await {
             Ok(exchanged) => exchanged,
             Err(error) => return Err((error, Some(routed.route))),
@@ -115,7 +128,14 @@ impl Proxy {
         record(&route, parts.status, started);
         let capture = capture.map(|sender| sender.start(parts.status.as_u16()));
         let idle = self.limits.request_timeout;
-        let body = ResponseBody::upstream(body, permit, endpoint, route, idle, capture);
+        let body = ResponseBody::upstream(
+            body,
+            [Some(permit), version_permit],
+            endpoint,
+            route,
+            idle,
+            capture,
+        );
         Ok(Response::from_parts(parts, body))
     }
 
@@ -151,7 +171,13 @@ impl Proxy {
             .as_ref()
             .and_then(|s| s.sample(&parts.method, body.len()));
 
-        let endpoint = routed.route.pick_endpoint().begin();
+        let endpoint = routed
+            .route
+            .pick_endpoint()
+            .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+                version: routed.route.version().to_string(),
+            })?
+            .begin();
         let client_authority = parts.uri.authority().cloned();
         let original = mirror.as_ref().map(|_| parts.uri.clone());
         parts.uri = upstream_uri(endpoint.endpoint(), &parts.uri, routed.strip).map_err(|e| {
@@ -171,27 +197,26 @@ impl Proxy {
         };
         let upstream_request = Request::from_parts(parts, Full::new(body));
 
-        match timeout_at(
+        let sent = timeout_at(
             deadline,
             self.client.send(endpoint.endpoint(), upstream_request),
         )
-        .await
-        {
-            Ok(Ok(response)) => {
-                let (parts, body) = response.into_parts();
-                Ok(Exchanged {
-                    parts,
-                    body,
-                    endpoint,
-                    capture,
-                })
-            }
-            Ok(Err(error)) => Err(error),
+        .await;
+        let result = match sent {
+            Ok(result) => result,
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
                 endpoint: endpoint.endpoint().url().to_string(),
                 timeout: self.limits.request_timeout,
             }),
-        }
+        };
+        record_health(endpoint.endpoint(), &result, &self.limits.ejection);
+        let (parts, body) = result?.into_parts();
+        Ok(Exchanged {
+            parts,
+            body,
+            endpoint,
+            capture,
+        })
     }
 
     /// Reads the whole request body, refusing it past `max_body_bytes`. The body is
@@ -250,6 +275,24 @@ impl Handler for Proxy {
         peer: &HeaderValue,
     ) -> Response<ResponseBody> {
         self.answer(request, peer).await
+    }
+}
+
+/// Passive health: transport failures and gateway-class statuses count against
+/// the endpoint; anything else is a sign of life.
+pub fn record_health<B>(
+    endpoint: &Endpoint,
+    result: &Result<Response<B>, ProxyError>,
+    policy: &EjectionPolicy,
+) {
+    let failed = match result {
+        Ok(response) => matches!(response.status().as_u16(), 502..=504),
+        Err(error) => error.upstream_kind().is_some(),
+    };
+    if !failed {
+        endpoint.health.record_success();
+    } else if endpoint.health.record_failure(policy) {
+        tracing::warn!(endpoint = %endpoint.url(), "endpoint ejected after repeated failures");
     }
 }
 

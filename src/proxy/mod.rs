@@ -14,7 +14,9 @@ pub mod upstream;
 
 pub use body::ResponseBody;
 pub use error::{ProxyError, json_error, json_response};
-pub use handler::{Proxy, X_STAGEGATE_MODEL, X_STAGEGATE_STAGE, X_STAGEGATE_VERSION};
+pub use handler::{
+    Proxy, X_STAGEGATE_MODEL, X_STAGEGATE_STAGE, X_STAGEGATE_VERSION, record_health,
+};
 pub use server::{Drained, Handler, serve};
 
 pub use crate::config::Limits;

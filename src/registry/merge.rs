@@ -87,6 +87,7 @@ fn merge_model(config: &ModelSpec, ledger: &Ledger, warnings: &mut Vec<String>) 
             version: id.clone(),
             stage: journal.stage,
             endpoints,
+            max_concurrent_requests: None,
         });
     }
     keep_one_production(&config.name, &mut versions, ledger, warnings);

@@ -108,6 +108,8 @@ pub struct VersionSpec {
     pub version: String,
     pub stage: Stage,
     pub endpoints: Vec<EndpointUrl>,
+    /// Requests this version may serve at once (on top of the gateway's limit).
+    pub max_concurrent_requests: Option<usize>,
 }
 
 impl ModelSpec {

@@ -4,6 +4,8 @@
 //! Each [`Endpoint`] counts the requests it is serving. A pick draws two distinct
 //! endpoints at random and takes the one with fewer in flight, which keeps a slow
 //! server from piling up work without the cost of scanning every endpoint.
+//! Endpoints ejected by passive health ([`super::health`]) are skipped; when all
+//! are, there is no pick and the request fails fast.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::HeaderValue;
 use http::uri::Authority;
 
+use super::health::Health;
 use crate::registry::EndpointUrl;
 
 /// One model server. Shared across routing tables, so its counters survive swaps.
@@ -19,6 +22,7 @@ pub struct Endpoint {
     url: EndpointUrl,
     host: HeaderValue,
     outstanding: AtomicUsize,
+    pub health: Health,
 }
 
 impl Endpoint {
@@ -29,6 +33,7 @@ impl Endpoint {
             url,
             host,
             outstanding: AtomicUsize::new(0),
+            health: Health::default(),
         }
     }
 
@@ -73,23 +78,45 @@ impl Drop for EndpointGuard {
     }
 }
 
-/// Picks the endpoint for the next request. `endpoints` is never empty: config
-/// validation and the registry refuse versions without endpoints.
-pub fn pick(endpoints: &[Arc<Endpoint>]) -> &Arc<Endpoint> {
+/// Picks the endpoint for the next request, or `None` when every one is ejected.
+pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+    if endpoints.iter().any(|e| e.health.is_ejected()) {
+        return pick_healthy(endpoints);
+    }
     match endpoints.len() {
-        0 | 1 => &endpoints[0],
+        0 => None,
+        1 => endpoints.first(),
         n => {
             let a = fastrand::usize(..n);
             // A second index distinct from the first, uniformly.
             let b = (a + 1 + fastrand::usize(..n - 1)) % n;
             let (ea, eb) = (&endpoints[a], &endpoints[b]);
-            if eb.outstanding() < ea.outstanding() {
+            Some(if eb.outstanding() < ea.outstanding() {
                 eb
             } else {
                 ea
-            }
+            })
         }
     }
+}
+
+/// The slow path while some endpoint is ejected: the least busy of those that
+/// admit a request (an endpoint past its back-off admits exactly one probe).
+fn pick_healthy(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+    let start = fastrand::usize(..endpoints.len().max(1));
+    let mut best: Option<&Arc<Endpoint>> = None;
+    for endpoint in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
+        if endpoint.health.is_ejected() {
+            if endpoint.health.admits() {
+                return Some(endpoint);
+            }
+            continue;
+        }
+        if best.is_none_or(|b| endpoint.outstanding() < b.outstanding()) {
+            best = Some(endpoint);
+        }
+    }
+    best
 }
 
 #[cfg(test)]
@@ -121,8 +148,23 @@ mod tests {
         let eps = endpoints(2);
         let _busy: Vec<_> = (0..5).map(|_| eps[0].begin()).collect();
         for _ in 0..100 {
-            assert!(Arc::ptr_eq(pick(&eps), &eps[1]));
+            assert!(Arc::ptr_eq(pick(&eps).unwrap(), &eps[1]));
         }
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_and_none_left_means_no_pick() {
+        let eps = endpoints(2);
+        let policy = crate::routing::health::EjectionPolicy {
+            failures: 1,
+            ..Default::default()
+        };
+        eps[0].health.record_failure(&policy);
+        for _ in 0..50 {
+            assert!(Arc::ptr_eq(pick(&eps).unwrap(), &eps[1]));
+        }
+        eps[1].health.record_failure(&policy);
+        assert!(pick(&eps).is_none());
     }
 
     #[test]
@@ -130,7 +172,7 @@ mod tests {
         let eps = endpoints(3);
         let mut hits = [0usize; 3];
         for _ in 0..3000 {
-            let chosen = pick(&eps);
+            let chosen = pick(&eps).unwrap();
             let index = eps.iter().position(|e| Arc::ptr_eq(e, chosen)).unwrap();
             hits[index] += 1;
         }

@@ -9,6 +9,7 @@
 
 mod balance;
 pub mod canary;
+pub mod health;
 pub mod path;
 pub mod stats;
 mod table;

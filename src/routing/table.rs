@@ -12,6 +12,7 @@ use crate::shadow::ModelShadow;
 
 use super::canary::CanarySplit;
 use super::stats::RouteStats;
+use crate::proxy::admission::Admission;
 use crate::telemetry::{RouteMetrics, Telemetry};
 
 /// Everything the request path needs to route, resolved ahead of time: version
@@ -62,6 +63,8 @@ pub struct VersionRoute {
     pub headers: RouteHeaders,
     /// Live measurements, carried across tables for the same version and stage.
     pub stats: Arc<RouteStats>,
+    /// The version's own concurrency limit, if it has one (carried across tables).
+    pub admission: Option<Arc<Admission>>,
 }
 
 /// Response header values, built once per table instead of once per request.
@@ -157,17 +160,18 @@ impl ModelRoutes {
                 .iter()
                 .map(|url| endpoints.get(url))
                 .collect();
-            let stats = previous
-                .and_then(|p| p.route(&spec.version, stage))
-                .map_or_else(Arc::default, |r| Arc::clone(&r.stats));
-            Arc::new(VersionRoute::new(
-                &model.name,
-                &spec.version,
-                stage,
-                eps,
-                telemetry,
-                stats,
-            ))
+            let before = previous.and_then(|p| p.route(&spec.version, stage));
+            let stats = before.map_or_else(Arc::default, |r| Arc::clone(&r.stats));
+            let admission = spec.max_concurrent_requests.map(|limit| {
+                before
+                    .and_then(|r| r.admission.clone())
+                    .filter(|a| a.limit() == limit)
+                    .unwrap_or_else(|| Admission::new(limit))
+            });
+            let mut route =
+                VersionRoute::new(&model.name, &spec.version, stage, eps, telemetry, stats);
+            route.admission = admission;
+            Arc::new(route)
         };
         let production = versions_in(model, Stage::Production)
             .next()
@@ -260,6 +264,7 @@ impl VersionRoute {
             stage,
             endpoints,
             stats,
+            admission: None,
             metrics: telemetry.route_metrics(model, version, stage.as_str()),
             headers: RouteHeaders {
                 model: header_value(model),
@@ -285,8 +290,9 @@ impl VersionRoute {
         &self.endpoints
     }
 
-    /// The endpoint for the next request (power of two choices).
-    pub fn pick_endpoint(&self) -> &Arc<Endpoint> {
+    /// The endpoint for the next request (power of two choices among those not
+    /// ejected), or `None` when every endpoint is ejected.
+    pub fn pick_endpoint(&self) -> Option<&Arc<Endpoint>> {
         balance::pick(&self.endpoints)
     }
 }

@@ -21,9 +21,10 @@ use super::capture::{self, CaptureReceiver, CaptureSender, Captured};
 use super::report::{DropReason, ErrorKind};
 use super::worker::{CompareQueue, Job};
 use super::{ModelShadow, ShadowVersion};
-use crate::proxy::ProxyError;
 use crate::proxy::admission::Permit;
 use crate::proxy::upstream::{UpstreamClient, upstream_uri};
+use crate::proxy::{ProxyError, record_health};
+use crate::routing::health::EjectionPolicy;
 use crate::telemetry::ShadowResult;
 
 /// Marks a mirrored request, so model servers can tell it from live traffic.
@@ -49,6 +50,7 @@ pub struct ShadowService {
     queue: CompareQueue,
     /// How long a mirror task waits for production's answer to be complete.
     primary_wait: Duration,
+    ejection: EjectionPolicy,
 }
 
 /// A shadow's answer.
@@ -65,11 +67,16 @@ enum Outcome {
 }
 
 impl ShadowService {
-    pub fn new(connect_timeout: Duration, primary_wait: Duration) -> ShadowService {
+    pub fn new(
+        connect_timeout: Duration,
+        primary_wait: Duration,
+        ejection: EjectionPolicy,
+    ) -> ShadowService {
         ShadowService {
             client: UpstreamClient::new(connect_timeout),
             queue: CompareQueue::start(),
             primary_wait,
+            ejection,
         }
     }
 
@@ -94,7 +101,10 @@ impl ShadowService {
             let version = &mirror.shadow.versions[index];
             match shadow_request(version, parts, original, strip, body) {
                 Some(request) => requests.push((index, permit, request)),
-                None => version.report.count_error(ErrorKind::Protocol),
+                None => {
+                    version.report.count_dropped(DropReason::NoHealthyEndpoint);
+                    version.metrics.request(ShadowResult::Dropped);
+                }
             }
         }
         let task = MirrorTask {
@@ -104,6 +114,7 @@ impl ShadowService {
             request_id,
             path: original.path().to_string(),
             primary_wait: self.primary_wait,
+            ejection: self.ejection,
         };
         tokio::spawn(task.run(requests, receiver));
         sender
@@ -125,8 +136,8 @@ fn request_id(parts: &mut Parts) -> String {
     id
 }
 
-/// The mirror of one request for one staging version; `None` if its URI cannot
-/// be built (not expected: the production URI was built the same way).
+/// The mirror of one request for one staging version; `None` when every endpoint
+/// of the version is ejected (or, not expected, its URI cannot be built).
 fn shadow_request(
     version: &ShadowVersion,
     parts: &Parts,
@@ -134,7 +145,7 @@ fn shadow_request(
     strip: usize,
     body: &Bytes,
 ) -> Option<(Request<Full<Bytes>>, crate::routing::EndpointGuard)> {
-    let endpoint = version.route.pick_endpoint().begin();
+    let endpoint = version.route.pick_endpoint()?.begin();
     let uri = upstream_uri(endpoint.endpoint(), original, strip).ok()?;
     let mut request = Request::new(Full::new(body.clone()));
     *request.method_mut() = parts.method.clone();
@@ -163,6 +174,7 @@ struct MirrorTask {
     request_id: String,
     path: String,
     primary_wait: Duration,
+    ejection: EjectionPolicy,
 }
 
 impl MirrorTask {
@@ -219,6 +231,7 @@ impl MirrorTask {
             request_id: self.request_id.clone(),
             path: self.path.clone(),
             primary_wait: self.primary_wait,
+            ejection: self.ejection,
         }
     }
 
@@ -232,11 +245,11 @@ impl MirrorTask {
         let timeout = Duration::from_millis(policy.timeout_ms);
         let started = Instant::now();
         let exchange = async {
-            let response = self
-                .client
-                .send(endpoint.endpoint(), request)
-                .await
-                .map_err(error_kind)?;
+            let sent = self.client.send(endpoint.endpoint(), request).await;
+            // A dead staging endpoint is ejected like a production one, so mirrors
+            // to it are dropped cheaply instead of paying a failed connect each.
+            record_health(endpoint.endpoint(), &sent, &self.ejection);
+            let response = sent.map_err(error_kind)?;
             let status = response.status().as_u16();
             let body = Limited::new(response.into_body(), policy.max_body_bytes)
                 .collect()
@@ -256,7 +269,10 @@ impl MirrorTask {
         let outcome = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(kind)) => Outcome::Failed(kind),
-            Err(_elapsed) => Outcome::Failed(ErrorKind::Timeout),
+            Err(_elapsed) => {
+                endpoint.endpoint().health.record_failure(&self.ejection);
+                Outcome::Failed(ErrorKind::Timeout)
+            }
         };
         let version = &self.shadow.versions[index];
         if let Outcome::Answered(answered) = &outcome {

@@ -42,6 +42,8 @@ pub enum DropReason {
     AnswerTooLarge,
     /// The comparison thread is behind; the pair was skipped.
     CompareQueueFull,
+    /// Every endpoint of the staging version is ejected by passive health.
+    NoHealthyEndpoint,
 }
 
 /// How a mirrored request failed.
@@ -53,12 +55,13 @@ pub enum ErrorKind {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::InFlight,
         DropReason::BodyTooLarge,
         DropReason::PrimaryIncomplete,
         DropReason::AnswerTooLarge,
         DropReason::CompareQueueFull,
+        DropReason::NoHealthyEndpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl DropReason {
             DropReason::PrimaryIncomplete => "primary_incomplete",
             DropReason::AnswerTooLarge => "answer_too_large",
             DropReason::CompareQueueFull => "compare_queue_full",
+            DropReason::NoHealthyEndpoint => "no_healthy_endpoint",
         }
     }
 }

@@ -65,7 +65,12 @@ impl FakeUpstream {
     }
 
     pub async fn with(name: &str, behaviour: Behaviour) -> FakeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        FakeUpstream::at("127.0.0.1:0".parse().unwrap(), name, behaviour).await
+    }
+
+    /// A fake model server on a given address (to bring a dead endpoint back).
+    pub async fn at(addr: SocketAddr, name: &str, behaviour: Behaviour) -> FakeUpstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let upstream = FakeUpstream {
             name: name.to_string(),
             addr: listener.local_addr().unwrap(),
