@@ -21,6 +21,8 @@
 //! - [`ctl`]: `stagegate ctl`, the admin API's command-line client.
 //! - [`telemetry`]: metric names, the Prometheus recorder, per-route handles.
 //! - [`gateway`]: wires the parts together from a config and runs them.
+//! - [`fuzzing`]: the entry points of the fuzz targets in `fuzz/`, shared with the
+//!   corpus regression test.
 //! - [`demo`]: `stagegate demo`, model servers and a gateway in one process.
 //!
 //! Data flows one way: control-plane inputs -> registry -> new routing table ->
@@ -30,6 +32,7 @@ pub mod admin;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod fuzzing;
 pub mod gateway;
 pub mod proxy;
 pub mod registry;

@@ -150,3 +150,99 @@ fn missing_file_names_the_path() {
         "{error}"
     );
 }
+
+mod hostile {
+    use proptest::prelude::*;
+    use stagegate::config::{Config, ConfigError};
+
+    /// A TOML value of any type, often of the wrong one for its key.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "-?[0-9]{1,20}".prop_map(|n| n),
+            "-?[0-9]{1,5}\\.[0-9]{1,5}".prop_map(|f| f),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "\\PC{0,30}".prop_map(|s| format!("{s:?}")),
+            prop::collection::vec("[a-z:/.0-9]{0,12}", 0..4).prop_map(|items| format!("{items:?}")),
+            Just("nan".to_string()),
+            Just("inf".to_string()),
+        ]
+    }
+
+    const SERVER_KEYS: [&str; 12] = [
+        "listen",
+        "admin_listen",
+        "worker_threads",
+        "state_dir",
+        "header_read_timeout_ms",
+        "connect_timeout_ms",
+        "request_timeout_ms",
+        "drain_timeout_ms",
+        "max_body_bytes",
+        "max_header_bytes",
+        "max_concurrent_requests",
+        "eject_backoff_ms",
+    ];
+    const MODEL_SECTIONS: [&str; 4] = ["shadow", "compare", "canary", "rollout"];
+    const SECTION_KEYS: [&str; 12] = [
+        "percent",
+        "versions",
+        "timeout_ms",
+        "max_in_flight",
+        "mode",
+        "abs_tol",
+        "ignore",
+        "label_path",
+        "sticky_header",
+        "steps",
+        "step_interval_s",
+        "on_failure",
+    ];
+
+    fn document() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec((prop::sample::select(&SERVER_KEYS[..]), value()), 0..6),
+            prop::collection::vec((value(), value(), value(), value()), 0..3),
+            prop::collection::vec((prop::sample::select(&MODEL_SECTIONS[..]), prop::sample::select(&SECTION_KEYS[..]), value()), 0..4),
+        )
+            .prop_map(|(server, versions, sections)| {
+                let mut text = String::from("[server]\n");
+                for (key, value) in server {
+                    text.push_str(&format!("{key} = {value}\n"));
+                }
+                text.push_str("[[models]]\nname = \"m\"\n");
+                for (version, stage, endpoints, limit) in versions {
+                    text.push_str(&format!(
+                        "[[models.versions]]\nversion = {version}\nstage = {stage}\nendpoints = {endpoints}\nmax_concurrent_requests = {limit}\n"
+                    ));
+                }
+                for (section, key, value) in sections {
+                    text.push_str(&format!("[models.{section}]\n{key} = {value}\n"));
+                }
+                text
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_text_is_refused_or_accepted_without_a_panic(text in "\\PC{0,200}") {
+            let _ = Config::parse(&text, "fuzz");
+        }
+
+        #[test]
+        fn broken_documents_are_refused_with_messages(text in document()) {
+            match Config::parse(&text, "fuzz") {
+                Ok(_) => {}
+                Err(ConfigError::Invalid { errors, .. }) => {
+                    prop_assert!(!errors.is_empty());
+                    for error in errors {
+                        prop_assert!(!error.path.is_empty() && !error.message.is_empty(), "{error:?}");
+                    }
+                }
+                Err(ConfigError::Syntax { message, .. }) => prop_assert!(!message.is_empty()),
+                Err(other) => prop_assert!(false, "unexpected error kind: {other}"),
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Crash safety: drive changes through the admin API of the real binary, `kill -9`
 //! it at a random moment, restart it, and check that every acknowledged change is
-//! there and the state is valid. 20 rounds here; the soak run is
+//! there and the state is valid: transitions, rollbacks, canary weights, rollouts
+//! started, aborted and promoted, shadow settings. 50 rounds here; the soak run is
 //! `cargo test --release --test crash -- --ignored`.
 
 mod common;
@@ -67,23 +68,29 @@ fn next_change(production: &str) -> (String, Value) {
         .filter(|v| *v != production)
         .collect();
     let version = others[fastrand::usize(..others.len())];
-    match fastrand::u8(..4) {
-        0 => (
+    let transition = |stage: &str| {
+        (
             format!("/api/v1/models/fraud/versions/{version}/transition"),
-            json!({ "stage": "production" }),
+            json!({ "stage": stage }),
+        )
+    };
+    let post = |path: &str, body: Value| (format!("/api/v1/models/fraud/{path}"), body);
+    match fastrand::u8(..9) {
+        0 => transition("production"),
+        1 => post("rollback", json!({ "force": true, "reason": "crash test" })),
+        2 => transition("archived"),
+        3 => transition("staging"),
+        4 => post(
+            "canary",
+            json!({ "version": version, "weight": fastrand::u8(0..=100) }),
         ),
-        1 => (
-            "/api/v1/models/fraud/rollback".to_string(),
-            json!({ "force": true, "reason": "crash test" }),
+        5 => post(
+            "rollout",
+            json!({ "candidate": version, "steps": [10, 50], "step_interval_s": 3600 }),
         ),
-        2 => (
-            format!("/api/v1/models/fraud/versions/{version}/transition"),
-            json!({ "stage": "archived" }),
-        ),
-        _ => (
-            format!("/api/v1/models/fraud/versions/{version}/transition"),
-            json!({ "stage": "staging" }),
-        ),
+        6 => post("rollout/abort", json!({})),
+        7 => post("rollout/promote", json!({ "reason": "crash test" })),
+        _ => post("shadow", json!({ "percent": fastrand::u8(0..=100) })),
     }
 }
 
@@ -94,7 +101,7 @@ async fn drive(admin: String, mut production: String, acked: Arc<Mutex<Vec<Value
         let Some(answer) = call(&admin, Method::POST, &path, Some(body)).await else {
             return;
         };
-        if answer.status == StatusCode::OK {
+        if answer.status.is_success() {
             let record = answer.json()["record"].clone();
             if record["to"] == "production" {
                 production = record["version"].as_str().unwrap().to_string();
@@ -151,6 +158,20 @@ async fn verify(admin: &str, acked: &[Value]) -> String {
             "acknowledged change {revision} was lost or altered"
         );
     }
+    // A canary only ever points at a staging version.
+    let rollout = call(admin, Method::GET, "/api/v1/models/fraud/rollout", None)
+        .await
+        .unwrap()
+        .json();
+    if let Some(canary) = rollout["canary"]["version"].as_str() {
+        let stage = model["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["version"] == canary)
+            .map(|v| v["stage"].clone());
+        assert_eq!(stage, Some(json!("staging")), "canary {canary} in {model}");
+    }
     productions[0]["version"].as_str().unwrap().to_string()
 }
 
@@ -189,13 +210,13 @@ async fn crash_rounds(rounds: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_change_survives_kill_9() {
-    crash_rounds(20).await;
+    crash_rounds(50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: 300 rounds"]
+#[ignore = "soak: 1000 rounds"]
 async fn soak_every_acknowledged_change_survives_kill_9() {
-    crash_rounds(300).await;
+    crash_rounds(1000).await;
 }
 
 /// The last rollout state the journal holds.

@@ -1,0 +1,111 @@
+//! Entry points of the fuzz targets (`fuzz/`), here so the committed corpora also
+//! run as ordinary regression tests (`tests/fuzz_corpus.rs`) through exactly the
+//! same code. Each takes arbitrary bytes and must return without panicking.
+
+use std::sync::{Arc, OnceLock};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::Config;
+use crate::registry::{Canary, Catalog, CompareMode, ComparePolicy};
+use crate::routing::{self, Router};
+use crate::shadow::{Answer, Comparator};
+use crate::telemetry::Telemetry;
+
+/// The config loader on arbitrary text.
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Config::parse(text, "fuzz");
+    }
+}
+
+/// The resolver: the first line is the path, the others `name: value` headers.
+pub fn route(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let path = lines.next().unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.trim().as_bytes()),
+            HeaderValue::from_str(value.trim()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let table = router().load();
+    if let Ok(resolved) = routing::resolve(&table, path, &headers) {
+        let _ = resolved.route.pick_endpoint();
+        let _ = routing::path::parse(&path[resolved.strip..]);
+    }
+}
+
+/// Every comparator: the bytes before the first 0xFF are production's answer,
+/// the rest the shadow's; the first byte picks the status codes.
+pub fn compare(data: &[u8]) {
+    let split = data.iter().position(|&b| b == 0xFF).unwrap_or(data.len());
+    let (primary, shadow) = (&data[..split], data.get(split + 1..).unwrap_or_default());
+    let status = |b: Option<&u8>| {
+        if b.is_some_and(|b| b % 7 == 0) {
+            500
+        } else {
+            200
+        }
+    };
+    for comparator in comparators() {
+        let verdict = comparator.compare(
+            Answer {
+                status: status(primary.first()),
+                body: primary,
+            },
+            Answer {
+                status: status(shadow.first()),
+                body: shadow,
+            },
+        );
+        assert!(verdict.differences.len() <= crate::shadow::compare::MAX_DIFFERENCES);
+        assert!(!verdict.matched || verdict.difference_count == 0);
+    }
+}
+
+fn router() -> &'static Router {
+    static ROUTER: OnceLock<Router> = OnceLock::new();
+    ROUTER.get_or_init(|| {
+        let text = "[[models]]\nname = \"m\"\n[models.canary]\nsticky_header = \"x-user-id\"\n\
+            [[models.versions]]\nversion = \"1\"\nstage = \"archived\"\nendpoints = [\"http://127.0.0.1:1\"]\n\
+            [[models.versions]]\nversion = \"2\"\nstage = \"production\"\nendpoints = [\"http://127.0.0.1:2\", \"http://127.0.0.1:3/p\"]\n\
+            [[models.versions]]\nversion = \"3\"\nstage = \"staging\"\nendpoints = [\"http://127.0.0.1:4\"]\n";
+        let mut models = Config::parse(text, "fuzz").map(|c| c.models).unwrap_or_default();
+        for model in &mut models {
+            model.canary = Some(Canary { version: "3".into(), weight: 30.0, salt: 7 });
+        }
+        Router::new(Arc::new(Catalog::from_models(models)), Telemetry::new())
+    })
+}
+
+fn comparators() -> &'static [Comparator] {
+    static COMPARATORS: OnceLock<Vec<Comparator>> = OnceLock::new();
+    COMPARATORS.get_or_init(|| {
+        [
+            CompareMode::Json,
+            CompareMode::Oip,
+            CompareMode::Label,
+            CompareMode::Status,
+            CompareMode::Bytes,
+        ]
+        .into_iter()
+        .filter_map(|mode| {
+            let policy = ComparePolicy {
+                mode,
+                ignore: vec!["id".into(), "outputs[*].parameters".into()],
+                label_path: "predictions[*]".into(),
+                ..ComparePolicy::default()
+            };
+            Comparator::new(&policy).ok()
+        })
+        .collect()
+    })
+}
