@@ -495,3 +495,67 @@ async fn a_version_over_its_own_limit_sheds_while_others_serve() {
         "the slot is free again"
     );
 }
+
+/// A model server that reads the request, writes `partial` (possibly nothing)
+/// and then resets the connection (RST, not FIN).
+async fn resetting_upstream(partial: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(partial).await;
+                let _ = stream.flush().await;
+                let _ = stream.set_zero_linger();
+                drop(stream);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_reset_before_the_answer_is_502() {
+    let resetting = resetting_upstream(b"").await;
+    let gateway = gateway(&one_model(
+        "",
+        &[("2", "production", &[&format!("http://{resetting}")])],
+    ))
+    .await;
+    let answer = post(
+        &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.code(), "upstream_error");
+    assert!(common::metrics(&gateway).await.contains(
+        r#"stagegate_upstream_errors_total{model="fraud",version="2",kind="protocol"} 1"#
+    ));
+}
+
+#[tokio::test]
+async fn an_upstream_reset_mid_body_ends_the_client_body_in_an_error() {
+    let resetting =
+        resetting_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\":").await;
+    let gateway = gateway(&one_model(
+        "",
+        &[("2", "production", &[&format!("http://{resetting}")])],
+    ))
+    .await;
+    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let request = http::Request::post(&url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = common::client().request(request).await.unwrap();
+    // The head was already on its way when the reset came: the status stays,
+    // but the body must not look complete.
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+    assert!(body.is_err(), "a reset body must end in an error");
+    assert!(common::metrics(&gateway).await.contains(
+        r#"stagegate_upstream_errors_total{model="fraud",version="2",kind="protocol"} 1"#
+    ));
+}

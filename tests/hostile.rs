@@ -162,11 +162,11 @@ async fn many_slow_and_silent_clients_are_closed_while_normal_traffic_flows() {
     post(&url, &[]).await; // warm the pools before the baseline
     let baseline = open_fds();
 
-    let started = Instant::now();
     let slow: Vec<_> = (0..200)
         .map(|i| {
             tokio::spawn(async move {
                 let mut stream = TcpStream::connect(addr).await.unwrap();
+                let started = Instant::now();
                 // A third send nothing, a third a partial HTTP/1 head, a third a partial preface.
                 let opening: &[u8] = match i % 3 {
                     0 => b"",
@@ -187,15 +187,15 @@ async fn many_slow_and_silent_clients_are_closed_while_normal_traffic_flows() {
             "normal traffic must not notice"
         );
     }
+    let mut slowest = Duration::ZERO;
     for connection in slow {
-        let closed_after = connection.await.unwrap();
-        // Without the header-read deadline these would stay open forever; the
-        // bound is loose because this asserts closing, not its timing.
-        assert!(
-            closed_after < Duration::from_secs(10),
-            "still open after {closed_after:?}"
-        );
+        slowest = slowest.max(connection.await.unwrap());
     }
+    eprintln!("slowest of 200 closed {slowest:?} after its connect");
+    assert!(
+        slowest < Duration::from_millis(300) + Duration::from_secs(1),
+        "a silent connection stayed open {slowest:?}, past the header-read timeout plus a second"
+    );
     // The gateway's side of every slow connection is gone too.
     let settled = async {
         while open_fds() > baseline + 5 {
