@@ -102,13 +102,7 @@ async fn refused_upstream_is_502() {
             .unwrap()
             .contains(&refused.to_string())
     );
-    let metrics = common::metrics(&gateway).await;
-    assert!(
-        metrics.contains(
-            r#"stagegate_upstream_errors_total{model="fraud",version="2",kind="connect"} 1"#
-        ),
-        "{metrics}"
-    );
+    assert!(counts_upstream_errors(&gateway, "connect", 1).await);
 }
 
 #[tokio::test]
@@ -203,29 +197,9 @@ async fn headers_over_the_limit_are_431() {
     assert!(upstream.received().is_empty());
 }
 
-/// A model server that sends its response head and part of the body, then stalls.
-async fn stalling_upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\":")
-                    .await;
-                std::future::pending::<()>().await;
-                drop(stream);
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_stalled_response_body_is_cut_off_and_frees_its_slot() {
-    let stalling = stalling_upstream().await;
+    let stalling = misbehaving_upstream(PARTIAL_ANSWER, Then::Stall).await;
     let healthy = FakeUpstream::start("v3").await;
     let config = one_model(
         "request_timeout_ms = 300\nmax_concurrent_requests = 1",
@@ -249,13 +223,7 @@ async fn a_stalled_response_body_is_cut_off_and_frees_its_slot() {
     // The only admission slot is free again.
     let next = post(&url, &[("x-stagegate-stage", "staging")]).await;
     assert_eq!(next.status, StatusCode::OK);
-    let metrics = common::metrics(&gateway).await;
-    assert!(
-        metrics.contains(
-            r#"stagegate_upstream_errors_total{model="fraud",version="2",kind="timeout"} 1"#
-        ),
-        "{metrics}"
-    );
+    assert!(counts_upstream_errors(&gateway, "timeout", 1).await);
 }
 
 #[tokio::test]
@@ -496,9 +464,16 @@ async fn a_version_over_its_own_limit_sheds_while_others_serve() {
     );
 }
 
+/// What a misbehaving model server does after writing part of its answer.
+#[derive(Clone, Copy)]
+enum Then {
+    Stall,
+    Reset,
+}
+
 /// A model server that reads the request, writes `partial` (possibly nothing)
-/// and then resets the connection (RST, not FIN).
-async fn resetting_upstream(partial: &'static [u8]) -> std::net::SocketAddr {
+/// and then stalls forever or resets the connection (RST, not FIN).
+async fn misbehaving_upstream(partial: &'static [u8], then: Then) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -508,17 +483,35 @@ async fn resetting_upstream(partial: &'static [u8]) -> std::net::SocketAddr {
                 let _ = stream.read(&mut buf).await;
                 let _ = stream.write_all(partial).await;
                 let _ = stream.flush().await;
-                let _ = stream.set_zero_linger();
-                drop(stream);
+                match then {
+                    Then::Stall => std::future::pending::<()>().await,
+                    Then::Reset => {
+                        let _ = stream.set_zero_linger();
+                    }
+                }
             });
         }
     });
     addr
 }
 
+const PARTIAL_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\":";
+
+/// Whether /metrics counts `count` upstream errors of `kind` for fraud v2.
+async fn counts_upstream_errors(
+    gateway: &stagegate::gateway::RunningGateway,
+    kind: &str,
+    count: u64,
+) -> bool {
+    let metrics = common::metrics(gateway).await;
+    metrics.contains(&format!(
+        r#"stagegate_upstream_errors_total{{model="fraud",version="2",kind="{kind}"}} {count}"#
+    ))
+}
+
 #[tokio::test]
 async fn an_upstream_reset_before_the_answer_is_502() {
-    let resetting = resetting_upstream(b"").await;
+    let resetting = misbehaving_upstream(b"", Then::Reset).await;
     let gateway = gateway(&one_model(
         "",
         &[("2", "production", &[&format!("http://{resetting}")])],
@@ -531,15 +524,12 @@ async fn an_upstream_reset_before_the_answer_is_502() {
     .await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.code(), "upstream_error");
-    assert!(common::metrics(&gateway).await.contains(
-        r#"stagegate_upstream_errors_total{model="fraud",version="2",kind="protocol"} 1"#
-    ));
+    assert!(counts_upstream_errors(&gateway, "protocol", 1).await);
 }
 
 #[tokio::test]
 async fn an_upstream_reset_mid_body_ends_the_client_body_in_an_error() {
-    let resetting =
-        resetting_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\":").await;
+    let resetting = misbehaving_upstream(PARTIAL_ANSWER, Then::Reset).await;
     let gateway = gateway(&one_model(
         "",
         &[("2", "production", &[&format!("http://{resetting}")])],
@@ -555,7 +545,5 @@ async fn an_upstream_reset_mid_body_ends_the_client_body_in_an_error() {
     assert_eq!(response.status(), StatusCode::OK);
     let body = http_body_util::BodyExt::collect(response.into_body()).await;
     assert!(body.is_err(), "a reset body must end in an error");
-    assert!(common::metrics(&gateway).await.contains(
-        r#"stagegate_upstream_errors_total{model="fraud",version="2",kind="protocol"} 1"#
-    ));
+    assert!(counts_upstream_errors(&gateway, "protocol", 1).await);
 }
