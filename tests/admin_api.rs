@@ -122,11 +122,7 @@ async fn a_promotion_is_journaled_with_the_actor_and_live_when_acknowledged() {
     );
 
     // Live as soon as acknowledged: the very next request goes to version 3.
-    let routed = post(
-        &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
-        &[],
-    )
-    .await;
+    let routed = post(&common::infer_url(&gateway), &[]).await;
     assert_eq!(routed.header("x-stagegate-version"), "3");
     assert_eq!(upstreams[2].received().len(), 1);
 

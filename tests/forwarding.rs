@@ -53,11 +53,7 @@ async fn hop_by_hop_headers_are_stripped_towards_the_client() {
     ];
     let upstream = FakeUpstream::with("v2", Behaviour::Answer { headers }).await;
     let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
-    let answer = post(
-        &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
-        &[],
-    )
-    .await;
+    let answer = post(&common::infer_url(&gateway), &[]).await;
     assert_eq!(answer.status, StatusCode::OK);
     for stripped in ["x-upstream-secret", "keep-alive", "proxy-authenticate"] {
         assert!(
@@ -72,7 +68,7 @@ async fn hop_by_hop_headers_are_stripped_towards_the_client() {
 async fn forwarded_for_carries_the_real_peer_last_and_host_is_the_endpoint() {
     let upstream = FakeUpstream::start("v2").await;
     let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
     post(&url, &[]).await;
     post(&url, &[("x-forwarded-for", "6.6.6.6")]).await;
     let received = upstream.received();
@@ -92,7 +88,7 @@ async fn forwarded_for_carries_the_real_peer_last_and_host_is_the_endpoint() {
 async fn upstream_connections_are_pooled_and_reused() {
     let upstream = FakeUpstream::start("v2").await;
     let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
     for _ in 0..25 {
         assert_eq!(post(&url, &[]).await.status, StatusCode::OK);
     }
@@ -129,7 +125,7 @@ async fn requests_spread_over_all_endpoints_of_a_version() {
         &[("2", "production", &[&a.url(), &b.url()])],
     ))
     .await;
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
     for _ in 0..60 {
         assert_eq!(post(&url, &[]).await.status, StatusCode::OK);
     }
@@ -164,12 +160,9 @@ async fn http2_cleartext_clients_are_served_on_the_same_port() {
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
-    let request = Request::post(format!(
-        "http://{}/v2/models/fraud/infer",
-        gateway.data_addr()
-    ))
-    .body(Full::new(Bytes::from_static(b"{\"inputs\": []}")))
-    .unwrap();
+    let request = Request::post(common::infer_url(&gateway))
+        .body(Full::new(Bytes::from_static(b"{\"inputs\": []}")))
+        .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), StatusCode::OK);

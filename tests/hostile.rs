@@ -41,17 +41,6 @@ async fn raw_upstream() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
     (addr, seen)
 }
 
-/// Writes `request` and reads until the gateway closes (or 10 s pass).
-async fn exchange(addr: SocketAddr, request: &[u8]) -> (String, bool) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut response = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .is_ok();
-    (String::from_utf8_lossy(&response).into_owned(), closed)
-}
-
 #[tokio::test]
 async fn smuggling_and_broken_framing_are_400_closed_and_never_forwarded() {
     let (upstream, seen) = raw_upstream().await;
@@ -80,7 +69,8 @@ async fn smuggling_and_broken_framing_are_400_closed_and_never_forwarded() {
         ),
     ];
     for (name, request) in cases {
-        let (response, closed) = exchange(gateway.data_addr(), request.as_bytes()).await;
+        let (response, closed) =
+            common::raw_exchange(gateway.data_addr(), request.as_bytes()).await;
         assert!(response.starts_with("HTTP/1.1 400"), "{name}: {response:?}");
         assert!(closed, "{name}: the connection must be closed");
     }
@@ -91,12 +81,7 @@ async fn smuggling_and_broken_framing_are_400_closed_and_never_forwarded() {
     );
     // The gateway still serves well-formed requests.
     assert_eq!(
-        post(
-            &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
-            &[]
-        )
-        .await
-        .status,
+        post(&common::infer_url(&gateway), &[]).await.status,
         StatusCode::OK
     );
 }
@@ -118,7 +103,7 @@ async fn transfer_encoding_with_content_length_is_reframed_and_closed() {
         "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\n\
          transfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n{smuggled}"
     );
-    let (response, closed) = exchange(gateway.data_addr(), request.as_bytes()).await;
+    let (response, closed) = common::raw_exchange(gateway.data_addr(), request.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
     assert_eq!(response.matches("HTTP/1.1").count(), 1, "{response:?}");
     assert!(closed, "the connection must be closed after the response");
@@ -137,7 +122,7 @@ async fn too_many_header_fields_are_431() {
         request.push_str(&format!("x-h{i}: v\r\n"));
     }
     request.push_str("\r\n");
-    let (response, _) = exchange(gateway.data_addr(), request.as_bytes()).await;
+    let (response, _) = common::raw_exchange(gateway.data_addr(), request.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 431"), "{response}");
     assert!(upstream.received().is_empty());
 }

@@ -226,7 +226,7 @@ async fn after_a_rollback_returns_every_new_request_goes_to_the_restored_version
         .change(promote("3"), "tester")
         .await
         .unwrap();
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
 
     let rolled_back = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

@@ -131,7 +131,7 @@ async fn a_manual_canary_is_sticky_and_honest_about_its_weight() {
     )
     .await;
     assert_eq!(set.status, StatusCode::OK, "{:?}", set.json());
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
     let client = common::client();
     let mut canary = 0;
     for i in 0..2000 {
@@ -194,10 +194,7 @@ async fn a_rollout_of_a_good_candidate_ends_in_production() {
         FakeUpstream::start("v3").await,
     );
     let gateway = common::gateway(&config(&prod.url(), &cand.url(), "")).await;
-    let traffic = Traffic::start(format!(
-        "http://{}/v2/models/fraud/infer",
-        gateway.data_addr()
-    ));
+    let traffic = Traffic::start(common::infer_url(&gateway));
     let started = start(&gateway, fast_plan(json!({ "reason": "retrained" }))).await;
     assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.json());
     let done = until_phase(&gateway, "succeeded").await;
@@ -212,11 +209,7 @@ async fn a_rollout_of_a_good_candidate_ends_in_production() {
         .await
         .json();
     assert_eq!(model["production"], "3");
-    let routed = post(
-        &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
-        &[],
-    )
-    .await;
+    let routed = post(&common::infer_url(&gateway), &[]).await;
     assert_eq!(
         (
             routed.header("x-stagegate-version"),
@@ -259,10 +252,7 @@ async fn failing_rollout(
     let prod = FakeUpstream::start("v2").await;
     let cand = FakeUpstream::with("v3", candidate).await;
     let gateway = common::gateway(&config(&prod.url(), &cand.url(), extra_config)).await;
-    let traffic = Traffic::start(format!(
-        "http://{}/v2/models/fraud/infer",
-        gateway.data_addr()
-    ));
+    let traffic = Traffic::start(common::infer_url(&gateway));
     assert_eq!(start(&gateway, plan).await.status, StatusCode::CREATED);
     let failed = until_phase(&gateway, "rolled_back").await;
     traffic.stop().await;
@@ -282,7 +272,7 @@ async fn failing_rollout(
     // Weight 0 at once: every request now goes to production.
     for i in 0..20 {
         let answer = post(
-            &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
+            &common::infer_url(&gateway),
             &[("x-user-id", &format!("u{i}"))],
         )
         .await;
@@ -361,10 +351,7 @@ async fn the_shadow_gate_lets_an_agreeing_candidate_through() {
     );
     let shadow = "[models.shadow]\npercent = 100.0\n[models.compare]\nignore = [\"server\"]\n";
     let gateway = common::gateway(&config(&prod.url(), &cand.url(), shadow)).await;
-    let traffic = Traffic::start(format!(
-        "http://{}/v2/models/fraud/infer",
-        gateway.data_addr()
-    ));
+    let traffic = Traffic::start(common::infer_url(&gateway));
     let plan = fast_plan(json!({ "min_shadow_agreement": 0.99, "min_shadow_compared": 20 }));
     let started = start(&gateway, plan).await.json();
     assert_eq!(started["record"]["rollout"]["phase"], "waiting_for_shadow");
@@ -377,10 +364,7 @@ async fn a_failing_gate_pauses_by_policy_and_people_resume_abort_and_promote() {
     let prod = FakeUpstream::start("v2").await;
     let cand = FakeUpstream::with("v3", Behaviour::Status(503)).await;
     let gateway = common::gateway(&config(&prod.url(), &cand.url(), "")).await;
-    let traffic = Traffic::start(format!(
-        "http://{}/v2/models/fraud/infer",
-        gateway.data_addr()
-    ));
+    let traffic = Traffic::start(common::infer_url(&gateway));
     assert_eq!(
         start(&gateway, fast_plan(json!({ "on_failure": "pause" })))
             .await

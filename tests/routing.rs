@@ -215,7 +215,7 @@ async fn model_without_production_is_503_and_missing_stage_pin_is_404() {
     ))
     .await;
     let answer = post(
-        &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
+        &common::infer_url(&gateway),
         &[("x-stagegate-stage", "staging")],
     )
     .await;

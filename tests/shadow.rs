@@ -84,7 +84,7 @@ async fn the_mirror_percentage_is_honoured() {
         "ignore = [\"server\"]",
     ))
     .await;
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
     let client = common::client();
     for _ in 0..2000 {
         assert_eq!(
@@ -152,11 +152,7 @@ async fn answers_are_compared_and_disagreements_reported_by_path() {
     ))
     .await;
     for _ in 0..3 {
-        post(
-            &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
-            &[("x-request-id", "req-7")],
-        )
-        .await;
+        post(&common::infer_url(&gateway), &[("x-request-id", "req-7")]).await;
     }
     let report = report_until(&gateway, |r| r["compared"] == 3).await;
     assert_eq!(
@@ -246,7 +242,7 @@ async fn a_hanging_shadow_never_holds_production_and_the_in_flight_budget_holds(
     let hanging = FakeUpstream::with("v3", Behaviour::Hang).await;
     let shadow = "percent = 100.0\ntimeout_ms = 600000\nmax_in_flight = 4";
     let gateway = common::gateway(&config(&prod.url(), &hanging.url(), shadow, "")).await;
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
     let requests: Vec<_> = (0..40)
         .map(|_| tokio::spawn(common::post_owned(url.clone())))
         .collect();
@@ -284,11 +280,7 @@ async fn shadow_timeouts_refusals_and_resets_are_counted_and_production_is_fine(
         ))
         .await;
         for _ in 0..5 {
-            let answer = post(
-                &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
-                &[],
-            )
-            .await;
+            let answer = post(&common::infer_url(&gateway), &[]).await;
             assert_eq!(
                 (answer.status, answer.json()["server"].as_str()),
                 (StatusCode::OK, Some("v2")),
@@ -337,11 +329,7 @@ async fn a_slow_shadow_is_compared_when_it_answers_after_production() {
         "ignore = [\"server\"]",
     ))
     .await;
-    let answer = post(
-        &format!("http://{}/v2/models/fraud/infer", gateway.data_addr()),
-        &[],
-    )
-    .await;
+    let answer = post(&common::infer_url(&gateway), &[]).await;
     assert_eq!(
         answer.status,
         StatusCode::OK,
@@ -362,7 +350,7 @@ async fn settings_change_through_the_api_journaled_and_reports_reset() {
     let dir = tempfile::tempdir().unwrap();
     let text = config(&prod.url(), &stage.url(), "percent = 0.0", "");
     let gateway = common::gateway_in(&text, dir.path()).await;
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
     post(&url, &[]).await;
     assert_eq!(report(&gateway).await["mirrored"], 0);
 

@@ -55,7 +55,7 @@ async fn drain_timeout_closes_connections_that_do_not_finish() {
         &[("2", "production", &[&upstream.url()])],
     ))
     .await;
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
     let stuck = tokio::spawn(async move {
         let request = http::Request::post(url)
             .body(http_body_util::Full::new(bytes::Bytes::new()))

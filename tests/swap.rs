@@ -38,7 +38,7 @@ async fn swaps_under_concurrent_requests_lose_none() {
     };
     let tables = [catalog(&before), catalog(&after)];
     let gateway = common::gateway(&before).await;
-    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    let url = common::infer_url(&gateway);
 
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));

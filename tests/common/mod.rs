@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use stagegate::config::Config;
 use stagegate::gateway::{self, RunningGateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -320,6 +321,23 @@ pub async fn send(
         headers: parts.headers,
         body: body.collect().await.unwrap().to_bytes(),
     }
+}
+
+/// Writes raw `request` bytes and reads until the gateway closes the
+/// connection or 10 s pass; the flag says whether it closed.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&response).into_owned(), closed)
+}
+
+/// The data listener's inference URL for model `fraud`.
+pub fn infer_url(gateway: &RunningGateway) -> String {
+    format!("http://{}/v2/models/fraud/infer", gateway.data_addr())
 }
 
 /// POSTs a small JSON body.
