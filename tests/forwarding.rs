@@ -116,6 +116,48 @@ async fn upstream_connections_are_pooled_and_reused() {
     );
 }
 
+/// A model server that answers one request per connection, keep-alive in
+/// appearance, then closes it; reports each close.
+async fn one_answer_per_connection() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (closed, closes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+                let _ = stream.shutdown().await;
+                drop(stream);
+                let _ = closed.send(());
+            });
+        }
+    });
+    (url, closes)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_is_not_reused() {
+    let (upstream, mut closes) = one_answer_per_connection().await;
+    let gateway = gateway(&one_model("", &[("2", "production", &[&upstream])])).await;
+    let url = common::infer_url(&gateway);
+    for round in 0..5 {
+        let answer = post(&url, &[]).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "round {round}: {:?}",
+            answer.body
+        );
+        // The server has closed the pooled connection before the next request.
+        closes.recv().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn requests_spread_over_all_endpoints_of_a_version() {
     let a = FakeUpstream::start("a").await;

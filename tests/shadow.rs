@@ -302,6 +302,35 @@ async fn shadow_timeouts_refusals_and_resets_are_counted_and_production_is_fine(
     }
 }
 
+#[tokio::test]
+async fn mirrors_to_an_ejected_staging_endpoint_are_dropped_before_anything_is_sent() {
+    let prod = FakeUpstream::start("v2").await;
+    let refused = format!("http://{}", common::refused_addr().await);
+    let mut text = one_model(
+        "eject_after_failures = 2\neject_backoff_ms = 600000\n",
+        &[
+            ("2", "production", &[&prod.url()]),
+            ("3", "staging", &[&refused]),
+        ],
+    );
+    text.push_str("[models.shadow]\npercent = 100.0\n");
+    let gateway = common::gateway(&text).await;
+    let url = common::infer_url(&gateway);
+    for failures in 1..=2 {
+        assert_eq!(post(&url, &[]).await.status, StatusCode::OK);
+        report_until(&gateway, |r| r["errors"]["connect"] == failures).await;
+    }
+    // Two failed connects ejected the only staging endpoint.
+    for _ in 0..5 {
+        let answer = post(&url, &[]).await;
+        assert_eq!(answer.json()["server"], "v2");
+    }
+    let report = report(&gateway).await;
+    assert_eq!(report["mirrored"], 2, "{report}");
+    assert_eq!(report["dropped"]["no_healthy_endpoint"], 5, "{report}");
+    assert_eq!(report["errors"]["connect"], 2, "{report}");
+}
+
 /// Answers with a head and half a body, then closes the connection.
 async fn resetting_upstream() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
 use super::admission::Permit;
+use super::pool::UpstreamBody;
 use crate::routing::{EndpointGuard, VersionRoute};
 use crate::shadow::capture::Capture;
 use crate::telemetry::UpstreamErrorKind;
@@ -38,7 +39,7 @@ pin_project! {
     enum Kind {
         Upstream {
             #[pin]
-            body: Incoming,
+            body: UpstreamBody,
             stream: Streaming,
         },
         Local { #[pin] body: Full<Bytes> },
@@ -75,7 +76,7 @@ impl ResponseBody {
     /// A model server's body, streamed through; it fails after `idle_timeout`
     /// without a frame.
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         permits: [Option<Permit>; 2],
         endpoint: EndpointGuard,
         route: Arc<VersionRoute>,

@@ -90,6 +90,8 @@ pub async fn serve_connection<H: Handler>(
     let (mut closing, mut last_started) = (false, 0);
     loop {
         tokio::select! {
+            // The connection is what wakes this task almost every time.
+            biased;
             served = connection.as_mut() => {
                 if let Err(error) = served {
                     tracing::debug!(%error, %peer, "connection ended with an error");

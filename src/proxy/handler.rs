@@ -13,6 +13,7 @@ use tokio::time::timeout_at;
 use super::admission::{Admission, Permit};
 use super::body::ResponseBody;
 use super::headers::{prepare_upstream_request, strip_hop_by_hop};
+use super::pool::{PoolKind, UpstreamBody};
 use super::upstream::{UpstreamClient, upstream_uri};
 use super::{Handler, Limits, ProxyError};
 use crate::routing::health::EjectionPolicy;
@@ -41,7 +42,7 @@ struct Routed {
 /// the body streams.
 struct Exchanged {
     parts: http::response::Parts,
-    body: Incoming,
+    body: UpstreamBody,
     endpoint: EndpointGuard,
     capture: Option<CaptureSender>,
 }
@@ -60,7 +61,7 @@ impl Proxy {
         let primary_wait = limits.request_timeout + limits.request_timeout;
         Proxy {
             router,
-            client: UpstreamClient::new(limits.connect_timeout),
+            client: UpstreamClient::new(PoolKind::Primary, limits.connect_timeout),
             shadow: ShadowService::new(limits.connect_timeout, primary_wait, limits.ejection),
             admission: Admission::new(limits.max_concurrent_requests),
             limits,
@@ -188,10 +189,8 @@ impl Proxy {
         prepare_upstream_request(&mut parts.headers, host, peer, client_authority.as_ref());
         let capture = match (mirror, &original) {
             (Some(mirror), Some(original)) => {
-                Some(
-                    self.shadow
-                        .dispatch(mirror, &mut parts, original, routed.strip, &body),
-                )
+                self.shadow
+                    .dispatch(mirror, &mut parts, original, routed.strip, &body)
             }
             _ => None,
         };

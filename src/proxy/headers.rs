@@ -10,8 +10,6 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 
-use crate::routing::{PIN_STAGE, PIN_VERSION};
-
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -30,9 +28,22 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 /// Client-supplied claims about the original request that we do not maintain:
 /// dropped rather than passed on as if we vouched for them.
 const UNVOUCHED: [HeaderName; 2] = [header::FORWARDED, HeaderName::from_static("x-real-ip")];
+/// Request headers that stop at the gateway besides the hop-by-hop ones: its own
+/// pin headers, `Expect` (answered here), the client's forwarding claims.
+const ENDS_HERE: [HeaderName; 4] = [
+    HeaderName::from_static("x-stagegate-stage"),
+    HeaderName::from_static("x-stagegate-version"),
+    header::EXPECT,
+    X_FORWARDED_HOST,
+];
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the few names present is
+    // cheaper than hashing nine names to find nothing.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let nominated: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -66,11 +77,11 @@ pub fn prepare_upstream_request(
     authority: Option<&Authority>,
 ) {
     strip_hop_by_hop(headers);
-    for name in [&PIN_STAGE, &PIN_VERSION, &header::EXPECT, &X_FORWARDED_HOST] {
-        headers.remove(name);
-    }
-    for name in &UNVOUCHED {
-        headers.remove(name);
+    let ends_here = |name: &HeaderName| ENDS_HERE.contains(name) || UNVOUCHED.contains(name);
+    if headers.keys().any(ends_here) {
+        for name in ENDS_HERE.iter().chain(&UNVOUCHED) {
+            headers.remove(name);
+        }
     }
     let client_host = headers
         .insert(header::HOST, host.clone())
@@ -116,6 +127,7 @@ pub fn peer_header(ip: IpAddr) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::{PIN_STAGE, PIN_VERSION};
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -9,6 +9,7 @@ mod connection;
 mod error;
 mod handler;
 pub mod headers;
+pub mod pool;
 mod server;
 pub mod upstream;
 

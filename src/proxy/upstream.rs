@@ -1,91 +1,159 @@
-//! The client side: pooled keep-alive connections to model servers, the upstream
-//! request URI, and the classification of what went wrong.
+//! The client side: sending a request to a model server on a pooled keep-alive
+//! connection ([`super::pool`]), the upstream request URI, and the
+//! classification of what went wrong.
 
-use std::error::Error as StdError;
-use std::io;
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
 
 use super::ProxyError;
+use super::pool::{Lease, PoolKind, UpstreamBody, UpstreamConn};
 use crate::routing::Endpoint;
 use crate::telemetry::error_chain;
 
-/// How long an idle pooled connection to a model server is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// TCP keepalive on upstream connections, so a vanished model server is noticed
+/// on an idle connection too.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// A pool of keep-alive HTTP/1.1 connections per model server, shared by every
-/// route: a request reuses an idle connection and opens one only when none is idle.
+/// Sends requests to model servers over keep-alive HTTP/1.1 connections from the
+/// endpoint's pool of this client's kind: a request reuses an idle connection and
+/// opens one only when none is idle.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    kind: PoolKind,
     connect_timeout: Duration,
 }
 
+/// How one exchange on one connection went.
+enum Exchange {
+    Answered(Response<Incoming>, Option<Box<UpstreamConn>>),
+    /// The connection was closed before the request was written; it comes back
+    /// untouched and may be sent on another connection.
+    NotSent(Request<Full<Bytes>>),
+    Failed(hyper::Error),
+}
+
 impl UpstreamClient {
-    pub fn new(connect_timeout: Duration) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+    pub fn new(kind: PoolKind, connect_timeout: Duration) -> UpstreamClient {
         UpstreamClient {
-            client,
+            kind,
             connect_timeout,
         }
     }
 
-    /// Sends `request` to `endpoint`, its URI already set by [`upstream_uri`].
+    /// Sends `request` (its URI already set by [`upstream_uri`], its `Host` set) to
+    /// `endpoint` and waits for the response head.
     pub async fn send(
         &self,
-        endpoint: &Endpoint,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        self.client
-            .request(request)
-            .await
-            .map_err(|error| self.classify(endpoint, &error))
+        endpoint: &Arc<Endpoint>,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        if let Some(conn) = endpoint.pools.get(self.kind).take() {
+            match exchange(conn, request).await {
+                Exchange::NotSent(unsent) => request = unsent,
+                done => return self.finish(endpoint, done),
+            }
+        }
+        let conn = self.connect(endpoint).await?;
+        let done = exchange(conn, request).await;
+        self.finish(endpoint, done)
     }
 
-    fn classify(
+    fn finish(
         &self,
-        endpoint: &Endpoint,
-        error: &hyper_util::client::legacy::Error,
-    ) -> ProxyError {
-        let endpoint_name = endpoint.url().to_string();
-        let message = error_chain(error);
-        if !error.is_connect() {
-            return ProxyError::UpstreamFailed {
-                endpoint: endpoint_name,
-                message,
-            };
+        endpoint: &Arc<Endpoint>,
+        done: Exchange,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let failed = |message: String| ProxyError::UpstreamFailed {
+            endpoint: endpoint.url().to_string(),
+            message,
+        };
+        match done {
+            Exchange::Answered(response, conn) => {
+                let lease = Lease::new(conn, Arc::clone(endpoint), self.kind);
+                Ok(response.map(|body| UpstreamBody::new(body, lease)))
+            }
+            Exchange::NotSent(_) => Err(failed(
+                "the connection closed before the request was sent".to_string(),
+            )),
+            Exchange::Failed(error) => Err(failed(error_chain(&error))),
         }
-        match io_error_kind(error) {
-            Some(io::ErrorKind::TimedOut) => ProxyError::UpstreamConnectTimeout {
-                endpoint: endpoint_name,
-                timeout: self.connect_timeout,
-            },
-            _ => ProxyError::UpstreamUnreachable {
-                endpoint: endpoint_name,
-                message,
-            },
-        }
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<UpstreamConn>, ProxyError> {
+        let authority = endpoint.authority();
+        // An IPv6 literal keeps its brackets in the authority, not in a socket address.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(80);
+        let unreachable = |message: String| ProxyError::UpstreamUnreachable {
+            endpoint: endpoint.url().to_string(),
+            message,
+        };
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(unreachable(error_chain(&error))),
+            Err(_elapsed) => {
+                return Err(ProxyError::UpstreamConnectTimeout {
+                    endpoint: endpoint.url().to_string(),
+                    timeout: self.connect_timeout,
+                });
+            }
+        };
+        // Both are optimisations; a socket that refuses them still works.
+        let _ = stream.set_nodelay(true);
+        let _ =
+            SockRef::from(&stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| unreachable(error_chain(&error)))?;
+        Ok(UpstreamConn::new(sender, driver))
     }
 }
 
-/// The URI of the upstream request: the endpoint's authority and path prefix,
-/// then the request's path (less `strip` leading bytes) and query.
+/// Sends `request` on `conn`, driving the connection in this task until the
+/// response head arrives.
+async fn exchange(mut conn: Box<UpstreamConn>, request: Request<Full<Bytes>>) -> Exchange {
+    let mut response = pin!(conn.sender.try_send_request(request));
+    let mut open = true;
+    let answered = poll_fn(|cx| {
+        // hyper answers (or fails) the request before its connection ends, so
+        // the response is ready once the driver is.
+        if open && conn.drive(cx).is_ready() {
+            open = false;
+        }
+        response.as_mut().poll(cx)
+    })
+    .await;
+    match answered {
+        Ok(response) => Exchange::Answered(response, open.then_some(conn)),
+        Err(mut error) => match error.take_message() {
+            Some(request) => Exchange::NotSent(request),
+            None => Exchange::Failed(error.into_error()),
+        },
+    }
+}
+
+/// The URI of the upstream request, in origin form (HTTP/1.1 sends it as is and
+/// the endpoint goes in `Host`): the endpoint's path prefix, then the request's
+/// path (less `strip` leading bytes) and query.
 pub fn upstream_uri(endpoint: &Endpoint, original: &Uri, strip: usize) -> Result<Uri, http::Error> {
     let prefix = endpoint.url().path_prefix();
     let path_and_query = match original.path_and_query() {
@@ -97,22 +165,7 @@ pub fn upstream_uri(endpoint: &Endpoint, original: &Uri, strip: usize) -> Result
         }
         None => PathAndQuery::from_static("/"),
     };
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(endpoint.authority().clone())
-        .path_and_query(path_and_query)
-        .build()
-}
-
-fn io_error_kind(error: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            return Some(io.kind());
-        }
-        source = cause.source();
-    }
-    None
+    Ok(Uri::from(path_and_query))
 }
 
 #[cfg(test)]
@@ -125,18 +178,18 @@ mod tests {
     }
 
     #[test]
-    fn uri_keeps_path_and_query_and_adds_prefix() {
+    fn uri_is_origin_form_with_the_endpoint_prefix() {
         let plain = endpoint("http://10.0.0.1:9000");
         let uri: Uri = "/v2/models/m/infer?x=1".parse().unwrap();
         assert_eq!(
             upstream_uri(&plain, &uri, 0).unwrap(),
-            "http://10.0.0.1:9000/v2/models/m/infer?x=1"
+            "/v2/models/m/infer?x=1"
         );
 
         let prefixed = endpoint("http://10.0.0.1:9000/serving");
         assert_eq!(
             upstream_uri(&prefixed, &uri, 0).unwrap(),
-            "http://10.0.0.1:9000/serving/v2/models/m/infer?x=1"
+            "/serving/v2/models/m/infer?x=1"
         );
     }
 
@@ -146,12 +199,12 @@ mod tests {
         let uri: Uri = "/models/m/invocations?a=b".parse().unwrap();
         assert_eq!(
             upstream_uri(&plain, &uri, "/models/m".len()).unwrap(),
-            "http://h:1/invocations?a=b"
+            "/invocations?a=b"
         );
         let bare: Uri = "/models/m?a=b".parse().unwrap();
         assert_eq!(
             upstream_uri(&plain, &bare, "/models/m".len()).unwrap(),
-            "http://h:1/?a=b"
+            "/?a=b"
         );
     }
 }

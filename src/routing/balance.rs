@@ -14,6 +14,7 @@ use http::HeaderValue;
 use http::uri::Authority;
 
 use super::health::Health;
+use crate::proxy::pool::EndpointPools;
 use crate::registry::EndpointUrl;
 
 /// One model server. Shared across routing tables, so its counters survive swaps.
@@ -23,6 +24,8 @@ pub struct Endpoint {
     host: HeaderValue,
     outstanding: AtomicUsize,
     pub health: Health,
+    /// Idle keep-alive connections to this server.
+    pub pools: EndpointPools,
 }
 
 impl Endpoint {
@@ -34,6 +37,7 @@ impl Endpoint {
             host,
             outstanding: AtomicUsize::new(0),
             health: Health::default(),
+            pools: EndpointPools::default(),
         }
     }
 

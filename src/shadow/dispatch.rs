@@ -17,13 +17,15 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::task::JoinSet;
 
+use super::ModelShadow;
 use super::capture::{self, CaptureReceiver, CaptureSender, Captured};
 use super::report::{DropReason, ErrorKind};
 use super::worker::{CompareQueue, Job};
-use super::{ModelShadow, ShadowVersion};
 use crate::proxy::admission::Permit;
+use crate::proxy::pool::PoolKind;
 use crate::proxy::upstream::{UpstreamClient, upstream_uri};
 use crate::proxy::{ProxyError, record_health};
+use crate::routing::EndpointGuard;
 use crate::routing::health::EjectionPolicy;
 use crate::telemetry::ShadowResult;
 
@@ -73,7 +75,7 @@ impl ShadowService {
         ejection: EjectionPolicy,
     ) -> ShadowService {
         ShadowService {
-            client: UpstreamClient::new(connect_timeout),
+            client: UpstreamClient::new(PoolKind::Shadow, connect_timeout),
             queue: CompareQueue::start(),
             primary_wait,
             ejection,
@@ -83,7 +85,9 @@ impl ShadowService {
     /// Mirrors the prepared production request `parts` (whose URI is still the
     /// client's `original`) to the mirror's targets. Gives the request an
     /// `x-request-id` if it has none, so both sides' logs can be matched. Returns
-    /// the sender of production's answer, to attach to its response body.
+    /// the sender of production's answer, to attach to its response body, or
+    /// `None` when no target has an endpoint to take the mirror (nothing is sent,
+    /// and production's answer need not be captured).
     pub fn dispatch(
         &self,
         mirror: Mirror,
@@ -91,24 +95,45 @@ impl ShadowService {
         original: &Uri,
         strip: usize,
         body: &Bytes,
-    ) -> CaptureSender {
+    ) -> Option<CaptureSender> {
+        let shadow = mirror.shadow;
+        let reachable: Vec<_> = mirror
+            .targets
+            .into_iter()
+            .filter_map(|(index, permit)| {
+                let version = &shadow.versions[index];
+                let endpoint = version.route.pick_endpoint().map(|e| e.begin());
+                // The production request's URI was built from the same path, so
+                // a failure here is not expected; it drops the mirror all the same.
+                let uri = endpoint
+                    .as_ref()
+                    .and_then(|e| upstream_uri(e.endpoint(), original, strip).ok());
+                match (endpoint, uri) {
+                    (Some(endpoint), Some(uri)) => Some((index, permit, endpoint, uri)),
+                    _ => {
+                        super::dropped(version, DropReason::NoHealthyEndpoint);
+                        None
+                    }
+                }
+            })
+            .collect();
+        if reachable.is_empty() {
+            return None;
+        }
         let request_id = request_id(parts);
         let started = Instant::now();
-        let policy = mirror.shadow.policy();
+        let policy = shadow.policy();
         let (sender, receiver) = capture::channel(policy.max_body_bytes, started);
-        let mut requests = Vec::with_capacity(mirror.targets.len());
-        for (index, permit) in mirror.targets {
-            let version = &mirror.shadow.versions[index];
-            match shadow_request(version, parts, original, strip, body) {
-                Some(request) => requests.push((index, permit, request)),
-                None => {
-                    version.report.count_dropped(DropReason::NoHealthyEndpoint);
-                    version.metrics.request(ShadowResult::Dropped);
-                }
-            }
-        }
+        let requests: Vec<Prepared> = reachable
+            .into_iter()
+            .map(|(index, permit, endpoint, uri)| {
+                shadow.versions[index].report.count_mirrored();
+                let request = shadow_request(&endpoint, parts, uri, body);
+                (index, permit, (request, endpoint))
+            })
+            .collect();
         let task = MirrorTask {
-            shadow: mirror.shadow,
+            shadow,
             client: self.client.clone(),
             queue: self.queue.clone(),
             request_id,
@@ -117,7 +142,7 @@ impl ShadowService {
             ejection: self.ejection,
         };
         tokio::spawn(task.run(requests, receiver));
-        sender
+        Some(sender)
     }
 }
 
@@ -136,17 +161,13 @@ fn request_id(parts: &mut Parts) -> String {
     id
 }
 
-/// The mirror of one request for one staging version; `None` when every endpoint
-/// of the version is ejected (or, not expected, its URI cannot be built).
+/// The mirror of one request for the staging endpoint `endpoint`, at `uri`.
 fn shadow_request(
-    version: &ShadowVersion,
+    endpoint: &EndpointGuard,
     parts: &Parts,
-    original: &Uri,
-    strip: usize,
+    uri: Uri,
     body: &Bytes,
-) -> Option<(Request<Full<Bytes>>, crate::routing::EndpointGuard)> {
-    let endpoint = version.route.pick_endpoint()?.begin();
-    let uri = upstream_uri(endpoint.endpoint(), original, strip).ok()?;
+) -> Request<Full<Bytes>> {
     let mut request = Request::new(Full::new(body.clone()));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
@@ -158,14 +179,10 @@ fn shadow_request(
     request
         .headers_mut()
         .insert(X_STAGEGATE_SHADOW, HeaderValue::from_static("1"));
-    Some((request, endpoint))
+    request
 }
 
-type Prepared = (
-    usize,
-    Permit,
-    (Request<Full<Bytes>>, crate::routing::EndpointGuard),
-);
+type Prepared = (usize, Permit, (Request<Full<Bytes>>, EndpointGuard));
 
 struct MirrorTask {
     shadow: Arc<ModelShadow>,
@@ -239,7 +256,7 @@ impl MirrorTask {
         &self,
         index: usize,
         request: Request<Full<Bytes>>,
-        endpoint: &crate::routing::EndpointGuard,
+        endpoint: &EndpointGuard,
     ) -> Outcome {
         let policy = self.shadow.policy();
         let timeout = Duration::from_millis(policy.timeout_ms);

@@ -155,10 +155,7 @@ impl ModelShadow {
         let mut targets: Vec<(usize, Permit)> = Vec::with_capacity(1);
         for (index, version) in targeted {
             match self.in_flight.try_admit() {
-                Some(permit) => {
-                    version.report.count_mirrored();
-                    targets.push((index, permit));
-                }
+                Some(permit) => targets.push((index, permit)),
                 None => dropped(version, DropReason::InFlight),
             }
         }
