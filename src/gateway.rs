@@ -153,7 +153,11 @@ pub async fn start_on(
         let admin_shutdown = admin_shutdown.clone();
         async move { proxy::serve(admin, admin_handler, &limits, admin_shutdown).await }
     });
-    tokio::spawn(upkeep(telemetry, admin_shutdown.clone()));
+    tokio::spawn(upkeep(
+        telemetry,
+        Arc::clone(&router),
+        admin_shutdown.clone(),
+    ));
     tracing::info!(%data_addr, %admin_addr, models = config.models.len(), "stagegate serving");
     Ok(RunningGateway {
         data_addr,
@@ -287,11 +291,17 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Gatew
         .map_err(|source| GatewayError::Bind { what, addr, source })
 }
 
-async fn upkeep(telemetry: Telemetry, shutdown: CancellationToken) {
+/// Periodic housekeeping: metric upkeep, and idle upstream connections that
+/// expired or that their model server closed (nothing polls an idle connection,
+/// so without this an endpoint that stops getting traffic would keep them).
+async fn upkeep(telemetry: Telemetry, router: Arc<Router>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
     loop {
         tokio::select! {
-            _ = interval.tick() => telemetry.run_upkeep(),
+            _ = interval.tick() => {
+                telemetry.run_upkeep();
+                router.load().reap_idle_connections();
+            }
             () = shutdown.cancelled() => return,
         }
     }

@@ -236,3 +236,90 @@ async fn expect_continue_is_answered_by_the_gateway_and_not_forwarded() {
     assert_eq!(received.body, Bytes::from_static(b"ping"));
     assert!(!received.headers.contains_key("expect"));
 }
+
+/// A model server answering every request with a chunked body of `chunks`
+/// chunks of 16 KiB, chunk `i` filled with byte `i % 251`.
+async fn chunked_upstream(chunks: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                    let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for i in 0..chunks {
+                        let chunk = vec![(i % 251) as u8; 16 * 1024];
+                        let framed = [
+                            format!("{:x}\r\n", chunk.len()).into_bytes(),
+                            chunk,
+                            b"\r\n".to_vec(),
+                        ]
+                        .concat();
+                        if stream.write_all(&framed).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    url
+}
+
+fn expected_chunked_body(chunks: usize) -> Vec<u8> {
+    (0..chunks)
+        .flat_map(|i| std::iter::repeat_n((i % 251) as u8, 16 * 1024))
+        .collect()
+}
+
+/// Reads a body a frame at a time, pausing between frames like a slow client.
+async fn read_slowly(mut body: hyper::body::Incoming) -> Vec<u8> {
+    let mut read = Vec::new();
+    let mut frames = 0u32;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            read.extend_from_slice(&data);
+        }
+        frames += 1;
+        if frames.is_multiple_of(32) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+    read
+}
+
+#[tokio::test]
+async fn large_chunked_answers_stream_whole_to_slow_http1_and_http2_clients() {
+    // 8 MiB: more than the loopback socket buffers hold, so the gateway has to
+    // wait for the client and read the model server's answer over many reads.
+    const CHUNKS: usize = 512;
+    let upstream = chunked_upstream(CHUNKS).await;
+    let gateway = gateway(&one_model("", &[("2", "production", &[&upstream])])).await;
+    let expected = expected_chunked_body(CHUNKS);
+    for http2 in [false, true] {
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(http2)
+            .build_http::<Full<Bytes>>();
+        // Twice per protocol: the second answer reuses the pooled connection.
+        for round in 0..2 {
+            let request = Request::post(common::infer_url(&gateway))
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap();
+            let response = client.request(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let body = read_slowly(response.into_body()).await;
+            assert_eq!(body.len(), expected.len(), "http2={http2} round {round}");
+            assert!(
+                body == expected,
+                "http2={http2} round {round}: bytes differ"
+            );
+        }
+    }
+}

@@ -53,6 +53,12 @@ impl EndpointPools {
             PoolKind::Shadow => &self.shadow,
         }
     }
+
+    /// Closes the idle connections that expired or that the server closed.
+    pub fn reap(&self) {
+        self.primary.reap();
+        self.shadow.reap();
+    }
 }
 
 impl std::fmt::Debug for EndpointPools {
@@ -99,6 +105,21 @@ impl IdlePool {
         if idle.len() < MAX_IDLE {
             idle.push(Idle { conn, since: now });
         }
+    }
+
+    fn reap(&self) {
+        let mut idle = self.lock();
+        let mut gone = Vec::new();
+        for mut entry in std::mem::take(&mut *idle) {
+            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_reusable() {
+                idle.push(entry);
+            } else {
+                gone.push(entry);
+            }
+        }
+        drop(idle);
+        // Closed outside the lock.
+        drop(gone);
     }
 
     pub fn len(&self) -> usize {

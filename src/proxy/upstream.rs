@@ -3,6 +3,7 @@
 //! classification of what went wrong.
 
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, lookup_host};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use super::ProxyError;
 use super::pool::{Lease, PoolKind, UpstreamBody, UpstreamConn};
@@ -83,7 +85,9 @@ impl UpstreamClient {
                 let lease = Lease::new(conn, Arc::clone(endpoint), self.kind);
                 Ok(response.map(|body| UpstreamBody::new(body, lease)))
             }
-            Exchange::NotSent(_) => Err(failed(
+            // Only a fresh connection gets here: it closed before anything was sent.
+            Exchange::NotSent(_) => Err(unreachable(
+                endpoint,
                 "the connection closed before the request was sent".to_string(),
             )),
             Exchange::Failed(error) => Err(failed(error_chain(&error))),
@@ -91,6 +95,26 @@ impl UpstreamClient {
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<Box<UpstreamConn>, ProxyError> {
+        let stream = self.open_stream(endpoint).await?;
+        // Both are optimisations; a socket that refuses them still works.
+        let _ = stream.set_nodelay(true);
+        let _ =
+            SockRef::from(&stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| unreachable(endpoint, error_chain(&error)))?;
+        Ok(UpstreamConn::new(sender, driver))
+    }
+
+    /// Resolves the endpoint's host and connects to its addresses in turn, all
+    /// within the connect timeout; each address gets an equal share of the time
+    /// left, so one that drops packets cannot use it all up.
+    async fn open_stream(&self, endpoint: &Endpoint) -> Result<TcpStream, ProxyError> {
+        let deadline = Instant::now() + self.connect_timeout;
+        let timed_out = || ProxyError::UpstreamConnectTimeout {
+            endpoint: endpoint.url().to_string(),
+            timeout: self.connect_timeout,
+        };
         let authority = endpoint.authority();
         // An IPv6 literal keeps its brackets in the authority, not in a socket address.
         let host = authority
@@ -98,33 +122,35 @@ impl UpstreamClient {
             .trim_start_matches('[')
             .trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(80);
-        let unreachable = |message: String| ProxyError::UpstreamUnreachable {
-            endpoint: endpoint.url().to_string(),
-            message,
-        };
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((host, port)),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(unreachable(error_chain(&error))),
-            Err(_elapsed) => {
-                return Err(ProxyError::UpstreamConnectTimeout {
-                    endpoint: endpoint.url().to_string(),
-                    timeout: self.connect_timeout,
-                });
+        // An IP address resolves at once, without a lookup.
+        let addrs: Vec<SocketAddr> = match timeout_at(deadline, lookup_host((host, port))).await {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(error)) => {
+                return Err(unreachable(
+                    endpoint,
+                    format!("cannot resolve {host}: {error}"),
+                ));
             }
+            Err(_elapsed) => return Err(timed_out()),
         };
-        // Both are optimisations; a socket that refuses them still works.
-        let _ = stream.set_nodelay(true);
-        let _ =
-            SockRef::from(&stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| unreachable(error_chain(&error)))?;
-        Ok(UpstreamConn::new(sender, driver))
+        let mut failure = unreachable(endpoint, format!("{host} resolved to no address"));
+        for (tried, addr) in addrs.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let share = left / u32::try_from(addrs.len() - tried).unwrap_or(u32::MAX);
+            failure = match timeout(share, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(error)) => unreachable(endpoint, format!("{addr}: {}", error_chain(&error))),
+                Err(_elapsed) => timed_out(),
+            };
+        }
+        Err(failure)
+    }
+}
+
+fn unreachable(endpoint: &Endpoint, message: String) -> ProxyError {
+    ProxyError::UpstreamUnreachable {
+        endpoint: endpoint.url().to_string(),
+        message,
     }
 }
 
@@ -132,18 +158,21 @@ impl UpstreamClient {
 /// response head arrives.
 async fn exchange(mut conn: Box<UpstreamConn>, request: Request<Full<Bytes>>) -> Exchange {
     let mut response = pin!(conn.sender.try_send_request(request));
-    let mut open = true;
+    let mut conn = Some(conn);
     let answered = poll_fn(|cx| {
-        // hyper answers (or fails) the request before its connection ends, so
-        // the response is ready once the driver is.
-        if open && conn.drive(cx).is_ready() {
-            open = false;
+        // A connection that ends (even cleanly: the server closed it while it was
+        // idle) is dropped at once: hyper hands a request it had not written back
+        // only when its connection goes, and otherwise the answer would never come.
+        if let Some(open) = conn.as_mut()
+            && open.drive(cx).is_ready()
+        {
+            conn = None;
         }
         response.as_mut().poll(cx)
     })
     .await;
     match answered {
-        Ok(response) => Exchange::Answered(response, open.then_some(conn)),
+        Ok(response) => Exchange::Answered(response, conn),
         Err(mut error) => match error.take_message() {
             Some(request) => Exchange::NotSent(request),
             None => Exchange::Failed(error.into_error()),
@@ -206,5 +235,92 @@ mod tests {
             upstream_uri(&plain, &bare, "/models/m".len()).unwrap(),
             "/?a=b"
         );
+    }
+}
+
+#[cfg(test)]
+mod exchange_tests {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::registry::EndpointUrl;
+
+    fn request() -> Request<Full<Bytes>> {
+        Request::post("/infer")
+            .header(http::header::HOST, "model")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    }
+
+    /// Answers one request on one connection, then closes it when told to and
+    /// says so.
+    async fn one_answer_then_close() -> (SocketAddr, oneshot::Sender<()>, oneshot::Receiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, close_now) = oneshot::channel();
+        let (closed, on_close) = oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+            stream.write_all(answer).await.unwrap();
+            let _ = close_now.await;
+            drop(stream);
+            let _ = closed.send(());
+        });
+        (addr, close, on_close)
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_the_server_closed_comes_back_unsent() {
+        let (addr, close, on_close) = one_answer_then_close().await;
+        let endpoint = Endpoint::new(EndpointUrl::parse(&format!("http://{addr}")).unwrap());
+        let client = UpstreamClient::new(PoolKind::Primary, Duration::from_secs(5));
+        let conn = client.connect(&endpoint).await.unwrap();
+        let Exchange::Answered(response, Some(conn)) = exchange(conn, request()).await else {
+            panic!("the first request must be answered on an open connection");
+        };
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{}");
+
+        // The server closes the idle connection; the runtime sees the EOF.
+        close.send(()).unwrap();
+        on_close.await.unwrap();
+        tokio::task::yield_now().await;
+        // Sent on it anyway (as when the close races a checkout), the request must
+        // come back unwritten, ready for another connection, not wait forever.
+        let sent = tokio::time::timeout(Duration::from_secs(30), exchange(conn, request())).await;
+        match sent {
+            Ok(Exchange::NotSent(request)) => assert_eq!(request.uri(), "/infer"),
+            Ok(Exchange::Answered(..)) => panic!("answered on a closed connection"),
+            Ok(Exchange::Failed(error)) => panic!("failed instead of coming back: {error}"),
+            Err(_) => panic!("the exchange hung on a closed connection"),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_go_back_to_the_pool_and_are_reaped_once_closed() {
+        let (addr, close, on_close) = one_answer_then_close().await;
+        let url = EndpointUrl::parse(&format!("http://{addr}")).unwrap();
+        let endpoint = Arc::new(Endpoint::new(url));
+        let client = UpstreamClient::new(PoolKind::Primary, Duration::from_secs(5));
+        let response = client.send(&endpoint, request()).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{}");
+        let pool = endpoint.pools.get(PoolKind::Primary);
+        assert_eq!(pool.len(), 1, "a finished exchange returns its connection");
+        assert!(endpoint.pools.get(PoolKind::Shadow).is_empty());
+
+        endpoint.pools.reap();
+        assert_eq!(pool.len(), 1, "an open idle connection is kept");
+        close.send(()).unwrap();
+        on_close.await.unwrap();
+        tokio::task::yield_now().await;
+        endpoint.pools.reap();
+        assert!(pool.is_empty(), "a connection the server closed is reaped");
     }
 }

@@ -107,6 +107,14 @@ impl RoutingTable {
     }
 
     /// The control-plane state this table routes by.
+    /// Closes idle upstream connections that expired or were closed by their
+    /// model server, on every endpoint of the table.
+    pub fn reap_idle_connections(&self) {
+        for endpoint in self.endpoints.values() {
+            endpoint.pools.reap();
+        }
+    }
+
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
     }
