@@ -66,7 +66,9 @@ impl UpstreamClient {
                 done => return self.finish(endpoint, done),
             }
         }
-        let conn = self.connect(endpoint).await?;
+        // Boxed: connecting is the rare path, and its future would otherwise
+        // make every request's future larger (and costlier to move).
+        let conn = Box::pin(self.connect(endpoint)).await?;
         let done = exchange(conn, request).await;
         self.finish(endpoint, done)
     }
