@@ -30,6 +30,8 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 const UNVOUCHED: [HeaderName; 2] = [header::FORWARDED, HeaderName::from_static("x-real-ip")];
 /// Request headers that stop at the gateway besides the hop-by-hop ones: its own
 /// pin headers, `Expect` (answered here), the client's forwarding claims.
+/// (`x-stagegate-*` are `routing::PIN_STAGE` and `PIN_VERSION`, which are statics;
+/// a test checks they stay the same names.)
 const ENDS_HERE: [HeaderName; 4] = [
     HeaderName::from_static("x-stagegate-stage"),
     HeaderName::from_static("x-stagegate-version"),
@@ -154,6 +156,11 @@ mod tests {
         strip_hop_by_hop(&mut map);
         let left: Vec<_> = map.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn the_gateways_own_pin_headers_end_here() {
+        assert!(ENDS_HERE.contains(&PIN_STAGE) && ENDS_HERE.contains(&PIN_VERSION));
     }
 
     #[test]

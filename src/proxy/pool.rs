@@ -8,7 +8,9 @@
 //! drives it inline while the request is sent and while the response body
 //! streams ([`UpstreamBody`]), and puts it back once the body has ended and hyper
 //! says the connection can carry another request. A connection the server closed
-//! while it sat idle is noticed when taken (one poll reads the EOF) and dropped.
+//! while it sat idle is noticed when taken (one poll reads the EOF) and dropped;
+//! the gateway's upkeep task also reaps closed and expired idle connections
+//! ([`EndpointPools::reap`]), since nothing else looks at an unused pool.
 
 use std::future::Future;
 use std::pin::Pin;

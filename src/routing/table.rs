@@ -106,7 +106,6 @@ impl RoutingTable {
         }
     }
 
-    /// The control-plane state this table routes by.
     /// Closes idle upstream connections that expired or were closed by their
     /// model server, on every endpoint of the table.
     pub fn reap_idle_connections(&self) {
@@ -115,6 +114,7 @@ impl RoutingTable {
         }
     }
 
+    /// The control-plane state this table routes by.
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
     }
