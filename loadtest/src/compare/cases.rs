@@ -13,6 +13,9 @@ use super::report::{CaseResult, FixedRate, Series};
 use super::{CompareError, Context, http, swap};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The label of the stagegate that a shadow case runs without mirroring, in the
+/// same rounds as the mirroring one, as the baseline of the shadow's cost.
+pub const NO_SHADOW: &str = "stagegate, no shadow";
 /// The canary weight of the `canary` and `swap-loop` cases, in percent.
 pub const CANARY_WEIGHT: u32 = 10;
 
@@ -137,7 +140,24 @@ pub fn setup(ctx: &Context, case: Case, threads: usize) -> Setup {
 }
 
 fn closed_loop(ctx: &Context, case: Case, threads: usize) -> Result<CaseResult, CompareError> {
-    let (proxies, notes) = start_all(ctx, case.proxies(), &setup(ctx, case, threads));
+    let setup = setup(ctx, case, threads);
+    let (mut proxies, mut notes) = start_all(ctx, case.proxies(), &setup);
+    if setup.shadow {
+        // The machine's speed drifts over minutes; the shadow's cost is measured
+        // against a stagegate without mirroring interleaved in the same rounds,
+        // not against plain-64 from minutes before.
+        let plain = Setup {
+            shadow: false,
+            ..setup
+        };
+        match proxies::start(ProxyKind::Stagegate, &plain, &ctx.programs, &ctx.pin) {
+            Ok(mut baseline) => {
+                baseline.label = NO_SHADOW;
+                proxies.insert(0, baseline);
+            }
+            Err(err) => notes.push(format!("{NO_SHADOW}: failed to start: {err}")),
+        }
+    }
     if case == Case::Canary
         && let Some(admin) = proxies.iter().find_map(|proxy| proxy.admin)
     {
@@ -197,7 +217,7 @@ pub fn interleave(
     }
     let mut series: Vec<Series> = proxies
         .iter()
-        .map(|proxy| Series::new(proxy.kind, proxy.kind.name()))
+        .map(|proxy| Series::new(proxy.kind, proxy.label))
         .collect();
     for round in 1..=ctx.settings.runs {
         for (proxy, series) in proxies.iter().zip(&mut series) {

@@ -64,6 +64,9 @@ impl fmt::Display for ProxyKind {
 #[derive(Debug)]
 pub struct RunningProxy {
     pub kind: ProxyKind,
+    /// The name of its series in the report: the kind's name unless a case runs
+    /// the same proxy in two variants.
+    pub label: &'static str,
     /// Where load goes.
     pub target: SocketAddr,
     /// stagegate's admin listener.
@@ -77,6 +80,7 @@ impl RunningProxy {
     pub fn direct(primary: SocketAddr) -> Self {
         RunningProxy {
             kind: ProxyKind::Direct,
+            label: ProxyKind::Direct.name(),
             target: primary,
             admin: None,
             process: None,
@@ -136,6 +140,7 @@ pub fn start(
     wait_ready(&mut process, &ports, admin.is_some(), &log_path)?;
     Ok(RunningProxy {
         kind,
+        label: kind.name(),
         target: ports.listen,
         admin,
         process: Some(process),

@@ -4,9 +4,11 @@
 
 use std::fmt::Write;
 
-use super::cases::Case;
+use super::cases::{Case, NO_SHADOW};
 use super::proxies::ProxyKind;
-use super::report::{CaseResult, Comparison, Summary, ThreadResults, errors_cell, number, ratio};
+use super::report::{
+    CaseResult, Comparison, Series, Summary, ThreadResults, errors_cell, number, ratio,
+};
 use super::swap::{STEADY, SWAPPING};
 
 const MAIN_HEADER: &str = "| case | proxy | req/s (median) | vs nginx | vs direct | p50 ms | p99 ms \
@@ -66,6 +68,7 @@ fn thread_section(results: &ThreadResults) -> String {
         .collect();
     if !tabulated.is_empty() {
         out.push_str(&main_table(&tabulated));
+        out.push_str(&shadow_cost_section(&tabulated));
     }
     for result in &results.cases {
         match result.case {
@@ -156,6 +159,48 @@ pub fn main_table(cases: &[&CaseResult]) -> String {
 
 fn mark(cell: String, marker: &str) -> String {
     if cell == "—" { cell } else { cell + marker }
+}
+
+/// Each shadow case's stagegate against the stagegate without mirroring that ran
+/// in the same rounds; empty when no shadow case has both.
+pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
+    let mut rows = String::new();
+    for case in cases.iter().filter(|case| case.case.shadow().is_some()) {
+        let find = |label: &str| {
+            case.series
+                .iter()
+                .find(|series| series.label == label)
+                .and_then(Series::summary)
+        };
+        let (Some(mirroring), Some(plain)) = (find(ProxyKind::Stagegate.name()), find(NO_SHADOW))
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            rows,
+            "| {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {} |",
+            case.case.name(),
+            mirroring.rps,
+            plain.rps,
+            ratio(Some(mirroring.rps), Some(plain.rps)),
+            mirroring.p99_ms,
+            plain.p99_ms,
+            ratio(Some(mirroring.p99_ms), Some(plain.p99_ms)),
+        );
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    format!(
+        "### shadow cost
+
+         stagegate mirroring 100% of requests against a stagegate without mirroring, run in the          same rounds of the same case.
+
+         | case | req/s mirroring | req/s no shadow | throughput kept | p99 ms mirroring |          p99 ms no shadow | p99 ratio |
+|---|--:|--:|--:|--:|--:|--:|
+{rows}
+"
+    )
 }
 
 pub fn fixed_rate_section(case: &CaseResult) -> String {
@@ -274,6 +319,31 @@ mod tests {
             ],
             vec!["haproxy: not installed".to_string()],
         )
+    }
+
+    #[test]
+    fn shadow_cost_compares_with_the_no_shadow_run_of_the_same_case() {
+        let hang = CaseResult::new(
+            Case::ShadowHang,
+            vec![
+                series(ProxyKind::Stagegate, NO_SHADOW, 20000.0, Some(40.0)),
+                series(ProxyKind::Stagegate, "stagegate", 18000.0, Some(44.0)),
+                series(ProxyKind::Nginx, "nginx", 40.0, Some(50.0)),
+            ],
+            Vec::new(),
+        );
+        let plain = plain();
+        let text = shadow_cost_section(&[&plain, &hang]);
+        assert!(text.starts_with("### shadow cost"), "{text}");
+        let row = text
+            .lines()
+            .find(|line| line.starts_with("| shadow-hang"))
+            .unwrap();
+        assert!(
+            row.starts_with("| shadow-hang | 18000 | 20000 | 0.90x |"),
+            "{row}"
+        );
+        assert_eq!(shadow_cost_section(&[&plain]), "");
     }
 
     #[test]
