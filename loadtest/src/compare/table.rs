@@ -192,14 +192,11 @@ pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
         return rows;
     }
     format!(
-        "### shadow cost
-
-         stagegate mirroring 100% of requests against a stagegate without mirroring, run in the          same rounds of the same case.
-
-         | case | req/s mirroring | req/s no shadow | throughput kept | p99 ms mirroring |          p99 ms no shadow | p99 ratio |
-|---|--:|--:|--:|--:|--:|--:|
-{rows}
-"
+        "### shadow cost\n\n\
+         stagegate mirroring 100% of requests against a stagegate without mirroring, run in \
+         the same rounds of the same case.\n\n\
+         | case | req/s mirroring | req/s no shadow | throughput kept | p99 ms mirroring | \
+         p99 ms no shadow | p99 ratio |\n|---|--:|--:|--:|--:|--:|--:|\n{rows}\n"
     )
 }
 
@@ -334,7 +331,11 @@ mod tests {
         );
         let plain = plain();
         let text = shadow_cost_section(&[&plain, &hang]);
-        assert!(text.starts_with("### shadow cost"), "{text}");
+        assert!(
+            text.starts_with("### shadow cost\n\nstagegate mirroring"),
+            "{text}"
+        );
+        assert!(text.contains("\n| case | req/s mirroring |"), "{text}");
         let row = text
             .lines()
             .find(|line| line.starts_with("| shadow-hang"))
