@@ -5,7 +5,9 @@
 //! the fake backends run on core 0; the proxy under test runs on core 1, with all
 //! of its threads or worker processes. Each case starts its proxies fresh, keeps
 //! them running through the case, gives each one warmup run, then interleaves the
-//! measured runs (round 1: direct, stagegate, nginx, haproxy; round 2: ...).
+//! measured runs (round 1: direct, stagegate, nginx, haproxy; round 2: ...). A
+//! shadow case also runs a stagegate without mirroring in its rounds, the
+//! baseline of the shadow-cost table.
 
 mod backends;
 mod cases;
