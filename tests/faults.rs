@@ -76,11 +76,7 @@ async fn raw_exchange_closing(addr: std::net::SocketAddr, request: &[u8]) -> Str
 #[tokio::test]
 async fn refused_upstream_is_502() {
     let refused = common::refused_addr().await;
-    let gateway = gateway(&one_model(
-        "",
-        &[("2", "production", &[&format!("http://{refused}")])],
-    ))
-    .await;
+    let gateway = common::gateway_for(refused).await;
     let answer = post(&common::infer_url(&gateway), &[]).await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.code(), "upstream_unreachable");
@@ -196,10 +192,7 @@ async fn a_stalled_response_body_is_cut_off_and_frees_its_slot() {
     );
     let gateway = gateway(&config).await;
     let url = common::infer_url(&gateway);
-    let request = http::Request::post(&url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = common::client().request(request).await.unwrap();
+    let response = post_streaming(&url).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body = http_body_util::BodyExt::collect(response.into_body()).await;
     assert!(
@@ -498,11 +491,7 @@ async fn counts_upstream_errors(
 #[tokio::test]
 async fn an_upstream_reset_before_the_answer_is_502() {
     let resetting = misbehaving_upstream(b"", Then::Reset).await;
-    let gateway = gateway(&one_model(
-        "",
-        &[("2", "production", &[&format!("http://{resetting}")])],
-    ))
-    .await;
+    let gateway = common::gateway_for(resetting).await;
     let answer = post(&common::infer_url(&gateway), &[]).await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.code(), "upstream_error");
@@ -512,20 +501,13 @@ async fn an_upstream_reset_before_the_answer_is_502() {
 #[tokio::test]
 async fn an_upstream_reset_mid_body_ends_the_client_body_in_an_error() {
     let resetting = misbehaving_upstream(PARTIAL_ANSWER, Then::Reset).await;
-    let gateway = gateway(&one_model(
-        "",
-        &[("2", "production", &[&format!("http://{resetting}")])],
-    ))
-    .await;
+    let gateway = common::gateway_for(resetting).await;
     let url = common::infer_url(&gateway);
-    let request = http::Request::post(&url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
     // The gateway may already have sent the 200 head when the reset reaches it,
     // or not yet (the reset can arrive with the head): the client then sees its
     // connection end without an answer. Either way the answer must not look
     // complete.
-    match common::client().request(request).await {
+    match post_streaming(&url).await {
         Ok(response) => {
             assert_eq!(response.status(), StatusCode::OK);
             let body = http_body_util::BodyExt::collect(response.into_body()).await;
@@ -572,16 +554,9 @@ async fn first_answer_stalls() -> (
 #[tokio::test]
 async fn a_connection_whose_answer_was_abandoned_is_never_reused() {
     let (addr, accepted) = first_answer_stalls().await;
-    let gateway = gateway(&one_model(
-        "",
-        &[("2", "production", &[&format!("http://{addr}")])],
-    ))
-    .await;
+    let gateway = common::gateway_for(addr).await;
     let url = common::infer_url(&gateway);
-    let request = http::Request::post(&url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = common::client().request(request).await.unwrap();
+    let response = post_streaming(&url).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     // The client walks away with the body half read.
     drop(response);
@@ -594,4 +569,14 @@ async fn a_connection_whose_answer_was_abandoned_is_never_reused() {
         assert_eq!(&answer.body[..], b"{}");
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// An empty POST whose response body is left to the caller to read (or not).
+async fn post_streaming(
+    url: &str,
+) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+    let request = http::Request::post(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    common::client().request(request).await
 }

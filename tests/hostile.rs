@@ -44,11 +44,7 @@ async fn raw_upstream() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
 #[tokio::test]
 async fn smuggling_and_broken_framing_are_400_closed_and_never_forwarded() {
     let (upstream, seen) = raw_upstream().await;
-    let gateway = gateway(&one_model(
-        "",
-        &[("2", "production", &[&format!("http://{upstream}")])],
-    ))
-    .await;
+    let gateway = common::gateway_for(upstream).await;
     let head = "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: gw\r\n";
     let cases = [
         (
@@ -93,11 +89,7 @@ async fn smuggling_and_broken_framing_are_400_closed_and_never_forwarded() {
 #[tokio::test]
 async fn transfer_encoding_with_content_length_is_reframed_and_closed() {
     let (upstream, seen) = raw_upstream().await;
-    let gateway = gateway(&one_model(
-        "",
-        &[("2", "production", &[&format!("http://{upstream}")])],
-    ))
-    .await;
+    let gateway = common::gateway_for(upstream).await;
     let smuggled = "GET /v2/models/fraud/versions/1/infer HTTP/1.1\r\nhost: gw\r\n\r\n";
     let request = format!(
         "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\n\

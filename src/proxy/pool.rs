@@ -95,17 +95,14 @@ impl IdlePool {
         }
     }
 
+    /// Expired entries are left to [`IdlePool::reap`] and skipped by `take`.
     fn put(&self, conn: Box<UpstreamConn>) {
-        let now = Instant::now();
         let mut idle = self.lock();
-        // The oldest entries sit at the front; drop those past the idle timeout.
-        let expired = idle
-            .iter()
-            .take_while(|entry| now.duration_since(entry.since) >= IDLE_TIMEOUT)
-            .count();
-        idle.drain(..expired);
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { conn, since: now });
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 

@@ -45,8 +45,8 @@ impl Mirror {
     }
 }
 
-/// What the data plane needs to mirror: the shadow connection pool and the
-/// comparison queue. One per gateway.
+/// What the data plane needs to mirror: the client of the endpoints' shadow
+/// connection pools and the comparison queue. One per gateway.
 pub struct ShadowService {
     client: UpstreamClient,
     queue: CompareQueue,

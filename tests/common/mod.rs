@@ -193,6 +193,15 @@ pub async fn gateway(config: &str) -> TestGateway {
     TestGateway { running, state_dir }
 }
 
+/// A gateway whose model `fraud` has one version, "2", in production at `upstream`.
+pub async fn gateway_for(upstream: SocketAddr) -> TestGateway {
+    gateway(&one_model(
+        "",
+        &[("2", "production", &[&format!("http://{upstream}")])],
+    ))
+    .await
+}
+
 /// Starts a gateway on ephemeral ports with the given state directory.
 pub async fn gateway_in(config: &str, state_dir: &std::path::Path) -> RunningGateway {
     try_gateway_in(config, state_dir)
