@@ -46,6 +46,8 @@ pub enum GatewayError {
     },
     #[error("cannot install signal handler: {0}")]
     Signal(#[source] io::Error),
+    #[error("cannot start the shadow threads: {0}")]
+    ShadowThreads(#[source] io::Error),
     #[error("start-up task failed: {0}")]
     Task(String),
 }
@@ -125,7 +127,13 @@ pub async fn start_on(
     let ready = Arc::new(AtomicBool::new(true));
     let shutdown = CancellationToken::new();
 
-    let proxy = Arc::new(Proxy::new(Arc::clone(&router), limits.clone()));
+    let proxy = Proxy::start(
+        Arc::clone(&router),
+        limits.clone(),
+        config.server.shadow_threads,
+    )
+    .map_err(GatewayError::ShadowThreads)?;
+    let proxy = Arc::new(proxy);
     let data_plane = tokio::spawn({
         let (limits, shutdown) = (limits.clone(), shutdown.clone());
         async move { proxy::serve(data, proxy, &limits, shutdown).await }

@@ -12,8 +12,9 @@
 //! - [`proxy`]: the data plane: hyper server (HTTP/1.1 and h2c), limits and
 //!   timeouts, forwarding over pooled upstream connections, header hygiene,
 //!   graceful shutdown.
-//! - [`shadow`]: mirroring production traffic to staging versions, comparing
-//!   their answers off the request path, and the shadow reports.
+//! - [`shadow`]: mirroring production traffic to staging versions on threads of
+//!   their own (idle priority by default), comparing their answers off the
+//!   request path, and the shadow reports.
 //! - [`rollout`]: the controller that steps canaries through a rollout plan
 //!   while their gates hold, and stops them when they don't.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the JSON admin API under

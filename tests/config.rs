@@ -1,7 +1,7 @@
 //! Configuration: every invalid value is reported at once with its field path, and
 //! the examples in `config/` are valid.
 
-use stagegate::config::{Config, ConfigError, FieldError};
+use stagegate::config::{Config, ConfigError, FieldError, ShadowPriority};
 
 fn field_errors(text: &str) -> Vec<String> {
     match Config::parse(text, "test") {
@@ -26,6 +26,8 @@ fn every_error_is_reported_with_its_field_path() {
         max_body_bytes = 0
         max_concurrent_requests = 0
         worker_threads = 0
+        shadow_worker_threads = 2000
+        shadow_priority = "low"
 
         [[models]]
         name = "fraud"
@@ -53,6 +55,8 @@ fn every_error_is_reported_with_its_field_path() {
     let expected = [
         "server.listen: not a socket address: \"localhost\"",
         "server.worker_threads: must be between 1 and 1024, got 0",
+        "server.shadow_worker_threads: must be between 1 and 1024, got 2000",
+        "server.shadow_priority: unknown priority \"low\" (expected idle or normal)",
         "server.header_read_timeout_ms: must be greater than 0",
         "server.connect_timeout_ms: must be greater than 0",
         "server.request_timeout_ms: must be greater than 0",
@@ -115,6 +119,25 @@ fn versions_may_be_written_as_integers_and_defaults_fill_the_rest() {
 }
 
 #[test]
+fn shadow_threads_default_to_the_worker_count_at_idle_priority() {
+    let defaulted = Config::parse("[server]\nworker_threads = 3\n", "t").unwrap();
+    let threads = defaulted.server.shadow_threads;
+    assert_eq!(threads.count, 3);
+    assert_eq!(threads.priority, ShadowPriority::Idle);
+    let text = "[server]\nshadow_worker_threads = 1\nshadow_priority = \"normal\"\n";
+    let set = Config::parse(text, "t").unwrap();
+    assert_eq!(set.server.shadow_threads.count, 1);
+    assert_eq!(set.server.shadow_threads.priority, ShadowPriority::Normal);
+    assert_eq!(
+        defaulted.unreloadable_changes(&set),
+        [
+            "server.worker_threads",
+            "server.shadow_worker_threads and shadow_priority"
+        ]
+    );
+}
+
+#[test]
 fn listen_and_admin_addresses_must_differ() {
     let errors =
         field_errors("[server]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n");
@@ -168,10 +191,12 @@ mod hostile {
         ]
     }
 
-    const SERVER_KEYS: [&str; 12] = [
+    const SERVER_KEYS: [&str; 14] = [
         "listen",
         "admin_listen",
         "worker_threads",
+        "shadow_worker_threads",
+        "shadow_priority",
         "state_dir",
         "header_read_timeout_ms",
         "connect_timeout_ms",

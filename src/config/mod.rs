@@ -57,8 +57,39 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub worker_threads: usize,
+    pub shadow_threads: ShadowThreads,
     pub state_dir: PathBuf,
     pub limits: Limits,
+}
+
+/// The threads mirrors and comparisons run on, apart from the workers that serve
+/// production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowThreads {
+    pub count: usize,
+    pub priority: ShadowPriority,
+}
+
+/// How the operating system schedules the shadow threads against production's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShadowPriority {
+    /// Only CPU time production leaves unused (Linux `SCHED_IDLE`): a saturated
+    /// gateway drops mirrors instead of slowing production.
+    #[default]
+    Idle,
+    /// The same as production's: every sampled request is mirrored while the
+    /// in-flight budget allows, at the cost of production throughput when CPU runs
+    /// out.
+    Normal,
+}
+
+impl ShadowPriority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowPriority::Idle => "idle",
+            ShadowPriority::Normal => "normal",
+        }
+    }
 }
 
 /// The limits and timeouts the listeners enforce.
@@ -155,6 +186,10 @@ impl Config {
             (
                 "server.worker_threads",
                 a.worker_threads != b.worker_threads,
+            ),
+            (
+                "server.shadow_worker_threads and shadow_priority",
+                a.shadow_threads != b.shadow_threads,
             ),
             ("server.state_dir", a.state_dir != b.state_dir),
             ("server limits and timeouts", a.limits != b.limits),

@@ -29,6 +29,8 @@ pub struct RawServer {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub worker_threads: Option<u64>,
+    pub shadow_worker_threads: Option<u64>,
+    pub shadow_priority: Option<String>,
     pub state_dir: Option<String>,
     pub header_read_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{RawAdmin, RawConfig, RawModel, RawServer, RawVersion};
-use super::{AdminConfig, Config, EjectionPolicy, FieldError, Limits, ServerConfig, defaults};
+use super::{
+    AdminConfig, Config, EjectionPolicy, FieldError, Limits, ServerConfig, ShadowPriority,
+    ShadowThreads, defaults,
+};
 use crate::registry::{
     CompareMode, ComparePolicy, EndpointUrl, Gates, ModelSpec, OnFailure, Plan, ShadowPolicy,
     Stage, StickyPolicy, VersionSpec, default_plan, is_valid_identifier,
@@ -67,6 +70,7 @@ fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerConfig {
             format!("must be between 1 and {MAX_WORKER_THREADS}, got {worker_threads}"),
         );
     }
+    let shadow_threads = validate_shadow_threads(raw, worker_threads, errors);
     let max_header_bytes = raw.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES);
     if max_header_bytes < MIN_HEADER_BYTES {
         errors.push(
@@ -126,6 +130,7 @@ fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerConfig {
         listen,
         admin_listen,
         worker_threads: worker_threads as usize,
+        shadow_threads,
         state_dir: PathBuf::from(raw.state_dir.as_deref().unwrap_or(defaults::STATE_DIR)),
         limits: Limits {
             header_read_timeout,
@@ -327,6 +332,36 @@ fn validate_rollout(raw: &RawModel, path: &str, errors: &mut Errors) -> Plan {
         errors.push(format!("{path}.rollout.{field}"), message);
     }
     plan
+}
+
+/// `shadow_worker_threads` (as many as `worker_threads` by default) and
+/// `shadow_priority`.
+fn validate_shadow_threads(raw: &RawServer, workers: u64, errors: &mut Errors) -> ShadowThreads {
+    // An invalid `worker_threads` is reported once, under its own name.
+    let count = raw
+        .shadow_worker_threads
+        .unwrap_or(workers.clamp(1, MAX_WORKER_THREADS));
+    if !(1..=MAX_WORKER_THREADS).contains(&count) {
+        errors.push(
+            "server.shadow_worker_threads",
+            format!("must be between 1 and {MAX_WORKER_THREADS}, got {count}"),
+        );
+    }
+    let priority = match raw.shadow_priority.as_deref() {
+        None | Some("idle") => ShadowPriority::Idle,
+        Some("normal") => ShadowPriority::Normal,
+        Some(other) => {
+            errors.push(
+                "server.shadow_priority",
+                format!("unknown priority {other:?} (expected idle or normal)"),
+            );
+            ShadowPriority::Idle
+        }
+    };
+    ShadowThreads {
+        count: count.clamp(1, MAX_WORKER_THREADS) as usize,
+        priority,
+    }
 }
 
 /// `[models.shadow]` and `[models.compare]`. A `[models.shadow]` section turns

@@ -16,6 +16,7 @@ use super::headers::{prepare_upstream_request, strip_hop_by_hop};
 use super::pool::{PoolKind, UpstreamBody};
 use super::upstream::{UpstreamClient, upstream_uri};
 use super::{Handler, Limits, ProxyError};
+use crate::config::ShadowThreads;
 use crate::routing::health::EjectionPolicy;
 use crate::routing::{self, Endpoint, EndpointGuard, Router, ServedStage, VersionRoute};
 use crate::shadow::capture::CaptureSender;
@@ -55,17 +56,28 @@ pub const X_STAGEGATE_STAGE: HeaderName = HeaderName::from_static("x-stagegate-s
 type Failure = (ProxyError, Option<Arc<VersionRoute>>);
 
 impl Proxy {
-    pub fn new(router: Arc<Router>, limits: Limits) -> Proxy {
+    /// The data plane, with its shadow threads started.
+    pub fn start(
+        router: Arc<Router>,
+        limits: Limits,
+        shadow_threads: ShadowThreads,
+    ) -> std::io::Result<Proxy> {
         // A mirror task waits for production's answer at most as long as production
         // may take to give it.
         let primary_wait = limits.request_timeout + limits.request_timeout;
-        Proxy {
+        let shadow = ShadowService::start(
+            shadow_threads,
+            limits.connect_timeout,
+            primary_wait,
+            limits.ejection,
+        )?;
+        Ok(Proxy {
             router,
             client: UpstreamClient::new(PoolKind::Primary, limits.connect_timeout),
-            shadow: ShadowService::new(limits.connect_timeout, primary_wait, limits.ejection),
+            shadow,
             admission: Admission::new(limits.max_concurrent_requests),
             limits,
-        }
+        })
     }
 
     pub fn router(&self) -> &Arc<Router> {

@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -106,8 +106,15 @@ impl IdlePool {
         }
     }
 
+    /// Runs on a production worker, so it never waits for a pool in use (a
+    /// shadow thread at idle priority may hold it for a while): that pool is
+    /// reaped next round.
     fn reap(&self) {
-        let mut idle = self.lock();
+        let mut idle = match self.idle.try_lock() {
+            Ok(idle) => idle,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
         let mut gone = Vec::new();
         for mut entry in std::mem::take(&mut *idle) {
             if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_reusable() {

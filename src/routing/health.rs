@@ -45,11 +45,15 @@ impl Health {
     /// Whether a request may go here now. Past a back-off, the first caller becomes
     /// the probe and everyone else keeps waiting.
     pub fn admits(&self) -> bool {
+        self.admits_at(now_ms())
+    }
+
+    /// [`Health::admits`] at `now` on [`now_ms`]'s clock.
+    fn admits_at(&self, now: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Acquire);
         if until == 0 {
             return true;
         }
-        let now = now_ms();
         if now < until {
             return false;
         }
@@ -77,6 +81,11 @@ impl Health {
 
     /// Counts a failure; returns whether it ejected the endpoint.
     pub fn record_failure(&self, policy: &EjectionPolicy) -> bool {
+        self.record_failure_at(policy, now_ms())
+    }
+
+    /// [`Health::record_failure`] at `now` on [`now_ms`]'s clock.
+    fn record_failure_at(&self, policy: &EjectionPolicy, now: u64) -> bool {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures < policy.failures.max(1) {
             return false;
@@ -88,7 +97,7 @@ impl Health {
             .max(1);
         self.backoff_ms.store(backoff_ms, Ordering::Relaxed);
         self.ejected_until
-            .store(now_ms() + backoff_ms, Ordering::Release);
+            .store(now + backoff_ms, Ordering::Release);
         // Back in, one more failure ejects it again.
         self.consecutive_failures
             .store(policy.failures.saturating_sub(1), Ordering::Relaxed);
@@ -135,23 +144,32 @@ mod tests {
 
     #[test]
     fn after_the_back_off_one_probe_goes_through_and_its_result_decides() {
+        // Time is passed in, in milliseconds: base back-off 10, doubling up to 40.
         let health = Health::default();
-        let p = policy(1);
+        let p = policy(10);
+        let start = 1_000;
         for _ in 0..3 {
-            health.record_failure(&p);
+            health.record_failure_at(&p, start);
         }
-        std::thread::sleep(Duration::from_millis(5));
+        assert!(!health.admits_at(start + 9), "still backing off");
         assert!(
-            health.admits(),
+            health.admits_at(start + 10),
             "the first pick after the back-off is the probe"
         );
-        assert!(!health.admits(), "others wait for the probe");
+        assert!(!health.admits_at(start + 10), "others wait for the probe");
         assert!(
-            health.record_failure(&p),
+            !health.admits_at(start + 19),
+            "others wait for the probe for another back-off"
+        );
+        assert!(
+            health.record_failure_at(&p, start + 12),
             "a failed probe ejects again at once"
         );
-        std::thread::sleep(Duration::from_millis(10));
-        assert!(health.admits());
+        assert!(
+            !health.admits_at(start + 31),
+            "the second ejection in a row lasts twice as long"
+        );
+        assert!(health.admits_at(start + 32));
         health.record_success();
         assert!(!health.is_ejected());
         assert!(health.admits() && health.admits());

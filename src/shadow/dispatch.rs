@@ -1,12 +1,14 @@
 //! Sending mirrors. [`ShadowService::dispatch`] builds one request per target from
 //! the already prepared production request (same method, path, headers and the
-//! same body `Bytes`), then spawns one task that sends them on the shadow pool,
-//! waits for production's captured answer, and queues the pairs for comparison.
+//! same body `Bytes`), then spawns one task on the shadow threads that sends them
+//! on the endpoints' shadow pools, waits for production's captured answer, and
+//! queues the pairs for comparison.
 //!
 //! Isolation: the task is detached from the request; every shadow exchange has
 //! its own timeout; a slot of the model's in-flight budget is held only until the
 //! shadow has answered or failed; shadow connections live in a pool of their own.
 
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,9 @@ use tokio::task::JoinSet;
 use super::ModelShadow;
 use super::capture::{self, CaptureReceiver, CaptureSender, Captured};
 use super::report::{DropReason, ErrorKind};
+use super::runtime::ShadowRuntime;
 use super::worker::{CompareQueue, Job};
+use crate::config::ShadowThreads;
 use crate::proxy::admission::Permit;
 use crate::proxy::pool::PoolKind;
 use crate::proxy::upstream::{UpstreamClient, upstream_uri};
@@ -45,9 +49,10 @@ impl Mirror {
     }
 }
 
-/// What the data plane needs to mirror: the client of the endpoints' shadow
-/// connection pools and the comparison queue. One per gateway.
+/// What the data plane needs to mirror: the shadow threads, the client of the
+/// endpoints' shadow connection pools and the comparison queue. One per gateway.
 pub struct ShadowService {
+    runtime: ShadowRuntime,
     client: UpstreamClient,
     queue: CompareQueue,
     /// How long a mirror task waits for production's answer to be complete.
@@ -69,17 +74,21 @@ enum Outcome {
 }
 
 impl ShadowService {
-    pub fn new(
+    /// Starts the shadow threads (see [`super::runtime`]).
+    pub fn start(
+        threads: ShadowThreads,
         connect_timeout: Duration,
         primary_wait: Duration,
         ejection: EjectionPolicy,
-    ) -> ShadowService {
-        ShadowService {
+    ) -> io::Result<ShadowService> {
+        let runtime = ShadowRuntime::start(threads)?;
+        Ok(ShadowService {
             client: UpstreamClient::new(PoolKind::Shadow, connect_timeout),
-            queue: CompareQueue::start(),
+            queue: CompareQueue::start(runtime.priority())?,
+            runtime,
             primary_wait,
             ejection,
-        }
+        })
     }
 
     /// Mirrors the prepared production request `parts` (whose URI is still the
@@ -141,7 +150,7 @@ impl ShadowService {
             primary_wait: self.primary_wait,
             ejection: self.ejection,
         };
-        tokio::spawn(task.run(requests, receiver));
+        self.runtime.handle().spawn(task.run(requests, receiver));
         Some(sender)
     }
 }

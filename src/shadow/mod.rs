@@ -8,6 +8,8 @@
 //! - [`dispatch`]: sends the mirrors from a task of their own, after the body was
 //!   read once (shared `Bytes`); the client's response never waits for them.
 //! - [`capture`]: tees production's answer as it streams to the client.
+//! - [`runtime`]: the shadow threads, at idle priority by default, so mirrors
+//!   use only CPU time production leaves unused.
 //! - [`worker`]: the comparison thread, fed through a bounded queue.
 //! - [`compare`], [`path`]: the comparators and their JSON paths.
 //! - [`report`]: per staging version counters, agreement, latencies, samples.
@@ -17,6 +19,7 @@ pub mod compare;
 mod dispatch;
 pub mod path;
 pub mod report;
+mod runtime;
 mod worker;
 
 use std::sync::Arc;

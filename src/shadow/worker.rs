@@ -1,13 +1,14 @@
-//! The comparison thread: a plain OS thread fed through a bounded queue, so the
-//! CPU work of diffing answers never runs on the async workers that serve
-//! production, and a burst of mirrors cannot queue without bound (a full queue
-//! drops the pair and counts it).
+//! The comparison thread: a plain OS thread (at the shadow threads' priority) fed
+//! through a bounded queue, so the CPU work of diffing answers never runs on the
+//! async workers that serve production, and a burst of mirrors cannot queue
+//! without bound (a full queue drops the pair and counts it).
 //!
 //! Under load the thread drains the queue in batches and naps between them, so a
 //! submission never has to wake it: waking a thread per pair (a futex call and a
 //! context switch on a busy core) cost more than the comparison itself. After a
 //! while with nothing to do it blocks instead, and the next pair wakes it.
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
@@ -19,6 +20,8 @@ use super::ModelShadow;
 use super::capture::Frames;
 use super::compare::Answer;
 use super::report::Compared;
+use super::runtime::set_priority;
+use crate::config::ShadowPriority;
 
 /// Pairs waiting for the comparison thread.
 const QUEUE_DEPTH: usize = 4096;
@@ -52,21 +55,21 @@ pub struct CompareQueue {
 }
 
 impl CompareQueue {
-    pub fn start() -> CompareQueue {
+    /// Starts the comparison thread at `priority`.
+    pub fn start(priority: ShadowPriority) -> io::Result<CompareQueue> {
         let (sender, receiver) = sync_channel(QUEUE_DEPTH);
         let bytes = Arc::new(ByteBudget::new(QUEUE_BYTES));
         let queued = Arc::clone(&bytes);
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("stagegate-compare".into())
-            .spawn(move || run(receiver, &queued));
-        if let Err(error) = spawned {
-            // Without the thread every pair is dropped (and counted as such).
-            tracing::error!(%error, "cannot start the shadow comparison thread");
-        }
-        CompareQueue {
+            .spawn(move || {
+                set_priority(priority);
+                run(receiver, &queued)
+            })?;
+        Ok(CompareQueue {
             jobs: sender,
             bytes,
-        }
+        })
     }
 
     /// Queues a pair; `false` if the queue is full, in pairs or in bytes (or the
