@@ -16,6 +16,9 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The label of the stagegate that a shadow case runs without mirroring, in the
 /// same rounds as the mirroring one, as the baseline of the shadow's cost.
 pub const NO_SHADOW: &str = "stagegate, no shadow";
+/// The label of the stagegate that a shadow case runs with its shadow threads at
+/// normal priority (`shadow_priority = "normal"`), competing with production.
+pub const NORMAL_PRIORITY: &str = "stagegate, shadow at normal priority";
 /// The canary weight of the `canary` and `swap-loop` cases, in percent.
 pub const CANARY_WEIGHT: u32 = 10;
 
@@ -34,6 +37,7 @@ pub enum Case {
     ShadowHang,
     ShadowRefused,
     FixedRate,
+    ShadowFixedRate,
     SwapLoop,
 }
 
@@ -47,7 +51,7 @@ pub enum Secondary {
 }
 
 impl Case {
-    pub const ALL: [Case; 9] = [
+    pub const ALL: [Case; 10] = [
         Case::Plain64,
         Case::Plain256,
         Case::Canary,
@@ -56,6 +60,7 @@ impl Case {
         Case::ShadowHang,
         Case::ShadowRefused,
         Case::FixedRate,
+        Case::ShadowFixedRate,
         Case::SwapLoop,
     ];
 
@@ -69,6 +74,7 @@ impl Case {
             Case::ShadowHang => "shadow-hang",
             Case::ShadowRefused => "shadow-refused",
             Case::FixedRate => "fixed-rate",
+            Case::ShadowFixedRate => "shadow-fixed-rate",
             Case::SwapLoop => "swap-loop",
         }
     }
@@ -89,7 +95,7 @@ impl Case {
     /// The mirror target of a shadow case; `None` when nothing is mirrored.
     pub fn shadow(self) -> Option<Secondary> {
         match self {
-            Case::ShadowHealthy => Some(Secondary::Healthy),
+            Case::ShadowHealthy | Case::ShadowFixedRate => Some(Secondary::Healthy),
             Case::ShadowSlow => Some(Secondary::Slow),
             Case::ShadowHang => Some(Secondary::Hang),
             Case::ShadowRefused => Some(Secondary::Refused),
@@ -103,7 +109,24 @@ impl Case {
 
     /// Shown in the main table (the others have sections of their own).
     pub fn tabulated(self) -> bool {
-        !matches!(self, Case::FixedRate | Case::SwapLoop)
+        !matches!(
+            self,
+            Case::FixedRate | Case::ShadowFixedRate | Case::SwapLoop
+        )
+    }
+
+    /// The share of the reference proxy's plain-64 throughput an open-loop case
+    /// sends; `None` for closed-loop cases. The shadow case sends half as much
+    /// as fixed-rate: its mirrors double the work of the core that also runs the
+    /// load generator and both model servers, and at half of nginx's maximum that
+    /// core saturates, which would show as production latency that is no
+    /// proxy's doing.
+    pub fn open_loop_share(self) -> Option<f64> {
+        match self {
+            Case::FixedRate => Some(0.5),
+            Case::ShadowFixedRate => Some(0.25),
+            _ => None,
+        }
     }
 }
 
@@ -116,7 +139,7 @@ pub fn run(
     earlier: &[CaseResult],
 ) -> Result<CaseResult, CompareError> {
     match case {
-        Case::FixedRate => fixed_rate(ctx, threads, earlier),
+        Case::FixedRate | Case::ShadowFixedRate => fixed_rate(ctx, case, threads, earlier),
         Case::SwapLoop => swap::run(ctx, threads),
         _ => closed_loop(ctx, case, threads),
     }
@@ -135,29 +158,56 @@ pub fn setup(ctx: &Context, case: Case, threads: usize) -> Setup {
         primary: backends.primary,
         secondary,
         shadow: case.shadow().is_some(),
+        normal_priority: false,
         canary: case.canary(),
     }
 }
 
-fn closed_loop(ctx: &Context, case: Case, threads: usize) -> Result<CaseResult, CompareError> {
-    let setup = setup(ctx, case, threads);
-    let (mut proxies, mut notes) = start_all(ctx, case.proxies(), &setup);
-    if setup.shadow {
-        // The machine's speed drifts over minutes; the shadow's cost is measured
-        // against a stagegate without mirroring interleaved in the same rounds,
-        // not against plain-64 from minutes before.
-        let plain = Setup {
-            shadow: false,
-            ..setup
-        };
-        match proxies::start(ProxyKind::Stagegate, &plain, &ctx.programs, &ctx.pin) {
-            Ok(mut baseline) => {
-                baseline.label = NO_SHADOW;
-                proxies.insert(0, baseline);
+/// Starts a shadow case's proxies: the case's own, plus, interleaved in the same
+/// rounds, a stagegate without mirroring (the baseline of the shadow's cost; the
+/// machine's speed drifts over minutes, so plain-64 from minutes before is no
+/// baseline) and one mirroring with its shadow threads at normal priority.
+fn start_case(ctx: &Context, case: Case, setup: &Setup) -> (Vec<RunningProxy>, Vec<String>) {
+    let (mut proxies, mut notes) = start_all(ctx, case.proxies(), setup);
+    if !setup.shadow {
+        return (proxies, notes);
+    }
+    let variants = [
+        (
+            NO_SHADOW,
+            Setup {
+                shadow: false,
+                ..*setup
+            },
+        ),
+        (
+            NORMAL_PRIORITY,
+            Setup {
+                normal_priority: true,
+                ..*setup
+            },
+        ),
+    ];
+    for (label, variant) in variants {
+        match proxies::start(ProxyKind::Stagegate, &variant, &ctx.programs, &ctx.pin) {
+            Ok(mut proxy) => {
+                proxy.label = label;
+                let at = if label == NO_SHADOW {
+                    0
+                } else {
+                    proxies.len().min(2)
+                };
+                proxies.insert(at, proxy);
             }
-            Err(err) => notes.push(format!("{NO_SHADOW}: failed to start: {err}")),
+            Err(err) => notes.push(format!("{label}: failed to start: {err}")),
         }
     }
+    (proxies, notes)
+}
+
+fn closed_loop(ctx: &Context, case: Case, threads: usize) -> Result<CaseResult, CompareError> {
+    let setup = setup(ctx, case, threads);
+    let (proxies, notes) = start_case(ctx, case, &setup);
     if case == Case::Canary
         && let Some(admin) = proxies.iter().find_map(|proxy| proxy.admin)
     {
@@ -292,8 +342,11 @@ fn reference_rps(
     Ok(generator.measure(&proxy, &load)?.rps)
 }
 
+/// An open-loop case: `fixed-rate`, or `shadow-fixed-rate` (mirroring to a
+/// healthy staging version at the same rate).
 fn fixed_rate(
     ctx: &Context,
+    case: Case,
     threads: usize,
     earlier: &[CaseResult],
 ) -> Result<CaseResult, CompareError> {
@@ -303,26 +356,25 @@ fn fixed_rate(
         ProxyKind::Stagegate
     };
     let reference_rps = reference_rps(ctx, reference, threads, earlier)?;
-    let rate = (reference_rps / 2.0).max(1.0);
+    let share = case.open_loop_share().unwrap_or(0.5);
+    let rate = (reference_rps * share).max(1.0);
     eprintln!(
-        "  fixed-rate: {reference} plain-64 max {reference_rps:.0} req/s; open loop at {rate:.0} req/s"
+        "  {}: {reference} plain-64 max {reference_rps:.0} req/s; open loop at {rate:.0} req/s",
+        case.name()
     );
-    let (proxies, notes) = start_all(
-        ctx,
-        Case::FixedRate.proxies(),
-        &setup(ctx, Case::FixedRate, threads),
-    );
+    let (proxies, notes) = start_case(ctx, case, &setup(ctx, case, threads));
     let load = Load {
-        connections: Case::FixedRate.connections(),
+        connections: case.connections(),
         duration: ctx.settings.duration,
         rate: Some(rate),
         random_user: false,
     };
-    let series = interleave(ctx, Case::FixedRate, &proxies, &load)?;
-    let mut result = CaseResult::new(Case::FixedRate, series, notes);
+    let series = interleave(ctx, case, &proxies, &load)?;
+    let mut result = CaseResult::new(case, series, notes);
     result.fixed_rate = Some(FixedRate {
         reference,
         reference_rps,
+        share,
         rate,
     });
     Ok(result)
@@ -355,5 +407,14 @@ mod tests {
         assert_eq!(Case::ShadowSlow.shadow(), Some(Secondary::Slow));
         assert_eq!(Case::Plain64.shadow(), None);
         assert!(Case::SwapLoop.canary() && !Case::SwapLoop.tabulated());
+        assert_eq!(Case::ShadowFixedRate.shadow(), Some(Secondary::Healthy));
+        assert_eq!(Case::ShadowFixedRate.open_loop_share(), Some(0.25));
+        assert_eq!(Case::FixedRate.open_loop_share(), Some(0.5));
+        assert_eq!(Case::ShadowHealthy.open_loop_share(), None);
+        assert!(!Case::ShadowFixedRate.tabulated());
+        assert_eq!(
+            Case::ShadowFixedRate.proxies(),
+            [ProxyKind::Stagegate, ProxyKind::Nginx]
+        );
     }
 }

@@ -14,6 +14,8 @@ pub struct Setup {
     pub secondary: SocketAddr,
     /// Mirror every request to `secondary`.
     pub shadow: bool,
+    /// stagegate: `shadow_priority = "normal"` instead of the default idle class.
+    pub normal_priority: bool,
     /// stagegate: sticky canary on `x-user-id`, version 2 at weight 10.
     pub canary: bool,
 }
@@ -33,7 +35,7 @@ fn toml_string(text: &str) -> String {
 pub fn stagegate_config(setup: &Setup, ports: &Ports, state_dir: &Path) -> String {
     let mut config = format!(
         "[server]\nlisten = \"{}\"\nadmin_listen = \"{}\"\nworker_threads = {}\n\
-         state_dir = {}\nrequest_timeout_ms = 30000\ndrain_timeout_ms = 1000\n\n\
+         state_dir = {}\nrequest_timeout_ms = 30000\ndrain_timeout_ms = 1000\n{}\n\
          [[models]]\nname = \"m\"\n\n\
          [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"http://{}\"]\n\n\
          [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"http://{}\"]\n",
@@ -41,6 +43,11 @@ pub fn stagegate_config(setup: &Setup, ports: &Ports, state_dir: &Path) -> Strin
         ports.admin,
         setup.threads,
         toml_string(&state_dir.to_string_lossy()),
+        if setup.normal_priority {
+            "shadow_priority = \"normal\"\n"
+        } else {
+            ""
+        },
         setup.primary,
         setup.secondary,
     );
@@ -142,6 +149,7 @@ mod tests {
             primary: "127.0.0.1:7001".parse().unwrap(),
             secondary: "127.0.0.1:7002".parse().unwrap(),
             shadow,
+            normal_priority: false,
             canary,
         }
     }
@@ -175,6 +183,13 @@ mod tests {
                 "[models.shadow]\npercent = 100.0\ntimeout_ms = 2000\nmax_in_flight = 256"
             )
         );
+        assert!(!shadow.contains("shadow_priority"));
+        let normal = Setup {
+            normal_priority: true,
+            ..setup(true, false)
+        };
+        let normal = stagegate_config(&normal, &ports(), Path::new("s"));
+        assert!(normal.contains("drain_timeout_ms = 1000\nshadow_priority = \"normal\"\n\n"));
         let canary = stagegate_config(&setup(false, true), &ports(), Path::new("s"));
         assert!(canary.contains("[models.canary]\nsticky_header = \"x-user-id\""));
         assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);

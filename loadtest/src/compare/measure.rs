@@ -55,6 +55,8 @@ pub struct Sample {
     pub cpu_us_per_request: Option<f64>,
     /// Peak RSS of the proxy's process tree so far.
     pub peak_rss_kib: Option<u64>,
+    /// Mirrors sent during the run; stagegate with mirroring on only.
+    pub mirrored: Option<u64>,
 }
 
 impl Sample {
@@ -75,7 +77,15 @@ impl Sample {
             errors: report.errors.into_iter().filter(|&(_, n)| n > 0).collect(),
             cpu_us_per_request,
             peak_rss_kib: rss,
+            mirrored: None,
         }
+    }
+
+    /// The share of requests that were mirrored, when that was counted.
+    pub fn mirrored_share(&self) -> Option<f64> {
+        self.mirrored
+            .filter(|_| self.requests > 0)
+            .map(|mirrored| mirrored as f64 / self.requests as f64)
     }
 }
 
@@ -88,13 +98,18 @@ pub struct Generator<'a> {
 }
 
 impl Generator<'_> {
-    /// One run against `proxy`, with its CPU and memory.
+    /// One run against `proxy`, with its CPU, memory and mirrors sent.
     pub fn measure(&self, proxy: &RunningProxy, load: &Load) -> Result<Sample, CompareError> {
+        let mirrored_before = proxy.mirrored();
         let before = proxy.cpu_seconds(self.ticks_per_second);
         let report = self.run(proxy.target, load)?;
         let after = proxy.cpu_seconds(self.ticks_per_second);
         let cpu = before.zip(after).map(|(b, a)| (a - b).max(0.0));
-        Ok(Sample::new(report, cpu, proxy.peak_rss_kib()))
+        let mut sample = Sample::new(report, cpu, proxy.peak_rss_kib());
+        sample.mirrored = mirrored_before
+            .zip(proxy.mirrored())
+            .map(|(before, after)| after.saturating_sub(before));
+        Ok(sample)
     }
 
     /// One run against `target`; the generator warms up by itself for no time at
@@ -174,6 +189,12 @@ mod tests {
         // 0.5 s of CPU over 20,000 requests.
         assert_eq!(sample.cpu_us_per_request, Some(25.0));
         assert_eq!(sample.peak_rss_kib, Some(2048));
+        assert_eq!(sample.mirrored_share(), None);
+        let mirrored = Sample {
+            mirrored: Some(5000),
+            ..sample
+        };
+        assert_eq!(mirrored.mirrored_share(), Some(0.25));
     }
 
     #[test]

@@ -97,6 +97,28 @@ impl RunningProxy {
     pub fn peak_rss_kib(&self) -> Option<u64> {
         Some(tree_peak_rss_kib(self.process.as_ref()?.pid()))
     }
+
+    /// Mirrors stagegate has sent so far (its shadow report of model `m`);
+    /// `None` when it does not mirror, or is not stagegate.
+    pub fn mirrored(&self) -> Option<u64> {
+        let response = http::call(self.admin?, "GET", SHADOW_PATH, None, CALL_TIMEOUT).ok()?;
+        mirrored_in_report(&response.body)
+    }
+}
+
+const SHADOW_PATH: &str = "/api/v1/models/m/shadow";
+
+/// The sum of `versions[].mirrored` in a shadow report whose mirroring is active.
+pub fn mirrored_in_report(body: &str) -> Option<u64> {
+    let report: serde_json::Value = serde_json::from_str(body).ok()?;
+    if report["active"] != serde_json::Value::Bool(true) {
+        return None;
+    }
+    report["versions"]
+        .as_array()?
+        .iter()
+        .map(|version| version["mirrored"].as_u64())
+        .sum()
 }
 
 /// Programs the proxies run from.
@@ -234,5 +256,21 @@ fn probe(ports: &Ports, has_admin: bool) -> Result<(), String> {
         Ok(response) if response.is_success() => Ok(()),
         Ok(response) => Err(format!("probe request answered {}", response.status)),
         Err(err) => Err(format!("probe request failed: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_are_summed_over_versions_of_an_active_report() {
+        let report = r#"{"active": true, "model": "m",
+            "versions": [{"version": "2", "mirrored": 40}, {"version": "3", "mirrored": 2}]}"#;
+        assert_eq!(mirrored_in_report(report), Some(42));
+        let inactive = r#"{"active": false, "versions": [{"mirrored": 0}]}"#;
+        assert_eq!(mirrored_in_report(inactive), None);
+        assert_eq!(mirrored_in_report("not json"), None);
+        assert_eq!(mirrored_in_report(r#"{"active": true}"#), None);
     }
 }

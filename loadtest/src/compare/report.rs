@@ -75,7 +75,8 @@ pub struct FixedRate {
     /// Whose plain-64 throughput set the rate.
     pub reference: ProxyKind,
     pub reference_rps: f64,
-    /// Half of it.
+    /// The share of it sent.
+    pub share: f64,
     pub rate: f64,
 }
 
@@ -122,6 +123,7 @@ impl Series {
             p99_ms: median(samples.iter().map(|s| s.p99_ms))?,
             cpu_us_per_request: median(samples.iter().filter_map(|s| s.cpu_us_per_request)),
             peak_rss_kib: samples.iter().filter_map(|s| s.peak_rss_kib).max(),
+            mirrored_share: median(samples.iter().filter_map(Sample::mirrored_share)),
             errors,
         })
     }
@@ -135,6 +137,8 @@ pub struct Summary {
     pub p99_ms: f64,
     pub cpu_us_per_request: Option<f64>,
     pub peak_rss_kib: Option<u64>,
+    /// Median share of requests mirrored (stagegate with mirroring on only).
+    pub mirrored_share: Option<f64>,
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -201,6 +205,7 @@ pub(crate) mod tests {
             errors: BTreeMap::new(),
             cpu_us_per_request: cpu,
             peak_rss_kib: rss,
+            mirrored: None,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::cases::{Case, NO_SHADOW};
+use super::cases::{Case, NO_SHADOW, NORMAL_PRIORITY};
 use super::proxies::ProxyKind;
 use super::report::{
     CaseResult, Comparison, Series, Summary, ThreadResults, errors_cell, number, ratio,
@@ -68,11 +68,16 @@ fn thread_section(results: &ThreadResults) -> String {
         .collect();
     if !tabulated.is_empty() {
         out.push_str(&main_table(&tabulated));
-        out.push_str(&shadow_cost_section(&tabulated));
     }
+    let shadow_cases: Vec<&CaseResult> = results
+        .cases
+        .iter()
+        .filter(|r| r.case.shadow().is_some())
+        .collect();
+    out.push_str(&shadow_cost_section(&shadow_cases));
     for result in &results.cases {
         match result.case {
-            Case::FixedRate => out.push_str(&fixed_rate_section(result)),
+            Case::FixedRate | Case::ShadowFixedRate => out.push_str(&fixed_rate_section(result)),
             Case::SwapLoop => out.push_str(&swap_section(result)),
             _ => {}
         }
@@ -161,8 +166,9 @@ fn mark(cell: String, marker: &str) -> String {
     if cell == "—" { cell } else { cell + marker }
 }
 
-/// Each shadow case's stagegate against the stagegate without mirroring that ran
-/// in the same rounds; empty when no shadow case has both.
+/// Each shadow case's mirroring stagegates (shadow threads at idle priority, the
+/// default, and at normal priority) against the stagegate without mirroring that
+/// ran in the same rounds; empty when no shadow case has both.
 pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
     let mut rows = String::new();
     for case in cases.iter().filter(|case| case.case.shadow().is_some()) {
@@ -172,21 +178,31 @@ pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
                 .find(|series| series.label == label)
                 .and_then(Series::summary)
         };
-        let (Some(mirroring), Some(plain)) = (find(ProxyKind::Stagegate.name()), find(NO_SHADOW))
-        else {
+        let Some(plain) = find(NO_SHADOW) else {
             continue;
         };
-        let _ = writeln!(
-            rows,
-            "| {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {} |",
-            case.case.name(),
-            mirroring.rps,
-            plain.rps,
-            ratio(Some(mirroring.rps), Some(plain.rps)),
-            mirroring.p99_ms,
-            plain.p99_ms,
-            ratio(Some(mirroring.p99_ms), Some(plain.p99_ms)),
-        );
+        for (label, priority) in [
+            (ProxyKind::Stagegate.name(), "idle"),
+            (NORMAL_PRIORITY, "normal"),
+        ] {
+            let Some(mirroring) = find(label) else {
+                continue;
+            };
+            let _ = writeln!(
+                rows,
+                "| {} | {priority} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {} | {} |",
+                case.case.name(),
+                mirroring.rps,
+                plain.rps,
+                ratio(Some(mirroring.rps), Some(plain.rps)),
+                mirroring.p99_ms,
+                plain.p99_ms,
+                ratio(Some(mirroring.p99_ms), Some(plain.p99_ms)),
+                mirroring
+                    .mirrored_share
+                    .map_or_else(|| "—".to_string(), |share| format!("{:.0}%", share * 100.0)),
+            );
+        }
     }
     if rows.is_empty() {
         return rows;
@@ -194,32 +210,53 @@ pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
     format!(
         "### shadow cost\n\n\
          stagegate mirroring 100% of requests against a stagegate without mirroring, run in \
-         the same rounds of the same case.\n\n\
-         | case | req/s mirroring | req/s no shadow | throughput kept | p99 ms mirroring | \
-         p99 ms no shadow | p99 ratio |\n|---|--:|--:|--:|--:|--:|--:|\n{rows}\n"
+         the same rounds of the same case. Priority is that of the shadow threads \
+         (`shadow_priority`): at `idle` (the default) mirrors use only CPU time production \
+         leaves unused and are dropped when there is none; at `normal` they compete with \
+         production. Mirrored: the share of production requests actually mirrored \
+         (median of the runs).\n\n\
+         | case | priority | req/s mirroring | req/s no shadow | throughput kept | \
+         p99 ms mirroring | p99 ms no shadow | p99 ratio | mirrored |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|\n{rows}\n"
     )
 }
 
+/// An open-loop case; added latency is over the direct path, or for a shadow
+/// case over the stagegate without mirroring.
 pub fn fixed_rate_section(case: &CaseResult) -> String {
-    let mut out = String::from("### fixed-rate\n\n");
+    let mut out = format!("### {}\n\n", case.case.name());
     if let Some(fixed) = &case.fixed_rate {
         let _ = writeln!(
             out,
-            "Open loop at {:.0} req/s (half of {}'s plain-64 max, {:.0} req/s), 64 \
+            "Open loop at {:.0} req/s ({:.0}% of {}'s plain-64 max, {:.0} req/s), 64 \
              connections; latency from the scheduled send time.\n",
-            fixed.rate, fixed.reference, fixed.reference_rps
+            fixed.rate,
+            fixed.share * 100.0,
+            fixed.reference,
+            fixed.reference_rps
         );
     }
-    out.push_str(
-        "| proxy | req/s (median) | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU µs/req | errors |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|\n",
+    let (base, base_name) = match case.summary(ProxyKind::Direct) {
+        Some(direct) => (Some(direct), "direct"),
+        None => (
+            case.series
+                .iter()
+                .find(|series| series.label == NO_SHADOW)
+                .and_then(Series::summary),
+            "no shadow",
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "| proxy | req/s (median) | p50 ms | p99 ms | p50 ms over {base_name} | \
+         p99 ms over {base_name} | CPU µs/req | errors |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|"
     );
-    let direct = case.summary(ProxyKind::Direct);
     for series in &case.series {
         let Some(row) = series.summary() else {
             continue;
         };
-        let added = |f: fn(&Summary) -> f64| direct.as_ref().map(|d| f(&row) - f(d));
+        let added = |f: fn(&Summary) -> f64| base.as_ref().map(|b| f(&row) - f(b));
         let _ = writeln!(
             out,
             "| {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} |",
@@ -320,11 +357,16 @@ mod tests {
 
     #[test]
     fn shadow_cost_compares_with_the_no_shadow_run_of_the_same_case() {
+        let mut idle = series(ProxyKind::Stagegate, "stagegate", 18000.0, Some(44.0));
+        idle.samples[0].mirrored = Some(9000);
+        let mut normal = series(ProxyKind::Stagegate, NORMAL_PRIORITY, 10000.0, Some(80.0));
+        normal.samples[0].mirrored = Some(10000);
         let hang = CaseResult::new(
             Case::ShadowHang,
             vec![
                 series(ProxyKind::Stagegate, NO_SHADOW, 20000.0, Some(40.0)),
-                series(ProxyKind::Stagegate, "stagegate", 18000.0, Some(44.0)),
+                idle,
+                normal,
                 series(ProxyKind::Nginx, "nginx", 40.0, Some(50.0)),
             ],
             Vec::new(),
@@ -335,14 +377,21 @@ mod tests {
             text.starts_with("### shadow cost\n\nstagegate mirroring"),
             "{text}"
         );
-        assert!(text.contains("\n| case | req/s mirroring |"), "{text}");
-        let row = text
-            .lines()
-            .find(|line| line.starts_with("| shadow-hang"))
-            .unwrap();
         assert!(
-            row.starts_with("| shadow-hang | 18000 | 20000 | 0.90x |"),
-            "{row}"
+            text.contains("\n| case | priority | req/s mirroring |"),
+            "{text}"
+        );
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("| shadow-hang"))
+            .collect();
+        // p99 is rps/100 in the fixture.
+        assert_eq!(
+            rows,
+            [
+                "| shadow-hang | idle | 18000 | 20000 | 0.90x | 180.00 | 200.00 | 0.90x | 50% |",
+                "| shadow-hang | normal | 10000 | 20000 | 0.50x | 100.00 | 200.00 | 0.50x | 100% |",
+            ]
         );
         assert_eq!(shadow_cost_section(&[&plain]), "");
     }
@@ -394,15 +443,37 @@ mod tests {
         case.fixed_rate = Some(FixedRate {
             reference: ProxyKind::Nginx,
             reference_rps: 16000.0,
+            share: 0.5,
             rate: 8000.0,
         });
         let text = fixed_rate_section(&case);
         assert!(
-            text.contains("Open loop at 8000 req/s (half of nginx's plain-64 max, 16000 req/s)")
+            text.contains("Open loop at 8000 req/s (50% of nginx's plain-64 max, 16000 req/s)")
         );
         // p50 is rps/1000 in the fixture: 8.1 - 8.0.
+        assert!(text.starts_with("### fixed-rate\n"));
+        assert!(text.contains("| p50 ms over direct | p99 ms over direct |"));
         assert!(
             text.contains("| nginx | 8100 | 8.100 | 81.000 | 0.100 | 1.000 | 50.0 | 0 |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn shadow_fixed_rate_adds_latency_over_the_no_shadow_stagegate() {
+        let case = CaseResult::new(
+            Case::ShadowFixedRate,
+            vec![
+                series(ProxyKind::Stagegate, NO_SHADOW, 8000.0, Some(40.0)),
+                series(ProxyKind::Stagegate, "stagegate", 8200.0, Some(60.0)),
+            ],
+            Vec::new(),
+        );
+        let text = fixed_rate_section(&case);
+        assert!(text.starts_with("### shadow-fixed-rate\n"));
+        assert!(text.contains("| p50 ms over no shadow | p99 ms over no shadow |"));
+        assert!(
+            text.contains("| stagegate | 8200 | 8.200 | 82.000 | 0.200 | 2.000 | 60.0 | 0 |"),
             "{text}"
         );
     }
