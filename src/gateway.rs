@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::admin::auth::{AuthError, Tokens};
 use crate::config::Config;
+use crate::proxy::pool::PoolKind;
 use crate::proxy::{self, Drained, Proxy};
 use crate::registry::merge::merge;
 use crate::registry::store::{COMPACT_AFTER_RECORDS, FileStore, StoreError};
@@ -299,16 +300,17 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Gatew
         .map_err(|source| GatewayError::Bind { what, addr, source })
 }
 
-/// Periodic housekeeping: metric upkeep, and idle upstream connections that
+/// Periodic housekeeping: metric upkeep, and idle production connections that
 /// expired or that their model server closed (nothing polls an idle connection,
-/// so without this an endpoint that stops getting traffic would keep them).
+/// so without this an endpoint that stops getting traffic would keep them). The
+/// shadow threads reap the shadow pools, whose sockets belong to them.
 async fn upkeep(telemetry: Telemetry, router: Arc<Router>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
     loop {
         tokio::select! {
             _ = interval.tick() => {
                 telemetry.run_upkeep();
-                router.load().reap_idle_connections();
+                router.load().reap_idle_connections(PoolKind::Primary);
             }
             () = shutdown.cancelled() => return,
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{Behaviour, FakeUpstream, admin, one_model, post};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
+use stagegate::config::{Config, ShadowPriority};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Production version 2 and staging version 3, with `shadow` as the model's
@@ -136,6 +137,50 @@ async fn mirrors_carry_the_shadow_marker_and_the_same_request_id_and_body() {
         ("/v2/models/fraud/infer?x=1", &primary.body)
     );
     assert_eq!(shadow.headers["host"], stage.addr.to_string().as_str());
+}
+
+/// The other tests run their shadow threads at normal priority (see
+/// `common::try_gateway_in`); at the default, idle, mirrors still go out and are
+/// compared whenever the CPU has time, and production answers as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_on_idle_priority_threads_are_sent_and_compared() {
+    let (prod, stage) = (
+        FakeUpstream::start("v2").await,
+        FakeUpstream::start("v2").await,
+    );
+    let text = config(&prod.url(), &stage.url(), "percent = 100.0", "");
+    let mut config = Config::parse(&text, "test").unwrap();
+    assert_eq!(config.server.shadow_threads.priority, ShadowPriority::Idle);
+    let state_dir = tempfile::tempdir().unwrap();
+    config.server.state_dir = state_dir.path().to_path_buf();
+    let gateway = common::start_config(&config).await.unwrap();
+    let url = format!("http://{}/v2/models/fraud/infer", gateway.data_addr());
+    for _ in 0..20 {
+        let answer = post(&url, &[]).await;
+        assert_eq!(
+            (answer.status, answer.json()["server"].as_str()),
+            (StatusCode::OK, Some("v2"))
+        );
+    }
+    // Polls that leave the CPU to the idle threads between looks.
+    let compared = async {
+        loop {
+            let report = report(&gateway).await;
+            if report["compared"] == 20 {
+                return report;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let report = tokio::time::timeout(Duration::from_secs(20), compared)
+        .await
+        .expect("every mirror is compared");
+    assert_eq!(
+        (&report["mirrored"], &report["matched"]),
+        (&json!(20), &json!(20)),
+        "{report}"
+    );
+    assert_eq!(stage.received().len(), 20);
 }
 
 #[tokio::test]
@@ -329,6 +374,33 @@ async fn mirrors_to_an_ejected_staging_endpoint_are_dropped_before_anything_is_s
     assert_eq!(report["mirrored"], 2, "{report}");
     assert_eq!(report["dropped"]["no_healthy_endpoint"], 5, "{report}");
     assert_eq!(report["errors"]["connect"], 2, "{report}");
+}
+
+/// A mirror that times out says nothing certain about its endpoint (at idle
+/// priority the shadow threads may just have been late), so it does not count
+/// towards ejecting it: the endpoint may serve a canary too.
+#[tokio::test]
+async fn shadow_timeouts_do_not_eject_the_staging_endpoint() {
+    let prod = FakeUpstream::start("v2").await;
+    let hanging = FakeUpstream::with("v3", Behaviour::Hang).await;
+    let mut text = one_model(
+        "eject_after_failures = 2\neject_backoff_ms = 600000\n",
+        &[
+            ("2", "production", &[&prod.url()]),
+            ("3", "staging", &[&hanging.url()]),
+        ],
+    );
+    text.push_str("[models.shadow]\npercent = 100.0\ntimeout_ms = 50\n");
+    let gateway = common::gateway(&text).await;
+    let url = common::infer_url(&gateway);
+    for timeouts in 1..=4 {
+        assert_eq!(post(&url, &[]).await.json()["server"], "v2");
+        report_until(&gateway, |r| r["errors"]["timeout"] == timeouts).await;
+    }
+    let report = report(&gateway).await;
+    assert_eq!(report["mirrored"], 4, "{report}");
+    assert_eq!(report["dropped"]["no_healthy_endpoint"], 0, "{report}");
+    assert_eq!(hanging.received().len(), 4);
 }
 
 /// Answers with a head and half a body, then closes the connection.

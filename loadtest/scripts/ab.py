@@ -6,7 +6,8 @@ prints each run and the medians of req/s, p99 and stagegate's CPU time per reque
     cp target/release/stagegate /tmp/sg-before   # ... change, rebuild ...
     loadtest/scripts/ab.py 5 64 /tmp/sg-before target/release/stagegate
 
-Arguments: rounds, connections, binaries. Run from the repository root after
+Arguments: rounds, connections, binaries; RATE=N in the environment makes the
+load open loop at N requests/s. Run from the repository root after
 `cargo build --release --workspace`. A manual benchmarking aid, not a test."""
 import json, os, statistics, subprocess, sys
 
@@ -26,6 +27,8 @@ def cpu_ticks(pid):
 def load(duration, json_out=False):
     cmd = ['taskset', '-c', '0', L, 'run', '--url', url, '--connections', str(conns),
            '--duration', duration, '--warmup', '0s'] + (['--json'] if json_out else [])
+    if os.environ.get('RATE'):
+        cmd += ['--rate', os.environ['RATE']]
     return subprocess.run(cmd, capture_output=True, text=True).stdout
 
 

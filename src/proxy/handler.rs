@@ -67,6 +67,7 @@ impl Proxy {
         let primary_wait = limits.request_timeout + limits.request_timeout;
         let shadow = ShadowService::start(
             shadow_threads,
+            Arc::clone(&router),
             limits.connect_timeout,
             primary_wait,
             limits.ejection,

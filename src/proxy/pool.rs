@@ -56,10 +56,10 @@ impl EndpointPools {
         }
     }
 
-    /// Closes the idle connections that expired or that the server closed.
-    pub fn reap(&self) {
-        self.primary.reap();
-        self.shadow.reap();
+    /// Closes the `kind` connections that expired or that the server closed.
+    /// Each kind is reaped on the runtime its sockets belong to.
+    pub fn reap(&self, kind: PoolKind) {
+        self.get(kind).reap();
     }
 }
 
@@ -106,8 +106,7 @@ impl IdlePool {
         }
     }
 
-    /// Runs on a production worker, so it never waits for a pool in use (a
-    /// shadow thread at idle priority may hold it for a while): that pool is
+    /// Upkeep never waits for a pool that requests are using: that pool is
     /// reaped next round.
     fn reap(&self) {
         let mut idle = match self.idle.try_lock() {

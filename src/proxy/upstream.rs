@@ -317,12 +317,12 @@ mod exchange_tests {
         assert_eq!(pool.len(), 1, "a finished exchange returns its connection");
         assert!(endpoint.pools.get(PoolKind::Shadow).is_empty());
 
-        endpoint.pools.reap();
+        endpoint.pools.reap(PoolKind::Primary);
         assert_eq!(pool.len(), 1, "an open idle connection is kept");
         close.send(()).unwrap();
         on_close.await.unwrap();
         tokio::task::yield_now().await;
-        endpoint.pools.reap();
+        endpoint.pools.reap(PoolKind::Primary);
         assert!(pool.is_empty(), "a connection the server closed is reaped");
     }
 }

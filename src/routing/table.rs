@@ -13,6 +13,7 @@ use crate::shadow::ModelShadow;
 use super::canary::CanarySplit;
 use super::stats::RouteStats;
 use crate::proxy::admission::Admission;
+use crate::proxy::pool::PoolKind;
 use crate::telemetry::{RouteMetrics, Telemetry};
 
 /// Everything the request path needs to route, resolved ahead of time: version
@@ -106,11 +107,11 @@ impl RoutingTable {
         }
     }
 
-    /// Closes idle upstream connections that expired or were closed by their
-    /// model server, on every endpoint of the table.
-    pub fn reap_idle_connections(&self) {
+    /// Closes idle upstream connections of `kind` that expired or were closed by
+    /// their model server, on every endpoint of the table.
+    pub fn reap_idle_connections(&self, kind: PoolKind) {
         for endpoint in self.endpoints.values() {
-            endpoint.pools.reap();
+            endpoint.pools.reap(kind);
         }
     }
 

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::ModelShadow;
@@ -29,13 +30,17 @@ use crate::proxy::admission::Permit;
 use crate::proxy::pool::PoolKind;
 use crate::proxy::upstream::{UpstreamClient, upstream_uri};
 use crate::proxy::{ProxyError, record_health};
-use crate::routing::EndpointGuard;
 use crate::routing::health::EjectionPolicy;
+use crate::routing::{EndpointGuard, Router};
 use crate::telemetry::ShadowResult;
 
 /// Marks a mirrored request, so model servers can tell it from live traffic.
 pub const X_STAGEGATE_SHADOW: HeaderName = HeaderName::from_static("x-stagegate-shadow");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// How soon a mirror that has its answer first looks again for production's,
+/// doubling up to the last interval: comparisons are at most that late.
+const FIRST_PRIMARY_POLL: Duration = Duration::from_millis(1);
+const LAST_PRIMARY_POLL: Duration = Duration::from_millis(50);
 
 /// A request chosen for mirroring, holding its in-flight slots.
 pub struct Mirror {
@@ -74,14 +79,17 @@ enum Outcome {
 }
 
 impl ShadowService {
-    /// Starts the shadow threads (see [`super::runtime`]).
+    /// Starts the shadow threads (see [`super::runtime`]), which also reap the
+    /// shadow connection pools of `router`'s endpoints.
     pub fn start(
         threads: ShadowThreads,
+        router: Arc<Router>,
         connect_timeout: Duration,
         primary_wait: Duration,
         ejection: EjectionPolicy,
     ) -> io::Result<ShadowService> {
-        let runtime = ShadowRuntime::start(threads)?;
+        let reap = move || router.load().reap_idle_connections(PoolKind::Shadow);
+        let runtime = ShadowRuntime::start(threads, reap)?;
         Ok(ShadowService {
             client: UpstreamClient::new(PoolKind::Shadow, connect_timeout),
             queue: CompareQueue::start(runtime.priority())?,
@@ -136,13 +144,15 @@ impl ShadowService {
         let requests: Vec<Prepared> = reachable
             .into_iter()
             .map(|(index, permit, endpoint, uri)| {
+                // Counted when handed over: the shadow threads send it as soon as
+                // they get CPU, holding its in-flight slot until then.
                 shadow.versions[index].report.count_mirrored();
                 let request = shadow_request(&endpoint, parts, uri, body);
                 (index, permit, (request, endpoint))
             })
             .collect();
         let task = MirrorTask {
-            shadow,
+            shadow: Arc::clone(&shadow),
             client: self.client.clone(),
             queue: self.queue.clone(),
             request_id,
@@ -150,7 +160,19 @@ impl ShadowService {
             primary_wait: self.primary_wait,
             ejection: self.ejection,
         };
-        self.runtime.handle().spawn(task.run(requests, receiver));
+        if self
+            .runtime
+            .submit(Box::pin(task.run(requests, receiver)))
+            .is_err()
+        {
+            // The shadow threads are gone (they only stop with the gateway).
+            shadow
+                .versions
+                .iter()
+                .filter(|v| v.targeted)
+                .for_each(|v| super::dropped(v, DropReason::InFlight));
+            return None;
+        }
         Some(sender)
     }
 }
@@ -209,11 +231,7 @@ impl MirrorTask {
     /// a mirror holds, its answer included.
     async fn run(self, requests: Vec<Prepared>, primary: CaptureReceiver) {
         let (outcomes, _permits) = self.exchange_all(requests).await;
-        let primary = tokio::time::timeout(self.primary_wait, primary).await;
-        let primary = match primary {
-            Ok(Ok(captured)) => Some(captured),
-            _ => None,
-        };
+        let primary = wait_for_primary(primary, self.primary_wait).await;
         for (index, outcome) in outcomes {
             self.settle(index, outcome, primary.as_ref());
         }
@@ -274,7 +292,9 @@ impl MirrorTask {
             let sent = self.client.send(endpoint.endpoint(), request).await;
             // A dead staging endpoint is ejected like a production one, so mirrors
             // to it are dropped cheaply instead of paying a failed connect each.
-            record_health(endpoint.endpoint(), &sent, &self.ejection);
+            if is_health_evidence(&sent) {
+                record_health(endpoint.endpoint(), &sent, &self.ejection);
+            }
             let response = sent.map_err(error_kind)?;
             let status = response.status().as_u16();
             let body = Limited::new(response.into_body(), policy.max_body_bytes)
@@ -295,10 +315,7 @@ impl MirrorTask {
         let outcome = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(kind)) => Outcome::Failed(kind),
-            Err(_elapsed) => {
-                endpoint.endpoint().health.record_failure(&self.ejection);
-                Outcome::Failed(ErrorKind::Timeout)
-            }
+            Err(_elapsed) => Outcome::Failed(ErrorKind::Timeout),
         };
         let version = &self.shadow.versions[index];
         if let Outcome::Answered(answered) = &outcome {
@@ -354,6 +371,41 @@ impl MirrorTask {
         if !self.queue.submit(job) {
             version.report.count_dropped(DropReason::CompareQueueFull);
         }
+    }
+}
+
+/// Whether a mirror's exchange says something about its endpoint's health: an
+/// answer, or a refused or broken connection, does. A timeout does not: at idle
+/// priority on a saturated gateway the shadow threads may get to an answer late,
+/// and that must not eject an endpoint whose version also takes canary traffic.
+fn is_health_evidence<B>(sent: &Result<Response<B>, ProxyError>) -> bool {
+    !matches!(
+        sent,
+        Err(ProxyError::UpstreamConnectTimeout { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamBodyStalled { .. })
+    )
+}
+
+/// Production's captured answer, once complete; `None` if it failed or took
+/// longer than `wait`. Polled with a growing interval rather than awaited, so
+/// completing a capture on a production thread never has to wake a task on the
+/// shadow threads (that would go through a lock they share).
+async fn wait_for_primary(mut primary: CaptureReceiver, wait: Duration) -> Option<Captured> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut interval = FIRST_PRIMARY_POLL;
+    loop {
+        match primary.try_recv() {
+            Ok(captured) => return Some(captured),
+            Err(oneshot::error::TryRecvError::Closed) => return None,
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        tokio::time::sleep_until((now + interval).min(deadline)).await;
+        interval = (interval * 2).min(LAST_PRIMARY_POLL);
     }
 }
 

@@ -192,10 +192,14 @@ fn start_case(ctx: &Context, case: Case, setup: &Setup) -> (Vec<RunningProxy>, V
         match proxies::start(ProxyKind::Stagegate, &variant, &ctx.programs, &ctx.pin) {
             Ok(mut proxy) => {
                 proxy.label = label;
-                let at = if label == NO_SHADOW {
-                    0
-                } else {
-                    proxies.len().min(2)
+                // Rounds run: no shadow, mirroring (idle), mirroring (normal), others.
+                let mirroring = proxies
+                    .iter()
+                    .position(|p| p.label == ProxyKind::Stagegate.name());
+                let at = match (label, mirroring) {
+                    (NO_SHADOW, _) => 0,
+                    (_, Some(mirroring)) => mirroring + 1,
+                    (_, None) => proxies.len(),
                 };
                 proxies.insert(at, proxy);
             }
@@ -343,7 +347,7 @@ fn reference_rps(
 }
 
 /// An open-loop case: `fixed-rate`, or `shadow-fixed-rate` (mirroring to a
-/// healthy staging version at the same rate).
+/// healthy staging version, at half fixed-rate's rate).
 fn fixed_rate(
     ctx: &Context,
     case: Case,

@@ -213,8 +213,10 @@ pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
          the same rounds of the same case. Priority is that of the shadow threads \
          (`shadow_priority`): at `idle` (the default) mirrors use only CPU time production \
          leaves unused and are dropped when there is none; at `normal` they compete with \
-         production. Mirrored: the share of production requests actually mirrored \
-         (median of the runs).\n\n\
+         production. Mirrored: the share of production requests mirrored to the staging \
+         version, answered or not (median of the runs). shadow-fixed-rate is open loop: \
+         its throughput is set by the schedule and its p99 counts from each request's \
+         scheduled send time.\n\n\
          | case | priority | req/s mirroring | req/s no shadow | throughput kept | \
          p99 ms mirroring | p99 ms no shadow | p99 ratio | mirrored |\n\
          |---|---|--:|--:|--:|--:|--:|--:|--:|\n{rows}\n"
@@ -236,14 +238,17 @@ pub fn fixed_rate_section(case: &CaseResult) -> String {
             fixed.reference_rps
         );
     }
-    let (base, base_name) = match case.summary(ProxyKind::Direct) {
-        Some(direct) => (Some(direct), "direct"),
+    // Over the direct path; in a shadow case, stagegate's series over the
+    // stagegate without mirroring (another proxy's rows get no difference).
+    let (base, base_name, base_proxy) = match case.summary(ProxyKind::Direct) {
+        Some(direct) => (Some(direct), "direct", None),
         None => (
             case.series
                 .iter()
                 .find(|series| series.label == NO_SHADOW)
                 .and_then(Series::summary),
             "no shadow",
+            Some(ProxyKind::Stagegate),
         ),
     };
     let _ = writeln!(
@@ -256,7 +261,9 @@ pub fn fixed_rate_section(case: &CaseResult) -> String {
         let Some(row) = series.summary() else {
             continue;
         };
-        let added = |f: fn(&Summary) -> f64| base.as_ref().map(|b| f(&row) - f(b));
+        let comparable = base_proxy.is_none_or(|proxy| proxy == series.proxy);
+        let added =
+            |f: fn(&Summary) -> f64| base.as_ref().filter(|_| comparable).map(|b| f(&row) - f(b));
         let _ = writeln!(
             out,
             "| {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} |",
@@ -466,10 +473,15 @@ mod tests {
             vec![
                 series(ProxyKind::Stagegate, NO_SHADOW, 8000.0, Some(40.0)),
                 series(ProxyKind::Stagegate, "stagegate", 8200.0, Some(60.0)),
+                series(ProxyKind::Nginx, "nginx", 7000.0, Some(90.0)),
             ],
             Vec::new(),
         );
         let text = fixed_rate_section(&case);
+        assert!(
+            text.contains("| nginx | 7000 | 7.000 | 70.000 | — | — | 90.0 | 0 |"),
+            "another proxy is not compared with stagegate: {text}"
+        );
         assert!(text.starts_with("### shadow-fixed-rate\n"));
         assert!(text.contains("| p50 ms over no shadow | p99 ms over no shadow |"));
         assert!(
