@@ -4,9 +4,10 @@
 //! misspelt key is an error, not a silent default); [`validate`] turns the raw
 //! structs into a [`Config`], collecting every problem with its field path
 //! (`models[1].versions[0].endpoints[0]: not an http URL`) instead of stopping at
-//! the first.
+//! the first; [`server`] does the `[server]` and `[admin]` sections for it.
 
 mod raw;
+mod server;
 mod validate;
 
 pub use raw::{optional_version_id, version_id};

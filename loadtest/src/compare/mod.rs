@@ -6,8 +6,10 @@
 //! of its threads or worker processes. Each case starts its proxies fresh, keeps
 //! them running through the case, gives each one warmup run, then interleaves the
 //! measured runs (round 1: direct, stagegate, nginx, haproxy; round 2: ...). A
-//! shadow case also runs a stagegate without mirroring in its rounds, the
-//! baseline of the shadow-cost table.
+//! shadow case also runs in its rounds a stagegate without mirroring (the
+//! baseline of the shadow-cost table) and one with its shadow threads at normal
+//! priority, and reads from stagegate's shadow report how many requests each run
+//! mirrored.
 
 mod backends;
 mod cases;
