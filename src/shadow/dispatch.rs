@@ -1,12 +1,14 @@
 //! Sending mirrors. [`ShadowService::dispatch`] builds one request per target from
 //! the already prepared production request (same method, path, headers and the
-//! same body `Bytes`), then spawns one task on the shadow threads that sends them
+//! same body `Bytes`), then hands one task to the shadow threads that sends them
 //! on the endpoints' shadow pools, waits for production's captured answer, and
 //! queues the pairs for comparison.
 //!
 //! Isolation: the task is detached from the request; every shadow exchange has
-//! its own timeout; a slot of the model's in-flight budget is held only until the
-//! shadow has answered or failed; shadow connections live in a pool of their own.
+//! its own timeout; a slot of the model's in-flight budget is held until the pair
+//! is queued or dropped; shadow connections live in a pool of their own, and only
+//! what the staging server did (an answer, a refused or broken connection), not a
+//! timeout, counts towards its endpoint's health.
 
 use std::io;
 use std::sync::Arc;
@@ -39,6 +41,9 @@ pub const X_STAGEGATE_SHADOW: HeaderName = HeaderName::from_static("x-stagegate-
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// How soon a mirror that has its answer first looks again for production's,
 /// doubling up to the last interval: comparisons are at most that late.
+/// Set once the first mirror found the shadow threads gone.
+static SHADOW_THREADS_GONE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 const FIRST_PRIMARY_POLL: Duration = Duration::from_millis(1);
 const LAST_PRIMARY_POLL: Duration = Duration::from_millis(50);
 
@@ -165,12 +170,11 @@ impl ShadowService {
             .submit(Box::pin(task.run(requests, receiver)))
             .is_err()
         {
-            // The shadow threads are gone (they only stop with the gateway).
-            shadow
-                .versions
-                .iter()
-                .filter(|v| v.targeted)
-                .for_each(|v| super::dropped(v, DropReason::InFlight));
+            // Only if the shadow thread died (it ends with the gateway otherwise):
+            // the mirror is lost, though counted as mirrored; say so once.
+            if !SHADOW_THREADS_GONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!("the shadow threads are gone; no more mirrors are sent");
+            }
             return None;
         }
         Some(sender)
@@ -375,9 +379,11 @@ impl MirrorTask {
 }
 
 /// Whether a mirror's exchange says something about its endpoint's health: an
-/// answer, or a refused or broken connection, does. A timeout does not: at idle
-/// priority on a saturated gateway the shadow threads may get to an answer late,
-/// and that must not eject an endpoint whose version also takes canary traffic.
+/// answer, or a refused or broken connection, does. A timeout does not: on a
+/// saturated gateway the idle-priority shadow threads can be held off between
+/// connecting and sending, so a healthy server can miss a mirror's deadline, and
+/// that must not eject an endpoint whose version also takes canary traffic (whose
+/// own requests still judge it).
 fn is_health_evidence<B>(sent: &Result<Response<B>, ProxyError>) -> bool {
     !matches!(
         sent,

@@ -7,21 +7,18 @@
 //! taking CPU from production.
 //!
 //! A production thread must never wait for a shadow thread, which may sit
-//! preempted for a long time, so the two share no lock on the way in: mirrors are
-//! handed over through a lock-free channel that a feeder task on the shadow
-//! runtime drains, napping between batches while there is traffic. Only when it
-//! has been idle for a while does it sleep until the next mirror wakes it.
+//! preempted for a long time, so handing a mirror over takes no lock and wakes no
+//! thread: mirrors go through a lock-free channel that a feeder task on the shadow
+//! runtime drains, napping between drains (1 ms while mirrors arrive, growing to
+//! 50 ms while none do).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
 use tokio::runtime::Builder;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{ShadowPriority, ShadowThreads};
@@ -29,27 +26,19 @@ use crate::config::{ShadowPriority, ShadowThreads};
 /// A mirror's work, as the shadow threads run it.
 pub type ShadowJob = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// The feeder's nap between batches; a mirror starts at most this late.
-const NAP: Duration = Duration::from_millis(1);
-/// Empty naps in a row before the feeder sleeps until the next mirror.
-const NAPS_BEFORE_SLEEPING: u32 = 100;
+/// The feeder's nap between drains while mirrors arrive; a mirror starts at
+/// most this late under traffic.
+const SHORTEST_NAP: Duration = Duration::from_millis(1);
+/// The nap it grows to, doubling, while none do.
+const LONGEST_NAP: Duration = Duration::from_millis(50);
 /// How often the feeder runs the upkeep it was given.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The shadow threads; they stop, cancelling what runs on them, when this is
-/// dropped.
+/// dropped (the feeder sees the channel close).
 pub struct ShadowRuntime {
     jobs: Sender<ShadowJob>,
-    feeder: Arc<Feeder>,
     priority: ShadowPriority,
-}
-
-/// What the producers and the feeder share besides the channel.
-#[derive(Default)]
-struct Feeder {
-    sleeping: AtomicBool,
-    stopped: AtomicBool,
-    wake: Notify,
 }
 
 impl ShadowRuntime {
@@ -60,15 +49,14 @@ impl ShadowRuntime {
         upkeep: impl Fn() + Send + 'static,
     ) -> io::Result<ShadowRuntime> {
         let (jobs, receiver) = mpsc::channel::<ShadowJob>();
-        let feeder = Arc::new(Feeder::default());
         let (ready, started) = mpsc::sync_channel::<io::Result<()>>(1);
-        let shared = Arc::clone(&feeder);
         // The runtime is built on its own thread, so a failure to start leaves
-        // nothing behind that would have to be dropped in an async context.
+        // nothing behind that would have to be dropped in an async context. The
+        // thread lowers its priority only once it has reported back: the caller
+        // waits for that, and must not wait for an idle-priority thread.
         std::thread::Builder::new()
             .name("stagegate-shadow".into())
             .spawn(move || {
-                set_priority(threads.priority);
                 let runtime = match build_runtime(threads) {
                     Ok(runtime) => runtime,
                     Err(error) => {
@@ -77,7 +65,8 @@ impl ShadowRuntime {
                     }
                 };
                 let _ = ready.send(Ok(()));
-                runtime.block_on(feed(receiver, shared, upkeep));
+                set_priority(threads.priority);
+                runtime.block_on(feed(receiver, upkeep));
             })?;
         started.recv().map_err(|_| {
             io::Error::other("the shadow thread ended before its runtime started")
@@ -89,7 +78,6 @@ impl ShadowRuntime {
         );
         Ok(ShadowRuntime {
             jobs,
-            feeder,
             priority: threads.priority,
         })
     }
@@ -98,25 +86,10 @@ impl ShadowRuntime {
         self.priority
     }
 
-    /// Hands `job` to the shadow threads without blocking or taking a lock the
-    /// shadow threads also take (except to wake a feeder that went to sleep).
-    /// Gives the job back if the threads are gone.
+    /// Hands `job` to the shadow threads: no lock, no wake-up. Gives the job
+    /// back if the threads are gone.
     pub fn submit(&self, job: ShadowJob) -> Result<(), ShadowJob> {
-        self.jobs.send(job).map_err(|returned| returned.0)?;
-        // Pairs with the fence in `feed`: either the feeder sees this job when it
-        // looks once more before sleeping, or this sees it sleeping.
-        fence(Ordering::SeqCst);
-        if self.feeder.sleeping.load(Ordering::Relaxed) {
-            self.feeder.wake.notify_one();
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ShadowRuntime {
-    fn drop(&mut self) {
-        self.feeder.stopped.store(true, Ordering::Release);
-        self.feeder.wake.notify_one();
+        self.jobs.send(job).map_err(|returned| returned.0)
     }
 }
 
@@ -137,33 +110,20 @@ fn build_runtime(threads: ShadowThreads) -> io::Result<tokio::runtime::Runtime> 
 }
 
 /// Spawns every job handed over, until the runtime is dropped.
-async fn feed(jobs: Receiver<ShadowJob>, feeder: Arc<Feeder>, upkeep: impl Fn()) {
-    let mut empty_naps = 0;
+async fn feed(jobs: Receiver<ShadowJob>, upkeep: impl Fn()) {
+    let mut nap = SHORTEST_NAP;
     let mut next_upkeep = Instant::now() + UPKEEP_INTERVAL;
-    while !feeder.stopped.load(Ordering::Acquire) {
-        match spawn_waiting(&jobs) {
-            Some(0) => empty_naps += 1,
-            Some(_) => empty_naps = 0,
+    loop {
+        nap = match spawn_waiting(&jobs) {
             None => return,
-        }
+            Some(0) => (nap * 2).min(LONGEST_NAP),
+            Some(_) => SHORTEST_NAP,
+        };
         if Instant::now() >= next_upkeep {
             upkeep();
             next_upkeep = Instant::now() + UPKEEP_INTERVAL;
         }
-        if empty_naps < NAPS_BEFORE_SLEEPING {
-            tokio::time::sleep(NAP).await;
-            continue;
-        }
-        feeder.sleeping.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if spawn_waiting(&jobs) == Some(0) {
-            tokio::select! {
-                () = feeder.wake.notified() => {}
-                () = tokio::time::sleep_until(next_upkeep) => {}
-            }
-        }
-        feeder.sleeping.store(false, Ordering::Relaxed);
-        empty_naps = 0;
+        tokio::time::sleep(nap).await;
     }
 }
 
@@ -245,16 +205,6 @@ mod tests {
             let normal = start(count, ShadowPriority::Normal);
             assert_eq!(policy_on(&normal), libc::SCHED_OTHER, "{count} thread(s)");
         }
-    }
-
-    #[test]
-    fn a_sleeping_feeder_is_woken_by_the_next_job() {
-        let runtime = start(1, ShadowPriority::Normal);
-        // Wait until the feeder has gone to sleep, so the next job must wake it.
-        while !runtime.feeder.sleeping.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(policy_on(&runtime), libc::SCHED_OTHER);
     }
 
     #[test]
