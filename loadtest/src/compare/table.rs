@@ -200,7 +200,7 @@ pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
                 ratio(Some(mirroring.p99_ms), Some(plain.p99_ms)),
                 mirroring
                     .mirrored_share
-                    .map_or_else(|| "—".to_string(), |share| format!("{:.0}%", share * 100.0)),
+                    .map_or_else(|| "—".to_string(), percent),
             );
         }
     }
@@ -221,6 +221,17 @@ pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
          p99 ms mirroring | p99 ms no shadow | p99 ratio | mirrored |\n\
          |---|---|--:|--:|--:|--:|--:|--:|--:|\n{rows}\n"
     )
+}
+
+/// A share as a percentage, with a decimal below 10% (where 0% would hide that
+/// some requests were mirrored).
+fn percent(share: f64) -> String {
+    let percent = share * 100.0;
+    if percent < 10.0 {
+        format!("{percent:.1}%")
+    } else {
+        format!("{percent:.0}%")
+    }
 }
 
 /// An open-loop case; added latency is over the direct path, or for a shadow
@@ -401,6 +412,14 @@ mod tests {
             ]
         );
         assert_eq!(shadow_cost_section(&[&plain]), "");
+    }
+
+    #[test]
+    fn small_shares_keep_a_decimal() {
+        assert_eq!(percent(0.004), "0.4%");
+        assert_eq!(percent(0.0), "0.0%");
+        assert_eq!(percent(0.5), "50%");
+        assert_eq!(percent(1.0), "100%");
     }
 
     #[test]
