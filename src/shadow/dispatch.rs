@@ -12,6 +12,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,11 +42,10 @@ pub const X_STAGEGATE_SHADOW: HeaderName = HeaderName::from_static("x-stagegate-
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// How soon a mirror that has its answer first looks again for production's,
 /// doubling up to the last interval: comparisons are at most that late.
-/// Set once the first mirror found the shadow threads gone.
-static SHADOW_THREADS_GONE: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
 const FIRST_PRIMARY_POLL: Duration = Duration::from_millis(1);
 const LAST_PRIMARY_POLL: Duration = Duration::from_millis(50);
+/// Set once the first mirror found the shadow threads gone.
+static SHADOW_THREADS_GONE: AtomicBool = AtomicBool::new(false);
 
 /// A request chosen for mirroring, holding its in-flight slots.
 pub struct Mirror {
@@ -157,7 +157,7 @@ impl ShadowService {
             })
             .collect();
         let task = MirrorTask {
-            shadow: Arc::clone(&shadow),
+            shadow,
             client: self.client.clone(),
             queue: self.queue.clone(),
             request_id,
@@ -172,7 +172,7 @@ impl ShadowService {
         {
             // Only if the shadow thread died (it ends with the gateway otherwise):
             // the mirror is lost, though counted as mirrored; say so once.
-            if !SHADOW_THREADS_GONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if !SHADOW_THREADS_GONE.swap(true, Ordering::Relaxed) {
                 tracing::error!("the shadow threads are gone; no more mirrors are sent");
             }
             return None;
