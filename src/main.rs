@@ -171,17 +171,8 @@ fn ctl(args: &CtlArgs) -> ExitCode {
     }
 }
 
-/// One worker thread runs on Tokio's current-thread scheduler, which skips the
-/// work-stealing machinery (atomics, wakeups through a shared queue) that buys
-/// nothing with a single worker.
 fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if worker_threads <= 1 {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads)
+    stagegate::proxy::runtime_builder(worker_threads)
         .enable_all()
         .build()
 }

@@ -97,7 +97,7 @@ impl ShadowService {
         let runtime = ShadowRuntime::start(threads, reap)?;
         Ok(ShadowService {
             client: UpstreamClient::new(PoolKind::Shadow, connect_timeout),
-            queue: CompareQueue::start(runtime.priority())?,
+            queue: CompareQueue::start(threads.priority)?,
             runtime,
             primary_wait,
             ejection,

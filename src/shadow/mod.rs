@@ -5,11 +5,11 @@
 //!   (policy, compiled comparator, staging targets with their reports and metric
 //!   handles, the in-flight budget). The request path only calls
 //!   [`ModelShadow::sample`].
-//! - [`dispatch`]: sends the mirrors from a task of their own, after the body was
+//! - [`dispatch`]: hands the mirrors to the shadow threads, after the body was
 //!   read once (shared `Bytes`); the client's response never waits for them.
 //! - [`capture`]: tees production's answer as it streams to the client.
 //! - [`runtime`]: the shadow threads, at idle priority by default, so mirrors
-//!   use only CPU time production leaves unused.
+//!   get CPU time only when production leaves it unused.
 //! - [`worker`]: the comparison thread, fed through a bounded queue.
 //! - [`compare`], [`path`]: the comparators and their JSON paths.
 //! - [`report`]: per staging version counters, agreement, latencies, samples.

@@ -18,10 +18,10 @@ use std::pin::Pin;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
-use tokio::runtime::Builder;
 use tokio::time::Instant;
 
 use crate::config::{ShadowPriority, ShadowThreads};
+use crate::proxy::runtime_builder;
 
 /// A mirror's work, as the shadow threads run it.
 pub type ShadowJob = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -38,7 +38,6 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// dropped (the feeder sees the channel close).
 pub struct ShadowRuntime {
     jobs: Sender<ShadowJob>,
-    priority: ShadowPriority,
 }
 
 impl ShadowRuntime {
@@ -76,14 +75,7 @@ impl ShadowRuntime {
             priority = threads.priority.as_str(),
             "shadow threads started"
         );
-        Ok(ShadowRuntime {
-            jobs,
-            priority: threads.priority,
-        })
-    }
-
-    pub fn priority(&self) -> ShadowPriority {
-        self.priority
+        Ok(ShadowRuntime { jobs })
     }
 
     /// Hands `job` to the shadow threads: no lock, no wake-up. Gives the job
@@ -94,15 +86,8 @@ impl ShadowRuntime {
 }
 
 fn build_runtime(threads: ShadowThreads) -> io::Result<tokio::runtime::Runtime> {
-    let mut builder = if threads.count <= 1 {
-        Builder::new_current_thread()
-    } else {
-        let mut builder = Builder::new_multi_thread();
-        builder.worker_threads(threads.count);
-        builder
-    };
     let priority = threads.priority;
-    builder
+    runtime_builder(threads.count)
         .enable_all()
         .thread_name("stagegate-shadow")
         .on_thread_start(move || set_priority(priority))
