@@ -16,7 +16,8 @@
 //!   their own (idle priority by default), comparing their answers off the
 //!   request path, and the shadow reports.
 //! - [`rollout`]: the controller that steps canaries through a rollout plan
-//!   while their gates hold, and stops them when they don't.
+//!   while their gates hold, and stops them when they don't; the gates judge
+//!   with confidence bounds that stay valid under continuous monitoring.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the JSON admin API under
 //!   `/api/v1` with bearer-token auth.
 //! - [`ctl`]: `stagegate ctl`, the admin API's command-line client.

@@ -255,7 +255,13 @@ async fn a_rollout_resumes_where_the_journal_left_it_after_kill_9() {
     std::fs::write(&path, text).unwrap();
 
     let mut serve = Serve::start(&path);
-    let plan = json!({ "candidate": "3", "steps": [10, 30, 60, 100], "step_interval_s": 0.4, "min_requests": 5, "max_p99_ratio": 1000.0 });
+    // The requests below go one at a time: the error gate is loose enough to
+    // pass on tens of them, and the latency gate (0: off) would need thousands.
+    let plan = json!({
+        "candidate": "3", "steps": [10, 30, 60, 100], "step_interval_s": 0.4,
+        "max_step_duration_s": 60.0, "min_requests": 5,
+        "max_error_rate": 0.2, "max_p99_ratio": 0
+    });
     let started = call(
         &serve.admin_addr,
         Method::POST,
@@ -268,12 +274,24 @@ async fn a_rollout_resumes_where_the_journal_left_it_after_kill_9() {
     for target_step in [2, 3] {
         // Traffic until the rollout reaches the step, then kill -9 mid-step.
         let url = format!("http://{}/v2/models/fraud/infer", serve.data_addr);
-        loop {
-            let user = format!("u{}", fastrand::u32(..));
-            call_with_user(&url, &user).await;
-            if rollout_view(&serve.admin_addr).await["step"].as_u64() >= Some(target_step) {
-                break;
+        let admin = serve.admin_addr.clone();
+        let reached = async {
+            loop {
+                let user = format!("u{}", fastrand::u32(..));
+                call_with_user(&url, &user).await;
+                if rollout_view(&admin).await["step"].as_u64() >= Some(target_step) {
+                    break;
+                }
             }
+        };
+        if tokio::time::timeout(Duration::from_secs(60), reached)
+            .await
+            .is_err()
+        {
+            panic!(
+                "step {target_step} never reached: {}",
+                rollout_view(&admin).await
+            );
         }
         tokio::task::spawn_blocking(move || serve.kill_hard())
             .await

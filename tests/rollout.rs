@@ -31,10 +31,10 @@ struct Traffic {
 }
 
 impl Traffic {
-    /// Four clients in parallel, so a slow candidate does not starve stable.
+    /// Eight clients in parallel, so a slow candidate does not starve stable.
     fn start(url: String) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
-        let clients: Vec<_> = (0..4)
+        let clients: Vec<_> = (0..8)
             .map(|_| {
                 let (flag, url) = (Arc::clone(&stop), url.clone());
                 tokio::spawn(async move {
@@ -109,7 +109,13 @@ async fn start(gateway: &stagegate::gateway::RunningGateway, body: Value) -> com
 }
 
 fn fast_plan(extra: Value) -> Value {
-    let mut plan = json!({ "candidate": "3", "steps": [20, 50, 100], "step_interval_s": 0.3, "min_requests": 20, "max_p99_ratio": 1000.0 });
+    // Gates as loose as a test gets evidence for in seconds: a step still
+    // needs about a thousand requests on each side to bound a p99.
+    let mut plan = json!({
+        "candidate": "3", "steps": [20, 50, 100], "step_interval_s": 0.3,
+        "max_step_duration_s": 25.0, "min_requests": 20,
+        "max_error_rate": 0.05, "max_p99_ratio": 1000.0
+    });
     plan.as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
@@ -235,6 +241,23 @@ async fn a_rollout_of_a_good_candidate_ends_in_production() {
         )
     );
     assert_eq!(last["also"][0]["version"], "2");
+    // Each step's record says what it passed on: every gate's interval, its
+    // confidence and both sample sizes.
+    let evidence = last["rollout"]["evidence"].as_array().unwrap();
+    assert_eq!(evidence.len(), 2, "{last}");
+    for gate in evidence {
+        assert_eq!(gate["verdict"], "pass", "{gate}");
+        assert!(gate["upper"].as_f64().unwrap() <= gate["threshold"].as_f64().unwrap());
+        assert!(
+            gate["candidate_n"].as_u64().unwrap() >= 20 && gate["stable_n"].as_u64().unwrap() >= 20
+        );
+    }
+    let reason = last["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("last step 3 at 100% passed its gates (error_rate pass: reading")
+            && reason.contains("confidence"),
+        "{reason}"
+    );
     let metrics = common::metrics(&gateway).await;
     assert!(
         metrics.contains(r#"stagegate_rollout_steps_total{model="fraud"} 3"#),
@@ -302,7 +325,7 @@ async fn a_failing_candidate_is_rolled_back_by_the_error_gate() {
 async fn a_slow_candidate_is_rolled_back_by_the_latency_gate() {
     let plan = fast_plan(json!({ "max_p99_ratio": 3.0, "steps": [50, 100] }));
     let (_gateway, failed) = failing_rollout(
-        Behaviour::Delay(Duration::from_millis(150)),
+        Behaviour::Delay(Duration::from_millis(30)),
         "",
         plan,
         "p99_ratio",
@@ -441,4 +464,56 @@ async fn a_failing_gate_pauses_by_policy_and_people_resume_abort_and_promote() {
         .await
         .json();
     assert_eq!(model["production"], "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_without_enough_evidence_is_held_never_passed() {
+    let (prod, cand) = (
+        FakeUpstream::start("v2").await,
+        FakeUpstream::start("v3").await,
+    );
+    let gateway = common::gateway(&config(&prod.url(), &cand.url(), "")).await;
+    // No traffic at all: no gate can pass, so the step must not pass either.
+    let plan = fast_plan(json!({ "step_interval_s": 0.1, "max_step_duration_s": 0.5 }));
+    assert_eq!(start(&gateway, plan).await.status, StatusCode::CREATED);
+    let held = until_phase(&gateway, "paused").await;
+    assert_eq!(
+        (held["step"].as_u64(), held["weight"].as_f64()),
+        (Some(1), Some(20.0))
+    );
+    assert_eq!(held["rollout"]["held"], true, "{held}");
+    let reason = held["rollout"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("step 1 at 20% held after")
+            && reason.contains("without enough evidence"),
+        "{reason}"
+    );
+    let waiting = &held["rollout"]["evidence"];
+    assert!(
+        waiting
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["verdict"] == "wait"),
+        "{waiting}"
+    );
+    let history = admin(&gateway, Method::GET, "/api/v1/models/fraud/history", None)
+        .await
+        .json();
+    assert_eq!(history["entries"][0]["actor"], "rollout-controller");
+    assert_eq!(history["entries"][0]["rollout"]["phase"], "paused");
+    // A person decides: resumed, the step starts over with a fresh window.
+    let resumed = admin(
+        &gateway,
+        Method::POST,
+        "/api/v1/models/fraud/rollout/resume",
+        None,
+    )
+    .await;
+    assert_eq!(resumed.status, StatusCode::OK);
+    assert_eq!(rollout_status(&gateway).await["phase"], "progressing");
+    let model = admin(&gateway, Method::GET, "/api/v1/models/fraud", None)
+        .await
+        .json();
+    assert_eq!(model["production"], "2", "nothing was promoted");
 }

@@ -1,7 +1,8 @@
 //! Load testing for stagegate: a load generator ([`load`]) built directly on hyper's
 //! HTTP/1 client connections, with coordinated-omission-corrected open-loop pacing,
 //! and a fast fake model server ([`backend`]) to aim it at; [`compare`] runs
-//! stagegate, nginx and haproxy side by side with both.
+//! stagegate, nginx and haproxy side by side with both; [`judge`] simulates
+//! thousands of rollouts through stagegate's gates.
 //!
 //! The `loadtest` binary is a thin command line over these modules; tests drive them
 //! in-process.
@@ -9,6 +10,7 @@
 pub mod backend;
 pub mod compare;
 mod conn;
+pub mod judge;
 pub mod load;
 pub mod parse;
 pub mod report;

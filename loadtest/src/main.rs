@@ -1,6 +1,7 @@
 //! `loadtest`: the command line over the `loadtest` library. `backend` runs a fast
 //! fake model server; `run` generates load against a URL and reports latency and
-//! errors; `compare` runs proxies side by side and prints a Markdown table.
+//! errors; `compare` runs proxies side by side and prints a Markdown table;
+//! `judge` simulates rollouts through the gates and prints what became of them.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
 use loadtest::compare::{self, CompareArgs};
+use loadtest::judge::{self, JudgeArgs};
 use loadtest::parse::{parse_duration, parse_fraction, parse_header, parse_rate};
 use loadtest::{BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, load};
 use tokio::net::TcpListener;
@@ -34,6 +36,9 @@ enum Command {
     /// Run stagegate, nginx and haproxy side by side on pinned cores and print a
     /// Markdown comparison.
     Compare(CompareArgs),
+    /// Simulate thousands of rollouts through stagegate's gates and print how
+    /// often good candidates are promoted and bad ones stopped.
+    Judge(JudgeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +131,8 @@ enum CliError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Compare(compare::CompareError),
+    #[error(transparent)]
+    Judge(judge::JudgeError),
 }
 
 fn main() -> ExitCode {
@@ -136,6 +143,7 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => runtime(args.threads).and_then(|rt| rt.block_on(run_command(args))),
         Command::Compare(args) => compare::run(&args).map_err(CliError::Compare),
+        Command::Judge(args) => judge::run(&args).map_err(CliError::Judge),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -157,6 +157,7 @@ impl Api {
                     model,
                     id: None,
                     decision,
+                    evidence: Vec::new(),
                     reason: body.reason,
                 };
                 let empty = Some(rollout::ActionBody::default());

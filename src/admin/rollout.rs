@@ -28,8 +28,12 @@ pub struct RolloutBody {
     pub steps: Option<Vec<f64>>,
     pub step_interval_s: Option<f64>,
     pub min_requests: Option<u64>,
+    pub max_step_duration_s: Option<f64>,
+    pub confidence: Option<f64>,
     pub max_error_rate: Option<f64>,
     pub max_p99_ratio: Option<f64>,
+    pub max_latency_increase: Option<f64>,
+    pub latency_quantile: Option<f64>,
     pub min_shadow_agreement: Option<f64>,
     pub min_shadow_compared: Option<u64>,
     pub on_failure: Option<OnFailure>,
@@ -53,13 +57,18 @@ impl RolloutBody {
         }
         plan.step_interval_s = self.step_interval_s.unwrap_or(plan.step_interval_s);
         plan.min_requests = self.min_requests.unwrap_or(plan.min_requests);
+        plan.max_step_duration_s = self.max_step_duration_s.or(plan.max_step_duration_s);
+        plan.confidence = self.confidence.unwrap_or(plan.confidence);
         let gates = &mut plan.gates;
         gates.max_error_rate = self.max_error_rate.or(gates.max_error_rate);
         gates.max_p99_ratio = self.max_p99_ratio.or(gates.max_p99_ratio);
+        gates.max_latency_increase = self.max_latency_increase.or(gates.max_latency_increase);
+        gates.latency_quantile = self.latency_quantile.unwrap_or(gates.latency_quantile);
         gates.min_shadow_agreement = self.min_shadow_agreement.or(gates.min_shadow_agreement);
         gates.min_shadow_compared = self
             .min_shadow_compared
             .unwrap_or(gates.min_shadow_compared);
+        plan.gates = plan.gates.with_zero_limits_off();
         plan.on_failure = self.on_failure.unwrap_or(plan.on_failure);
         plan
     }

@@ -182,14 +182,21 @@ fn validate_rollout(raw: &RawModel, path: &str, errors: &mut Errors) -> Plan {
         steps: r.steps.clone().unwrap_or(defaults.steps),
         step_interval_s: r.step_interval_s.unwrap_or(defaults.step_interval_s),
         min_requests: r.min_requests.unwrap_or(defaults.min_requests),
+        max_step_duration_s: r.max_step_duration_s,
+        confidence: r.confidence.unwrap_or(defaults.confidence),
         gates: Gates {
             max_error_rate: r.max_error_rate.or(defaults.gates.max_error_rate),
             max_p99_ratio: r.max_p99_ratio.or(defaults.gates.max_p99_ratio),
+            max_latency_increase: r.max_latency_increase,
+            latency_quantile: r
+                .latency_quantile
+                .unwrap_or(defaults.gates.latency_quantile),
             min_shadow_agreement: r.min_shadow_agreement,
             min_shadow_compared: r
                 .min_shadow_compared
                 .unwrap_or(defaults.gates.min_shadow_compared),
-        },
+        }
+        .with_zero_limits_off(),
         on_failure,
     };
     for (field, message) in plan.problems() {

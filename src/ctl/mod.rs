@@ -130,12 +130,27 @@ pub struct RolloutStart {
     pub steps: Option<Vec<f64>>,
     #[arg(long)]
     pub step_interval_s: Option<f64>,
+    /// Requests each side needs in a step before it may pass.
     #[arg(long)]
     pub min_requests: Option<u64>,
+    /// Seconds a step may wait for evidence before the rollout is held
+    /// (default: ten step intervals).
+    #[arg(long)]
+    pub max_step_duration_s: Option<f64>,
+    /// Chance over the whole rollout of no wrong verdict, e.g. 0.99.
+    #[arg(long)]
+    pub confidence: Option<f64>,
+    /// How far the candidate's error rate may exceed stable's (absolute, 0.01).
     #[arg(long)]
     pub max_error_rate: Option<f64>,
     #[arg(long)]
     pub max_p99_ratio: Option<f64>,
+    /// How much slower the candidate may be at --latency-quantile (0.2: 20%).
+    #[arg(long)]
+    pub max_latency_increase: Option<f64>,
+    /// The quantile --max-latency-increase is judged at (default 0.5).
+    #[arg(long)]
+    pub latency_quantile: Option<f64>,
     #[arg(long)]
     pub min_shadow_agreement: Option<f64>,
     #[arg(long)]
@@ -327,8 +342,12 @@ async fn rollout(client: &AdminClient, action: &RolloutAction) -> Result<Value, 
                 "steps": start.steps,
                 "step_interval_s": start.step_interval_s,
                 "min_requests": start.min_requests,
+                "max_step_duration_s": start.max_step_duration_s,
+                "confidence": start.confidence,
                 "max_error_rate": start.max_error_rate,
                 "max_p99_ratio": start.max_p99_ratio,
+                "max_latency_increase": start.max_latency_increase,
+                "latency_quantile": start.latency_quantile,
                 "min_shadow_agreement": start.min_shadow_agreement,
                 "min_shadow_compared": start.min_shadow_compared,
                 "on_failure": start.on_failure,

@@ -246,22 +246,59 @@ pub fn rollout(answer: &Value) -> String {
     let readings = &answer["readings"];
     if readings.is_object() {
         out.push_str(&format!(
-            "\nthis step: {} s, candidate {} requests ({} errors, rate {}), p99 {} ms vs stable {} ms (ratio {}), shadow agreement {} over {}",
-            text(&readings["elapsed_s"]),
+            "\nthis window: {} of {} s (held after {} s), candidate {} requests ({} errors), stable {} ({} errors, {}), confidence {}",
+            seconds(&readings["elapsed_s"]),
+            text(&readings["step_interval_s"]),
+            text(&readings["max_step_duration_s"]),
             text(&readings["candidate_requests"]),
             text(&readings["candidate_errors"]),
-            text(&readings["error_rate"]),
-            text(&readings["candidate_p99_ms"]),
-            text(&readings["stable_p99_ms"]),
-            text(&readings["p99_ratio"]),
-            text(&readings["shadow_agreement"]),
-            text(&readings["shadow_compared"]),
+            text(&readings["stable_requests"]),
+            text(&readings["stable_errors"]),
+            text(&readings["stable_window"]).replace('_', " "),
+            text(&readings["confidence"]),
         ));
+        for gate in readings["gates"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n  {}", gate_line(gate)));
+        }
         if let Some(waiting) = readings["waiting_for"].as_str().filter(|w| !w.is_empty()) {
             out.push_str(&format!("\nwaiting for: {waiting}"));
         }
     }
     out
+}
+
+/// `p99_ratio  wait  1.0213 in [0.8120, ?] <= 1.5 at 99.9% (812 / 2410): detail`
+fn gate_line(gate: &Value) -> String {
+    let figure = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "?".to_string(), |v| format!("{v:.4}"))
+    };
+    let samples = match gate["stable_n"].as_u64() {
+        Some(stable) => format!("{} / {stable}", text(&gate["candidate_n"])),
+        None => text(&gate["candidate_n"]),
+    };
+    let limit = if gate["gate"] == "shadow_agreement" {
+        ">="
+    } else {
+        "<="
+    };
+    format!(
+        "{:<17} {:<4} {} in [{}, {}] {limit} {} at {} ({samples}): {}",
+        text(&gate["gate"]),
+        text(&gate["verdict"]),
+        figure(&gate["reading"]),
+        figure(&gate["lower"]),
+        figure(&gate["upper"]),
+        text(&gate["threshold"]),
+        text(&gate["confidence"]),
+        text(&gate["detail"]),
+    )
+}
+
+fn seconds(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| text(value), |s| format!("{s:.1}"))
 }
 
 pub fn reset(answer: &Value) -> String {

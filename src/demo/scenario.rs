@@ -49,13 +49,16 @@ pub async fn run(
         "candidate": "3",
         "steps": [10, 50, 100],
         "step_interval_s": 2,
+        "max_step_duration_s": 30,
         "min_requests": 50,
         "max_error_rate": 0.02,
         "max_p99_ratio": 5.0,
         "reason": "demo: retrained on November data",
     });
     out(
-        "starting a rollout of version 3: 10% -> 50% -> 100%, 2 s and 50 requests per step, error rate <= 2%",
+        "starting a rollout of version 3: 10% -> 50% -> 100%, at least 2 s and 50 requests per step; \
+         a step passes once its gates show, at 99% confidence, errors within 2 points of stable's \
+         and p99 within 5x stable's",
     );
     let started = call(
         &client,
@@ -119,12 +122,17 @@ async fn narrate(
             .as_object()
             .filter(|_| phase == "progressing")
         {
+            let gates: Vec<String> = readings["gates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(gate_line)
+                .collect();
             out(&format!(
-                "  candidate {} requests, {} errors, p99 {} ms vs stable {} ms",
+                "  candidate {} requests, {} errors; {}",
                 readings["candidate_requests"],
                 readings["candidate_errors"],
-                readings["candidate_p99_ms"],
-                readings["stable_p99_ms"]
+                gates.join("; ")
             ));
         }
         if scenario == Scenario::BadCanary
@@ -144,8 +152,44 @@ async fn narrate(
     }
 }
 
-/// Demo traffic: users `user-0` to `user-999`, as fast as one client goes.
+/// `p99_ratio wait [0.81, ?] <= 5`: a gate's verdict and interval.
+fn gate_line(gate: &Value) -> String {
+    let bound = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "?".to_string(), |v| format!("{v:.3}"))
+    };
+    format!(
+        "{} {} [{}, {}] {} {}",
+        gate["gate"].as_str().unwrap_or("?"),
+        gate["verdict"].as_str().unwrap_or("?"),
+        bound(&gate["lower"]),
+        bound(&gate["upper"]),
+        if gate["gate"] == "shadow_agreement" {
+            ">="
+        } else {
+            "<="
+        },
+        gate["threshold"]
+    )
+}
+
+/// Clients sending demo traffic at once.
+const DEMO_CLIENTS: usize = 4;
+
+/// Demo traffic: users `user-0` to `user-999`, from a few clients at once, as
+/// fast as they go; returns the requests sent.
 async fn drive(client: HttpClient, url: String, stop: Arc<AtomicBool>) -> u64 {
+    let clients: Vec<_> = (0..DEMO_CLIENTS)
+        .map(|_| tokio::spawn(drive_one(client.clone(), url.clone(), Arc::clone(&stop))))
+        .collect();
+    let mut sent = 0;
+    for one in clients {
+        sent += one.await.unwrap_or(0);
+    }
+    sent
+}
+
+async fn drive_one(client: HttpClient, url: String, stop: Arc<AtomicBool>) -> u64 {
     let mut sent = 0;
     while !stop.load(Ordering::Acquire) {
         let user = format!("user-{}", fastrand::u32(..1000));

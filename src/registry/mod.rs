@@ -13,6 +13,7 @@
 
 mod endpoint;
 mod error;
+pub mod evidence;
 pub mod ledger;
 pub mod merge;
 pub mod policy;
@@ -30,11 +31,14 @@ use std::sync::Arc;
 
 pub use endpoint::{EndpointUrl, EndpointUrlError};
 pub use error::RegistryError;
+pub use evidence::{GateReading, Verdict};
 pub use ledger::Ledger;
 pub use policy::{CompareMode, ComparePolicy, ShadowPolicy, StickyPolicy, default_plan};
 pub use record::Record;
-pub use rollout::{Canary, GateFailure, Gates, OnFailure, Phase, Plan, Rollout};
-pub use rollout_rules::Decision;
+pub use rollout::{
+    Canary, DEFAULT_CONFIDENCE, DEFAULT_LATENCY_QUANTILE, Gates, OnFailure, Phase, Plan, Rollout,
+};
+pub use rollout_rules::{Decision, failure_reason};
 pub use rules::Command;
 pub use writer::{Registry, ReloadHook, Reloaded, Writer, WriterStop};
 

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::rollout::{Gates, OnFailure, Plan};
+use super::rollout::{DEFAULT_CONFIDENCE, DEFAULT_LATENCY_QUANTILE, Gates, OnFailure, Plan};
 
 pub mod defaults {
     pub const STEPS: [f64; 4] = [5.0, 25.0, 50.0, 100.0];
@@ -223,9 +223,13 @@ pub fn default_plan() -> Plan {
         steps: defaults::STEPS.to_vec(),
         step_interval_s: defaults::STEP_INTERVAL_S,
         min_requests: defaults::MIN_REQUESTS,
+        max_step_duration_s: None,
+        confidence: DEFAULT_CONFIDENCE,
         gates: Gates {
             max_error_rate: Some(defaults::MAX_ERROR_RATE),
             max_p99_ratio: Some(defaults::MAX_P99_RATIO),
+            max_latency_increase: None,
+            latency_quantile: DEFAULT_LATENCY_QUANTILE,
             min_shadow_agreement: None,
             min_shadow_compared: defaults::MIN_SHADOW_COMPARED,
         },

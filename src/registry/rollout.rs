@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::evidence::GateReading;
+
 /// 10,000 buckets: a weight has two decimals (12.34%).
 pub const BUCKETS: u32 = 10_000;
 
@@ -47,14 +49,23 @@ pub enum OnFailure {
     Pause,
 }
 
-/// The measurable conditions a step must meet.
+/// The measurable conditions a step must meet. Each compares the candidate with
+/// stable over the same window and judges with the plan's `confidence`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Gates {
-    /// Candidate 5xx and transport errors over its requests in the step.
+    /// How far the candidate's rate of 5xx and transport errors may exceed
+    /// stable's, in absolute terms (0.01: one percentage point). `None`: off.
     pub max_error_rate: Option<f64>,
-    /// Candidate p99 over stable p99 in the step.
+    /// Candidate p99 over stable p99.
     pub max_p99_ratio: Option<f64>,
+    /// How much slower the candidate may be at `latency_quantile`, as a fraction
+    /// (0.2: 20% slower).
+    #[serde(default)]
+    pub max_latency_increase: Option<f64>,
+    /// The quantile `max_latency_increase` is judged at (0.5: the median).
+    #[serde(default = "default_latency_quantile")]
+    pub latency_quantile: f64,
     /// Shadow agreement of the candidate before (and during) the canary.
     pub min_shadow_agreement: Option<f64>,
     /// Comparisons the agreement must rest on.
@@ -69,10 +80,31 @@ pub struct Plan {
     pub steps: Vec<f64>,
     /// Seconds a step lasts at least (fractions allowed).
     pub step_interval_s: f64,
-    /// Candidate requests a step needs before it may advance.
+    /// Requests a step needs, on each side it compares, before it may pass.
     pub min_requests: u64,
+    /// Seconds a step may wait for enough evidence before the rollout is held;
+    /// `None`: ten step intervals.
+    #[serde(default)]
+    pub max_step_duration_s: Option<f64>,
+    /// The chance, over the whole rollout, that no gate fails a candidate within
+    /// every limit, and none passes one outside a limit.
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
     pub gates: Gates,
     pub on_failure: OnFailure,
+}
+
+pub const DEFAULT_CONFIDENCE: f64 = 0.99;
+pub const DEFAULT_LATENCY_QUANTILE: f64 = 0.5;
+/// Without `max_step_duration_s`, a step waits at most this many intervals.
+pub const STEP_DURATION_INTERVALS: f64 = 10.0;
+
+fn default_confidence() -> f64 {
+    DEFAULT_CONFIDENCE
+}
+
+fn default_latency_quantile() -> f64 {
+    DEFAULT_LATENCY_QUANTILE
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,8 +169,13 @@ pub struct Rollout {
     pub reason: String,
     /// The gate that failed, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed_gate: Option<GateFailure>,
-    /// Paused by a person: the candidate keeps its weight until resumed.
+    pub failed_gate: Option<GateReading>,
+    /// Every gate's reading when the controller last decided (advanced, failed
+    /// or held the rollout); empty after a person's decision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<GateReading>,
+    /// Paused by a person, or held for want of evidence: the candidate keeps its
+    /// weight (once its first step has begun) until resumed.
     #[serde(default)]
     pub held: bool,
     /// Whether the first canary step has started (resume goes back to it).
@@ -147,27 +184,25 @@ pub struct Rollout {
     pub salt: u64,
 }
 
-/// A gate that did not hold: its name, what was measured, what was allowed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GateFailure {
-    pub gate: String,
-    pub reading: f64,
-    pub threshold: f64,
-}
-
 impl Rollout {
     /// The weight the candidate has in this state.
     pub fn weight(&self) -> f64 {
         match self.phase {
             Phase::Progressing => self.step_weight(),
-            Phase::Paused if self.held => self.step_weight(),
+            Phase::Paused if self.held && self.progressed => self.step_weight(),
             _ => 0.0,
         }
     }
 
     fn step_weight(&self) -> f64 {
         self.plan.steps.get(self.step).copied().unwrap_or(0.0)
+    }
+
+    /// The weight of the step before this one, when there is one.
+    pub fn previous_weight(&self) -> Option<f64> {
+        self.step
+            .checked_sub(1)
+            .and_then(|i| self.plan.steps.get(i).copied())
     }
 
     /// The canary this state implies, if any.
@@ -181,7 +216,31 @@ impl Rollout {
     }
 }
 
+impl Gates {
+    /// A limit of 0 turns its gate off (as `percent = 0` turns mirroring off):
+    /// no candidate can be shown to be exactly as good as stable or better, so
+    /// a limit of 0 could only ever wait.
+    pub fn with_zero_limits_off(mut self) -> Gates {
+        for limit in [
+            &mut self.max_error_rate,
+            &mut self.max_p99_ratio,
+            &mut self.max_latency_increase,
+        ] {
+            if *limit == Some(0.0) {
+                *limit = None;
+            }
+        }
+        self
+    }
+}
+
 impl Plan {
+    /// How long a step may wait for evidence before the rollout is held.
+    pub fn max_step_duration_s(&self) -> f64 {
+        self.max_step_duration_s
+            .unwrap_or(self.step_interval_s * STEP_DURATION_INTERVALS)
+    }
+
     /// Every problem with this plan, as `(field, message)`.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
@@ -206,7 +265,41 @@ impl Plan {
                 format!("must be greater than 0, got {}", self.step_interval_s),
             ));
         }
+        if let Some(max) = self.max_step_duration_s
+            && !(max >= self.step_interval_s && max.is_finite())
+        {
+            problems.push((
+                "max_step_duration_s",
+                format!(
+                    "must be at least step_interval_s ({}), got {max}",
+                    self.step_interval_s
+                ),
+            ));
+        }
+        if !(0.5..=0.999_999).contains(&self.confidence) {
+            problems.push((
+                "confidence",
+                format!("must be between 0.5 and 0.999999, got {}", self.confidence),
+            ));
+        }
         let gates = &self.gates;
+        if !(gates.latency_quantile > 0.0 && gates.latency_quantile < 1.0) {
+            problems.push((
+                "latency_quantile",
+                format!(
+                    "must be between 0 and 1 (exclusive), got {}",
+                    gates.latency_quantile
+                ),
+            ));
+        }
+        if let Some(increase) = gates.max_latency_increase
+            && !(increase >= 0.0 && increase.is_finite())
+        {
+            problems.push((
+                "max_latency_increase",
+                format!("must be 0 or more (0.2: 20% slower), got {increase}"),
+            ));
+        }
         if gates.min_shadow_agreement.is_some() && gates.min_shadow_compared == 0 {
             problems.push((
                 "min_shadow_compared",
@@ -237,9 +330,13 @@ mod tests {
             steps,
             step_interval_s: 60.0,
             min_requests: 100,
+            max_step_duration_s: None,
+            confidence: DEFAULT_CONFIDENCE,
             gates: Gates {
                 max_error_rate: Some(0.01),
                 max_p99_ratio: Some(1.5),
+                max_latency_increase: None,
+                latency_quantile: DEFAULT_LATENCY_QUANTILE,
                 min_shadow_agreement: None,
                 min_shadow_compared: 0,
             },
@@ -266,6 +363,43 @@ mod tests {
         bad.step_interval_s = 0.0;
         bad.gates.max_error_rate = Some(2.0);
         assert_eq!(fields(bad), ["step_interval_s", "max_error_rate"]);
+        let mut bad = plan(vec![10.0]);
+        bad.max_step_duration_s = Some(30.0);
+        bad.confidence = 1.0;
+        bad.gates.latency_quantile = 1.0;
+        bad.gates.max_latency_increase = Some(-0.1);
+        assert_eq!(
+            fields(bad),
+            [
+                "max_step_duration_s",
+                "confidence",
+                "latency_quantile",
+                "max_latency_increase"
+            ]
+        );
+        let mut bounded = plan(vec![10.0]);
+        assert_eq!(bounded.max_step_duration_s(), 600.0, "ten intervals");
+        bounded.max_step_duration_s = Some(90.0);
+        assert_eq!(bounded.max_step_duration_s(), 90.0);
+    }
+
+    #[test]
+    fn plans_journaled_before_the_statistical_gates_still_read() {
+        let old = serde_json::json!({
+            "steps": [10.0], "step_interval_s": 5.0, "min_requests": 10,
+            "gates": { "max_error_rate": 0.01, "max_p99_ratio": 1.5,
+                       "min_shadow_agreement": null, "min_shadow_compared": 0 },
+            "on_failure": "rollback"
+        });
+        let plan: Plan = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            (
+                plan.confidence,
+                plan.gates.latency_quantile,
+                plan.max_step_duration_s
+            ),
+            (DEFAULT_CONFIDENCE, DEFAULT_LATENCY_QUANTILE, None)
+        );
     }
 
     #[test]
@@ -278,6 +412,7 @@ mod tests {
             step: 1,
             reason: String::new(),
             failed_gate: None,
+            evidence: Vec::new(),
             held: false,
             progressed: true,
             salt: 7,
@@ -302,5 +437,11 @@ mod tests {
         rollout.phase = Phase::Paused;
         rollout.held = true;
         assert_eq!(rollout.weight(), 50.0, "a person's pause holds the weight");
+        rollout.progressed = false;
+        assert_eq!(
+            rollout.weight(),
+            0.0,
+            "a pause before the first step gives the candidate nothing"
+        );
     }
 }

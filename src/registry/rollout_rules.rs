@@ -6,8 +6,9 @@
 //! paused it, a restart) is refused instead of applied twice or too late.
 
 use super::error::RegistryError;
+use super::evidence::{GateReading, number};
 use super::record::{Action, Move, Record};
-use super::rollout::{Canary, GateFailure, OnFailure, Phase, Plan, Rollout};
+use super::rollout::{Canary, OnFailure, Phase, Plan, Rollout};
 use super::{ModelSpec, Stage};
 
 /// What the controller or a person decides about a running rollout.
@@ -20,7 +21,13 @@ pub enum Decision {
     /// A gate failed at `at_step` (`None`: before the first step): roll back or
     /// pause, by the plan's policy.
     Fail {
-        failure: GateFailure,
+        failure: GateReading,
+        at_step: Option<usize>,
+    },
+    /// The step at `at_step` (`None`: the wait for shadow evidence) reached its
+    /// maximum duration without enough evidence: pause, keeping the weight, and
+    /// wait for a person. A step never passes for want of evidence.
+    Hold {
         at_step: Option<usize>,
     },
     Pause,
@@ -35,6 +42,7 @@ impl Decision {
         match self {
             Decision::Advance { .. } => "advance",
             Decision::Fail { .. } => "fail",
+            Decision::Hold { .. } => "hold",
             Decision::Pause => "pause",
             Decision::Resume => "resume",
             Decision::Abort => "abort",
@@ -198,6 +206,7 @@ pub(super) fn start(
         step: 0,
         reason: draft.reason.clone(),
         failed_gate: None,
+        evidence: Vec::new(),
         held: false,
         progressed: !waits_for_shadow,
         salt: fastrand::u64(..),
@@ -214,6 +223,7 @@ pub(super) fn decide(
     model: &ModelSpec,
     id: Option<u64>,
     decision: &Decision,
+    evidence: &[GateReading],
     draft: Record,
 ) -> Result<Record, RegistryError> {
     let Some(current) = running(model) else {
@@ -242,6 +252,7 @@ pub(super) fn decide(
     };
     let mut next = current.clone();
     next.reason.clone_from(&draft.reason);
+    next.evidence = evidence.to_vec();
     match (decision, current.phase) {
         (Decision::Advance { from_step: None }, Phase::WaitingForShadow) => {
             next.phase = Phase::Progressing;
@@ -264,11 +275,14 @@ pub(super) fn decide(
                 OnFailure::Pause => Phase::Paused,
             };
             next.held = false;
-            next.reason = format!(
-                "gate {} failed: reading {:.4} against threshold {:.4}",
-                failure.gate, failure.reading, failure.threshold
-            );
+            next.reason = failure_reason(failure);
             next.failed_gate = Some(failure.clone());
+        }
+        (Decision::Hold { at_step }, Phase::WaitingForShadow | Phase::Progressing)
+            if judged(current, current.phase, *at_step) =>
+        {
+            next.phase = Phase::Paused;
+            next.held = true;
         }
         (Decision::Pause, Phase::WaitingForShadow | Phase::Progressing) => {
             next.phase = Phase::Paused;
@@ -295,12 +309,25 @@ pub(super) fn decide(
     })
 }
 
-/// Whether a failure was judged on the state the rollout is still in: before the
+/// The journal's reason for a failed gate.
+pub fn failure_reason(failure: &GateReading) -> String {
+    format!(
+        "gate {} failed: reading {} against threshold {:.4}, {}",
+        failure.gate,
+        number(failure.reading),
+        failure.threshold,
+        failure.basis()
+    )
+}
+
+/// Whether a failure (or hold) was judged on the state the rollout is still in: before the
 /// first step, on the current step, or on a step a person paused (whose
 /// candidate keeps serving, so its gates keep being checked).
 fn judged(current: &Rollout, phase: Phase, at_step: Option<usize>) -> bool {
     match (phase, at_step) {
         (Phase::WaitingForShadow, None) => true,
+        // Held before the first step: the shadow gate still watches.
+        (Phase::Paused, None) => current.held && !current.progressed,
         (Phase::Progressing, Some(step)) => step == current.step,
         (Phase::Paused, Some(step)) => current.held && step == current.step,
         _ => false,

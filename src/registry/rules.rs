@@ -15,7 +15,7 @@ use super::error::RegistryError;
 use super::ledger::Ledger;
 use super::record::{Action, Move, Record, now};
 use super::rollout_rules::{self, Decision};
-use super::{EndpointUrl, ModelSpec, Plan, ShadowPolicy, Stage, is_valid_identifier};
+use super::{EndpointUrl, GateReading, ModelSpec, Plan, ShadowPolicy, Stage, is_valid_identifier};
 
 /// A change someone asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,11 +59,13 @@ pub enum Command {
         plan: Plan,
         reason: String,
     },
-    /// A decision about the running rollout; `id` (when known) names it.
+    /// A decision about the running rollout; `id` (when known) names it, and
+    /// `evidence` holds the gate readings it rests on (none for a person's).
     Rollout {
         model: String,
         id: Option<u64>,
         decision: Decision,
+        evidence: Vec<GateReading>,
         reason: String,
     },
 }
@@ -157,12 +159,13 @@ pub fn plan(
             model,
             id,
             decision,
+            evidence,
             reason,
         } => {
             let model = find(models, model)?;
             let mut draft = draft(Action::Rollout, model, "", None, Stage::Staging, reason);
             draft.to = None;
-            rollout_rules::decide(model, *id, decision, draft)?
+            rollout_rules::decide(model, *id, decision, evidence, draft)?
         }
     };
     record.revision = ledger.revision + 1;

@@ -1,206 +1,154 @@
-//! Every gate, passing and failing, on measurements made by hand.
+//! Each gate's three answers on samples drawn from seeded distributions.
 
 use super::*;
-use crate::registry::{Gates, OnFailure, Plan};
-use crate::routing::stats::RouteStats;
+use crate::rollout::samples::{gates, plan, requests};
 
-fn rollout(phase: Phase, gates: Gates) -> Rollout {
-    Rollout {
-        id: 1,
-        candidate: "3".into(),
-        plan: Plan {
-            steps: vec![10.0, 50.0, 100.0],
-            step_interval_s: 10.0,
-            min_requests: 100,
-            gates,
-            on_failure: OnFailure::Rollback,
-        },
-        phase,
-        step: 1,
-        reason: String::new(),
-        failed_gate: None,
-        held: false,
-        progressed: true,
-        salt: 1,
-    }
+fn risk() -> Risk {
+    Risk::of(&plan(vec![25.0, 50.0, 100.0], gates()))
 }
 
-fn gates() -> Gates {
-    Gates {
-        max_error_rate: Some(0.05),
-        max_p99_ratio: Some(1.5),
-        min_shadow_agreement: None,
-        min_shadow_compared: 50,
-    }
-}
+const P99: LatencyLimit = LatencyLimit {
+    gate: "p99_ratio",
+    quantile: 0.99,
+    max_ratio: 1.5,
+    as_increase: false,
+};
 
-/// `n` requests, `errors` of them failed, all taking `millis`.
-fn stats(n: u64, errors: u64, millis: u64) -> StatsSnapshot {
-    let stats = RouteStats::default();
-    for i in 0..n {
-        stats.record(i < errors, Duration::from_millis(millis));
-    }
-    stats.snapshot()
-}
-
-fn agreement(compared: u64, rate: f64) -> Agreement {
-    Agreement {
-        compared,
-        agreement: Some(rate),
-        window_compared: compared,
-        window_agreement: Some(rate),
-        window_seconds: 300,
-    }
-}
-
-fn decide(
-    rollout: &Rollout,
-    elapsed_s: u64,
-    candidate: &StatsSnapshot,
-    stable: &StatsSnapshot,
-    shadow: Option<Agreement>,
-) -> (Option<Decision>, Readings) {
-    evaluate(
-        rollout,
-        &Measured {
-            elapsed: Duration::from_secs(elapsed_s),
-            candidate,
-            stable,
-            shadow,
-            stable_p99_before: None,
-        },
-    )
-}
-
-fn failed_gate(decision: Option<Decision>) -> Option<String> {
-    match decision {
-        Some(Decision::Fail { failure, .. }) => Some(failure.gate),
-        _ => None,
-    }
+#[test]
+fn the_error_budget_is_split_over_every_gate_at_every_step() {
+    // Two gates at three steps: 1% over six looks.
+    assert!((risk().per_gate - 0.01 / 6.0).abs() < 1e-12);
+    let mut shadowed = gates();
+    shadowed.min_shadow_agreement = Some(0.99);
+    shadowed.max_latency_increase = Some(0.2);
+    // Four gates at three steps, and the shadow gate before the first.
+    let risk = Risk::of(&plan(vec![25.0, 50.0, 100.0], shadowed));
+    assert!((risk.per_gate - 0.01 / 13.0).abs() < 1e-12);
 }
 
 #[test]
-fn a_healthy_step_advances_only_after_its_interval_and_enough_requests() {
-    let r = rollout(Phase::Progressing, gates());
-    let (good, stable) = (stats(150, 1, 10), stats(1000, 0, 10));
-    let (early, readings) = decide(&r, 5, &good, &stable, None);
-    assert_eq!(early, None);
+fn the_error_gate_fails_fast_on_overwhelming_evidence_and_not_on_one_error() {
+    let healthy = requests(30, 0, 10.0, 1);
+    let failing = error_rate(0.01, &requests(10, 10, 10.0, 2), &healthy, 100, risk());
+    assert_eq!(failing.verdict, Verdict::Fail, "{}", failing.summary());
+    assert!(failing.lower.unwrap() > 0.01);
+    let one = error_rate(
+        0.01,
+        &requests(40, 1, 10.0, 3),
+        &requests(120, 0, 10.0, 4),
+        40,
+        risk(),
+    );
+    assert_eq!(one.verdict, Verdict::Wait, "{}", one.summary());
+    assert_eq!(one.reading, Some(0.025));
+}
+
+#[test]
+fn the_error_gate_passes_only_when_shown_within_the_limit() {
+    let stable = requests(6_000, 6, 10.0, 5);
+    let thin = error_rate(0.01, &requests(300, 0, 10.0, 6), &stable, 100, risk());
+    assert_eq!(thin.verdict, Verdict::Wait, "{}", thin.summary());
+    let shown = error_rate(0.01, &requests(2_000, 2, 10.0, 7), &stable, 100, risk());
+    assert_eq!(shown.verdict, Verdict::Pass, "{}", shown.summary());
+    assert!(shown.upper.unwrap() <= 0.01 && shown.lower.unwrap() < 0.0);
+    // Below min_requests it never passes, however clean.
+    let early = error_rate(0.01, &requests(2_000, 0, 10.0, 8), &stable, 5_000, risk());
+    assert_eq!(early.verdict, Verdict::Wait);
     assert!(
-        readings.waiting_for.contains("step interval"),
-        "{readings:?}"
+        early.detail.contains("5000 requests on each side"),
+        "{}",
+        early.detail
     );
-    let (thin, readings) = decide(&r, 20, &stats(50, 0, 10), &stable, None);
-    assert_eq!(thin, None);
-    assert_eq!(readings.waiting_for, "50 of 100 candidate requests");
-    assert_eq!(
-        decide(&r, 20, &good, &stable, None).0,
-        Some(Decision::Advance { from_step: Some(1) })
-    );
+    // Five points worse than stable: caught within several hundred requests.
+    let bad = error_rate(0.01, &requests(800, 40, 10.0, 9), &stable, 100, risk());
+    assert_eq!(bad.verdict, Verdict::Fail, "{}", bad.summary());
 }
 
 #[test]
-fn the_error_rate_gate_fails_the_step() {
-    let r = rollout(Phase::Progressing, gates());
-    let (decision, readings) = decide(&r, 1, &stats(100, 10, 10), &stats(100, 0, 10), None);
-    assert_eq!(failed_gate(decision), Some("error_rate".into()));
-    assert_eq!(readings.error_rate, Some(0.1));
-    // Before min_requests, only a hopeless count of errors fails it early.
-    assert_eq!(
-        decide(&r, 1, &stats(10, 2, 10), &stats(100, 0, 10), None).0,
-        None
-    );
-    assert_eq!(
-        failed_gate(decide(&r, 1, &stats(10, 6, 10), &stats(100, 0, 10), None).0),
-        Some("error_rate".into())
-    );
+fn the_error_gate_judges_the_difference_from_stable() {
+    // Both at 3%: the candidate is no worse than stable, which takes more
+    // requests to show than at 0%, as each side's rate is less certain.
+    let stable = requests(40_000, 1_200, 10.0, 10);
+    let same = error_rate(0.01, &requests(20_000, 600, 10.0, 11), &stable, 100, risk());
+    assert_eq!(same.verdict, Verdict::Pass, "{}", same.summary());
+    let early = error_rate(0.01, &requests(2_000, 60, 10.0, 11), &stable, 100, risk());
+    assert_eq!(early.verdict, Verdict::Wait, "{}", early.summary());
 }
 
 #[test]
-fn the_latency_gate_compares_candidate_and_stable_p99() {
-    let r = rollout(Phase::Progressing, gates());
-    let (decision, readings) = decide(&r, 20, &stats(200, 0, 40), &stats(200, 0, 10), None);
-    assert_eq!(failed_gate(decision), Some("p99_ratio".into()));
-    assert!(readings.p99_ratio.unwrap() > 3.0);
-    // Within the ratio it passes; without enough stable traffic the step waits.
-    assert!(matches!(
-        decide(&r, 20, &stats(200, 0, 12), &stats(200, 0, 10), None).0,
-        Some(Decision::Advance { .. })
-    ));
-    let (waiting, readings) = decide(&r, 20, &stats(200, 0, 40), &stats(5, 0, 10), None);
-    assert_eq!(waiting, None);
-    assert_eq!(
-        readings.waiting_for,
-        "5 of 20 stable requests to compare latency"
-    );
+fn the_latency_gate_fails_a_slower_candidate_and_passes_an_equal_one() {
+    let stable = requests(6_000, 0, 10.0, 12);
+    // A p99 is a tail figure: 600 requests at twice the latency are not
+    // enough to be sure it is over 1.5 times stable's, 4,000 are.
+    let early = latency(P99, &requests(600, 0, 20.0, 13), &stable, 100, risk());
+    assert_eq!(early.verdict, Verdict::Wait, "{}", early.summary());
+    let slow = latency(P99, &requests(4_000, 0, 20.0, 13), &stable, 100, risk());
+    assert_eq!(slow.verdict, Verdict::Fail, "{}", slow.summary());
+    assert!(slow.lower.unwrap() > 1.5 && (1.7..2.4).contains(&slow.reading.unwrap()));
+    let equal = latency(P99, &requests(4_000, 0, 10.0, 14), &stable, 100, risk());
+    assert_eq!(equal.verdict, Verdict::Pass, "{}", equal.summary());
+    assert!(equal.upper.unwrap() <= 1.5);
 }
 
 #[test]
-fn at_full_weight_the_latency_gate_uses_stable_from_an_earlier_step() {
-    let mut r = rollout(Phase::Progressing, gates());
-    r.step = 2; // 100%: stable gets no traffic
-    let (candidate, stable) = (stats(200, 0, 40), stats(0, 0, 1));
-    let measured = |before| Measured {
-        elapsed: Duration::from_secs(20),
-        candidate: &candidate,
-        stable: &stable,
-        shadow: None,
-        stable_p99_before: before,
+fn the_latency_gate_waits_while_a_p99_cannot_be_bounded() {
+    let stable = requests(6_000, 0, 10.0, 15);
+    // 400 samples cannot bound a p99 from above: neither pass nor (for an
+    // equal candidate) fail.
+    let thin = latency(P99, &requests(400, 0, 10.0, 16), &stable, 100, risk());
+    assert_eq!(thin.verdict, Verdict::Wait, "{}", thin.summary());
+    assert_eq!(thin.upper, None);
+    assert!(
+        thin.detail.contains("too few samples to bound the p99"),
+        "{}",
+        thin.detail
+    );
+    // Too few on a side for the plan's minimum: not judged at all, even when
+    // the candidate is far slower.
+    let early = latency(P99, &requests(50, 0, 100.0, 17), &stable, 100, risk());
+    assert_eq!(early.verdict, Verdict::Wait);
+    assert!(early.detail.contains("100 requests"), "{}", early.detail);
+}
+
+#[test]
+fn a_median_gate_reads_as_an_increase() {
+    let limit = LatencyLimit {
+        gate: "latency_increase",
+        quantile: 0.5,
+        max_ratio: 1.2,
+        as_increase: true,
     };
-    let (decision, _) = evaluate(&r, &measured(Some(Duration::from_millis(10))));
-    assert_eq!(failed_gate(decision), Some("p99_ratio".into()));
-    let unjudged = evaluate(&r, &measured(None)).0;
+    let stable = requests(3_000, 0, 10.0, 18);
+    let slower = latency(limit, &requests(1_000, 0, 16.0, 19), &stable, 100, risk());
+    assert_eq!(slower.verdict, Verdict::Fail, "{}", slower.summary());
+    assert!((slower.threshold - 0.2).abs() < 1e-12);
     assert!(
-        matches!(unjudged, Some(Decision::Advance { .. })),
-        "nothing to compare with: not judged"
+        (0.45..0.75).contains(&slower.reading.unwrap()),
+        "{}",
+        slower.summary()
     );
+    // 30% slower against a 20% allowance: too close to tell from 1,000.
+    let close = latency(limit, &requests(1_000, 0, 13.0, 19), &stable, 100, risk());
+    assert_eq!(close.verdict, Verdict::Wait, "{}", close.summary());
+    assert!(slower.detail.contains("candidate p50"), "{}", slower.detail);
+    let equal = latency(limit, &requests(1_000, 0, 10.0, 20), &stable, 100, risk());
+    assert_eq!(equal.verdict, Verdict::Pass, "{}", equal.summary());
 }
 
 #[test]
-fn the_shadow_gate_holds_the_first_step_and_fails_on_disagreement() {
-    let mut g = gates();
-    g.min_shadow_agreement = Some(0.99);
-    let waiting = rollout(Phase::WaitingForShadow, g.clone());
-    let none = stats(0, 0, 1);
-    let (decision, readings) = decide(&waiting, 0, &none, &none, Some(agreement(10, 1.0)));
-    assert_eq!(decision, None);
+fn the_shadow_gate_passes_on_its_lower_bound_and_fails_on_its_upper() {
+    let check = |agreed, judged| shadow_agreement(0.99, 50, agreed, judged, risk());
+    assert_eq!(check(40, 40).verdict, Verdict::Wait);
+    assert_eq!(check(2_000, 2_000).verdict, Verdict::Pass);
+    let disagreeing = check(90, 100);
     assert_eq!(
-        readings.waiting_for,
-        "10 of 50 shadow comparisons in the last 300 s"
+        disagreeing.verdict,
+        Verdict::Fail,
+        "{}",
+        disagreeing.summary()
     );
-    assert_eq!(
-        decide(&waiting, 0, &none, &none, Some(agreement(60, 0.995))).0,
-        Some(Decision::Advance { from_step: None })
-    );
-    assert_eq!(
-        failed_gate(decide(&waiting, 0, &none, &none, Some(agreement(60, 0.9))).0),
-        Some("shadow_agreement".into())
-    );
-    // During a step, the shadow window keeps being checked.
-    let progressing = rollout(Phase::Progressing, g);
-    let verdict = decide(
-        &progressing,
-        1,
-        &stats(10, 0, 10),
-        &stats(10, 0, 10),
-        Some(agreement(80, 0.5)),
-    )
-    .0;
-    assert_eq!(failed_gate(verdict), Some("shadow_agreement".into()));
-}
-
-#[test]
-fn paused_and_finished_rollouts_are_left_alone() {
-    for phase in [
-        Phase::Paused,
-        Phase::Succeeded,
-        Phase::RolledBack,
-        Phase::Aborted,
-    ] {
-        let r = rollout(phase, gates());
-        assert_eq!(
-            decide(&r, 100, &stats(500, 500, 10), &stats(500, 0, 10), None).0,
-            None,
-            "{phase}"
-        );
-    }
+    assert!(disagreeing.upper.unwrap() < 0.99);
+    // 99.3% of 1,000 is not yet shown to be at least 99%.
+    assert_eq!(check(993, 1_000).verdict, Verdict::Wait);
+    assert_eq!(check(0, 0).reading, None);
 }

@@ -1,15 +1,24 @@
 //! Rollouts: the controller task that moves a candidate through its canary steps
 //! while the gates hold, and stops it when they don't.
 //!
-//! Every tick the controller looks at the current routing table. For each running
-//! rollout it measures the candidate (its canary route) against stable (the
-//! production route) since the step began, and the candidate's shadow report;
-//! [`gates::evaluate`] says what to do; decisions go to the registry writer like
-//! any other change, naming the rollout and step they judged. The step clock
-//! lives here, in memory: after a restart a step's time counts from the restart,
-//! and the step itself is the journal's.
+//! Every tick the controller reads the current routing table. For each running
+//! rollout it reads the candidate's canary route, the production route and the
+//! candidate's shadow report; [`window::Windows`] measures them over the
+//! rollout's current window, [`step::judge`] asks the [`gates`], and decisions
+//! go to the registry writer like any other change, naming the rollout and step
+//! they judged and carrying the readings they rest on.
+//!
+//! - [`confidence`]: bounds that stay valid however often they are looked at;
+//! - [`gates`]: each gate's pass, fail or wait, with its interval;
+//! - [`step`]: what a look decides (advance, fail, hold);
+//! - [`window`]: where each window began, with the clock passed in.
 
+pub mod confidence;
 pub mod gates;
+#[cfg(test)]
+mod samples;
+pub mod step;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,10 +27,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{Command, Phase, Registry, Rollout};
-use crate::routing::stats::StatsSnapshot;
+use crate::registry::{Command, Decision, Registry, Rollout, failure_reason};
+use crate::routing::stats::{RouteStats, StatsSnapshot};
 use crate::routing::{ModelRoutes, Router, ServedStage};
-pub use gates::Readings;
+pub use step::Readings;
+use window::{Counters, Windows};
 
 /// The actor the controller's decisions are journaled under.
 pub const ACTOR: &str = "rollout-controller";
@@ -47,21 +57,12 @@ impl RolloutReadings {
     }
 }
 
-/// Where a step began: when, and the counters then.
-struct StepClock {
-    key: (u64, usize, Phase),
-    started: Instant,
-    candidate: StatsSnapshot,
-    stable: StatsSnapshot,
-    /// The latest stable p99 this rollout measured, carried across its steps.
-    stable_p99: Option<Duration>,
-}
-
 pub struct Controller {
     router: Arc<Router>,
     registry: Registry,
     readings: RolloutReadings,
-    clocks: HashMap<String, StepClock>,
+    windows: Windows,
+    epoch: Instant,
     tick: Duration,
 }
 
@@ -76,7 +77,8 @@ impl Controller {
             router,
             registry,
             readings,
-            clocks: HashMap::new(),
+            windows: Windows::default(),
+            epoch: Instant::now(),
             tick,
         }
     }
@@ -107,9 +109,10 @@ impl Controller {
         }
     }
 
-    /// The decisions of this tick; updates clocks and readings.
+    /// The decisions of this tick; updates windows and readings.
     fn evaluate_all(&mut self) -> Vec<Command> {
         let table = self.router.load();
+        let now = self.epoch.elapsed();
         let mut decisions = Vec::new();
         let mut live = Vec::new();
         for model in &table.catalog().models {
@@ -120,102 +123,83 @@ impl Controller {
                 continue;
             };
             live.push(model.name.clone());
-            let (decision, readings) = self.evaluate(&model.name, rollout, routes);
-            self.readings.set(&model.name, readings);
+            let (decision, readings) = self.look(&model.name, rollout, routes, now);
             if let Some(decision) = decision {
-                let reason = describe(&decision, rollout);
                 decisions.push(Command::Rollout {
                     model: model.name.clone(),
                     id: Some(rollout.id),
+                    reason: describe(&decision, rollout, &readings),
+                    evidence: readings.gates.clone(),
                     decision,
-                    reason,
                 });
             }
+            self.readings.set(&model.name, readings);
         }
-        self.clocks.retain(|model, _| live.contains(model));
+        self.windows.retain(|model| live.iter().any(|m| m == model));
         decisions
     }
 
-    fn evaluate(
+    fn look(
         &mut self,
         model: &str,
         rollout: &Rollout,
         routes: &ModelRoutes,
-    ) -> (Option<crate::registry::Decision>, Readings) {
-        let snapshot = |stage: ServedStage, version: &str| {
+        now: Duration,
+    ) -> (Option<Decision>, Readings) {
+        let snapshot = |stage: ServedStage, version: &str| -> StatsSnapshot {
             routes
                 .route(version, stage)
-                .map(|r| r.stats.snapshot())
-                .unwrap_or_else(|| crate::routing::stats::RouteStats::default().snapshot())
+                .map_or_else(|| RouteStats::default().snapshot(), |r| r.stats.snapshot())
         };
         let candidate = snapshot(ServedStage::Canary, &rollout.candidate);
-        let stable_version = routes
-            .production()
-            .map(|r| r.version().to_string())
-            .unwrap_or_default();
-        let stable = snapshot(ServedStage::Production, &stable_version);
-        let key = (rollout.id, rollout.step, rollout.phase);
-        let fresh = |stable_p99| StepClock {
-            key,
-            started: Instant::now(),
-            candidate: candidate.clone(),
-            stable: stable.clone(),
-            stable_p99,
+        let stable = routes.production().map_or_else(
+            || RouteStats::default().snapshot(),
+            |p| snapshot(ServedStage::Production, p.version()),
+        );
+        let counters = Counters {
+            candidate: &candidate,
+            stable: &stable,
+            shadow: routes
+                .shadow()
+                .report(&rollout.candidate)
+                .map(|r| r.agreement()),
         };
-        let clock = self
-            .clocks
-            .entry(model.to_string())
-            .or_insert_with(|| fresh(None));
-        if clock.key != key {
-            let carried = if clock.key.0 == rollout.id {
-                clock.stable_p99
-            } else {
-                None
-            };
-            *clock = fresh(carried);
-        }
-        let stable_step = stable.since(&clock.stable);
-        let shadow = routes
-            .shadow()
-            .report(&rollout.candidate)
-            .map(|r| r.agreement());
-        let measured = gates::Measured {
-            elapsed: clock.started.elapsed(),
-            candidate: &candidate.since(&clock.candidate),
-            stable: &stable_step,
-            shadow,
-            stable_p99_before: clock.stable_p99,
-        };
-        if let Some(p99) = gates::stable_p99(&stable_step) {
-            clock.stable_p99 = Some(p99);
-        }
-        gates::evaluate(rollout, &measured)
+        self.windows.look(model, rollout, now, &counters)
     }
 }
 
 /// The journal's reason for a controller decision.
-fn describe(decision: &crate::registry::Decision, rollout: &Rollout) -> String {
-    use crate::registry::Decision;
+pub fn describe(decision: &Decision, rollout: &Rollout, readings: &Readings) -> String {
     let steps = &rollout.plan.steps;
+    let gates: Vec<String> = readings.gates.iter().map(|g| g.summary()).collect();
+    let evidence = if gates.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", gates.join("; "))
+    };
+    let at = |step: usize| format!("step {} at {}%", step + 1, steps[step]);
     match decision {
         Decision::Advance { from_step: None } => format!(
-            "shadow gate passed; canary at {}%",
+            "shadow gate passed{evidence}; canary at {}%",
             steps.first().copied().unwrap_or(0.0)
         ),
         Decision::Advance {
             from_step: Some(step),
         } => match steps.get(step + 1) {
             Some(next) => format!(
-                "step {} at {}% passed its gates; canary at {next}%",
-                step + 1,
-                steps[*step]
+                "{} passed its gates{evidence}; canary at {next}%",
+                at(*step)
             ),
-            None => format!("last step at {}% passed its gates; promoting", steps[*step]),
+            None => format!("last {} passed its gates{evidence}; promoting", at(*step)),
         },
-        Decision::Fail { failure: f, .. } => format!(
-            "gate {} failed: reading {:.4} against threshold {:.4}",
-            f.gate, f.reading, f.threshold
-        ),
+        Decision::Fail { failure, .. } => failure_reason(failure),
+        Decision::Hold { at_step } => {
+            let window = at_step.map_or_else(|| "the wait for shadow evidence".into(), at);
+            format!(
+                "{window} held after {:.0} s without enough evidence: waiting for {}",
+                readings.elapsed_s, readings.waiting_for
+            )
+        }
         other => other.name().to_string(),
     }
 }

@@ -2,13 +2,19 @@
 //! latency histogram), kept in atomics so the request path never locks, and read
 //! by the rollout controller as snapshots to compare a canary with production.
 //!
-//! Latency buckets are logarithmic with four sub-buckets per power of two (at
-//! most 25% wide), from 1 µs to about an hour.
+//! Latency buckets are log-linear: 32 sub-buckets per power of two (each at most
+//! 1/32 = 3.1% wide), from 1 µs to about 70 minutes, so the rollout gates' bounds
+//! on a quantile lose at most that much to bucketing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const BUCKETS: usize = 128;
+/// Sub-buckets per power of two, as a shift.
+const SUB_BITS: u32 = 5;
+const SUBS: usize = 1 << SUB_BITS;
+/// Powers of two covered above the linear first ones: up to 2^32 µs.
+const OCTAVES: usize = 32 - SUB_BITS as usize + 1;
+const BUCKETS: usize = SUBS * OCTAVES;
 
 #[derive(Debug)]
 pub struct RouteStats {
@@ -63,7 +69,39 @@ impl RouteStats {
     }
 }
 
+impl Default for StatsSnapshot {
+    /// No requests.
+    fn default() -> StatsSnapshot {
+        StatsSnapshot {
+            requests: 0,
+            errors: 0,
+            latency: vec![0; BUCKETS],
+        }
+    }
+}
+
 impl StatsSnapshot {
+    /// Adds one request, as [`RouteStats::record`] does (for simulations).
+    pub fn record(&mut self, error: bool, elapsed: Duration) {
+        self.requests += 1;
+        self.errors += u64::from(error);
+        self.latency[bucket(elapsed)] += 1;
+    }
+
+    /// Both snapshots' requests together.
+    pub fn plus(&self, other: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests + other.requests,
+            errors: self.errors + other.errors,
+            latency: self
+                .latency
+                .iter()
+                .zip(&other.latency)
+                .map(|(a, b)| a + b)
+                .collect(),
+        }
+    }
+
     /// What happened between `earlier` and this snapshot.
     pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
         StatsSnapshot {
@@ -82,45 +120,52 @@ impl StatsSnapshot {
         (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
     }
 
-    /// The latency below which `q` of the requests fell (a bucket's upper edge).
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let total: u64 = self.latency.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    /// Latency samples in the snapshot.
+    pub fn samples(&self) -> u64 {
+        self.latency.iter().sum()
+    }
+
+    /// Where the `rank`-th smallest latency lies (1-based): the edges of its
+    /// bucket, or `None` past the last sample.
+    pub fn rank_range(&self, rank: u64) -> Option<(Duration, Duration)> {
         let mut seen = 0;
         for (index, count) in self.latency.iter().enumerate() {
             seen += count;
-            if seen >= rank {
-                return Some(Duration::from_micros(upper_edge(index)));
+            if seen >= rank.max(1) {
+                let (low, high) = edges(index);
+                return Some((Duration::from_micros(low), Duration::from_micros(high)));
             }
         }
         None
     }
+
+    /// The `q`-quantile's bucket, as its midpoint: an estimate, not a bound.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let rank = (q.clamp(0.0, 1.0) * self.samples() as f64).ceil() as u64;
+        self.rank_range(rank).map(|(low, high)| (low + high) / 2)
+    }
 }
 
 fn bucket(elapsed: Duration) -> usize {
-    let micros = u64::try_from(elapsed.as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    let msb = 63 - micros.leading_zeros() as usize;
-    let sub = if msb >= 2 {
-        ((micros >> (msb - 2)) & 3) as usize
-    } else {
-        0
-    };
-    (msb * 4 + sub).min(BUCKETS - 1)
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    if micros < SUBS as u64 {
+        return micros as usize;
+    }
+    let msb = 63 - micros.leading_zeros();
+    let octave = (msb - SUB_BITS + 1) as usize;
+    let sub = ((micros >> (msb - SUB_BITS)) as usize) & (SUBS - 1);
+    (octave * SUBS + sub).min(BUCKETS - 1)
 }
 
-/// The largest value in bucket `index`, in microseconds.
-fn upper_edge(index: usize) -> u64 {
-    let (msb, sub) = (index / 4, (index % 4) as u64);
-    if msb < 2 {
-        return (1 << (msb + 1)) - 1;
+/// The smallest and largest microseconds of bucket `index`.
+fn edges(index: usize) -> (u64, u64) {
+    let (octave, sub) = (index / SUBS, (index % SUBS) as u64);
+    if octave == 0 {
+        return (sub, sub);
     }
-    let base = 1u64 << msb;
-    base + (sub + 1) * (base >> 2) - 1
+    let shift = octave as u32 - 1;
+    let low = (SUBS as u64 + sub) << shift;
+    (low, low + (1 << shift) - 1)
 }
 
 #[cfg(test)]
@@ -128,18 +173,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_at_most_a_quarter_wide() {
-        for micros in [1u64, 3, 7, 100, 1_000, 12_345, 1_000_000, 60_000_000] {
-            let edge = upper_edge(bucket(Duration::from_micros(micros)));
+    fn buckets_are_at_most_a_thirty_second_wide_and_cover_every_value() {
+        let mut previous_high = None;
+        for index in 0..BUCKETS {
+            let (low, high) = edges(index);
+            assert!(low <= high);
+            if let Some(before) = previous_high {
+                assert_eq!(
+                    low,
+                    before + 1,
+                    "bucket {index} starts where the last ended"
+                );
+            }
+            previous_high = Some(high);
             assert!(
-                edge >= micros && (edge as f64) <= micros as f64 * 1.25 + 1.0,
-                "{micros} -> {edge}"
+                (high - low) as f64 <= low as f64 / 32.0,
+                "{index}: {low}..{high}"
             );
         }
+        for micros in [
+            0u64, 1, 31, 32, 33, 100, 1_000, 12_345, 1_000_000, 60_000_000,
+        ] {
+            let (low, high) = edges(bucket(Duration::from_micros(micros)));
+            assert!(low <= micros && micros <= high, "{micros} -> {low}..{high}");
+        }
+        let hour = bucket(Duration::from_secs(7_200));
+        assert_eq!(hour, BUCKETS - 1, "past the range: the last bucket");
     }
 
     #[test]
-    fn quantiles_and_error_rates_over_a_step() {
+    fn quantiles_ranks_and_error_rates_over_a_step() {
         let stats = RouteStats::default();
         stats.record(false, Duration::from_millis(1));
         let start = stats.snapshot();
@@ -150,23 +213,14 @@ mod tests {
             );
         }
         let step = stats.snapshot().since(&start);
-        assert_eq!((step.requests, step.errors), (100, 5));
+        assert_eq!((step.requests, step.errors, step.samples()), (100, 5, 100));
         assert_eq!(step.error_rate(), Some(0.05));
-        let p50 = step.quantile(0.5).unwrap();
-        assert!(
-            p50 >= Duration::from_micros(1_000) && p50 < Duration::from_micros(1_250),
-            "{p50:?}"
-        );
-        let p999 = step.quantile(0.999).unwrap();
-        assert!(p999 >= Duration::from_millis(50), "{p999:?}");
-        assert_eq!(
-            StatsSnapshot {
-                requests: 0,
-                errors: 0,
-                latency: vec![0; BUCKETS]
-            }
-            .quantile(0.99),
-            None
-        );
+        let p50 = step.quantile(0.5).unwrap().as_micros();
+        assert!((985..=1_016).contains(&p50), "{p50}");
+        let (low, high) = step.rank_range(100).unwrap();
+        assert!(low <= Duration::from_millis(50) && Duration::from_millis(50) <= high);
+        assert_eq!(step.rank_range(101), None);
+        let empty = RouteStats::default().snapshot();
+        assert_eq!((empty.quantile(0.99), empty.rank_range(1)), (None, None));
     }
 }

@@ -103,6 +103,8 @@ struct Details {
     matched: u64,
     labels_agreed: u64,
     labels_total: u64,
+    units_agreed: u64,
+    units_judged: u64,
     primary_latency: Histogram<u64>,
     shadow_latency: Histogram<u64>,
     paths: HashMap<String, u64>,
@@ -147,6 +149,13 @@ pub struct Agreement {
     /// Comparisons since the report was (re)started.
     pub compared: u64,
     pub agreement: Option<f64>,
+    /// What the gates count, since the report was (re)started: answers (labels
+    /// in `label` mode) that agreed, of all judged.
+    pub agreed: u64,
+    pub judged: u64,
+    /// When the report was (re)started, in milliseconds since the epoch: counts
+    /// from different starts cannot be subtracted.
+    pub since_ms: u64,
     /// Comparisons in the last `window_seconds`.
     pub window_compared: u64,
     pub window_agreement: Option<f64>,
@@ -257,6 +266,8 @@ impl Details {
             matched: 0,
             labels_agreed: 0,
             labels_total: 0,
+            units_agreed: 0,
+            units_judged: 0,
             primary_latency: histogram(),
             shadow_latency: histogram(),
             paths: HashMap::new(),
@@ -283,6 +294,8 @@ impl Details {
         // A label-mode pair without labels (an error, metadata) says nothing about
         // label agreement: it stays out of the window the gates read.
         if total > 0 {
+            self.units_agreed += agreed;
+            self.units_judged += total;
             self.bucket(now_secs(), agreed, total);
         }
         if c.verdict.matched {
@@ -344,6 +357,12 @@ impl Details {
         Agreement {
             compared: self.compared,
             agreement: ratio(all_agreed, all_total),
+            agreed: self.units_agreed,
+            judged: self.units_judged,
+            since_ms: self
+                .since
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             window_compared: compared,
             window_agreement: ratio(agreed, total),
             window_seconds: WINDOW_BUCKETS as u64 * BUCKET_SECS,
