@@ -2,7 +2,8 @@
 //! HTTP/1 client connections, with coordinated-omission-corrected open-loop pacing,
 //! and a fast fake model server ([`backend`]) to aim it at; [`compare`] runs
 //! stagegate, nginx and haproxy side by side with both; [`judge`] simulates
-//! thousands of rollouts through stagegate's gates.
+//! thousands of rollouts through stagegate's gates, and [`rollouts`] runs real
+//! ones against Python model servers.
 //!
 //! The `loadtest` binary is a thin command line over these modules; tests drive them
 //! in-process.
@@ -14,6 +15,7 @@ pub mod judge;
 pub mod load;
 pub mod parse;
 pub mod report;
+pub mod rollouts;
 pub mod schedule;
 
 pub use backend::{BackendOptions, Mode};

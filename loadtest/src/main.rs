@@ -1,7 +1,8 @@
 //! `loadtest`: the command line over the `loadtest` library. `backend` runs a fast
 //! fake model server; `run` generates load against a URL and reports latency and
 //! errors; `compare` runs proxies side by side and prints a Markdown table;
-//! `judge` simulates rollouts through the gates and prints what became of them.
+//! `judge` simulates rollouts through the gates and prints what became of them;
+//! `rollouts` runs real ones against Python model servers.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use http::{Method, Uri};
 use loadtest::compare::{self, CompareArgs};
 use loadtest::judge::{self, JudgeArgs};
 use loadtest::parse::{parse_duration, parse_fraction, parse_header, parse_rate};
+use loadtest::rollouts::{self, RolloutsArgs};
 use loadtest::{BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, load};
 use tokio::net::TcpListener;
 
@@ -39,6 +41,9 @@ enum Command {
     /// Simulate thousands of rollouts through stagegate's gates and print how
     /// often good candidates are promoted and bad ones stopped.
     Judge(JudgeArgs),
+    /// Run rollouts end to end: the stagegate binary in front of Python model
+    /// servers, under load, and print how each kind of candidate fared.
+    Rollouts(RolloutsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
         Command::Run(args) => runtime(args.threads).and_then(|rt| rt.block_on(run_command(args))),
         Command::Compare(args) => compare::run(&args).map_err(CliError::Compare),
         Command::Judge(args) => judge::run(&args).map_err(CliError::Judge),
+        Command::Rollouts(args) => rollouts::run(&args).map_err(CliError::Compare),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

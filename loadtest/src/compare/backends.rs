@@ -66,10 +66,17 @@ fn start_backend(
             "200",
         ])
         .args(["--threads", "1"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    let mut guard = ProcessGuard::spawn(name, &mut command)?;
+        .args(extra);
+    spawn_announcing(name, &mut command)
+}
+
+/// Starts a server that prints `listening on ADDR` first, and reads that line.
+pub fn spawn_announcing(
+    name: &str,
+    command: &mut std::process::Command,
+) -> Result<(ProcessGuard, SocketAddr), CompareError> {
+    command.stdin(Stdio::null()).stdout(Stdio::piped());
+    let mut guard = ProcessGuard::spawn(name, command)?;
     let stdout = guard
         .child_mut()
         .stdout

@@ -11,13 +11,13 @@
 //! priority, and reads from stagegate's shadow report how many requests each run
 //! mirrored.
 
-mod backends;
+pub(crate) mod backends;
 mod cases;
 mod configs;
 mod host;
-mod http;
+pub(crate) mod http;
 mod measure;
-mod procs;
+pub(crate) mod procs;
 mod proxies;
 mod report;
 mod swap;
