@@ -136,6 +136,69 @@ fn shadow_threads_default_to_the_worker_count_at_idle_priority() {
 }
 
 #[test]
+fn rollout_defaults_hold_statistical_settings_and_every_bad_one_is_named() {
+    let model = |rollout: &str| {
+        format!(
+            "[[models]]\nname = \"m\"\n[[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"http://a:1\"]\n[models.rollout]\n{rollout}"
+        )
+    };
+    let config = Config::parse(
+        &model("step_interval_s = 30\nmax_p99_ratio = \"off\"\n"),
+        "test",
+    )
+    .unwrap();
+    let plan = &config.models[0].rollout_defaults;
+    assert_eq!(
+        (
+            plan.confidence,
+            plan.max_step_duration_s(),
+            plan.gates.latency_quantile
+        ),
+        (0.99, 300.0, 0.5),
+        "99% confidence, ten intervals, the median"
+    );
+    assert_eq!(plan.gates.max_p99_ratio, None, "\"off\" turns the gate off");
+    assert_eq!(plan.gates.max_error_rate, Some(0.01));
+    let set = Config::parse(
+        &model("confidence = 0.95\nmax_step_duration_s = 900\nmax_latency_increase = 0.2\nlatency_quantile = 0.9\n"),
+        "test",
+    )
+    .unwrap();
+    let plan = &set.models[0].rollout_defaults;
+    assert_eq!(
+        (
+            plan.confidence,
+            plan.max_step_duration_s(),
+            plan.gates.max_latency_increase,
+            plan.gates.latency_quantile
+        ),
+        (0.95, 900.0, Some(0.2), 0.9)
+    );
+    let errors = field_errors(&model(
+        "step_interval_s = 60\nmax_step_duration_s = 30\nconfidence = 1.5\nlatency_quantile = 0\nmax_latency_increase = -1\nmax_error_rate = 0\n",
+    ));
+    let unknown = Config::parse(&model("max_p99_ratio = \"none\"\n"), "test").unwrap_err();
+    assert!(
+        unknown
+            .to_string()
+            .contains("a number, or \"off\" to turn the gate off"),
+        "{unknown}"
+    );
+    for want in [
+        "models[0].rollout.max_step_duration_s: must be at least step_interval_s (60), got 30",
+        "models[0].rollout.confidence: must be between 0.5 and 0.999999, got 1.5",
+        "models[0].rollout.latency_quantile: must be between 0 and 1 (exclusive), got 0",
+        "models[0].rollout.max_error_rate: must be greater than 0 and at most 1 (\"off\" turns the gate off), got 0",
+        "models[0].rollout.max_latency_increase: must be greater than 0 (\"off\" turns the gate off), got -1",
+    ] {
+        assert!(
+            errors.iter().any(|e| e == want),
+            "missing {want:?} in {errors:#?}"
+        );
+    }
+}
+
+#[test]
 fn listen_and_admin_addresses_must_differ() {
     let errors =
         field_errors("[server]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n");
@@ -206,7 +269,7 @@ mod hostile {
         "eject_backoff_ms",
     ];
     const MODEL_SECTIONS: [&str; 4] = ["shadow", "compare", "canary", "rollout"];
-    const SECTION_KEYS: [&str; 12] = [
+    const SECTION_KEYS: [&str; 15] = [
         "percent",
         "versions",
         "timeout_ms",
@@ -218,6 +281,9 @@ mod hostile {
         "sticky_header",
         "steps",
         "step_interval_s",
+        "max_step_duration_s",
+        "confidence",
+        "latency_quantile",
         "on_failure",
     ];
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::registry::{Decision, ModelSpec, OnFailure, Plan};
+use crate::registry::{Decision, GateLimit, ModelSpec, OnFailure, Plan};
 use crate::rollout::Readings;
 
 /// `POST /api/v1/models/{m}/canary`.
@@ -30,9 +30,9 @@ pub struct RolloutBody {
     pub min_requests: Option<u64>,
     pub max_step_duration_s: Option<f64>,
     pub confidence: Option<f64>,
-    pub max_error_rate: Option<f64>,
-    pub max_p99_ratio: Option<f64>,
-    pub max_latency_increase: Option<f64>,
+    pub max_error_rate: Option<GateLimit>,
+    pub max_p99_ratio: Option<GateLimit>,
+    pub max_latency_increase: Option<GateLimit>,
     pub latency_quantile: Option<f64>,
     pub min_shadow_agreement: Option<f64>,
     pub min_shadow_compared: Option<u64>,
@@ -60,15 +60,15 @@ impl RolloutBody {
         plan.max_step_duration_s = self.max_step_duration_s.or(plan.max_step_duration_s);
         plan.confidence = self.confidence.unwrap_or(plan.confidence);
         let gates = &mut plan.gates;
-        gates.max_error_rate = self.max_error_rate.or(gates.max_error_rate);
-        gates.max_p99_ratio = self.max_p99_ratio.or(gates.max_p99_ratio);
-        gates.max_latency_increase = self.max_latency_increase.or(gates.max_latency_increase);
+        let set = |given: Option<GateLimit>, default| given.map_or(default, GateLimit::limit);
+        gates.max_error_rate = set(self.max_error_rate, gates.max_error_rate);
+        gates.max_p99_ratio = set(self.max_p99_ratio, gates.max_p99_ratio);
+        gates.max_latency_increase = set(self.max_latency_increase, gates.max_latency_increase);
         gates.latency_quantile = self.latency_quantile.unwrap_or(gates.latency_quantile);
         gates.min_shadow_agreement = self.min_shadow_agreement.or(gates.min_shadow_agreement);
         gates.min_shadow_compared = self
             .min_shadow_compared
             .unwrap_or(gates.min_shadow_compared);
-        plan.gates = plan.gates.with_zero_limits_off();
         plan.on_failure = self.on_failure.unwrap_or(plan.on_failure);
         plan
     }

@@ -6,6 +6,8 @@
 
 use serde::Deserialize;
 
+use crate::registry::GateLimit;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -71,9 +73,9 @@ pub struct RawRollout {
     pub min_requests: Option<u64>,
     pub max_step_duration_s: Option<f64>,
     pub confidence: Option<f64>,
-    pub max_error_rate: Option<f64>,
-    pub max_p99_ratio: Option<f64>,
-    pub max_latency_increase: Option<f64>,
+    pub max_error_rate: Option<GateLimit>,
+    pub max_p99_ratio: Option<GateLimit>,
+    pub max_latency_increase: Option<GateLimit>,
     pub latency_quantile: Option<f64>,
     pub min_shadow_agreement: Option<f64>,
     pub min_shadow_compared: Option<u64>,

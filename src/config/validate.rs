@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use super::raw::{RawConfig, RawModel, RawVersion};
 use super::{Config, FieldError, defaults, server};
 use crate::registry::{
-    CompareMode, ComparePolicy, EndpointUrl, Gates, ModelSpec, OnFailure, Plan, ShadowPolicy,
-    Stage, StickyPolicy, VersionSpec, default_plan, is_valid_identifier,
+    CompareMode, ComparePolicy, EndpointUrl, GateLimit, Gates, ModelSpec, OnFailure, Plan,
+    ShadowPolicy, Stage, StickyPolicy, VersionSpec, default_plan, is_valid_identifier,
 };
 
 #[derive(Default)]
@@ -185,9 +185,13 @@ fn validate_rollout(raw: &RawModel, path: &str, errors: &mut Errors) -> Plan {
         max_step_duration_s: r.max_step_duration_s,
         confidence: r.confidence.unwrap_or(defaults.confidence),
         gates: Gates {
-            max_error_rate: r.max_error_rate.or(defaults.gates.max_error_rate),
-            max_p99_ratio: r.max_p99_ratio.or(defaults.gates.max_p99_ratio),
-            max_latency_increase: r.max_latency_increase,
+            max_error_rate: r
+                .max_error_rate
+                .map_or(defaults.gates.max_error_rate, GateLimit::limit),
+            max_p99_ratio: r
+                .max_p99_ratio
+                .map_or(defaults.gates.max_p99_ratio, GateLimit::limit),
+            max_latency_increase: r.max_latency_increase.and_then(GateLimit::limit),
             latency_quantile: r
                 .latency_quantile
                 .unwrap_or(defaults.gates.latency_quantile),
@@ -195,8 +199,7 @@ fn validate_rollout(raw: &RawModel, path: &str, errors: &mut Errors) -> Plan {
             min_shadow_compared: r
                 .min_shadow_compared
                 .unwrap_or(defaults.gates.min_shadow_compared),
-        }
-        .with_zero_limits_off(),
+        },
         on_failure,
     };
     for (field, message) in plan.problems() {

@@ -4,6 +4,9 @@
 
 mod client;
 mod render;
+mod render_rollout;
+
+pub use render_rollout::gate_line;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -140,14 +143,17 @@ pub struct RolloutStart {
     /// Chance over the whole rollout of no wrong verdict, e.g. 0.99.
     #[arg(long)]
     pub confidence: Option<f64>,
-    /// How far the candidate's error rate may exceed stable's (absolute, 0.01).
-    #[arg(long)]
-    pub max_error_rate: Option<f64>,
-    #[arg(long)]
-    pub max_p99_ratio: Option<f64>,
-    /// How much slower the candidate may be at --latency-quantile (0.2: 20%).
-    #[arg(long)]
-    pub max_latency_increase: Option<f64>,
+    /// How far the candidate's error rate may exceed stable's (absolute, 0.01),
+    /// or "off".
+    #[arg(long, value_parser = gate_limit)]
+    pub max_error_rate: Option<Value>,
+    /// Candidate p99 over stable's at most this, or "off".
+    #[arg(long, value_parser = gate_limit)]
+    pub max_p99_ratio: Option<Value>,
+    /// How much slower the candidate may be at --latency-quantile (0.2: 20%),
+    /// or "off".
+    #[arg(long, value_parser = gate_limit)]
+    pub max_latency_increase: Option<Value>,
     /// The quantile --max-latency-increase is judged at (default 0.5).
     #[arg(long)]
     pub latency_quantile: Option<f64>,
@@ -160,6 +166,16 @@ pub struct RolloutStart {
     pub on_failure: Option<String>,
     #[arg(long, default_value = "")]
     pub reason: String,
+}
+
+/// A gate's limit on the command line: a number, or "off".
+fn gate_limit(text: &str) -> Result<Value, String> {
+    if text == "off" {
+        return Ok(Value::from("off"));
+    }
+    text.parse::<f64>()
+        .map(Value::from)
+        .map_err(|_| format!("{text:?} is not a number or \"off\""))
 }
 
 #[derive(Debug, Args)]
@@ -253,7 +269,7 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
             action: Some(ShadowAction::Reset { .. }),
             ..
         }) => render::reset(&answer),
-        CtlCommand::Rollout(RolloutAction::Status { .. }) => render::rollout(&answer),
+        CtlCommand::Rollout(RolloutAction::Status { .. }) => render_rollout::rollout(&answer),
         CtlCommand::Register { .. }
         | CtlCommand::Transition { .. }
         | CtlCommand::Rollback { .. }

@@ -26,7 +26,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
-fn text(value: &Value) -> String {
+pub(super) fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_string(),
@@ -39,7 +39,7 @@ fn text(value: &Value) -> String {
     }
 }
 
-fn list(values: &Value) -> String {
+pub(super) fn list(values: &Value) -> String {
     let items: Vec<String> = values.as_array().into_iter().flatten().map(text).collect();
     if items.is_empty() {
         "-".to_string()
@@ -216,89 +216,6 @@ pub fn reloaded(answer: &Value) -> String {
         out.push_str(&format!("\nwarning: {}", text(warning)));
     }
     out
-}
-
-pub fn rollout(answer: &Value) -> String {
-    let Some(rollout) = answer["rollout"].as_object() else {
-        return format!("model {}: no rollout on record", text(&answer["model"]));
-    };
-    let plan = &rollout["plan"];
-    let mut out = format!(
-        "model {}  candidate {}  phase {}  step {} of {}  weight {}%\nplan: steps {}  every {} s  min {} requests  on failure {}",
-        text(&answer["model"]),
-        text(&rollout["candidate"]),
-        text(&answer["phase"]),
-        text(&answer["step"]),
-        text(&answer["steps"]),
-        text(&answer["weight"]),
-        list(&plan["steps"]),
-        text(&plan["step_interval_s"]),
-        text(&plan["min_requests"]),
-        text(&plan["on_failure"]),
-    );
-    if let Some(reason) = rollout
-        .get("reason")
-        .and_then(Value::as_str)
-        .filter(|r| !r.is_empty())
-    {
-        out.push_str(&format!("\nreason: {reason}"));
-    }
-    let readings = &answer["readings"];
-    if readings.is_object() {
-        out.push_str(&format!(
-            "\nthis window: {} of {} s (held after {} s), candidate {} requests ({} errors), stable {} ({} errors, {}), confidence {}",
-            seconds(&readings["elapsed_s"]),
-            text(&readings["step_interval_s"]),
-            text(&readings["max_step_duration_s"]),
-            text(&readings["candidate_requests"]),
-            text(&readings["candidate_errors"]),
-            text(&readings["stable_requests"]),
-            text(&readings["stable_errors"]),
-            text(&readings["stable_window"]).replace('_', " "),
-            text(&readings["confidence"]),
-        ));
-        for gate in readings["gates"].as_array().into_iter().flatten() {
-            out.push_str(&format!("\n  {}", gate_line(gate)));
-        }
-        if let Some(waiting) = readings["waiting_for"].as_str().filter(|w| !w.is_empty()) {
-            out.push_str(&format!("\nwaiting for: {waiting}"));
-        }
-    }
-    out
-}
-
-/// `p99_ratio  wait  1.0213 in [0.8120, ?] <= 1.5 at 99.9% (812 / 2410): detail`
-fn gate_line(gate: &Value) -> String {
-    let figure = |v: &Value| {
-        v.as_f64()
-            .map_or_else(|| "?".to_string(), |v| format!("{v:.4}"))
-    };
-    let samples = match gate["stable_n"].as_u64() {
-        Some(stable) => format!("{} / {stable}", text(&gate["candidate_n"])),
-        None => text(&gate["candidate_n"]),
-    };
-    let limit = if gate["gate"] == "shadow_agreement" {
-        ">="
-    } else {
-        "<="
-    };
-    format!(
-        "{:<17} {:<4} {} in [{}, {}] {limit} {} at {} ({samples}): {}",
-        text(&gate["gate"]),
-        text(&gate["verdict"]),
-        figure(&gate["reading"]),
-        figure(&gate["lower"]),
-        figure(&gate["upper"]),
-        text(&gate["threshold"]),
-        text(&gate["confidence"]),
-        text(&gate["detail"]),
-    )
-}
-
-fn seconds(value: &Value) -> String {
-    value
-        .as_f64()
-        .map_or_else(|| text(value), |s| format!("{s:.1}"))
 }
 
 pub fn reset(answer: &Value) -> String {

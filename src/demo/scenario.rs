@@ -122,18 +122,13 @@ async fn narrate(
             .as_object()
             .filter(|_| phase == "progressing")
         {
-            let gates: Vec<String> = readings["gates"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(gate_line)
-                .collect();
             out(&format!(
-                "  candidate {} requests, {} errors; {}",
-                readings["candidate_requests"],
-                readings["candidate_errors"],
-                gates.join("; ")
+                "  candidate {} requests, {} errors",
+                readings["candidate_requests"], readings["candidate_errors"]
             ));
+            for gate in readings["gates"].as_array().into_iter().flatten() {
+                out(&format!("    {}", crate::ctl::gate_line(gate)));
+            }
         }
         if scenario == Scenario::BadCanary
             && phase == "progressing"
@@ -150,27 +145,6 @@ async fn narrate(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// `p99_ratio wait [0.81, ?] <= 5`: a gate's verdict and interval.
-fn gate_line(gate: &Value) -> String {
-    let bound = |v: &Value| {
-        v.as_f64()
-            .map_or_else(|| "?".to_string(), |v| format!("{v:.3}"))
-    };
-    format!(
-        "{} {} [{}, {}] {} {}",
-        gate["gate"].as_str().unwrap_or("?"),
-        gate["verdict"].as_str().unwrap_or("?"),
-        bound(&gate["lower"]),
-        bound(&gate["upper"]),
-        if gate["gate"] == "shadow_agreement" {
-            ">="
-        } else {
-            "<="
-        },
-        gate["threshold"]
-    )
 }
 
 /// Clients sending demo traffic at once.

@@ -36,7 +36,8 @@ pub use ledger::Ledger;
 pub use policy::{CompareMode, ComparePolicy, ShadowPolicy, StickyPolicy, default_plan};
 pub use record::Record;
 pub use rollout::{
-    Canary, DEFAULT_CONFIDENCE, DEFAULT_LATENCY_QUANTILE, Gates, OnFailure, Phase, Plan, Rollout,
+    Canary, DEFAULT_CONFIDENCE, DEFAULT_LATENCY_QUANTILE, GateLimit, Gates, OnFailure, Phase, Plan,
+    Rollout,
 };
 pub use rollout_rules::{Decision, failure_reason};
 pub use rules::Command;

@@ -216,21 +216,49 @@ impl Rollout {
     }
 }
 
-impl Gates {
-    /// A limit of 0 turns its gate off (as `percent = 0` turns mirroring off):
-    /// no candidate can be shown to be exactly as good as stable or better, so
-    /// a limit of 0 could only ever wait.
-    pub fn with_zero_limits_off(mut self) -> Gates {
-        for limit in [
-            &mut self.max_error_rate,
-            &mut self.max_p99_ratio,
-            &mut self.max_latency_increase,
-        ] {
-            if *limit == Some(0.0) {
-                *limit = None;
+/// A gate's limit as a config file or an API call writes it: a number, or
+/// `"off"` to turn the gate off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GateLimit {
+    Limit(f64),
+    Off,
+}
+
+impl GateLimit {
+    /// The limit, `None` when the gate is off.
+    pub fn limit(self) -> Option<f64> {
+        match self {
+            GateLimit::Limit(limit) => Some(limit),
+            GateLimit::Off => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<GateLimit, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = GateLimit;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number, or \"off\" to turn the gate off")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<GateLimit, E> {
+                Ok(GateLimit::Limit(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<GateLimit, E> {
+                Ok(GateLimit::Limit(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<GateLimit, E> {
+                Ok(GateLimit::Limit(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<GateLimit, E> {
+                match v {
+                    "off" => Ok(GateLimit::Off),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
             }
         }
-        self
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -292,29 +320,39 @@ impl Plan {
                 ),
             ));
         }
-        if let Some(increase) = gates.max_latency_increase
-            && !(increase >= 0.0 && increase.is_finite())
-        {
-            problems.push((
-                "max_latency_increase",
-                format!("must be 0 or more (0.2: 20% slower), got {increase}"),
-            ));
-        }
         if gates.min_shadow_agreement.is_some() && gates.min_shadow_compared == 0 {
             problems.push((
                 "min_shadow_compared",
                 "must be at least 1 when min_shadow_agreement is set".to_string(),
             ));
         }
-        for (field, value, max) in [
-            ("max_error_rate", gates.max_error_rate, 1.0),
-            ("min_shadow_agreement", gates.min_shadow_agreement, 1.0),
-            ("max_p99_ratio", gates.max_p99_ratio, f64::MAX),
+        if let Some(v) = gates.min_shadow_agreement
+            && !(0.0..=1.0).contains(&v)
+        {
+            problems.push((
+                "min_shadow_agreement",
+                format!("must be between 0 and 1, got {v}"),
+            ));
+        }
+        // A limit of 0 could never be shown to hold, so the gate would only
+        // ever wait: refused rather than taken to mean "off".
+        for (field, value, within) in [
+            ("max_error_rate", gates.max_error_rate, " and at most 1"),
+            ("max_p99_ratio", gates.max_p99_ratio, ""),
+            ("max_latency_increase", gates.max_latency_increase, ""),
         ] {
+            let at_most = if within.is_empty() {
+                f64::INFINITY
+            } else {
+                1.0
+            };
             if let Some(v) = value
-                && !(v >= 0.0 && v <= max)
+                && !(v > 0.0 && v <= at_most && v.is_finite())
             {
-                problems.push((field, format!("must be between 0 and {max}, got {v}")));
+                problems.push((
+                    field,
+                    format!("must be greater than 0{within} (\"off\" turns the gate off), got {v}"),
+                ));
             }
         }
         problems
@@ -322,126 +360,5 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan(steps: Vec<f64>) -> Plan {
-        Plan {
-            steps,
-            step_interval_s: 60.0,
-            min_requests: 100,
-            max_step_duration_s: None,
-            confidence: DEFAULT_CONFIDENCE,
-            gates: Gates {
-                max_error_rate: Some(0.01),
-                max_p99_ratio: Some(1.5),
-                max_latency_increase: None,
-                latency_quantile: DEFAULT_LATENCY_QUANTILE,
-                min_shadow_agreement: None,
-                min_shadow_compared: 0,
-            },
-            on_failure: OnFailure::Rollback,
-        }
-    }
-
-    #[test]
-    fn weights_become_buckets() {
-        assert_eq!(weight_buckets(0.0), 0);
-        assert_eq!(weight_buckets(12.34), 1234);
-        assert_eq!(weight_buckets(100.0), BUCKETS);
-        assert_eq!(weight_buckets(150.0), BUCKETS);
-    }
-
-    #[test]
-    fn plans_are_checked() {
-        assert!(plan(vec![5.0, 25.0, 50.0, 100.0]).problems().is_empty());
-        let fields = |p: Plan| p.problems().into_iter().map(|(f, _)| f).collect::<Vec<_>>();
-        assert_eq!(fields(plan(vec![])), ["steps"]);
-        assert_eq!(fields(plan(vec![50.0, 25.0])), ["steps"]);
-        assert_eq!(fields(plan(vec![0.0, 101.0])), ["steps"]);
-        let mut bad = plan(vec![10.0]);
-        bad.step_interval_s = 0.0;
-        bad.gates.max_error_rate = Some(2.0);
-        assert_eq!(fields(bad), ["step_interval_s", "max_error_rate"]);
-        let mut bad = plan(vec![10.0]);
-        bad.max_step_duration_s = Some(30.0);
-        bad.confidence = 1.0;
-        bad.gates.latency_quantile = 1.0;
-        bad.gates.max_latency_increase = Some(-0.1);
-        assert_eq!(
-            fields(bad),
-            [
-                "max_step_duration_s",
-                "confidence",
-                "latency_quantile",
-                "max_latency_increase"
-            ]
-        );
-        let mut bounded = plan(vec![10.0]);
-        assert_eq!(bounded.max_step_duration_s(), 600.0, "ten intervals");
-        bounded.max_step_duration_s = Some(90.0);
-        assert_eq!(bounded.max_step_duration_s(), 90.0);
-    }
-
-    #[test]
-    fn plans_journaled_before_the_statistical_gates_still_read() {
-        let old = serde_json::json!({
-            "steps": [10.0], "step_interval_s": 5.0, "min_requests": 10,
-            "gates": { "max_error_rate": 0.01, "max_p99_ratio": 1.5,
-                       "min_shadow_agreement": null, "min_shadow_compared": 0 },
-            "on_failure": "rollback"
-        });
-        let plan: Plan = serde_json::from_value(old).unwrap();
-        assert_eq!(
-            (
-                plan.confidence,
-                plan.gates.latency_quantile,
-                plan.max_step_duration_s
-            ),
-            (DEFAULT_CONFIDENCE, DEFAULT_LATENCY_QUANTILE, None)
-        );
-    }
-
-    #[test]
-    fn only_a_progressing_rollout_has_weight() {
-        let mut rollout = Rollout {
-            id: 1,
-            candidate: "3".into(),
-            plan: plan(vec![5.0, 50.0]),
-            phase: Phase::Progressing,
-            step: 1,
-            reason: String::new(),
-            failed_gate: None,
-            evidence: Vec::new(),
-            held: false,
-            progressed: true,
-            salt: 7,
-        };
-        assert_eq!(
-            rollout.canary(),
-            Some(Canary {
-                version: "3".into(),
-                weight: 50.0,
-                salt: 7
-            })
-        );
-        for phase in [
-            Phase::WaitingForShadow,
-            Phase::Paused,
-            Phase::Succeeded,
-            Phase::RolledBack,
-        ] {
-            rollout.phase = phase;
-            assert_eq!(rollout.canary(), None, "{phase}");
-        }
-        rollout.phase = Phase::Paused;
-        rollout.held = true;
-        assert_eq!(rollout.weight(), 50.0, "a person's pause holds the weight");
-        rollout.progressed = false;
-        assert_eq!(
-            rollout.weight(),
-            0.0,
-            "a pause before the first step gives the candidate nothing"
-        );
-    }
-}
+#[path = "rollout_tests.rs"]
+mod tests;

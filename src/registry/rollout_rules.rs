@@ -424,3 +424,7 @@ pub(super) fn guard_shadow_change(model: &ModelSpec) -> Result<(), RegistryError
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+#[path = "rollout_rules_tests.rs"]
+mod tests;

@@ -34,7 +34,8 @@ const RATE_GRID: [f64; 13] = [
 ];
 /// Centres closer to 0 or 1 than this are moved in, so every prior is proper.
 const CENTRE_MARGIN: f64 = 1e-4;
-const BISECTIONS: usize = 80;
+/// Halvings of the search interval: 2^-60 is far below any rate that matters.
+const BISECTIONS: usize = 60;
 
 /// A mixture of Beta priors, equally weighted and fixed before any data is seen.
 #[derive(Debug, Clone)]
@@ -154,8 +155,10 @@ impl Mixture {
         };
         let peak = concave_peak(0, n, fit);
         if fit(peak) <= 0.0 {
-            // Cannot happen for alpha < 1 (the mixture never beats the best
-            // rate), but a bound that claims nothing is the safe answer.
+            // Cannot happen for alpha < 1: the binomial likelihood at q and the
+            // mixture's both sum to 1 over the counts (times their binomial
+            // coefficients), so at some count the first is at least the second.
+            // Should rounding say otherwise, a bound that claims nothing is safe.
             return QuantileRanks {
                 lower: None,
                 upper: None,

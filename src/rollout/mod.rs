@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::{Command, Decision, Registry, Rollout, failure_reason};
-use crate::routing::stats::{RouteStats, StatsSnapshot};
+use crate::routing::stats::StatsSnapshot;
 use crate::routing::{ModelRoutes, Router, ServedStage};
 pub use step::Readings;
 use window::{Counters, Windows};
@@ -146,16 +146,18 @@ impl Controller {
         routes: &ModelRoutes,
         now: Duration,
     ) -> (Option<Decision>, Readings) {
+        // A route that does not exist (yet) has served nothing.
         let snapshot = |stage: ServedStage, version: &str| -> StatsSnapshot {
             routes
                 .route(version, stage)
-                .map_or_else(|| RouteStats::default().snapshot(), |r| r.stats.snapshot())
+                .map_or_else(StatsSnapshot::default, |r| r.stats.snapshot())
         };
         let candidate = snapshot(ServedStage::Canary, &rollout.candidate);
-        let stable = routes.production().map_or_else(
-            || RouteStats::default().snapshot(),
-            |p| snapshot(ServedStage::Production, p.version()),
-        );
+        let stable = routes
+            .production()
+            .map_or_else(StatsSnapshot::default, |p| {
+                snapshot(ServedStage::Production, p.version())
+            });
         let counters = Counters {
             candidate: &candidate,
             stable: &stable,
@@ -177,7 +179,10 @@ pub fn describe(decision: &Decision, rollout: &Rollout, readings: &Readings) -> 
     } else {
         format!(" ({})", gates.join("; "))
     };
-    let at = |step: usize| format!("step {} at {}%", step + 1, steps[step]);
+    let at = |step: usize| {
+        let weight = steps.get(step).copied().unwrap_or(0.0);
+        format!("step {} at {weight}%", step + 1)
+    };
     match decision {
         Decision::Advance { from_step: None } => format!(
             "shadow gate passed{evidence}; canary at {}%",

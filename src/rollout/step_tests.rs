@@ -227,11 +227,13 @@ fn windows_measure_each_step_from_its_start_and_at_full_weight_use_the_last_stab
 }
 
 #[test]
-fn a_reset_shadow_report_starts_the_count_again() {
+fn the_wait_for_shadow_counts_the_whole_report_and_a_step_counts_from_its_start() {
     let mut windows = Windows::default();
     let mut g = gates();
     g.min_shadow_agreement = Some(0.99);
-    let r = rollout(Phase::WaitingForShadow, g);
+    let mut r = rollout(Phase::WaitingForShadow, g);
+    r.step = 0;
+    r.progressed = false;
     let none = StatsSnapshot::default();
     let report = |agreed, judged, since_ms| Agreement {
         compared: judged,
@@ -248,12 +250,72 @@ fn a_reset_shadow_report_starts_the_count_again() {
         stable: &none,
         shadow: Some(shadow),
     };
-    windows.look("m", &r, Duration::ZERO, &at(report(500, 500, 1)));
-    let (_, readings) = windows.look("m", &r, Duration::from_secs(1), &at(report(700, 800, 1)));
-    assert_eq!(readings.gates[0].candidate_n, 300, "since the window began");
-    let (_, readings) = windows.look("m", &r, Duration::from_secs(2), &at(report(40, 50, 2)));
+    let second = Duration::from_secs;
+    let (_, readings) = windows.look("m", &r, second(0), &at(report(500, 500, 1)));
+    assert_eq!(
+        readings.gates[0].candidate_n, 500,
+        "comparisons from before the rollout count"
+    );
+    let (_, readings) = windows.look("m", &r, second(1), &at(report(40, 50, 2)));
     assert_eq!(
         readings.gates[0].candidate_n, 50,
-        "everything since the reset"
+        "after a reset, everything since it"
     );
+    r.phase = Phase::Progressing;
+    r.progressed = true;
+    windows.look("m", &r, second(2), &at(report(100, 110, 2)));
+    let (_, readings) = windows.look("m", &r, second(3), &at(report(180, 200, 2)));
+    let shadow = readings
+        .gates
+        .iter()
+        .find(|g| g.gate == "shadow_agreement")
+        .unwrap();
+    assert_eq!(shadow.candidate_n, 90, "a step counts from its start");
+}
+
+#[test]
+fn a_hold_keeps_the_evidence_and_restarts_the_clock_but_a_resume_after_a_failure_starts_over() {
+    let mut windows = Windows::default();
+    let mut r = rollout(Phase::Progressing, gates());
+    let stable = requests(9_000, 0, 10.0, 20);
+    let mut candidate = requests(1_000, 0, 10.0, 21);
+    windows.look("m", &r, Duration::ZERO, &counters(&candidate, &stable));
+    candidate = grow(&candidate, 2_000, 10.0, 22);
+    r.phase = Phase::Paused;
+    r.held = true;
+    let (_, held) = windows.look(
+        "m",
+        &r,
+        Duration::from_secs(100),
+        &counters(&candidate, &stable),
+    );
+    assert_eq!((held.candidate_requests, held.elapsed_s), (2_000, 0.0));
+    r.phase = Phase::Progressing;
+    r.held = false;
+    let (_, resumed) = windows.look(
+        "m",
+        &r,
+        Duration::from_secs(130),
+        &counters(&candidate, &stable),
+    );
+    assert_eq!(
+        (resumed.candidate_requests, resumed.elapsed_s),
+        (2_000, 0.0)
+    );
+    // A failed gate took the share away: the resumed step starts over.
+    r.phase = Phase::Paused;
+    windows.look(
+        "m",
+        &r,
+        Duration::from_secs(140),
+        &counters(&candidate, &stable),
+    );
+    r.phase = Phase::Progressing;
+    let (_, again) = windows.look(
+        "m",
+        &r,
+        Duration::from_secs(150),
+        &counters(&candidate, &stable),
+    );
+    assert_eq!(again.candidate_requests, 0);
 }

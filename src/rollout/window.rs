@@ -1,11 +1,19 @@
-//! [`Windows`]: where each rollout's current window began, so every look
+//! [`Windows`]: where each rollout's evidence and clock began, so every look
 //! measures candidate and stable over the same stretch of time.
 //!
-//! A window is a step, the wait for shadow evidence, or a pause; a new one
-//! begins whenever the rollout's step or phase changes, from the counters at
-//! that moment. The clock is passed in, so the controller and the judgement
-//! harness (`loadtest judge`) drive the same code. Windows live in memory:
-//! after a restart a step's evidence counts from the restart.
+//! - The **evidence** of a step counts from the step's start, and keeps counting
+//!   through a hold or a person's pause (the candidate keeps its share, so its
+//!   samples stay one sequence and the gates' bounds stay valid). It starts over
+//!   only when the step does: when the rollout moves to another step, or is
+//!   resumed after a failed gate took the candidate's share away.
+//! - The **clock** (the step interval, `max_step_duration_s`) restarts whenever
+//!   the phase changes, so a resumed step gets its full time again.
+//! - Before the first step the shadow gate counts every comparison in the
+//!   candidate's shadow report since it was (re)started.
+//!
+//! The clock is passed in, so the controller and the judgement harness
+//! (`loadtest judge`) drive the same code. Windows live in memory: after a
+//! restart a step's evidence counts from the restart.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -31,12 +39,21 @@ pub struct Windows {
 }
 
 struct Window {
-    key: (u64, usize, Phase),
-    started: Duration,
+    id: u64,
+    step: usize,
+    /// Whether the window is a canary step's, not the wait for shadow evidence.
+    progressed: bool,
+    /// The phase last seen, and since when (the clock).
+    phase: Phase,
+    since: Duration,
+    /// Whether the candidate's share was taken away (a failed gate with
+    /// `on_failure = "pause"`): a resume then starts the step over.
+    share_taken: bool,
+    /// The counters when the step's evidence began.
     candidate: StatsSnapshot,
     stable: StatsSnapshot,
     shadow: Option<Agreement>,
-    /// Stable's requests in the latest window in which it served, for steps in
+    /// Stable's requests in the latest step in which it served, for steps in
     /// which it serves nothing.
     reference: (StatsSnapshot, StableWindow),
 }
@@ -51,11 +68,9 @@ impl Windows {
         now: Duration,
         counters: &Counters<'_>,
     ) -> (Option<Decision>, Readings) {
-        let key = (rollout.id, rollout.step, rollout.phase);
         let window = match self.models.remove(model) {
-            Some(old) if old.key == key => old,
-            Some(old) if old.key.0 == rollout.id => old.next(key, now, counters, rollout),
-            _ => Window::first(key, now, counters),
+            Some(old) if old.id == rollout.id => old.follow(rollout, now, counters),
+            _ => Window::first(rollout, now, counters),
         };
         let candidate = counters.candidate.since(&window.candidate);
         let stable_now = counters.stable.since(&window.stable);
@@ -68,7 +83,7 @@ impl Windows {
             .shadow
             .map(|now| shadow_since(window.shadow.as_ref(), &now));
         let evidence = Evidence {
-            elapsed: now.saturating_sub(window.started),
+            elapsed: now.saturating_sub(window.since),
             candidate: &candidate,
             stable,
             stable_window,
@@ -85,26 +100,50 @@ impl Windows {
     }
 }
 
+/// Whether the rollout is paused with the candidate's share taken away.
+fn share_taken(rollout: &Rollout) -> bool {
+    rollout.phase == Phase::Paused && !rollout.held
+}
+
 impl Window {
-    fn first(key: (u64, usize, Phase), now: Duration, counters: &Counters<'_>) -> Window {
+    /// A rollout's first window: stable's reference is all it served so far,
+    /// and a wait for shadow evidence counts the whole report.
+    fn first(rollout: &Rollout, now: Duration, counters: &Counters<'_>) -> Window {
+        let mut window = Window::starting(rollout, now, counters);
+        window.reference = (counters.stable.clone(), StableWindow::BeforeRollout);
+        if rollout.phase == Phase::WaitingForShadow {
+            window.shadow = None;
+        }
+        window
+    }
+
+    fn starting(rollout: &Rollout, now: Duration, counters: &Counters<'_>) -> Window {
         Window {
-            key,
-            started: now,
+            id: rollout.id,
+            step: rollout.step,
+            progressed: rollout.progressed,
+            phase: rollout.phase,
+            since: now,
+            share_taken: share_taken(rollout),
             candidate: counters.candidate.clone(),
             stable: counters.stable.clone(),
             shadow: counters.shadow,
-            reference: (counters.stable.clone(), StableWindow::BeforeRollout),
+            reference: (StatsSnapshot::default(), StableWindow::BeforeRollout),
         }
     }
 
-    /// The window after this one, in the same rollout.
-    fn next(
-        self,
-        key: (u64, usize, Phase),
-        now: Duration,
-        counters: &Counters<'_>,
-        rollout: &Rollout,
-    ) -> Window {
+    /// This window as the rollout is now: the same, with a new clock, or the
+    /// next step's.
+    fn follow(mut self, rollout: &Rollout, now: Duration, counters: &Counters<'_>) -> Window {
+        let same_step = self.step == rollout.step && self.progressed == rollout.progressed;
+        if same_step && !(self.share_taken && !share_taken(rollout)) {
+            if self.phase != rollout.phase {
+                self.phase = rollout.phase;
+                self.since = now;
+            }
+            self.share_taken = share_taken(rollout);
+            return self;
+        }
         let served = counters.stable.since(&self.stable);
         let reference = if served.requests >= rollout.plan.min_requests.max(1) {
             (served, StableWindow::EarlierStep)
@@ -113,7 +152,7 @@ impl Window {
         };
         Window {
             reference,
-            ..Window::first(key, now, counters)
+            ..Window::starting(rollout, now, counters)
         }
     }
 }

@@ -42,13 +42,16 @@ impl Default for RouteStats {
 }
 
 impl RouteStats {
-    /// Records one answered request. `error` is a 5xx or a transport failure.
+    /// Records one answered request. `error` is a 5xx or a transport failure;
+    /// its latency is left out, so a candidate that fails fast does not look
+    /// fast (the error gate judges failures).
     pub fn record(&self, error: bool, elapsed: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.latency[bucket(elapsed)].fetch_add(1, Ordering::Relaxed);
         }
-        self.latency[bucket(elapsed)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request already recorded as answered whose body then failed.
@@ -84,8 +87,11 @@ impl StatsSnapshot {
     /// Adds one request, as [`RouteStats::record`] does (for simulations).
     pub fn record(&mut self, error: bool, elapsed: Duration) {
         self.requests += 1;
-        self.errors += u64::from(error);
-        self.latency[bucket(elapsed)] += 1;
+        if error {
+            self.errors += 1;
+        } else {
+            self.latency[bucket(elapsed)] += 1;
+        }
     }
 
     /// Both snapshots' requests together.
@@ -120,7 +126,7 @@ impl StatsSnapshot {
         (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
     }
 
-    /// Latency samples in the snapshot.
+    /// Latency samples in the snapshot: the requests that did not fail.
     pub fn samples(&self) -> u64 {
         self.latency.iter().sum()
     }
@@ -213,13 +219,13 @@ mod tests {
             );
         }
         let step = stats.snapshot().since(&start);
-        assert_eq!((step.requests, step.errors, step.samples()), (100, 5, 100));
+        assert_eq!((step.requests, step.errors, step.samples()), (100, 5, 95));
         assert_eq!(step.error_rate(), Some(0.05));
         let p50 = step.quantile(0.5).unwrap().as_micros();
         assert!((985..=1_016).contains(&p50), "{p50}");
-        let (low, high) = step.rank_range(100).unwrap();
+        let (low, high) = step.rank_range(95).unwrap();
         assert!(low <= Duration::from_millis(50) && Duration::from_millis(50) <= high);
-        assert_eq!(step.rank_range(101), None);
+        assert_eq!(step.rank_range(96), None);
         let empty = RouteStats::default().snapshot();
         assert_eq!((empty.quantile(0.99), empty.rank_range(1)), (None, None));
     }

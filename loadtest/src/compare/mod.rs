@@ -194,13 +194,7 @@ impl Context {
 pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
     let exe = std::env::current_exe()
         .map_err(|source| CompareError::io("locating this executable", source))?;
-    let stagegate = args
-        .stagegate
-        .clone()
-        .unwrap_or_else(|| exe.with_file_name("stagegate"));
-    if !stagegate.is_file() {
-        return Err(CompareError::NoStagegate(stagegate));
-    }
+    let stagegate = procs::stagegate_binary(args.stagegate.as_deref())?;
     // Before pinning this process, which would make it see one core.
     let machine = machine();
     let (pin, placement) = pinning(machine.nproc);

@@ -90,6 +90,20 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
+/// The stagegate binary: `explicit`, or `stagegate` next to this executable.
+pub fn stagegate_binary(explicit: Option<&Path>) -> Result<PathBuf, CompareError> {
+    let stagegate = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()
+            .map_err(|source| CompareError::io("locating this executable", source))?
+            .with_file_name("stagegate"),
+    };
+    if !stagegate.is_file() {
+        return Err(CompareError::NoStagegate(stagegate));
+    }
+    Ok(stagegate)
+}
+
 /// A port that was free a moment ago on 127.0.0.1 (bound to port 0, then closed).
 pub fn free_addr() -> Result<SocketAddr, CompareError> {
     let listener = TcpListener::bind("127.0.0.1:0")

@@ -24,8 +24,13 @@ pub struct Version {
     /// Requests slower than the shape's 95th percentile, times this.
     pub tail_slowdown: f64,
     pub error_rate: f64,
-    /// From the middle of each step interval on, latency times this.
-    pub shift_mid_step: f64,
+    /// From the middle of the first step interval on, latency times this.
+    pub shift: f64,
+    /// Stop-the-world pauses (a garbage collector) per second, each holding
+    /// every request in flight for `stall_ms`: slow answers in bursts, not
+    /// one at a time.
+    pub stalls_per_s: f64,
+    pub stall_ms: f64,
 }
 
 /// Error rate of every stable version: 0.1%.
@@ -38,13 +43,22 @@ impl Version {
             slowdown: 1.0,
             tail_slowdown: 1.0,
             error_rate: STABLE_ERROR_RATE,
-            shift_mid_step: 1.0,
+            shift: 1.0,
+            stalls_per_s: 0.0,
+            stall_ms: 0.0,
         }
     }
 
-    /// One request: whether it failed and how long it took. `late` is whether
-    /// the step is past the middle of its interval.
-    pub fn request(&self, rng: &mut Rng, late: bool) -> (bool, Duration) {
+    /// One request: whether it failed and how long it took. `shifted` is
+    /// whether the shift has begun, `stalled_ms` how long a pause in progress
+    /// holds it, `cost` its user's factor.
+    pub fn request(
+        &self,
+        rng: &mut Rng,
+        shifted: bool,
+        stalled_ms: f64,
+        cost: f64,
+    ) -> (bool, Duration) {
         let (base, tail) = match self.shape {
             Shape::Spiky => {
                 let base = lognormal(rng, 20.0, 0.5);
@@ -57,13 +71,14 @@ impl Version {
                 (base, slow && base > 60.0 * 1.224)
             }
         };
-        let mut ms = base * self.slowdown;
+        let mut ms = base * self.slowdown * cost;
         if tail {
             ms *= self.tail_slowdown;
         }
-        if late {
-            ms *= self.shift_mid_step;
+        if shifted {
+            ms *= self.shift;
         }
+        ms += stalled_ms;
         (
             rng.f64() < self.error_rate,
             Duration::from_secs_f64(ms / 1000.0),
@@ -78,6 +93,16 @@ fn lognormal(rng: &mut Rng, median_ms: f64, sigma: f64) -> f64 {
     median_ms * (sigma * z).exp()
 }
 
+/// A fixed pool of users, each sending requests of its own cost: the canary's
+/// sticky split then compares two groups of users, not two random halves of
+/// the requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Users {
+    pub count: usize,
+    /// Each user's requests take a lognormal factor of this sigma.
+    pub cost_sigma: f64,
+}
+
 /// A kind of rollout: the stable version and the candidate.
 #[derive(Debug, Clone, Copy)]
 pub struct Case {
@@ -86,6 +111,8 @@ pub struct Case {
     pub candidate: Version,
     /// Whether a candidate like this one should be promoted.
     pub good: bool,
+    /// `None`: every request from a new user.
+    pub users: Option<Users>,
 }
 
 fn case(name: &'static str, shape: Shape, good: bool, change: impl Fn(&mut Version)) -> Case {
@@ -97,6 +124,38 @@ fn case(name: &'static str, shape: Shape, good: bool, change: impl Fn(&mut Versi
         stable,
         candidate,
         good,
+        users: None,
+    }
+}
+
+/// Stop-the-world pauses of one version, as a Poisson process in time.
+#[derive(Debug, Default)]
+pub struct Stalls {
+    /// Pauses that began in this tick or still last into it: `(start, end)` in
+    /// seconds.
+    current: Vec<(f64, f64)>,
+}
+
+impl Stalls {
+    /// Draws the pauses beginning in `[start, start + tick)`.
+    pub fn next_tick(&mut self, version: &Version, rng: &mut Rng, start: f64, tick: f64) {
+        self.current.retain(|&(_, end)| end > start);
+        if version.stalls_per_s <= 0.0 {
+            return;
+        }
+        for _ in 0..super::poisson(rng, version.stalls_per_s * tick) {
+            let at = start + rng.f64() * tick;
+            self.current.push((at, at + version.stall_ms / 1000.0));
+        }
+    }
+
+    /// How long a request arriving at `t` waits for a pause in progress, in ms.
+    pub fn held_ms(&self, t: f64) -> f64 {
+        self.current
+            .iter()
+            .filter(|&&(start, end)| start <= t && t < end)
+            .map(|&(_, end)| (end - t) * 1000.0)
+            .fold(0.0, f64::max)
     }
 }
 
@@ -108,31 +167,52 @@ pub fn all() -> Vec<Case> {
         true,
         |_| {},
     );
-    stable_slows.stable.shift_mid_step = 1.3;
+    stable_slows.stable.shift = 1.3;
+    let mut both_shift = case(
+        "identical, both 1.5x slower mid-step",
+        Shape::Spiky,
+        true,
+        |c| c.shift = 1.5,
+    );
+    both_shift.stable.shift = 1.5;
+    let stalls = |v: &mut Version| {
+        v.stalls_per_s = 0.5;
+        v.stall_ms = 80.0;
+    };
+    let mut stalling = case(
+        "identical, bursts: 80 ms pauses of all in flight, 0.5/s",
+        Shape::Spiky,
+        true,
+        stalls,
+    );
+    stalls(&mut stalling.stable);
+    let mut users = case(
+        "identical, 300 sticky users of varying cost (sigma 0.3)",
+        Shape::Spiky,
+        true,
+        |_| {},
+    );
+    users.users = Some(Users {
+        count: 300,
+        cost_sigma: 0.3,
+    });
     // Stable getting faster is a candidate getting slower by comparison: 1.33x
-    // for the rest of the step, within the 1.5x p99 limit but close to it.
+    // from mid-step on, within the 1.5x p99 limit but close to it.
     let mut stable_speeds = case(
         "stable 25% faster mid-step (1.33x by comparison)",
         Shape::Spiky,
         true,
         |_| {},
     );
-    stable_speeds.stable.shift_mid_step = 0.75;
-    let mut both_shift = case(
-        "identical, both 1.5x slower mid-step",
-        Shape::Spiky,
-        true,
-        |c| {
-            c.shift_mid_step = 1.5;
-        },
-    );
-    both_shift.stable.shift_mid_step = 1.5;
+    stable_speeds.stable.shift = 0.75;
     vec![
         case("identical (lognormal, spikes)", Shape::Spiky, true, |_| {}),
         case("identical (bimodal)", Shape::Bimodal, true, |_| {}),
         stable_slows,
-        stable_speeds,
         both_shift,
+        stalling,
+        users,
+        stable_speeds,
         case("1.2x slower", Shape::Spiky, true, |c| c.slowdown = 1.2),
         case("+0.5% errors", Shape::Spiky, true, |c| {
             c.error_rate += 0.005
@@ -151,6 +231,13 @@ pub fn all() -> Vec<Case> {
     ]
 }
 
+/// A user pool: each user's bucket in the sticky split (0-1) and cost factor.
+pub fn user_pool(users: Users, rng: &mut Rng) -> Vec<(f64, f64)> {
+    (0..users.count)
+        .map(|_| (rng.f64(), lognormal(rng, 1.0, users.cost_sigma)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,7 +245,7 @@ mod tests {
     fn p(version: &Version, q: f64) -> f64 {
         let mut rng = Rng::with_seed(1);
         let mut samples: Vec<f64> = (0..100_000)
-            .map(|_| version.request(&mut rng, false).1.as_secs_f64())
+            .map(|_| version.request(&mut rng, false, 0.0, 1.0).1.as_secs_f64())
             .collect();
         samples.sort_by(f64::total_cmp);
         samples[(q * samples.len() as f64) as usize]
@@ -183,5 +270,26 @@ mod tests {
                 ratio(0.99)
             );
         }
+    }
+
+    #[test]
+    fn a_stall_holds_every_request_in_flight_until_it_ends() {
+        let mut version = Version::stable(Shape::Spiky);
+        version.stall_ms = 100.0;
+        let mut stalls = Stalls {
+            current: vec![(10.4, 10.5)],
+        };
+        assert!((stalls.held_ms(10.45) - 50.0).abs() < 1e-6);
+        assert_eq!((stalls.held_ms(10.3), stalls.held_ms(10.5)), (0.0, 0.0));
+        let mut rng = Rng::with_seed(2);
+        version.stalls_per_s = 20.0;
+        stalls.next_tick(&version, &mut rng, 11.0, 1.0);
+        assert!(
+            stalls
+                .current
+                .iter()
+                .all(|&(start, end)| start >= 11.0 && end - start > 0.099)
+        );
+        assert!(!stalls.current.is_empty(), "about 20 pauses drawn");
     }
 }

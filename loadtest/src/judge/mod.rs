@@ -36,8 +36,8 @@ pub struct JudgeArgs {
     pub steps: Vec<f64>,
     #[arg(long, default_value = "30")]
     pub step_interval_s: f64,
-    /// Seconds between two looks (the gateway's controller looks every 0.1 s).
-    #[arg(long, default_value = "1")]
+    /// Seconds between two looks, as the gateway's controller does.
+    #[arg(long, default_value = "0.1")]
     pub tick_s: f64,
     /// Also judge every step's latency median (`max_latency_increase`).
     #[arg(long)]
@@ -111,7 +111,11 @@ fn judge_case(args: &JudgeArgs, plan: &Plan, case: Case) -> Tally {
             .collect();
         workers
             .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
+            // A worker that panicked has a bug to show, not rollouts to drop.
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
             .collect()
     });
     Tally::of(case, outcomes)
@@ -120,9 +124,94 @@ fn judge_case(args: &JudgeArgs, plan: &Plan, case: Case) -> Tally {
 /// Requests stable served before the rollout began: a minute at the full rate.
 const HISTORY_S: f64 = 60.0;
 
-/// One rollout from its start to promotion, rollback or hold.
+/// Who sends a request: its bucket in the sticky split and its cost factor.
+struct Senders {
+    pool: Vec<(f64, f64)>,
+}
+
+impl Senders {
+    fn new(case: &Case, rng: &mut Rng) -> Senders {
+        Senders {
+            pool: case
+                .users
+                .map(|u| cases::user_pool(u, rng))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn pick(&self, rng: &mut Rng) -> (f64, f64) {
+        if self.pool.is_empty() {
+            (rng.f64(), 1.0)
+        } else {
+            self.pool[rng.usize(..self.pool.len())]
+        }
+    }
+}
+
+/// The simulated traffic and time of one rollout.
+struct World<'a> {
+    args: &'a JudgeArgs,
+    case: &'a Case,
+    rng: Rng,
+    senders: Senders,
+    stalls: [cases::Stalls; 2],
+    candidate: StatsSnapshot,
+    stable: StatsSnapshot,
+    now: f64,
+}
+
+impl World<'_> {
+    /// One tick of traffic at `weight` (0-1) to the candidate.
+    fn tick(&mut self, weight: f64, shifted: bool) {
+        let tick = self.args.tick_s;
+        for (stalls, version) in self
+            .stalls
+            .iter_mut()
+            .zip([&self.case.stable, &self.case.candidate])
+        {
+            stalls.next_tick(version, &mut self.rng, self.now, tick);
+        }
+        for _ in 0..poisson(&mut self.rng, self.args.rate * tick) {
+            let (bucket, cost) = self.senders.pick(&mut self.rng);
+            let at = self.now + self.rng.f64() * tick;
+            let to_candidate = bucket < weight;
+            let version = if to_candidate {
+                &self.case.candidate
+            } else {
+                &self.case.stable
+            };
+            let stalled = self.stalls[usize::from(to_candidate)].held_ms(at);
+            let (error, latency) = version.request(&mut self.rng, shifted, stalled, cost);
+            let route = if to_candidate {
+                &mut self.candidate
+            } else {
+                &mut self.stable
+            };
+            route.record(error, latency);
+        }
+        self.now += tick;
+    }
+}
+
+/// One rollout from its start to promotion, rollback or hold. A held rollout
+/// keeps its candidate's share and its gates armed, as in the gateway, for
+/// another `max_step_duration_s`: a failure then still counts.
 fn simulate(args: &JudgeArgs, plan: &Plan, case: &Case, seed: u64) -> Outcome {
     let mut rng = Rng::with_seed(seed);
+    let senders = Senders::new(case, &mut rng);
+    let mut world = World {
+        args,
+        case,
+        rng,
+        senders,
+        stalls: Default::default(),
+        candidate: StatsSnapshot::default(),
+        stable: StatsSnapshot::default(),
+        now: -HISTORY_S,
+    };
+    while world.now < 0.0 {
+        world.tick(0.0, false);
+    }
     let mut rollout = Rollout {
         id: 1,
         candidate: "2".into(),
@@ -136,50 +225,35 @@ fn simulate(args: &JudgeArgs, plan: &Plan, case: &Case, seed: u64) -> Outcome {
         progressed: true,
         salt: seed,
     };
-    let (mut candidate, mut stable) = (StatsSnapshot::default(), StatsSnapshot::default());
-    for _ in 0..poisson(&mut rng, args.rate * HISTORY_S) {
-        let (error, latency) = case.stable.request(&mut rng, false);
-        stable.record(error, latency);
-    }
     let mut windows = Windows::default();
-    let (mut now, mut step_started) = (0.0, 0.0);
+    let mut held_until = None;
     let give_up = plan.max_step_duration_s() * (plan.steps.len() as f64 + 1.0);
-    while now < give_up {
-        let weight = rollout.weight() / 100.0;
-        let late = now - step_started >= plan.step_interval_s / 2.0;
-        for _ in 0..poisson(&mut rng, args.rate * args.tick_s) {
-            let (version, route) = if rng.f64() < weight {
-                (&case.candidate, &mut candidate)
-            } else {
-                (&case.stable, &mut stable)
-            };
-            let (error, latency) = version.request(&mut rng, late);
-            route.record(error, latency);
-        }
-        now += args.tick_s;
+    while world.now < held_until.unwrap_or(give_up) {
+        let shifted = world.now >= plan.step_interval_s / 2.0;
+        world.tick(rollout.weight() / 100.0, shifted);
         let counters = Counters {
-            candidate: &candidate,
-            stable: &stable,
+            candidate: &world.candidate,
+            stable: &world.stable,
             shadow: None,
         };
-        let (decision, _) = windows.look("m", &rollout, Duration::from_secs_f64(now), &counters);
-        match decision {
+        let now = Duration::from_secs_f64(world.now);
+        match windows.look("m", &rollout, now, &counters).0 {
             Some(Decision::Advance { .. }) if rollout.step + 1 < plan.steps.len() => {
                 rollout.step += 1;
-                step_started = now;
             }
-            Some(Decision::Advance { .. }) => return Outcome::Promoted { after_s: now },
+            Some(Decision::Advance { .. }) => return Outcome::Promoted { after_s: world.now },
             Some(Decision::Fail { failure, at_step }) => {
                 return Outcome::RolledBack {
                     step: at_step.unwrap_or(0),
                     gate: failure.gate,
-                    after_s: now,
+                    after_s: world.now,
+                    while_held: rollout.held,
                 };
             }
-            Some(Decision::Hold { at_step }) => {
-                return Outcome::Held {
-                    step: at_step.unwrap_or(0),
-                };
+            Some(Decision::Hold { .. }) => {
+                rollout.phase = Phase::Paused;
+                rollout.held = true;
+                held_until = Some(world.now + plan.max_step_duration_s());
             }
             _ => {}
         }
@@ -201,4 +275,77 @@ fn poisson(rng: &mut Rng, mean: f64) -> u64 {
         count += 1;
     }
     count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        judge: JudgeArgs,
+    }
+
+    fn args(extra: &[&str]) -> JudgeArgs {
+        let argv = ["judge"].iter().chain(extra).copied();
+        Cli::parse_from(argv).judge
+    }
+
+    fn case(name: &str) -> Case {
+        cases::all()
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no case {name:?}"))
+    }
+
+    #[test]
+    fn seeded_rollouts_end_the_same_way_every_time() {
+        let args = args(&["--rate", "1000", "--step-interval-s", "10"]);
+        let plan = args.plan();
+        let good = simulate(&args, &plan, &case("identical (bimodal)"), 7);
+        assert!(matches!(good, Outcome::Promoted { .. }), "{good:?}");
+        assert_eq!(
+            good,
+            simulate(&args, &plan, &case("identical (bimodal)"), 7)
+        );
+        let failing = simulate(&args, &plan, &case("+5% errors"), 7);
+        assert!(
+            matches!(&failing, Outcome::RolledBack { step: 0, gate, while_held: false, .. } if gate == "error_rate"),
+            "{failing:?}"
+        );
+    }
+
+    #[test]
+    fn a_rollout_with_too_little_traffic_is_held_not_promoted() {
+        let args = args(&["--rate", "2", "--step-interval-s", "5"]);
+        let held = simulate(&args, &args.plan(), &case("identical (bimodal)"), 1);
+        assert_eq!(held, Outcome::Held { step: 0 });
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(matches!(
+            run(&args(&["--steps", "50,25"])),
+            Err(JudgeError::Plan(_))
+        ));
+        assert!(matches!(
+            run(&args(&["--rate", "0"])),
+            Err(JudgeError::Pace { .. })
+        ));
+    }
+
+    #[test]
+    fn poisson_draws_have_the_asked_mean() {
+        let mut rng = Rng::with_seed(3);
+        for mean in [0.5, 20.0, 200.0] {
+            let total: u64 = (0..4_000).map(|_| poisson(&mut rng, mean)).sum();
+            let measured = total as f64 / 4_000.0;
+            assert!(
+                (measured - mean).abs() < 0.05 * mean + 0.05,
+                "{mean}: {measured}"
+            );
+        }
+    }
 }

@@ -17,6 +17,8 @@ pub enum Outcome {
         step: usize,
         gate: String,
         after_s: f64,
+        /// After the step was held for want of evidence.
+        while_held: bool,
     },
     /// Held for want of evidence at `step` (0-based).
     Held {
@@ -57,10 +59,12 @@ impl Tally {
                 step,
                 gate,
                 after_s,
+                while_held,
             } = outcome
             {
                 *steps.entry(step + 1).or_default() += 1;
-                *gates.entry(gate.clone()).or_default() += 1;
+                let held = if *while_held { " while held" } else { "" };
+                *gates.entry(format!("{gate}{held}")).or_default() += 1;
                 times.push(*after_s);
             }
         }
@@ -77,10 +81,11 @@ impl Tally {
         steps
     }
 
-    /// Stopped at the first step: rolled back or held there.
+    /// Rolled back at the first step (a hold there keeps the candidate's
+    /// share, so it does not count as stopped).
     pub fn stopped_at_first_step(&self) -> usize {
         let (rolled, _, _) = self.rollbacks();
-        rolled.get(&1).copied().unwrap_or(0) + self.held().get(&1).copied().unwrap_or(0)
+        rolled.get(&1).copied().unwrap_or(0)
     }
 
     fn row(&self) -> String {
@@ -181,7 +186,7 @@ pub fn render(args: &JudgeArgs, plan: &Plan, tallies: &[Tally]) -> String {
                 Some((
                     stopped * 100 >= total * 99,
                     format!(
-                        "stopped at the first step {} (target at least 99%)",
+                        "rolled back at the first step {} (target at least 99%)",
                         percent(stopped, total)
                     ),
                 ))
@@ -198,4 +203,36 @@ pub fn render(args: &JudgeArgs, plan: &Plan, tallies: &[Tally]) -> String {
 
 fn number(value: Option<f64>) -> String {
     value.map_or_else(|| "off".into(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::cases;
+
+    #[test]
+    fn a_row_counts_outcomes_by_step_and_gate_and_checks_the_targets() {
+        let slow = cases::all()
+            .into_iter()
+            .find(|c| c.name == "2x slower")
+            .unwrap();
+        let rolled = |step, while_held| Outcome::RolledBack {
+            step,
+            gate: "p99_ratio".into(),
+            after_s: 40.0,
+            while_held,
+        };
+        let outcomes = vec![
+            rolled(0, false),
+            rolled(0, true),
+            rolled(1, false),
+            Outcome::Held { step: 0 },
+        ];
+        let tally = Tally::of(slow, outcomes);
+        assert_eq!(tally.stopped_at_first_step(), 2, "a hold is not a stop");
+        assert_eq!(
+            tally.row(),
+            "| 2x slower | stop | 0.0% | - | 75.0% (2 at 1, 1 at 2) | 40 s | p99_ratio 2, p99_ratio while held 1 | 25.0% (1 at 1) |"
+        );
+    }
 }

@@ -64,7 +64,33 @@ struct Ended {
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(200);
 
+/// Runs the rollouts and prints the table.
 pub fn run(args: &RolloutsArgs) -> Result<(), CompareError> {
+    let measured = measure(args)?;
+    println!("{}", table(args, &measured));
+    Ok(())
+}
+
+/// What the rollouts of one run came to.
+pub struct Measured {
+    ended: Vec<Ended>,
+    sent: traffic::Sent,
+}
+
+impl Measured {
+    /// How each rollout ended, in order: the candidate kind's name, the phase
+    /// (`succeeded`, `rolled_back` or `held`), the step (1-based) and the gate
+    /// that failed, if one did.
+    pub fn outcomes(&self) -> Vec<(&'static str, &str, u64, Option<&str>)> {
+        self.ended
+            .iter()
+            .map(|e| (e.kind.name(), e.phase.as_str(), e.step, e.gate.as_deref()))
+            .collect()
+    }
+}
+
+/// Runs the rollouts under traffic, reporting each on stderr as it ends.
+pub fn measure(args: &RolloutsArgs) -> Result<Measured, CompareError> {
     let fleet = Fleet::start(args)?;
     let traffic = traffic::Traffic::start(fleet.infer_url(), args.clients.get())?;
     let mut ended = Vec::new();
@@ -89,8 +115,7 @@ pub fn run(args: &RolloutsArgs) -> Result<(), CompareError> {
         ended.push(one);
     }
     let sent = traffic.stop();
-    println!("{}", table(args, &ended, &sent));
-    Ok(())
+    Ok(Measured { ended, sent })
 }
 
 /// Starts a rollout of `kind`'s candidate and follows it to its end.
@@ -105,8 +130,17 @@ fn roll_out(fleet: &Fleet, kind: Kind, index: usize) -> Result<Ended, CompareErr
         )));
     }
     let began = Instant::now();
+    // Every step may wait its longest, and then some.
+    let steps = fleet.steps() as f64 + 1.0;
+    let deadline = Duration::from_secs_f64(fleet.max_step_duration_s() * steps + 60.0);
     loop {
         thread::sleep(POLL);
+        if began.elapsed() > deadline {
+            return Err(CompareError::Admin(format!(
+                "rollout #{} did not end within {deadline:?}",
+                index + 1
+            )));
+        }
         let status = fleet.admin("GET", "/rollout", None)?;
         let phase = status["phase"].as_str().unwrap_or("").to_string();
         if !matches!(
@@ -135,7 +169,8 @@ fn roll_out(fleet: &Fleet, kind: Kind, index: usize) -> Result<Ended, CompareErr
     }
 }
 
-fn table(args: &RolloutsArgs, ended: &[Ended], sent: &traffic::Sent) -> String {
+fn table(args: &RolloutsArgs, measured: &Measured) -> String {
+    let (ended, sent) = (&measured.ended, &measured.sent);
     let mut out = format!(
         "stagegate in front of Python model servers (median {} ms, lognormal, 0.5% pauses of 10x, 0.1% errors), \
          {} closed-loop clients with sticky user ids ({} requests, {:.0} req/s, {} not 200), \

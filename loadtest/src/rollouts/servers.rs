@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{RolloutsArgs, admin_call};
 use crate::compare::CompareError;
 use crate::compare::backends::spawn_announcing;
-use crate::compare::procs::{ProcessGuard, free_addr};
+use crate::compare::procs::{ProcessGuard, free_addr, stagegate_binary};
 
 /// The kinds of candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,8 @@ impl Kind {
 pub struct Fleet {
     data: SocketAddr,
     admin: SocketAddr,
+    steps: usize,
+    max_step_duration_s: f64,
     _dir: tempfile::TempDir,
     _gateway: ProcessGuard,
     _servers: Vec<ProcessGuard>,
@@ -52,15 +54,7 @@ fn script() -> PathBuf {
 
 impl Fleet {
     pub fn start(args: &RolloutsArgs) -> Result<Fleet, CompareError> {
-        let exe = std::env::current_exe()
-            .map_err(|source| CompareError::io("locating this executable", source))?;
-        let stagegate = args
-            .stagegate
-            .clone()
-            .unwrap_or_else(|| exe.with_file_name("stagegate"));
-        if !stagegate.is_file() {
-            return Err(CompareError::NoStagegate(stagegate));
-        }
+        let stagegate = stagegate_binary(args.stagegate.as_deref())?;
         let median = args.median_ms.to_string();
         let mut servers = Vec::new();
         let mut endpoints = Vec::new();
@@ -100,6 +94,8 @@ impl Fleet {
         let fleet = Fleet {
             data,
             admin,
+            steps: args.steps.len(),
+            max_step_duration_s: args.max_step_duration_s,
             _dir: dir,
             _gateway: gateway,
             _servers: servers,
@@ -122,6 +118,14 @@ impl Fleet {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    pub fn max_step_duration_s(&self) -> f64 {
+        self.max_step_duration_s
     }
 
     pub fn infer_url(&self) -> String {
@@ -204,4 +208,51 @@ fn config_text(
         args.max_step_duration_s
     ));
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        rollouts: RolloutsArgs,
+    }
+
+    #[test]
+    fn the_gateway_config_is_valid_and_holds_the_plan() {
+        let args = Cli::parse_from([
+            "rollouts",
+            "--steps",
+            "10,100",
+            "--max-step-duration-s",
+            "90",
+        ])
+        .rollouts;
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let endpoints = [
+            ("a", addr(1)),
+            ("b", addr(2)),
+            ("slow", addr(3)),
+            ("failing", addr(4)),
+        ];
+        let text = config_text(
+            &args,
+            addr(8080),
+            addr(8081),
+            Path::new("/tmp/x"),
+            &endpoints,
+        );
+        let config = stagegate::config::Config::parse(&text, "rollouts").unwrap();
+        let model = &config.models[0];
+        assert_eq!(model.production().map(|v| v.version.as_str()), Some("a"));
+        assert_eq!(model.versions.len(), 4);
+        let plan = &model.rollout_defaults;
+        assert_eq!(
+            (plan.steps.clone(), plan.max_step_duration_s()),
+            (vec![10.0, 100.0], 90.0)
+        );
+    }
 }
