@@ -120,7 +120,7 @@ impl Mixture {
         let lower = if plausible(0.0) {
             0.0
         } else {
-            bisect(0.0, estimate, |p| plausible(p))
+            bisect(0.0, estimate, plausible)
         };
         let upper = if plausible(1.0) {
             1.0

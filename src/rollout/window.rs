@@ -136,7 +136,8 @@ impl Window {
     /// next step's.
     fn follow(mut self, rollout: &Rollout, now: Duration, counters: &Counters<'_>) -> Window {
         let same_step = self.step == rollout.step && self.progressed == rollout.progressed;
-        if same_step && !(self.share_taken && !share_taken(rollout)) {
+        let restarted = self.share_taken && !share_taken(rollout);
+        if same_step && !restarted {
             if self.phase != rollout.phase {
                 self.phase = rollout.phase;
                 self.since = now;
