@@ -519,3 +519,40 @@ async fn a_step_without_enough_evidence_is_held_never_passed() {
         .json();
     assert_eq!(model["production"], "2", "nothing was promoted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_limits_are_numbers_or_off_and_a_limit_of_zero_is_refused() {
+    let (prod, cand) = (
+        FakeUpstream::start("v2").await,
+        FakeUpstream::start("v3").await,
+    );
+    let gateway = common::gateway(&config(&prod.url(), &cand.url(), "")).await;
+    let zero = start(&gateway, fast_plan(json!({ "max_error_rate": 0 }))).await;
+    assert_eq!(
+        (zero.status, zero.code().as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let message = zero.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("max_error_rate: must be greater than 0") && message.contains("\"off\""),
+        "{message}"
+    );
+    let word = start(&gateway, fast_plan(json!({ "max_p99_ratio": "none" }))).await;
+    assert_eq!(word.status, StatusCode::BAD_REQUEST);
+    let off = start(
+        &gateway,
+        fast_plan(
+            json!({ "max_p99_ratio": "off", "step_interval_s": 3600, "max_step_duration_s": 7200 }),
+        ),
+    )
+    .await;
+    assert_eq!(off.status, StatusCode::CREATED, "{:?}", off.json());
+    let gates = &off.json()["record"]["rollout"]["plan"]["gates"];
+    assert_eq!(
+        (
+            gates["max_p99_ratio"].is_null(),
+            gates["max_error_rate"].as_f64()
+        ),
+        (true, Some(0.05))
+    );
+}

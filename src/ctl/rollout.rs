@@ -91,7 +91,10 @@ fn gate_limit(text: &str) -> Result<Value, String> {
         .map_err(|_| format!("{text:?} is not a number or \"off\""))
 }
 
-pub(super) async fn rollout(client: &AdminClient, action: &RolloutAction) -> Result<Value, CtlError> {
+pub(super) async fn rollout(
+    client: &AdminClient,
+    action: &RolloutAction,
+) -> Result<Value, CtlError> {
     let models = "/api/v1/models";
     let (model, name, reason) = match action {
         RolloutAction::Status { model } => {
@@ -140,7 +143,6 @@ pub(super) async fn rollout(client: &AdminClient, action: &RolloutAction) -> Res
         )
         .await
 }
-
 
 #[cfg(test)]
 mod tests {
