@@ -52,13 +52,17 @@ pub async fn run(
         "max_step_duration_s": 30,
         "min_requests": 50,
         "max_error_rate": 0.02,
-        "max_p99_ratio": 5.0,
+        // The demo's models answer in microseconds, where a busy machine's
+        // scheduler makes the tail a cliff that takes many thousands of
+        // requests to bound; the median shows a slow candidate in seconds.
+        "max_p99_ratio": "off",
+        "max_latency_increase": 1.0,
         "reason": "demo: retrained on November data",
     });
     out(
         "starting a rollout of version 3: 10% -> 50% -> 100%, at least 2 s and 50 requests per step; \
          a step passes once its gates show, at 99% confidence, errors within 2 points of stable's \
-         and p99 within 5x stable's",
+         and a median latency at most twice stable's",
     );
     let started = call(
         &client,
