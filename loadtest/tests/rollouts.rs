@@ -53,6 +53,8 @@ fn a_failing_candidate_behind_the_real_binary_is_stopped_at_the_first_step() {
         "2",
         "--max-step-duration-s",
         "60",
+        "--between-s",
+        "1",
     ])
     .rollouts;
     let measured = match measure(&args) {

@@ -116,10 +116,16 @@ impl Controller {
         let mut decisions = Vec::new();
         let mut live = Vec::new();
         for model in &table.catalog().models {
-            let Some(rollout) = model.rollout.as_ref().filter(|r| !r.phase.is_final()) else {
+            let Some(routes) = table.model(&model.name) else {
                 continue;
             };
-            let Some(routes) = table.model(&model.name) else {
+            let Some(rollout) = model.rollout.as_ref().filter(|r| !r.phase.is_final()) else {
+                // No rollout: keep production's record for the next one.
+                if let Some(production) = routes.production() {
+                    let stats = || production.stats.snapshot();
+                    self.windows
+                        .remember(&model.name, production.version(), now, stats);
+                }
                 continue;
             };
             live.push(model.name.clone());
@@ -135,7 +141,11 @@ impl Controller {
             }
             self.readings.set(&model.name, readings);
         }
-        self.windows.retain(|model| live.iter().any(|m| m == model));
+        let models = &table.catalog().models;
+        self.windows.retain(
+            |model| live.iter().any(|m| m == model),
+            |model| models.iter().any(|m| m.name == model),
+        );
         decisions
     }
 
@@ -153,13 +163,11 @@ impl Controller {
                 .map_or_else(StatsSnapshot::default, |r| r.stats.snapshot())
         };
         let candidate = snapshot(ServedStage::Canary, &rollout.candidate);
-        let stable = routes
-            .production()
-            .map_or_else(StatsSnapshot::default, |p| {
-                snapshot(ServedStage::Production, p.version())
-            });
+        let stable_version = routes.production().map_or("", |p| p.version());
+        let stable = snapshot(ServedStage::Production, stable_version);
         let counters = Counters {
             candidate: &candidate,
+            stable_version,
             stable: &stable,
             shadow: routes
                 .shadow()

@@ -25,11 +25,12 @@ use super::gates::{self, LatencyLimit, Risk};
 pub enum StableWindow {
     /// Stable's requests in the same step, on the same clock.
     ThisStep,
-    /// At 100% stable serves nothing: its requests in the latest earlier step
-    /// (or the wait for shadow evidence) of this rollout.
-    EarlierStep,
-    /// At 100% with no earlier window: everything stable served before.
+    /// At 100% stable serves nothing: its record from before the rollout, when
+    /// it served all traffic as the candidate now does.
     BeforeRollout,
+    /// At 100%, when that record is the shorter: stable's requests in the step
+    /// before.
+    EarlierStep,
 }
 
 /// Shadow comparisons of the candidate in the window.

@@ -174,6 +174,7 @@ fn held_rollouts_keep_their_gates_armed_and_finished_ones_are_left_alone() {
 fn counters<'a>(candidate: &'a StatsSnapshot, stable: &'a StatsSnapshot) -> Counters<'a> {
     Counters {
         candidate,
+        stable_version: "2",
         stable,
         shadow: None,
     }
@@ -185,13 +186,20 @@ fn grow(total: &StatsSnapshot, n: u64, median_ms: f64, seed: u64) -> StatsSnapsh
 }
 
 #[test]
-fn windows_measure_each_step_from_its_start_and_at_full_weight_use_the_last_stable_step() {
+fn windows_measure_each_step_from_its_start_and_at_full_weight_use_stables_record() {
     let mut windows = Windows::default();
+    let at = Duration::from_secs;
+    // Before the rollout stable served alone: two marks of its record, 30 s
+    // apart, and 9,000 requests after the first.
+    let mut stable = requests(2_000, 0, 10.0, 13);
+    windows.remember("m", "2", at(0), || stable.clone());
+    stable = grow(&stable, 9_000, 10.0, 14);
+    windows.remember("m", "2", at(10), || panic!("no mark due yet"));
+    windows.remember("m", "2", at(30), || stable.clone());
     let mut r = rollout(Phase::Progressing, gates());
     r.step = 0;
-    let at = Duration::from_secs;
-    let (mut candidate, mut stable) = (StatsSnapshot::default(), requests(7_000, 0, 10.0, 14));
-    let (_, first) = windows.look("m", &r, at(0), &counters(&candidate, &stable));
+    let mut candidate = StatsSnapshot::default();
+    let (_, first) = windows.look("m", &r, at(31), &counters(&candidate, &stable));
     assert_eq!(
         (first.stable_requests, first.elapsed_s),
         (0, 0.0),
@@ -199,30 +207,49 @@ fn windows_measure_each_step_from_its_start_and_at_full_weight_use_the_last_stab
     );
     candidate = grow(&candidate, 4_000, 10.0, 15);
     stable = grow(&stable, 9_000, 10.0, 16);
-    let (decision, readings) = windows.look("m", &r, at(12), &counters(&candidate, &stable));
+    let (decision, readings) = windows.look("m", &r, at(43), &counters(&candidate, &stable));
     assert_eq!(decision, Some(Decision::Advance { from_step: Some(0) }));
     assert_eq!(
         (readings.candidate_requests, readings.stable_requests),
         (4_000, 9_000)
     );
-    // At 100% stable gets nothing: the candidate is compared with stable's
-    // requests of the step before, not with an empty window.
+    // At 100% stable gets nothing: the candidate, now carrying all traffic, is
+    // compared with stable's record from when it did.
     r.step = 2;
-    let (_, full) = windows.look("m", &r, at(13), &counters(&candidate, &stable));
+    let (_, full) = windows.look("m", &r, at(44), &counters(&candidate, &stable));
     assert_eq!(
         (full.stable_window, full.stable_requests),
-        (StableWindow::EarlierStep, 9_000)
+        (StableWindow::BeforeRollout, 9_000)
     );
     assert_eq!((full.candidate_requests, full.elapsed_s), (0, 0.0));
     candidate = grow(&candidate, 5_000, 30.0, 17);
-    let (decision, _) = windows.look("m", &r, at(20), &counters(&candidate, &stable));
+    let (decision, _) = windows.look("m", &r, at(50), &counters(&candidate, &stable));
     assert_eq!(failed_gate(&decision), Some("p99_ratio"));
-    windows.retain(|_| false);
-    let (_, fresh) = windows.look("m", &r, at(21), &counters(&candidate, &stable));
-    assert_eq!(fresh.stable_window, StableWindow::BeforeRollout);
+    // With no record of the production version (a restart, a new version),
+    // everything its route served stands in, unless the step before had more.
+    windows.retain(|_| false, |_| false);
+    let (_, fresh) = windows.look("m", &r, at(51), &counters(&candidate, &stable));
+    assert_eq!(fresh.stable_requests, stable.requests);
+    windows.retain(|_| false, |_| false);
+    r.step = 1;
+    let thin = requests(300, 0, 10.0, 18);
+    windows.look("m", &r, at(60), &counters(&candidate, &thin));
+    let busier = grow(&thin, 2_000, 10.0, 19);
+    r.step = 2;
+    let (_, earlier) = windows.look("m", &r, at(70), &counters(&candidate, &busier));
     assert_eq!(
-        fresh.stable_requests, stable.requests,
-        "a new rollout's first window"
+        (earlier.stable_window, earlier.stable_requests),
+        (StableWindow::EarlierStep, 2_000)
+    );
+    windows.remember("other", "2", at(52), || stable.clone());
+    windows.remember("other", "3", at(53), || StatsSnapshot::default());
+    windows.retain(|_| false, |_| true);
+    let mut other = r.clone();
+    other.id = 2;
+    let (_, renamed) = windows.look("other", &other, at(54), &counters(&candidate, &stable));
+    assert_eq!(
+        renamed.stable_requests, stable.requests,
+        "the record was of another version"
     );
 }
 
@@ -247,6 +274,7 @@ fn the_wait_for_shadow_counts_the_whole_report_and_a_step_counts_from_its_start(
     };
     let at = |shadow| Counters {
         candidate: &none,
+        stable_version: "2",
         stable: &none,
         shadow: Some(shadow),
     };

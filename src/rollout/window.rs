@@ -10,12 +10,18 @@
 //!   the phase changes, so a resumed step gets its full time again.
 //! - Before the first step the shadow gate counts every comparison in the
 //!   candidate's shadow report since it was (re)started.
+//! - At a 100% step stable serves nothing, and the candidate is compared with
+//!   stable's **record**: its last ten minutes before the rollout began, when
+//!   it served all traffic, as the candidate now does (a model server's latency
+//!   grows with its load, so an earlier step at 50% would flatter stable). A
+//!   record with fewer requests than stable's part of the step before (a
+//!   rollout started right after the last one) gives way to that step.
 //!
 //! The clock is passed in, so the controller and the judgement harness
 //! (`loadtest judge`) drive the same code. Windows live in memory: after a
 //! restart a step's evidence counts from the restart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::registry::{Decision, Phase, Rollout};
@@ -24,18 +30,40 @@ use crate::shadow::Agreement;
 
 use super::step::{self, Evidence, Readings, ShadowCounts, StableWindow};
 
+/// How far back stable's record reaches, and how often it is marked.
+const RECORD_SPAN: Duration = Duration::from_secs(600);
+const MARK_EVERY: Duration = Duration::from_secs(30);
+
 /// Cumulative counters of one model, read at one moment.
 pub struct Counters<'a> {
     pub candidate: &'a StatsSnapshot,
+    /// The production version, and its counters.
+    pub stable_version: &'a str,
     pub stable: &'a StatsSnapshot,
     /// The candidate's shadow report, when it is mirrored to.
     pub shadow: Option<Agreement>,
 }
 
-/// Per model, the window its running rollout is in.
+/// Per model, the window its running rollout is in, and production's record
+/// while no rollout runs.
 #[derive(Default)]
 pub struct Windows {
     models: HashMap<String, Window>,
+    records: HashMap<String, StableRecord>,
+}
+
+/// Production's counters every `MARK_EVERY`, for `RECORD_SPAN`.
+struct StableRecord {
+    version: String,
+    marks: VecDeque<(Duration, StatsSnapshot)>,
+}
+
+impl StableRecord {
+    /// What stable served since the oldest mark, if the record is of `version`.
+    fn since_oldest(&self, version: &str, now: &StatsSnapshot) -> Option<StatsSnapshot> {
+        let (_, oldest) = self.marks.front().filter(|_| self.version == version)?;
+        Some(now.since(oldest))
+    }
 }
 
 struct Window {
@@ -53,9 +81,10 @@ struct Window {
     candidate: StatsSnapshot,
     stable: StatsSnapshot,
     shadow: Option<Agreement>,
-    /// Stable's requests in the latest step in which it served, for steps in
-    /// which it serves nothing.
-    reference: (StatsSnapshot, StableWindow),
+    /// Stable's record before the rollout, and its requests in the step
+    /// before this one, for steps in which it serves nothing.
+    reference: StatsSnapshot,
+    previous: Option<StatsSnapshot>,
 }
 
 impl Windows {
@@ -70,14 +99,19 @@ impl Windows {
     ) -> (Option<Decision>, Readings) {
         let window = match self.models.remove(model) {
             Some(old) if old.id == rollout.id => old.follow(rollout, now, counters),
-            _ => Window::first(rollout, now, counters),
+            _ => {
+                let record = self.records.get(model);
+                Window::first(rollout, now, counters, record)
+            }
         };
         let candidate = counters.candidate.since(&window.candidate);
         let stable_now = counters.stable.since(&window.stable);
-        let (stable, stable_window) = if rollout.weight() >= 100.0 {
-            (&window.reference.0, window.reference.1)
-        } else {
-            (&stable_now, StableWindow::ThisStep)
+        let (stable, stable_window) = match &window.previous {
+            _ if rollout.weight() < 100.0 => (&stable_now, StableWindow::ThisStep),
+            Some(previous) if previous.requests > window.reference.requests => {
+                (previous, StableWindow::EarlierStep)
+            }
+            _ => (&window.reference, StableWindow::BeforeRollout),
         };
         let shadow = counters
             .shadow
@@ -94,9 +128,48 @@ impl Windows {
         judged
     }
 
-    /// Forgets models whose rollouts are no longer running.
-    pub fn retain(&mut self, running: impl Fn(&str) -> bool) {
+    /// Marks production's counters of a model with no rollout running, when a
+    /// mark is due; `stable` is read only then.
+    pub fn remember(
+        &mut self,
+        model: &str,
+        version: &str,
+        now: Duration,
+        stable: impl FnOnce() -> StatsSnapshot,
+    ) {
+        let record = self
+            .records
+            .entry(model.to_string())
+            .or_insert_with(|| StableRecord {
+                version: version.to_string(),
+                marks: VecDeque::new(),
+            });
+        if record.version != version {
+            record.version = version.to_string();
+            record.marks.clear();
+        }
+        let due = record
+            .marks
+            .back()
+            .is_none_or(|(at, _)| now.saturating_sub(*at) >= MARK_EVERY);
+        if !due {
+            return;
+        }
+        record.marks.push_back((now, stable()));
+        while record
+            .marks
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > RECORD_SPAN)
+        {
+            record.marks.pop_front();
+        }
+    }
+
+    /// Forgets the windows of models whose rollouts are no longer running, and
+    /// the records of models that are gone.
+    pub fn retain(&mut self, running: impl Fn(&str) -> bool, exists: impl Fn(&str) -> bool) {
         self.models.retain(|model, _| running(model));
+        self.records.retain(|model, _| exists(model));
     }
 }
 
@@ -106,11 +179,19 @@ fn share_taken(rollout: &Rollout) -> bool {
 }
 
 impl Window {
-    /// A rollout's first window: stable's reference is all it served so far,
-    /// and a wait for shadow evidence counts the whole report.
-    fn first(rollout: &Rollout, now: Duration, counters: &Counters<'_>) -> Window {
+    /// A rollout's first window. Stable's reference is its record before the
+    /// rollout (all it served, when there is no record of it, as after a
+    /// restart), and a wait for shadow evidence counts the whole report.
+    fn first(
+        rollout: &Rollout,
+        now: Duration,
+        counters: &Counters<'_>,
+        record: Option<&StableRecord>,
+    ) -> Window {
         let mut window = Window::starting(rollout, now, counters);
-        window.reference = (counters.stable.clone(), StableWindow::BeforeRollout);
+        window.reference = record
+            .and_then(|r| r.since_oldest(counters.stable_version, counters.stable))
+            .unwrap_or_else(|| counters.stable.clone());
         if rollout.phase == Phase::WaitingForShadow {
             window.shadow = None;
         }
@@ -128,7 +209,8 @@ impl Window {
             candidate: counters.candidate.clone(),
             stable: counters.stable.clone(),
             shadow: counters.shadow,
-            reference: (StatsSnapshot::default(), StableWindow::BeforeRollout),
+            reference: StatsSnapshot::default(),
+            previous: None,
         }
     }
 
@@ -146,13 +228,9 @@ impl Window {
             return self;
         }
         let served = counters.stable.since(&self.stable);
-        let reference = if served.requests >= rollout.plan.min_requests.max(1) {
-            (served, StableWindow::EarlierStep)
-        } else {
-            self.reference
-        };
         Window {
-            reference,
+            previous: (served.requests > 0).then_some(served).or(self.previous),
+            reference: self.reference,
             ..Window::starting(rollout, now, counters)
         }
     }

@@ -209,8 +209,11 @@ fn simulate(args: &JudgeArgs, plan: &Plan, case: &Case, seed: u64) -> Outcome {
         stable: StatsSnapshot::default(),
         now: -HISTORY_S,
     };
+    let mut windows = Windows::default();
     while world.now < 0.0 {
         world.tick(0.0, false);
+        let at = Duration::from_secs_f64(world.now + HISTORY_S);
+        windows.remember("m", "1", at, || world.stable.clone());
     }
     let mut rollout = Rollout {
         id: 1,
@@ -225,7 +228,6 @@ fn simulate(args: &JudgeArgs, plan: &Plan, case: &Case, seed: u64) -> Outcome {
         progressed: true,
         salt: seed,
     };
-    let mut windows = Windows::default();
     let mut held_until = None;
     let give_up = plan.max_step_duration_s() * (plan.steps.len() as f64 + 1.0);
     while world.now < held_until.unwrap_or(give_up) {
@@ -233,10 +235,11 @@ fn simulate(args: &JudgeArgs, plan: &Plan, case: &Case, seed: u64) -> Outcome {
         world.tick(rollout.weight() / 100.0, shifted);
         let counters = Counters {
             candidate: &world.candidate,
+            stable_version: "1",
             stable: &world.stable,
             shadow: None,
         };
-        let now = Duration::from_secs_f64(world.now);
+        let now = Duration::from_secs_f64(world.now + HISTORY_S);
         match windows.look("m", &rollout, now, &counters).0 {
             Some(Decision::Advance { .. }) if rollout.step + 1 < plan.steps.len() => {
                 rollout.step += 1;

@@ -48,6 +48,10 @@ pub struct RolloutsArgs {
     pub step_interval_s: f64,
     #[arg(long, default_value = "120")]
     pub max_step_duration_s: f64,
+    /// Seconds production serves alone before each rollout, as between
+    /// releases: the record a 100% step compares with.
+    #[arg(long, default_value = "10")]
+    pub between_s: f64,
 }
 
 /// How one rollout ended.
@@ -99,6 +103,7 @@ pub fn measure(args: &RolloutsArgs) -> Result<Measured, CompareError> {
         .chain(std::iter::repeat_n(Kind::Failing, args.failing))
         .collect();
     for (i, kind) in plan.into_iter().enumerate() {
+        thread::sleep(Duration::from_secs_f64(args.between_s));
         let one = roll_out(&fleet, kind, i)?;
         eprintln!(
             "loadtest rollouts: #{} {} -> {} at step {}{} after {:.1} s",
@@ -174,7 +179,8 @@ fn table(args: &RolloutsArgs, measured: &Measured) -> String {
     let mut out = format!(
         "stagegate in front of Python model servers (median {} ms, lognormal, 0.5% pauses of 10x, 0.1% errors), \
          {} closed-loop clients with sticky user ids ({} requests, {:.0} req/s, {} not 200), \
-         steps {:?} every {} s, held after {} s, other gates at the model defaults\n\n",
+         steps {:?} every {} s, held after {} s, other gates at the model defaults, \
+         {} s of production alone before each rollout\n\n",
         args.median_ms,
         args.clients,
         sent.requests,
@@ -183,6 +189,7 @@ fn table(args: &RolloutsArgs, measured: &Measured) -> String {
         args.steps,
         args.step_interval_s,
         args.max_step_duration_s,
+        args.between_s,
     );
     out.push_str("| candidate | rollouts | promoted | rolled back (at step) | held (at step) | by gate | median time |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
