@@ -242,7 +242,7 @@ fn windows_measure_each_step_from_its_start_and_at_full_weight_use_stables_recor
         (StableWindow::EarlierStep, 2_000)
     );
     windows.remember("other", "2", at(52), || stable.clone());
-    windows.remember("other", "3", at(53), || StatsSnapshot::default());
+    windows.remember("other", "3", at(53), StatsSnapshot::default);
     windows.retain(|_| false, |_| true);
     let mut other = r.clone();
     other.id = 2;
