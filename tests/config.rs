@@ -159,6 +159,11 @@ fn rollout_defaults_hold_statistical_settings_and_every_bad_one_is_named() {
     );
     assert_eq!(plan.gates.max_p99_ratio, None, "\"off\" turns the gate off");
     assert_eq!(plan.gates.max_error_rate, Some(0.01));
+    assert_eq!(
+        plan.gates.max_latency_increase,
+        Some(0.5),
+        "the median gate is on"
+    );
     let set = Config::parse(
         &model("confidence = 0.95\nmax_step_duration_s = 900\nmax_latency_increase = 0.2\nlatency_quantile = 0.9\n"),
         "test",

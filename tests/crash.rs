@@ -256,11 +256,11 @@ async fn a_rollout_resumes_where_the_journal_left_it_after_kill_9() {
 
     let mut serve = Serve::start(&path);
     // The requests below go one at a time: the error gate is loose enough to
-    // pass on tens of them, and the latency gate (off) would need thousands.
+    // pass on tens of them; the latency gates (off) would need hundreds or thousands.
     let plan = json!({
         "candidate": "3", "steps": [10, 30, 60, 100], "step_interval_s": 0.4,
         "max_step_duration_s": 60.0, "min_requests": 5,
-        "max_error_rate": 0.2, "max_p99_ratio": "off"
+        "max_error_rate": 0.2, "max_p99_ratio": "off", "max_latency_increase": "off"
     });
     let started = call(
         &serve.admin_addr,

@@ -244,7 +244,7 @@ async fn a_rollout_of_a_good_candidate_ends_in_production() {
     // Each step's record says what it passed on: every gate's interval, its
     // confidence and both sample sizes.
     let evidence = last["rollout"]["evidence"].as_array().unwrap();
-    assert_eq!(evidence.len(), 2, "{last}");
+    assert_eq!(evidence.len(), 3, "{last}");
     for gate in evidence {
         assert_eq!(gate["verdict"], "pass", "{gate}");
         assert!(gate["upper"].as_f64().unwrap() <= gate["threshold"].as_f64().unwrap());
@@ -325,7 +325,10 @@ async fn a_failing_candidate_is_rolled_back_by_the_error_gate() {
 async fn a_slow_candidate_is_rolled_back_by_the_latency_gate() {
     // 60 ms against a few ms: twice stable's p99 even when parallel tests
     // slow stable down.
-    let plan = fast_plan(json!({ "max_p99_ratio": 2.0, "steps": [50, 100] }));
+    // The median gate (on by default) would catch it first.
+    let plan = fast_plan(
+        json!({ "max_p99_ratio": 2.0, "max_latency_increase": "off", "steps": [50, 100] }),
+    );
     let (_gateway, failed) = failing_rollout(
         Behaviour::Delay(Duration::from_millis(60)),
         "",

@@ -191,7 +191,9 @@ fn validate_rollout(raw: &RawModel, path: &str, errors: &mut Errors) -> Plan {
             max_p99_ratio: r
                 .max_p99_ratio
                 .map_or(defaults.gates.max_p99_ratio, GateLimit::limit),
-            max_latency_increase: r.max_latency_increase.and_then(GateLimit::limit),
+            max_latency_increase: r
+                .max_latency_increase
+                .map_or(defaults.gates.max_latency_increase, GateLimit::limit),
             latency_quantile: r
                 .latency_quantile
                 .unwrap_or(defaults.gates.latency_quantile),

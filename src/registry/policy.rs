@@ -16,6 +16,9 @@ pub mod defaults {
     pub const MIN_REQUESTS: u64 = 200;
     pub const MAX_ERROR_RATE: f64 = 0.01;
     pub const MAX_P99_RATIO: f64 = 1.5;
+    /// The median at most 50% slower: a uniformly slower candidate shows in a
+    /// few hundred requests, where the p99 needs thousands.
+    pub const MAX_LATENCY_INCREASE: f64 = 0.5;
     pub const MIN_SHADOW_COMPARED: u64 = 200;
     pub const TIMEOUT_MS: u64 = 2_000;
     pub const MAX_IN_FLIGHT: usize = 256;
@@ -228,7 +231,7 @@ pub fn default_plan() -> Plan {
         gates: Gates {
             max_error_rate: Some(defaults::MAX_ERROR_RATE),
             max_p99_ratio: Some(defaults::MAX_P99_RATIO),
-            max_latency_increase: None,
+            max_latency_increase: Some(defaults::MAX_LATENCY_INCREASE),
             latency_quantile: DEFAULT_LATENCY_QUANTILE,
             min_shadow_agreement: None,
             min_shadow_compared: defaults::MIN_SHADOW_COMPARED,

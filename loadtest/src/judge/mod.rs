@@ -15,7 +15,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use fastrand::Rng;
-use stagegate::registry::{Decision, OnFailure, Phase, Plan, Rollout, default_plan};
+use stagegate::registry::{Decision, GateLimit, OnFailure, Phase, Plan, Rollout, default_plan};
 use stagegate::rollout::window::{Counters, Windows};
 use stagegate::routing::stats::StatsSnapshot;
 
@@ -39,9 +39,14 @@ pub struct JudgeArgs {
     /// Seconds between two looks, as the gateway's controller does.
     #[arg(long, default_value = "0.1")]
     pub tick_s: f64,
-    /// Also judge every step's latency median (`max_latency_increase`).
-    #[arg(long)]
-    pub max_latency_increase: Option<f64>,
+    /// The median gate's limit (`max_latency_increase`), or "off"
+    /// [default: the model defaults'].
+    #[arg(long, value_parser = gate_limit)]
+    pub max_latency_increase: Option<GateLimit>,
+    /// The p99 gate's limit (`max_p99_ratio`), or "off" [default: the model
+    /// defaults'].
+    #[arg(long, value_parser = gate_limit)]
+    pub max_p99_ratio: Option<GateLimit>,
     /// Seed of the first rollout; rollout i uses seed + i.
     #[arg(long, default_value = "1")]
     pub seed: u64,
@@ -56,9 +61,26 @@ impl JudgeArgs {
         let mut plan = default_plan();
         plan.steps.clone_from(&self.steps);
         plan.step_interval_s = self.step_interval_s;
-        plan.gates.max_latency_increase = self.max_latency_increase;
+        let gates = &mut plan.gates;
+        gates.max_latency_increase = self
+            .max_latency_increase
+            .map_or(gates.max_latency_increase, GateLimit::limit);
+        gates.max_p99_ratio = self
+            .max_p99_ratio
+            .map_or(gates.max_p99_ratio, GateLimit::limit);
         plan.on_failure = OnFailure::Rollback;
         plan
+    }
+}
+
+/// A gate's limit on the command line: a number, or "off".
+fn gate_limit(text: &str) -> Result<GateLimit, String> {
+    match text {
+        "off" => Ok(GateLimit::Off),
+        number => number
+            .parse()
+            .map(GateLimit::Limit)
+            .map_err(|_| format!("{number:?} is not a number or \"off\"")),
     }
 }
 
