@@ -26,6 +26,7 @@ fn record(revision: u64) -> Record {
         shadow: None,
         canary: None,
         rollout: None,
+        observed: None,
     }
 }
 

@@ -22,6 +22,7 @@ use crate::registry::store::{COMPACT_AFTER_RECORDS, FileStore, StoreError};
 use crate::registry::{Catalog, Registry, ReloadHook, Writer, WriterStop};
 use crate::rollout::{Controller, RolloutReadings};
 use crate::routing::Router;
+use crate::sync::{SyncHandle, Syncer};
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
 
 /// How often the rollout controller looks at running rollouts.
@@ -63,6 +64,8 @@ pub struct RunningGateway {
     writer: WriterStop,
     controller: JoinHandle<()>,
     controller_stop: CancellationToken,
+    sync: Option<(SyncHandle, JoinHandle<()>)>,
+    sync_stop: CancellationToken,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
     admin_shutdown: CancellationToken,
@@ -151,12 +154,23 @@ pub async fn start_on(
     );
     let controller_stop = CancellationToken::new();
     let controller = tokio::spawn(controller.run(controller_stop.clone()));
+    // Started after seeding, so the sync reads a journal that owns every stage.
+    let sync_stop = CancellationToken::new();
+    let sync = config.registry.clone().map(|source| {
+        Syncer::spawn(
+            source,
+            Arc::clone(&router),
+            registry.clone(),
+            sync_stop.clone(),
+        )
+    });
     let admin_handler = Arc::new(Admin::new(
         Arc::clone(&router),
         registry.clone(),
         readings,
         Arc::clone(&ready),
         tokens,
+        sync.as_ref().map(|(handle, _)| handle.clone()),
     ));
     let admin = tokio::spawn({
         let admin_shutdown = admin_shutdown.clone();
@@ -176,6 +190,8 @@ pub async fn start_on(
         writer,
         controller,
         controller_stop,
+        sync,
+        sync_stop,
         ready,
         shutdown,
         admin_shutdown,
@@ -203,6 +219,11 @@ impl RunningGateway {
         &self.registry
     }
 
+    /// The external registry's sync, when `[registry]` is configured.
+    pub fn sync(&self) -> Option<&SyncHandle> {
+        self.sync.as_ref().map(|(handle, _)| handle)
+    }
+
     /// Stops accepting, drains in-flight requests, and waits until both listeners
     /// are closed.
     pub async fn shutdown(self) -> Drained {
@@ -216,6 +237,10 @@ impl RunningGateway {
         let _ = self.admin.await;
         self.controller_stop.cancel();
         let _ = self.controller.await;
+        self.sync_stop.cancel();
+        if let Some((_, task)) = self.sync {
+            let _ = task.await;
+        }
         // Last, so the state directory's lock is free once this returns.
         self.writer.stop().await;
         drained

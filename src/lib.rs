@@ -18,6 +18,8 @@
 //! - [`rollout`]: the controller that steps canaries through a rollout plan
 //!   while their gates hold, and stops them when they don't; the gates judge
 //!   with confidence bounds that stay valid under continuous monitoring.
+//! - [`sync`]: following an external model registry (MLflow): its aliases or
+//!   stages drive stagegate's, and stagegate's changes are written back.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the JSON admin API under
 //!   `/api/v1` with bearer-token auth.
 //! - [`ctl`]: `stagegate ctl`, the admin API's command-line client.
@@ -41,4 +43,5 @@ pub mod registry;
 pub mod rollout;
 pub mod routing;
 pub mod shadow;
+pub mod sync;
 pub mod telemetry;

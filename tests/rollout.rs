@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::traffic::Traffic;
 use common::{Behaviour, FakeUpstream, admin, one_model, post};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -22,54 +21,6 @@ fn config(production: &str, candidate: &str, extra: &str) -> String {
     text.push_str("[models.canary]\nsticky_header = \"x-user-id\"\n");
     text.push_str(extra);
     text
-}
-
-/// Sends requests with random user ids until dropped.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<StatusCode>>,
-}
-
-impl Traffic {
-    /// Eight clients in parallel, so a slow candidate does not starve stable.
-    fn start(url: String) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients: Vec<_> = (0..8)
-            .map(|_| {
-                let (flag, url) = (Arc::clone(&stop), url.clone());
-                tokio::spawn(async move {
-                    let client = common::client();
-                    let mut statuses = Vec::new();
-                    while !flag.load(Ordering::Acquire) {
-                        let user = format!("user-{}", fastrand::u32(..));
-                        let answer = common::send(
-                            &client,
-                            Method::POST,
-                            &url,
-                            &[("x-user-id", &user)],
-                            "{}",
-                        )
-                        .await;
-                        statuses.push(answer.status);
-                    }
-                    statuses
-                })
-            })
-            .collect();
-        let task = tokio::spawn(async move {
-            let mut all = Vec::new();
-            for client in clients {
-                all.extend(client.await.unwrap());
-            }
-            all
-        });
-        Traffic { stop, task }
-    }
-
-    async fn stop(self) -> Vec<StatusCode> {
-        self.stop.store(true, Ordering::Release);
-        self.task.await.unwrap()
-    }
 }
 
 async fn rollout_status(gateway: &stagegate::gateway::RunningGateway) -> Value {

@@ -14,11 +14,12 @@ use serde_json::{Value, json};
 
 use super::auth::Caller;
 use super::routes::ApiRoute;
-use super::{rollout, shadow, views};
+use super::{registry, rollout, shadow, views};
 use crate::proxy::{json_error, json_response};
 use crate::registry::{Command, Registry, RegistryError, Stage};
 use crate::rollout::RolloutReadings;
 use crate::routing::Router;
+use crate::sync::SyncHandle;
 
 /// Admin request bodies are small JSON documents.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -29,6 +30,7 @@ pub struct Api {
     router: Arc<Router>,
     registry: Registry,
     readings: RolloutReadings,
+    sync: Option<SyncHandle>,
 }
 
 #[derive(Deserialize)]
@@ -68,11 +70,17 @@ struct RollbackBody {
 }
 
 impl Api {
-    pub fn new(router: Arc<Router>, registry: Registry, readings: RolloutReadings) -> Api {
+    pub fn new(
+        router: Arc<Router>,
+        registry: Registry,
+        readings: RolloutReadings,
+        sync: Option<SyncHandle>,
+    ) -> Api {
         Api {
             router,
             registry,
             readings,
+            sync,
         }
     }
 
@@ -165,6 +173,14 @@ impl Api {
                     .await
             }
             ApiRoute::ResetShadow(model) => self.reset_shadow(&model, request).await,
+            ApiRoute::Registry => self
+                .sync
+                .as_ref()
+                .map_or_else(registry::not_configured, registry::status),
+            ApiRoute::RegistrySync => match &self.sync {
+                Some(sync) => registry::sync_now(sync).await,
+                None => registry::not_configured(),
+            },
         }
     }
 
@@ -241,7 +257,13 @@ impl Api {
     fn model(&self, name: &str) -> Response<Bytes> {
         let table = self.router.load();
         match views::model(&table, name) {
-            Some(view) => json_response(StatusCode::OK, &view),
+            Some(mut view) => {
+                let status = self.sync.as_ref().map(SyncHandle::status);
+                if let Some(followed) = status.as_ref().and_then(|s| s.model(name)) {
+                    view["registry"] = serde_json::to_value(followed).unwrap_or(Value::Null);
+                }
+                json_response(StatusCode::OK, &view)
+            }
             None => registry_error(&RegistryError::UnknownModel(name.to_string())),
         }
     }

@@ -3,10 +3,12 @@
 //! by bearer tokens ([`auth`]).
 //!
 //! Order of checks on `/api/v1`: authentication (401), then the path (404), then the
-//! method (405: changes are POST only, reads GET only).
+//! method (405: changes are POST only, reads GET only). The one exception is the
+//! registry webhook, which MLflow calls and authenticates by its signature.
 
 pub mod api;
 pub mod auth;
+mod registry;
 mod rollout;
 mod routes;
 mod shadow;
@@ -26,6 +28,7 @@ use crate::proxy::{Handler, json_error};
 use crate::registry::Registry;
 use crate::rollout::RolloutReadings;
 use crate::routing::Router;
+use crate::sync::SyncHandle;
 use api::Api;
 use auth::Tokens;
 pub use routes::{API_PREFIX, ApiRoute, Miss};
@@ -37,29 +40,40 @@ pub struct Admin {
     router: Arc<Router>,
     ready: Arc<AtomicBool>,
     tokens: Arc<ArcSwap<Tokens>>,
+    sync: Option<SyncHandle>,
     api: Api,
 }
 
 impl Admin {
     /// `ready` is true while the gateway accepts traffic and false once it drains;
-    /// `tokens` may be swapped by a config reload.
+    /// `tokens` may be swapped by a config reload; `sync` is the external
+    /// registry's sync, when one is configured.
     pub fn new(
         router: Arc<Router>,
         registry: Registry,
         readings: RolloutReadings,
         ready: Arc<AtomicBool>,
         tokens: Arc<ArcSwap<Tokens>>,
+        sync: Option<SyncHandle>,
     ) -> Admin {
         Admin {
-            api: Api::new(Arc::clone(&router), registry, readings),
+            api: Api::new(Arc::clone(&router), registry, readings, sync.clone()),
             router,
             ready,
             tokens,
+            sync,
         }
     }
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Bytes> {
         let path = request.uri().path();
+        // Authenticated by MLflow's signature, not by a bearer token.
+        if path == registry::WEBHOOK_PATH {
+            return match *request.method() {
+                Method::POST => registry::webhook(self.sync.as_ref(), request).await,
+                _ => method_not_allowed("POST"),
+            };
+        }
         if path == API_PREFIX || path.starts_with("/api/") {
             return self.api(request).await;
         }

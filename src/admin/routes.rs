@@ -20,6 +20,10 @@ pub enum ApiRoute {
     /// `pause`, `resume`, `abort` or `promote`.
     RolloutAction(String, String),
     Reload,
+    /// The external registry's sync state.
+    Registry,
+    /// Poll the external registry now.
+    RegistrySync,
 }
 
 /// Why a request matched no route.
@@ -67,6 +71,8 @@ impl ApiRoute {
                 action @ ("pause" | "resume" | "abort" | "promote"),
             ] => (None, Some(ApiRoute::RolloutAction(m(model), m(action)))),
             ["reload"] => (None, Some(ApiRoute::Reload)),
+            ["registry"] => (Some(ApiRoute::Registry), None),
+            ["registry", "sync"] => (None, Some(ApiRoute::RegistrySync)),
             _ => return Err(Miss::NotFound),
         };
         let allowed = match (&get, &post) {
@@ -126,6 +132,8 @@ mod tests {
             Ok(ApiRoute::ResetShadow("fraud".into()))
         );
         assert_eq!(post("/api/v1/reload"), Ok(ApiRoute::Reload));
+        assert_eq!(get("/api/v1/registry"), Ok(ApiRoute::Registry));
+        assert_eq!(post("/api/v1/registry/sync"), Ok(ApiRoute::RegistrySync));
         assert_eq!(
             post("/api/v1/models/fraud/canary"),
             Ok(ApiRoute::SetCanary("fraud".into()))

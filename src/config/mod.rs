@@ -4,9 +4,11 @@
 //! misspelt key is an error, not a silent default); [`validate`] turns the raw
 //! structs into a [`Config`], collecting every problem with its field path
 //! (`models[1].versions[0].endpoints[0]: not an http URL`) instead of stopping at
-//! the first; [`server`] does the `[server]` and `[admin]` sections for it.
+//! the first; [`server`] does the `[server]` and `[admin]` sections for it, and
+//! [`registry`] the `[registry]` and `[models.mlflow]` sections.
 
 mod raw;
+pub mod registry;
 mod server;
 mod validate;
 
@@ -43,6 +45,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub models: Vec<ModelSpec>,
+    /// The external registry followed (`[registry]`), if any.
+    pub registry: Option<registry::RegistrySource>,
     /// The file this came from, for reloads; `None` for in-memory configs.
     pub source: Option<PathBuf>,
 }
@@ -194,6 +198,7 @@ impl Config {
             ),
             ("server.state_dir", a.state_dir != b.state_dir),
             ("server limits and timeouts", a.limits != b.limits),
+            ("registry and models.mlflow", self.registry != next.registry),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

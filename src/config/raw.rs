@@ -15,8 +15,33 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub admin: RawAdmin,
+    pub registry: Option<RawRegistry>,
     #[serde(default)]
     pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub poll_interval_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub token_env: Option<String>,
+    pub write_back: Option<bool>,
+    pub webhook_secret_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMlflowModel {
+    pub registered_model: Option<String>,
+    pub production_alias: Option<String>,
+    pub staging_aliases: Option<Vec<String>>,
+    pub use_stages: Option<bool>,
+    pub endpoints_tag: Option<String>,
+    pub endpoint_template: Option<String>,
+    pub on_production_change: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +81,7 @@ pub struct RawModel {
     pub compare: Option<RawCompare>,
     pub canary: Option<RawCanary>,
     pub rollout: Option<RawRollout>,
+    pub mlflow: Option<RawMlflowModel>,
 }
 
 #[derive(Debug, Default, Deserialize)]

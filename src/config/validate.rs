@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::raw::{RawConfig, RawModel, RawVersion};
-use super::{Config, FieldError, defaults, server};
+use super::{Config, FieldError, defaults, registry, server};
 use crate::registry::{
     CompareMode, ComparePolicy, EndpointUrl, GateLimit, Gates, ModelSpec, OnFailure, Plan,
     ShadowPolicy, Stage, StickyPolicy, VersionSpec, default_plan, is_valid_identifier,
@@ -28,11 +28,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let server = server::validate_server(&raw.server, &mut errors);
     let admin = server::validate_admin(&raw.admin, &mut errors);
     let models = validate_models(&raw.models, &mut errors);
+    let registry = registry::validate_registry(raw.registry.as_ref(), &raw.models, &mut errors);
     if errors.0.is_empty() {
         Ok(Config {
             server,
             admin,
             models,
+            registry,
             source: None,
         })
     } else {
@@ -267,7 +269,8 @@ fn validate_shadow(raw: &RawModel, path: &str, errors: &mut Errors) -> ShadowPol
         };
         errors.push(format!("{path}.{section}{field}"), message);
     }
-    for version in &policy.versions {
+    // A model that follows MLflow learns its versions at run time.
+    for version in policy.versions.iter().filter(|_| raw.mlflow.is_none()) {
         if !raw.versions.iter().any(|v| &v.version == version) {
             errors.push(
                 format!("{path}.shadow.versions"),

@@ -3,6 +3,7 @@
 //! non-zero with the server's message.
 
 mod client;
+mod registry;
 mod render;
 mod render_rollout;
 mod rollout;
@@ -93,6 +94,18 @@ pub enum CtlCommand {
     /// Start, follow or steer a rollout.
     #[command(subcommand)]
     Rollout(RolloutAction),
+    /// The external registry's sync state (`registry`), or poll it now
+    /// (`registry sync`).
+    Registry {
+        #[command(subcommand)]
+        action: Option<RegistryAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryAction {
+    /// Poll the registry now and show the result.
+    Sync,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +200,7 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
             ..
         }) => render::reset(&answer),
         CtlCommand::Rollout(RolloutAction::Status { .. }) => render_rollout::rollout(&answer),
+        CtlCommand::Registry { .. } => registry::status(&answer),
         CtlCommand::Register { .. }
         | CtlCommand::Transition { .. }
         | CtlCommand::Rollback { .. }
@@ -260,6 +274,10 @@ async fn call(client: &AdminClient, command: &CtlCommand) -> Result<Value, CtlEr
                 .await
         }
         CtlCommand::Rollout(action) => rollout::rollout(client, action).await,
+        CtlCommand::Registry { action: None } => client.get("/api/v1/registry").await,
+        CtlCommand::Registry {
+            action: Some(RegistryAction::Sync),
+        } => client.post("/api/v1/registry/sync", &json!({})).await,
     }
 }
 

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 /// Left-aligned columns, two spaces apart.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -107,7 +107,7 @@ pub fn model(answer: &Value) -> String {
         text(&answer["routing_revision"]),
         text(&answer["registry_revision"]),
         table(&["VERSION", "STAGE", "STAGE FROM", "ENDPOINTS"], &rows),
-    )
+    ) + &super::registry::followed(&answer["registry"])
 }
 
 fn describe_record(record: &Value) -> String {

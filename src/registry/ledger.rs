@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{Action, Record};
+use super::record::{Action, Observation, Record};
 use super::{Canary, Rollout, ShadowPolicy, Stage};
 
 /// Records kept per model for `GET /models/{m}/history`; older ones live on only in
@@ -40,6 +40,24 @@ pub struct LedgerModel {
     /// The latest rollout, running or finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// The revision of the record that made the current production version
+    /// production (0: none has yet).
+    #[serde(default)]
+    pub production_revision: u64,
+    /// What an external registry last showed, by slot (an alias or a stage).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub observed: BTreeMap<String, ObservedSlot>,
+}
+
+/// The version a registry slot named when last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservedSlot {
+    pub role: Stage,
+    /// `None`: the production slot was emptied (its revision still counts).
+    pub version: Option<String>,
+    /// The revision of the record that saw it.
+    pub revision: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +114,9 @@ impl Ledger {
         if let Some(rollout) = &record.rollout {
             model.rollout = Some(rollout.clone());
         }
+        if let Some(observed) = &record.observed {
+            model.observe(observed, record.revision);
+        }
         model.history.push_back(record);
         if model.history.len() > HISTORY_LIMIT {
             model.history.pop_front();
@@ -137,8 +158,32 @@ impl LedgerModel {
         for (version, stage) in record.moves() {
             if stage == Stage::Production {
                 self.production_history.push(version.to_string());
+                self.production_revision = record.revision;
             }
         }
+    }
+
+    fn observe(&mut self, observed: &Observation, revision: u64) {
+        if observed.to.is_none() && observed.role != Stage::Production {
+            self.observed.remove(&observed.slot);
+            return;
+        }
+        let slot = ObservedSlot {
+            role: observed.role,
+            version: observed.to.clone(),
+            revision,
+        };
+        self.observed.insert(observed.slot.clone(), slot);
+    }
+
+    /// The registry's production slot (by name) as last seen; the newest, should
+    /// a changed mapping have left an old one.
+    pub fn observed_production(&self) -> Option<(&str, &ObservedSlot)> {
+        self.observed
+            .iter()
+            .filter(|(_, slot)| slot.role == Stage::Production)
+            .max_by_key(|(_, slot)| slot.revision)
+            .map(|(name, slot)| (name.as_str(), slot))
     }
 
     /// The version that was production before `current`: rollback's default target.
@@ -179,6 +224,7 @@ mod tests {
             shadow: None,
             canary: None,
             rollout: None,
+            observed: None,
             reason: String::new(),
             endpoints: if action == Action::Register {
                 vec!["http://h:1".into()]

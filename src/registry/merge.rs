@@ -203,6 +203,7 @@ mod tests {
                 shadow: None,
                 canary: None,
                 rollout: None,
+                observed: None,
             }))
             .unwrap();
     }

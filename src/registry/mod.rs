@@ -34,7 +34,7 @@ pub use error::RegistryError;
 pub use evidence::{GateReading, Verdict};
 pub use ledger::Ledger;
 pub use policy::{CompareMode, ComparePolicy, ShadowPolicy, StickyPolicy, default_plan};
-pub use record::Record;
+pub use record::{Observation, Record};
 pub use rollout::{
     Canary, DEFAULT_CONFIDENCE, DEFAULT_LATENCY_QUANTILE, GateLimit, Gates, OnFailure, Phase, Plan,
     Rollout,
@@ -120,6 +120,15 @@ pub struct VersionSpec {
 impl ModelSpec {
     pub fn production(&self) -> Option<&VersionSpec> {
         self.versions.iter().find(|v| v.stage == Stage::Production)
+    }
+
+    pub fn version(&self, id: &str) -> Option<&VersionSpec> {
+        self.versions.iter().find(|v| v.version == id)
+    }
+
+    /// The rollout, while it is not over.
+    pub fn running_rollout(&self) -> Option<&Rollout> {
+        self.rollout.as_ref().filter(|r| !r.phase.is_final())
     }
 }
 

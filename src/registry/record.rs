@@ -29,6 +29,9 @@ pub enum Action {
     Canary,
     /// A rollout started, stepped, paused, resumed, failed, aborted or finished.
     Rollout,
+    /// A change seen in an external registry (an MLflow alias moved); what
+    /// stagegate does about it follows in records of its own.
+    Observe,
 }
 
 /// One journal entry.
@@ -70,6 +73,31 @@ pub struct Record {
     /// The model's rollout after this change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// What an external registry showed (`action: observe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observation>,
+}
+
+/// A change seen in an external registry: one of its slots (an alias, or a
+/// legacy stage) now names another version, or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observation {
+    /// The registry ("mlflow").
+    pub source: String,
+    /// What moved: an alias (`champion`), or a stage (`Production`, or
+    /// `Staging/3` for one version in Staging).
+    pub slot: String,
+    /// The stagegate stage the slot names versions for: production or staging.
+    pub role: Stage,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    /// The registry's own time of the change, in milliseconds since the epoch
+    /// (MLflow's `last_updated_timestamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_ms: Option<i64>,
 }
 
 /// One more version moved by a record.
@@ -127,6 +155,7 @@ mod tests {
             shadow: None,
             canary: None,
             rollout: None,
+            observed: None,
             reason: "shadow agreement 99.7%".into(),
             endpoints: vec![],
             also: vec![Move {

@@ -59,7 +59,7 @@ fn refuse(model: &ModelSpec, why: String) -> RegistryError {
 }
 
 fn running(model: &ModelSpec) -> Option<&Rollout> {
-    model.rollout.as_ref().filter(|r| !r.phase.is_final())
+    model.running_rollout()
 }
 
 /// A staging version with endpoints, or why not.

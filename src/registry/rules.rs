@@ -13,7 +13,7 @@
 
 use super::error::RegistryError;
 use super::ledger::Ledger;
-use super::record::{Action, Move, Record, now};
+use super::record::{Action, Move, Observation, Record, now};
 use super::rollout_rules::{self, Decision};
 use super::{EndpointUrl, GateReading, ModelSpec, Plan, ShadowPolicy, Stage, is_valid_identifier};
 
@@ -68,6 +68,13 @@ pub enum Command {
         evidence: Vec<GateReading>,
         reason: String,
     },
+    /// A change seen in an external registry, journaled so that history says who
+    /// changed what and a restart compares the registry with what was last seen.
+    Observe {
+        model: String,
+        observation: Observation,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -79,7 +86,8 @@ impl Command {
             | Command::SetShadow { model, .. }
             | Command::SetCanary { model, .. }
             | Command::StartRollout { model, .. }
-            | Command::Rollout { model, .. } => model,
+            | Command::Rollout { model, .. }
+            | Command::Observe { model, .. } => model,
         }
     }
 }
@@ -167,6 +175,11 @@ pub fn plan(
             draft.to = None;
             rollout_rules::decide(model, *id, decision, evidence, draft)?
         }
+        Command::Observe {
+            model,
+            observation,
+            reason,
+        } => observe(find(models, model)?, observation, reason)?,
     };
     record.revision = ledger.revision + 1;
     record.time = now();
@@ -216,7 +229,48 @@ fn draft(
         shadow: None,
         canary: None,
         rollout: None,
+        observed: None,
     }
+}
+
+fn observe(
+    model: &ModelSpec,
+    observation: &Observation,
+    reason: &str,
+) -> Result<Record, RegistryError> {
+    let named = [&observation.from, &observation.to];
+    if let Some(bad) = named
+        .into_iter()
+        .flatten()
+        .find(|v| !is_valid_identifier(v))
+    {
+        return Err(RegistryError::Invalid {
+            field: "version",
+            message: format!(
+                "{bad:?} (named by {} {:?}) cannot be a stagegate version: use 1-128 \
+                 characters from A-Z a-z 0-9 '-' '_' '.'",
+                observation.source, observation.slot
+            ),
+        });
+    }
+    if observation.role == Stage::Archived {
+        return Err(RegistryError::Invalid {
+            field: "observation",
+            message: "a registry slot names production or staging versions".to_string(),
+        });
+    }
+    let version = observation.to.as_ref().or(observation.from.as_ref());
+    let mut record = draft(
+        Action::Observe,
+        model,
+        version.map_or("", String::as_str),
+        None,
+        Stage::Staging,
+        reason,
+    );
+    record.to = None;
+    record.observed = Some(observation.clone());
+    Ok(record)
 }
 
 fn register(

@@ -321,6 +321,7 @@ impl Task {
                     shadow: None,
                     canary: None,
                     rollout: None,
+                    observed: None,
                 });
                 self.with_store(|store, record| store.append(record), Arc::clone(&record))
                     .await?;

@@ -32,6 +32,9 @@ pub mod names {
     pub const ROLLOUT_PHASE: &str = "stagegate_rollout_phase";
     pub const ROLLOUT_GATE_FAILURES_TOTAL: &str = "stagegate_rollout_gate_failures_total";
     pub const ROLLOUT_STEPS_TOTAL: &str = "stagegate_rollout_steps_total";
+    pub const REGISTRY_SYNCS_TOTAL: &str = "stagegate_registry_syncs_total";
+    pub const REGISTRY_LAST_SYNC: &str = "stagegate_registry_last_sync_timestamp_seconds";
+    pub const REGISTRY_WRITE_BACKS_TOTAL: &str = "stagegate_registry_write_backs_total";
 }
 
 /// Buckets of `stagegate_request_duration_seconds`, from fast in-memory models to
@@ -286,6 +289,34 @@ impl Telemetry {
             .increment(1);
     }
 
+    /// Makes the registry sync's series exist (at 0) before the first sync, so
+    /// `rate()` and alerts on them work from the start.
+    pub fn registry_sync_started(&self) {
+        for result in ["success", "error"] {
+            self.counter(names::REGISTRY_SYNCS_TOTAL, &[("result", result)])
+                .increment(0);
+            self.counter(names::REGISTRY_WRITE_BACKS_TOTAL, &[("result", result)])
+                .increment(0);
+        }
+    }
+
+    /// A sync of the external registry; `result` is `success` or `error`. A
+    /// success also sets the last-sync timestamp to `at` (seconds since the epoch).
+    pub fn registry_sync(&self, result: &str, at: f64) {
+        self.counter(names::REGISTRY_SYNCS_TOTAL, &[("result", result)])
+            .increment(1);
+        if result == "success" {
+            let key = key(names::REGISTRY_LAST_SYNC, &[]);
+            self.inner.recorder.register_gauge(&key, &METADATA).set(at);
+        }
+    }
+
+    /// A write back to the external registry; `result` is `success` or `error`.
+    pub fn registry_write_back(&self, result: &str) {
+        self.counter(names::REGISTRY_WRITE_BACKS_TOTAL, &[("result", result)])
+            .increment(1);
+    }
+
     /// `result` is `success` or `error`.
     pub fn config_reload(&self, result: &str) {
         self.counter(names::CONFIG_RELOADS_TOTAL, &[("result", result)])
@@ -372,6 +403,14 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (names::ROLLOUT_STEPS_TOTAL, "Rollout steps taken, by model."),
     (
+        names::REGISTRY_SYNCS_TOTAL,
+        "Syncs with the external model registry, by result (success, error).",
+    ),
+    (
+        names::REGISTRY_WRITE_BACKS_TOTAL,
+        "Writes of stagegate's changes back to the external registry, by result.",
+    ),
+    (
         names::SHADOW_COMPARISONS_TOTAL,
         "Shadow answers compared with production's, by result (match, mismatch).",
     ),
@@ -390,6 +429,11 @@ fn describe(recorder: &PrometheusRecorder) {
         names::CANARY_WEIGHT.into(),
         None,
         "Percent of production traffic a canary version answers.".into(),
+    );
+    recorder.describe_gauge(
+        names::REGISTRY_LAST_SYNC.into(),
+        Some(Unit::Seconds),
+        "When the external registry was last read in full (seconds since the epoch).".into(),
     );
     recorder.describe_gauge(
         names::ROLLOUT_PHASE.into(),

@@ -23,6 +23,7 @@ fn record(revision: u64, version: &str) -> Record {
         shadow: None,
         canary: None,
         rollout: None,
+        observed: None,
     }
 }
 
