@@ -204,6 +204,87 @@ fn rollout_defaults_hold_statistical_settings_and_every_bad_one_is_named() {
 }
 
 #[test]
+fn registry_settings_are_checked_and_every_bad_one_is_named() {
+    let text = r#"
+        [registry]
+        kind = "artifactory"
+        url = "https://mlflow.internal"
+        poll_interval_ms = 0
+        token_env = "STAGEGATE_TEST_UNSET_TOKEN"
+
+        [[models]]
+        name = "fraud"
+          [[models.versions]]
+          version = "1"
+          stage = "production"
+          endpoints = ["http://127.0.0.1:9001"]
+          [models.mlflow]
+          production_alias = "latest"
+          staging_aliases = ["champion", "bad alias"]
+          endpoint_template = "http://fraud:8080"
+          on_production_change = "yolo"
+
+        [[models]]
+        name = "scores"
+          [models.mlflow]
+          use_stages = true
+          staging_aliases = ["challenger"]
+    "#;
+    let errors = field_errors(text);
+    let expected = [
+        "models[0].versions: a model that follows MLflow ([models.mlflow]) takes its versions from MLflow",
+        "models[0].mlflow.production_alias: alias \"latest\" is reserved by MLflow",
+        "models[0].mlflow.staging_aliases: alias \"bad alias\" may only contain",
+        "models[0].mlflow.endpoint_template: \"http://fraud:8080\" does not contain {version}",
+        "models[0].mlflow.on_production_change: \"yolo\" is not rollout or promote",
+        "models[1].mlflow.use_stages: follows MLflow's stages",
+        "registry.kind: \"artifactory\" is not a registry kind",
+        "registry.url: \"https://mlflow.internal\": https is not supported yet",
+        "registry.poll_interval_ms: must be greater than 0",
+        "registry.token_env: environment variable STAGEGATE_TEST_UNSET_TOKEN is not set",
+    ];
+    for want in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+
+    let orphan = "[[models]]\nname = \"fraud\"\n[models.mlflow]\n";
+    assert_eq!(
+        field_errors(orphan),
+        ["models[0].mlflow: needs a [registry] section saying where MLflow is"]
+    );
+}
+
+#[test]
+fn registry_defaults_follow_champion_and_challenger() {
+    let text = "[registry]\nkind = \"mlflow\"\nurl = \"http://127.0.0.1:5000/\"\n\
+                [[models]]\nname = \"fraud\"\n[models.mlflow]\n";
+    let config = Config::parse(text, "test").unwrap_or_else(|e| panic!("{e}"));
+    let registry = config.registry.unwrap();
+    assert_eq!(registry.url, "http://127.0.0.1:5000");
+    assert_eq!(registry.poll_interval.as_millis(), 5000);
+    assert!(registry.write_back);
+    assert!(registry.webhook_secret.is_none());
+    let model = &registry.models[0];
+    assert_eq!(model.registered_model, "fraud");
+    assert_eq!(
+        model.follow,
+        stagegate::config::registry::Follow::Aliases {
+            production: "champion".into(),
+            staging: vec!["challenger".into()],
+        }
+    );
+    assert_eq!(model.endpoints_tag, "stagegate.endpoints");
+    assert_eq!(
+        model.on_production_change,
+        stagegate::config::registry::OnProductionChange::Rollout
+    );
+}
+
+#[test]
 fn listen_and_admin_addresses_must_differ() {
     let errors =
         field_errors("[server]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n");

@@ -153,6 +153,16 @@ fn describe_record(record: &Value) -> String {
             step + 1
         ));
     }
+    let observed = &record["observed"];
+    if observed.is_object() {
+        parts.push(format!(
+            "{} {} {} -> {}",
+            text(&observed["source"]),
+            text(&observed["slot"]),
+            text(&observed["from"]),
+            text(&observed["to"])
+        ));
+    }
     if record["shadow"].is_object() {
         parts.push(format!(
             "shadow {}% compare {}",
