@@ -299,10 +299,17 @@ async fn a_failing_candidate_is_rolled_back_and_mlflow_is_told_why() {
         .await
         .json();
     assert_eq!(rollout["phase"], "rolled_back", "{rollout}");
-    assert_eq!(rollout["step"], 0, "stopped at the first step (50%): {rollout}");
+    assert_eq!(
+        rollout["rollout"]["step"], 0,
+        "stopped at the first step (50%): {rollout}"
+    );
     for _ in 0..50 {
         let answer = common::post(&common::infer_url(&gateway), &[]).await;
-        assert_eq!(answer.status, StatusCode::OK, "no user reaches version 2 any more");
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "no user reaches version 2 any more"
+        );
     }
     assert_eq!(model(&gateway).await["production"], v1);
     until_mlflow("the rollout tags", || async {

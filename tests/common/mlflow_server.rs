@@ -61,6 +61,9 @@ impl MlflowServer {
                 .arg(&artifacts)
                 .env("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
                 .env("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
+                // MLflow caches each event's webhook list for 60 s: a webhook
+                // created after an earlier alias change would stay silent.
+                .env("MLFLOW_WEBHOOK_CACHE_TTL", "0")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
