@@ -63,6 +63,21 @@ impl Registered {
         (answer.status, value)
     }
 
+    /// A registered model with two versions served at `first` and `second`, and
+    /// `champion` on the first; returns it and the two version ids.
+    async fn with_champion(
+        server: &MlflowServer,
+        name: &str,
+        first: &str,
+        second: &str,
+    ) -> (Registered, String, String) {
+        let registered = Registered::create(server, name).await;
+        let v1 = registered.version(Some(first)).await;
+        let v2 = registered.version(Some(second)).await;
+        registered.set_alias("champion", &v1).await;
+        (registered, v1, v2)
+    }
+
     /// A new version; with `endpoint`, tagged with it.
     async fn version(&self, endpoint: Option<&str>) -> String {
         let tags: Vec<Value> = endpoint
@@ -214,14 +229,8 @@ async fn moving_the_champion_alias_rolls_the_version_out_and_promotes_it() {
         FakeUpstream::start("v1").await,
         FakeUpstream::start("v2").await,
     );
-    let registered = Registered::create(server, "fraud-release").await;
-    let v1 = registered
-        .version(Some(&format!("http://{}", one.addr)))
-        .await;
-    let v2 = registered
-        .version(Some(&format!("http://{}", two.addr)))
-        .await;
-    registered.set_alias("champion", &v1).await;
+    let (registered, v1, v2) =
+        Registered::with_champion(server, "fraud-release", &one.url(), &two.url()).await;
     let gateway = common::gateway(&config(&server.url(), &registered.name, "", "")).await;
     serving(&gateway, &v1).await;
     let traffic = Traffic::start(common::infer_url(&gateway));
@@ -277,14 +286,8 @@ async fn a_failing_candidate_is_rolled_back_and_mlflow_is_told_why() {
     let server = MlflowServer::shared();
     let one = FakeUpstream::start("v1").await;
     let failing = FakeUpstream::with("v2", Behaviour::Status(500)).await;
-    let registered = Registered::create(server, "fraud-failing").await;
-    let v1 = registered
-        .version(Some(&format!("http://{}", one.addr)))
-        .await;
-    let v2 = registered
-        .version(Some(&format!("http://{}", failing.addr)))
-        .await;
-    registered.set_alias("champion", &v1).await;
+    let (registered, v1, v2) =
+        Registered::with_champion(server, "fraud-failing", &one.url(), &failing.url()).await;
     let gateway = common::gateway(&config(&server.url(), &registered.name, "", "")).await;
     serving(&gateway, &v1).await;
     let traffic = Traffic::start(common::infer_url(&gateway));
@@ -341,10 +344,8 @@ async fn ctl_rollback_moves_the_alias_back() {
     let server = MlflowServer::shared();
     let upstream = FakeUpstream::start("any").await;
     let endpoint = format!("http://{}", upstream.addr);
-    let registered = Registered::create(server, "fraud-rollback").await;
-    let v1 = registered.version(Some(&endpoint)).await;
-    let v2 = registered.version(Some(&endpoint)).await;
-    registered.set_alias("champion", &v1).await;
+    let (registered, v1, v2) =
+        Registered::with_champion(server, "fraud-rollback", &endpoint, &endpoint).await;
     let mlflow = "on_production_change = \"promote\"";
     let gateway = common::gateway(&config(&server.url(), &registered.name, mlflow, "")).await;
     serving(&gateway, &v1).await;
@@ -489,10 +490,8 @@ async fn mlflow_dying_changes_nothing_and_loses_nothing() {
     let server = MlflowServer::start(dir.path(), port);
     let upstream = FakeUpstream::start("any").await;
     let endpoint = format!("http://{}", upstream.addr);
-    let registered = Registered::create(&server, "fraud-outage").await;
-    let v1 = registered.version(Some(&endpoint)).await;
-    let v2 = registered.version(Some(&endpoint)).await;
-    registered.set_alias("champion", &v1).await;
+    let (registered, v1, v2) =
+        Registered::with_champion(&server, "fraud-outage", &endpoint, &endpoint).await;
     let text = config(
         &server.url(),
         &registered.name,
@@ -553,10 +552,8 @@ async fn mlflow_webhooks_trigger_a_sync_and_bad_signatures_are_refused() {
     let server = MlflowServer::shared();
     let upstream = FakeUpstream::start("any").await;
     let endpoint = format!("http://{}", upstream.addr);
-    let registered = Registered::create(server, "fraud-webhook").await;
-    let v1 = registered.version(Some(&endpoint)).await;
-    let v2 = registered.version(Some(&endpoint)).await;
-    registered.set_alias("champion", &v1).await;
+    let (registered, v1, v2) =
+        Registered::with_champion(server, "fraud-webhook", &endpoint, &endpoint).await;
     let secret = "webhook-secret-0123456789";
     // SAFETY: set before the gateway (the only reader) starts; no other test
     // of this binary reads this variable.

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 const MODEL: &str = "fraud-detector";
 
-fn config(mlflow: &FakeMlflow, extra: &str) -> String {
+fn config(mlflow: &FakeMlflow) -> String {
     format!(
         r#"
 [registry]
@@ -24,7 +24,6 @@ kind = "mlflow"
 url = "{}"
 poll_interval_ms = 3600000
 request_timeout_ms = 300
-{extra}
 
 [[models]]
 name = "fraud"
@@ -61,6 +60,18 @@ async fn serving(gateway: &TestGateway) -> Value {
     answer.json()["production"].clone()
 }
 
+/// A fake MLflow whose `champion` names version 1, and a gateway serving it.
+async fn serving_one() -> (FakeMlflow, FakeUpstream, TestGateway) {
+    let mlflow = FakeMlflow::start().await;
+    let upstream = FakeUpstream::start("v1").await;
+    mlflow.add_version(MODEL, "1", &upstream.url());
+    mlflow.set_alias(MODEL, "champion", "1");
+    let gateway = common::gateway(&config(&mlflow)).await;
+    sync(&gateway).await;
+    assert_eq!(serving(&gateway).await, "1");
+    (mlflow, upstream, gateway)
+}
+
 #[tokio::test]
 async fn every_search_page_is_read_and_the_champion_on_the_last_one_serves() {
     let mlflow = FakeMlflow::start().await;
@@ -74,7 +85,7 @@ async fn every_search_page_is_read_and_the_champion_on_the_last_one_serves() {
     }
     mlflow.set_alias(MODEL, "champion", "5");
     mlflow.with(|s| s.page_size = 2);
-    let gateway = common::gateway(&config(&mlflow, "")).await;
+    let gateway = common::gateway(&config(&mlflow)).await;
     let status = sync(&gateway).await;
     assert_eq!(status["state"], "ok", "{status}");
     assert_eq!(serving(&gateway).await, "5");
@@ -103,7 +114,7 @@ async fn a_500_in_the_middle_of_a_sync_changes_nothing_and_the_next_sync_applies
         mlflow.add_version(MODEL, version, &format!("http://{}", upstream.addr));
     }
     mlflow.set_alias(MODEL, "champion", "1");
-    let gateway = common::gateway(&config(&mlflow, "")).await;
+    let gateway = common::gateway(&config(&mlflow)).await;
     sync(&gateway).await;
     assert_eq!(serving(&gateway).await, "1");
     let before = history(&gateway).await.len();
@@ -145,12 +156,7 @@ async fn a_500_in_the_middle_of_a_sync_changes_nothing_and_the_next_sync_applies
 
 #[tokio::test]
 async fn a_registry_that_stops_answering_times_out_and_serving_goes_on() {
-    let mlflow = FakeMlflow::start().await;
-    let upstream = FakeUpstream::start("v1").await;
-    mlflow.add_version(MODEL, "1", &format!("http://{}", upstream.addr));
-    mlflow.set_alias(MODEL, "champion", "1");
-    let gateway = common::gateway(&config(&mlflow, "")).await;
-    sync(&gateway).await;
+    let (mlflow, _upstream, gateway) = serving_one().await;
     mlflow.with(|s| s.hang = true);
     let status = tokio::time::timeout(Duration::from_secs(10), sync(&gateway))
         .await
@@ -178,12 +184,7 @@ async fn a_registry_that_stops_answering_times_out_and_serving_goes_on() {
 
 #[tokio::test]
 async fn a_version_mlflow_does_not_have_is_reported_not_served() {
-    let mlflow = FakeMlflow::start().await;
-    let upstream = FakeUpstream::start("v1").await;
-    mlflow.add_version(MODEL, "1", &format!("http://{}", upstream.addr));
-    mlflow.set_alias(MODEL, "champion", "1");
-    let gateway = common::gateway(&config(&mlflow, "")).await;
-    sync(&gateway).await;
+    let (mlflow, _upstream, gateway) = serving_one().await;
     // Version 9 was deleted; its alias survived in this (fake) registry.
     mlflow.set_alias(MODEL, "champion", "9");
     let status = sync(&gateway).await;
