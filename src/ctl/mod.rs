@@ -187,7 +187,9 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
     }
     Ok(match &args.command {
         CtlCommand::Status => render::status(&answer),
-        CtlCommand::Model { .. } => render::model(&answer),
+        CtlCommand::Model { .. } => {
+            render::model(&answer) + &registry::followed(&answer["registry"])
+        }
         CtlCommand::History { .. } => render::history(&answer),
         CtlCommand::Reload => render::reloaded(&answer),
         CtlCommand::Shadow(ShadowArgs { action: None, .. }) => render::shadow(&answer),

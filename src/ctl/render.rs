@@ -107,7 +107,7 @@ pub fn model(answer: &Value) -> String {
         text(&answer["routing_revision"]),
         text(&answer["registry_revision"]),
         table(&["VERSION", "STAGE", "STAGE FROM", "ENDPOINTS"], &rows),
-    ) + &super::registry::followed(&answer["registry"])
+    )
 }
 
 fn describe_record(record: &Value) -> String {

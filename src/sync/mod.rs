@@ -178,7 +178,12 @@ impl Syncer {
             while let Ok(request) = inbox.try_recv() {
                 waiters.extend(request);
             }
-            let ok = self.sync().await;
+            // A sync waiting on a slow MLflow must not hold up a shutdown.
+            let ok = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                ok = self.sync() => ok,
+            };
             synced_revision = Some(self.revision());
             for waiter in waiters {
                 let _ = waiter.send(());
