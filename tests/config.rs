@@ -229,6 +229,11 @@ fn registry_settings_are_checked_and_every_bad_one_is_named() {
           [models.mlflow]
           use_stages = true
           staging_aliases = ["challenger"]
+
+        [[models]]
+        name = "scores-copy"
+          [models.mlflow]
+          registered_model = "scores"
     "#;
     let errors = field_errors(text);
     let expected = [
@@ -238,6 +243,7 @@ fn registry_settings_are_checked_and_every_bad_one_is_named() {
         "models[0].mlflow.endpoint_template: \"http://fraud:8080\" does not contain {version}",
         "models[0].mlflow.on_production_change: \"yolo\" is not rollout or promote",
         "models[1].mlflow.use_stages: follows MLflow's stages",
+        "models[2].mlflow.registered_model: \"scores\" is already followed by model \"scores\"",
         "registry.kind: \"artifactory\" is not a registry kind",
         "registry.url: \"https://mlflow.internal\": https is not supported yet",
         "registry.poll_interval_ms: must be greater than 0",

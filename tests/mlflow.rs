@@ -324,7 +324,9 @@ async fn a_failing_candidate_is_rolled_back_and_mlflow_is_told_why() {
     })
     .await;
     // Seeing its own write-back, stagegate does not roll the version out again.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..2 {
+        admin(&gateway, Method::POST, "/api/v1/registry/sync", None).await;
+    }
     let starts = history(&gateway)
         .await
         .iter()

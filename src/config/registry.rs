@@ -117,28 +117,43 @@ pub(super) fn validate_registry(
     models: &[RawModel],
     errors: &mut Errors,
 ) -> Option<RegistrySource> {
-    let followed: Vec<MlflowModel> = models
-        .iter()
-        .enumerate()
-        .filter_map(|(i, model)| {
-            let section = model.mlflow.as_ref()?;
-            let path = format!("models[{i}]");
-            if raw.is_none() {
-                errors.push(
-                    format!("{path}.mlflow"),
-                    "needs a [registry] section saying where MLflow is",
-                );
-            }
-            if !model.versions.is_empty() {
-                errors.push(
-                    format!("{path}.versions"),
-                    "a model that follows MLflow ([models.mlflow]) takes its versions from \
-                     MLflow; remove its [[models.versions]]",
-                );
-            }
-            Some(validate_model(&model.name, section, &path, errors))
-        })
-        .collect();
+    let mut followed: Vec<MlflowModel> = Vec::new();
+    for (i, model) in models.iter().enumerate() {
+        let Some(section) = model.mlflow.as_ref() else {
+            continue;
+        };
+        let path = format!("models[{i}]");
+        if raw.is_none() {
+            errors.push(
+                format!("{path}.mlflow"),
+                "needs a [registry] section saying where MLflow is",
+            );
+        }
+        if !model.versions.is_empty() {
+            errors.push(
+                format!("{path}.versions"),
+                "a model that follows MLflow ([models.mlflow]) takes its versions from \
+                 MLflow; remove its [[models.versions]]",
+            );
+        }
+        let mapping = validate_model(&model.name, section, &path, errors);
+        // Two models following one registered model would each take the
+        // other's write-back for a person's change.
+        if let Some(first) = followed
+            .iter()
+            .find(|m| m.registered_model == mapping.registered_model)
+        {
+            errors.push(
+                format!("{path}.mlflow.registered_model"),
+                format!(
+                    "{:?} is already followed by model {:?}; one registered model drives one \
+                     stagegate model",
+                    mapping.registered_model, first.model
+                ),
+            );
+        }
+        followed.push(mapping);
+    }
     let raw = raw?;
     match raw.kind.as_deref() {
         Some("mlflow") => {}
@@ -162,6 +177,7 @@ pub(super) fn validate_registry(
         errors,
     );
     let auth = validate_auth(raw.token_env.as_deref(), errors);
+
     let webhook_secret = raw
         .webhook_secret_env
         .as_deref()
@@ -210,15 +226,27 @@ fn validate_auth(token_env: Option<&str>, errors: &mut Errors) -> RegistryAuth {
             RegistryAuth::Bearer(Secret::new(token))
         });
     }
-    if let Ok(token) = std::env::var(DEFAULT_TOKEN_ENV) {
+    let set = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(token) = set(DEFAULT_TOKEN_ENV) {
         return RegistryAuth::Bearer(Secret::new(token));
     }
-    match (std::env::var(USERNAME_ENV), std::env::var(PASSWORD_ENV)) {
-        (Ok(username), Ok(password)) => RegistryAuth::Basic {
+    match (set(USERNAME_ENV), set(PASSWORD_ENV)) {
+        (Some(username), Some(password)) => RegistryAuth::Basic {
             username,
             password: Secret::new(password),
         },
-        _ => RegistryAuth::None,
+        (None, None) => RegistryAuth::None,
+        (username, _) => {
+            let (given, missing) = match username {
+                Some(_) => (USERNAME_ENV, PASSWORD_ENV),
+                None => (PASSWORD_ENV, USERNAME_ENV),
+            };
+            errors.push(
+                "registry",
+                format!("{given} is set but {missing} is not: basic auth needs both"),
+            );
+            RegistryAuth::None
+        }
     }
 }
 

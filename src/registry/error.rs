@@ -51,6 +51,10 @@ pub enum RegistryError {
     NoConfigFile,
     #[error("the change could not be made durable, so it was not applied: {0}")]
     Store(#[from] StoreError),
+    #[error(
+        "the state changed (revision {current}) since the change was decided (at revision {expected}); decide again"
+    )]
+    Stale { expected: u64, current: u64 },
     #[error("the registry has shut down")]
     Closed,
     #[error("internal error: {0}")]
@@ -73,7 +77,8 @@ impl RegistryError {
             | RegistryError::RolloutRefused { .. }
             | RegistryError::Unhealthy { .. }
             | RegistryError::NotReloadable(_)
-            | RegistryError::NoConfigFile => StatusCode::CONFLICT,
+            | RegistryError::NoConfigFile
+            | RegistryError::Stale { .. } => StatusCode::CONFLICT,
             RegistryError::Reload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             RegistryError::Store(_) | RegistryError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -98,6 +103,7 @@ impl RegistryError {
             RegistryError::NotReloadable(_) => "not_reloadable",
             RegistryError::NoConfigFile => "no_config_file",
             RegistryError::Store(_) => "journal_failed",
+            RegistryError::Stale { .. } => "stale_state",
             RegistryError::Closed => "shutting_down",
             RegistryError::Internal(_) => "internal",
         }

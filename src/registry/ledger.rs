@@ -3,7 +3,7 @@
 //! The ledger knows only versions that some record has touched. Versions the
 //! config seeds and nobody has changed yet follow the config; see [`super::merge`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -44,9 +44,15 @@ pub struct LedgerModel {
     /// production (0: none has yet).
     #[serde(default)]
     pub production_revision: u64,
+    /// The revision of the last record that changed the rollout (0: none has).
+    #[serde(default)]
+    pub rollout_revision: u64,
     /// What an external registry last showed, by slot (an alias or a stage).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub observed: BTreeMap<String, ObservedSlot>,
+    /// Every version an external registry's slot has named.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub registry_named: BTreeSet<String>,
 }
 
 /// The version a registry slot named when last seen.
@@ -113,6 +119,7 @@ impl Ledger {
         }
         if let Some(rollout) = &record.rollout {
             model.rollout = Some(rollout.clone());
+            model.rollout_revision = record.revision;
         }
         if let Some(observed) = &record.observed {
             model.observe(observed, record.revision);
@@ -164,6 +171,7 @@ impl LedgerModel {
     }
 
     fn observe(&mut self, observed: &Observation, revision: u64) {
+        self.registry_named.extend(observed.to.iter().cloned());
         if observed.to.is_none() && observed.role != Stage::Production {
             self.observed.remove(&observed.slot);
             return;
@@ -174,16 +182,6 @@ impl LedgerModel {
             revision,
         };
         self.observed.insert(observed.slot.clone(), slot);
-    }
-
-    /// The registry's production slot (by name) as last seen; the newest, should
-    /// a changed mapping have left an old one.
-    pub fn observed_production(&self) -> Option<(&str, &ObservedSlot)> {
-        self.observed
-            .iter()
-            .filter(|(_, slot)| slot.role == Stage::Production)
-            .max_by_key(|(_, slot)| slot.revision)
-            .map(|(name, slot)| (name.as_str(), slot))
     }
 
     /// The version that was production before `current`: rollback's default target.

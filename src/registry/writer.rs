@@ -53,6 +53,8 @@ enum Work {
     Change {
         command: Box<Command>,
         actor: String,
+        /// Refuse unless the journal is still at this revision.
+        expected: Option<u64>,
     },
     Reload,
     Seed,
@@ -113,9 +115,22 @@ impl Registry {
         command: Command,
         actor: &str,
     ) -> Result<Arc<Record>, RegistryError> {
+        self.change_at(command, actor, None).await
+    }
+
+    /// Makes a change decided on the state at journal revision `expected`: refused
+    /// with [`RegistryError::Stale`] if another change came first, so a decision
+    /// is never applied on top of a state it did not see.
+    pub async fn change_at(
+        &self,
+        command: Command,
+        actor: &str,
+        expected: Option<u64>,
+    ) -> Result<Arc<Record>, RegistryError> {
         let work = Work::Change {
             command: Box::new(command),
             actor: actor.to_string(),
+            expected,
         };
         match self.send(work).await? {
             Done::Changed(record) => Ok(record),
@@ -195,9 +210,17 @@ impl Task {
                 },
             };
             let result = match request.work {
-                Work::Change { command, actor } => {
-                    self.change(&command, &actor).await.map(Done::Changed)
-                }
+                Work::Change {
+                    command,
+                    actor,
+                    expected,
+                } => match expected.filter(|e| *e != self.ledger.revision) {
+                    Some(expected) => Err(RegistryError::Stale {
+                        expected,
+                        current: self.ledger.revision,
+                    }),
+                    None => self.change(&command, &actor).await.map(Done::Changed),
+                },
                 Work::Reload => self.reload().await.map(Done::Reloaded),
                 Work::Seed => {
                     let models = self.models.clone();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -25,6 +25,8 @@ const API: &str = "/api/2.0/mlflow";
 pub const PAGE_SIZE: usize = 200;
 /// Pages read before a search is taken to be looping.
 const MAX_PAGES: usize = 1_000;
+/// The largest answer read: a page of versions is far smaller.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MlflowError {
@@ -225,11 +227,14 @@ impl MlflowClient {
                 .await
                 .map_err(|e| self.unreachable(error_chain(&e)))?;
             let status = response.status();
-            let body = response
-                .into_body()
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| self.unreachable(error_chain(&e)))?
+                .map_err(|e| {
+                    self.unreachable(format!(
+                        "answer unreadable or over {MAX_ANSWER_BYTES} bytes: {e}"
+                    ))
+                })?
                 .to_bytes();
             Ok::<_, MlflowError>((status, body))
         };

@@ -3,8 +3,8 @@
 //!
 //! - [`mlflow`]: the REST calls;
 //! - [`view`]: one registered model read whole, and the slots naming versions;
-//! - [`reconcile`]: the rules, pure: what to change in stagegate, what to write
-//!   to MLflow;
+//! - [`reconcile`]: the rules, pure: what to change in stagegate;
+//! - [`write_back`]: what to write to MLflow so that it says what serves;
 //! - [`status`]: what the sync last did, for the admin API;
 //! - [`webhook`]: signed deliveries that trigger a poll.
 //!
@@ -19,6 +19,7 @@ pub mod reconcile;
 pub mod status;
 pub mod view;
 pub mod webhook;
+pub mod write_back;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,12 +31,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::registry::{MlflowModel, RegistrySource, Secret};
 use crate::registry::record::now;
-use crate::registry::{Catalog, Registry, RegistryError};
+use crate::registry::{Catalog, Command, Registry, RegistryError};
 use crate::routing::Router;
 use mlflow::{MlflowClient, MlflowError};
-use reconcile::{Inputs, WriteBack};
+use reconcile::Inputs;
 use status::{ModelSync, SyncStatus, WriteBackStats};
 use view::ModelView;
+use write_back::WriteBack;
 
 /// The journal's actor for changes the sync makes.
 pub const ACTOR: &str = "mlflow";
@@ -43,8 +45,9 @@ pub const ACTOR: &str = "mlflow";
 const JOURNAL_CHECK: Duration = Duration::from_millis(100);
 /// The first retry after a failure; it doubles up to the poll interval.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
-/// Changes one sync may make to one model before it stops and says so.
-const MAX_CHANGES_PER_SYNC: usize = 16;
+/// Changes (besides journaling what MLflow shows) one sync may make to one model
+/// before it stops and says so: this many, plus two per slot MLflow shows.
+const BASE_CHANGES_PER_SYNC: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -58,8 +61,8 @@ pub enum SyncError {
         #[source]
         source: RegistryError,
     },
-    #[error("more than {MAX_CHANGES_PER_SYNC} changes in one sync; stopped to look again")]
-    TooManyChanges,
+    #[error("more than {0} changes in one sync; stopped to look again")]
+    TooManyChanges(usize),
     #[error("the sync has stopped")]
     Stopped,
 }
@@ -260,6 +263,7 @@ impl Syncer {
         writes: &mut WriteBackStats,
     ) -> Result<(), SyncError> {
         let view = ModelView::read(&self.client, mapping).await?;
+        let limit = BASE_CHANGES_PER_SYNC + 2 * view.slots(mapping).len();
         let mut changes = 0;
         loop {
             let catalog = self.catalog();
@@ -274,28 +278,34 @@ impl Syncer {
                 .map(|s| s.version);
             let Some(command) = reconcile::next_change(&inputs) else {
                 let planned = if self.source.write_back {
-                    reconcile::write_backs(&inputs)
+                    write_back::write_backs(&inputs)
                 } else {
                     Vec::new()
                 };
-                return self.write_back(mapping, planned, writes).await;
+                return self.write_back(mapping, &view, planned, writes).await;
             };
-            if changes == MAX_CHANGES_PER_SYNC {
-                return Err(SyncError::TooManyChanges);
+            if !matches!(command, Command::Observe { .. }) {
+                changes += 1;
+                if changes > limit {
+                    return Err(SyncError::TooManyChanges(limit));
+                }
             }
-            changes += 1;
-            let what = format!("{command:?}").chars().take(200).collect();
-            tracing::info!(model = %mapping.model, change = ?command, "following MLflow");
-            self.registry
-                .change(command, ACTOR)
-                .await
-                .map_err(|source| SyncError::Change { what, source })?;
+            let what = summary(&command);
+            tracing::info!(model = %mapping.model, change = %what, "following MLflow");
+            // Decided on this revision: a change someone else makes meanwhile
+            // sends the loop round to decide again.
+            let expected = Some(catalog.ledger.revision);
+            match self.registry.change_at(command, ACTOR, expected).await {
+                Ok(_) | Err(RegistryError::Stale { .. }) => {}
+                Err(source) => return Err(SyncError::Change { what, source }),
+            }
         }
     }
 
     async fn write_back(
         &self,
         mapping: &MlflowModel,
+        view: &ModelView,
         planned: Vec<WriteBack>,
         stats: &mut WriteBackStats,
     ) -> Result<(), SyncError> {
@@ -321,6 +331,7 @@ impl Syncer {
                     tracing::info!(model = %mapping.model, ?write, "wrote back to MLflow");
                     telemetry.registry_write_back("success");
                     stats.succeeded += 1;
+                    self.journal_written(mapping, view, &write).await?;
                 }
                 Err(error) => {
                     tracing::warn!(model = %mapping.model, %error, "write-back to MLflow failed");
@@ -342,8 +353,47 @@ impl Syncer {
         }
     }
 
+    /// Journals what a production write-back made MLflow say, so that the next
+    /// read, which shows it, is not taken for a person's change.
+    async fn journal_written(
+        &self,
+        mapping: &MlflowModel,
+        view: &ModelView,
+        write: &WriteBack,
+    ) -> Result<(), SyncError> {
+        let catalog = self.catalog();
+        let inputs = inputs(&catalog, mapping, view)?;
+        let Some(command) = write_back::written(&inputs, write) else {
+            return Ok(());
+        };
+        let what = summary(&command);
+        self.registry
+            .change(command, ACTOR)
+            .await
+            .map(drop)
+            .map_err(|source| SyncError::Change { what, source })
+    }
+
     fn catalog(&self) -> Arc<Catalog> {
         Arc::clone(self.router.load().catalog())
+    }
+}
+
+/// A change in a few words, for logs and errors.
+fn summary(command: &Command) -> String {
+    match command {
+        Command::Observe { reason, .. } => format!("journaling what MLflow shows ({reason})"),
+        Command::Register { version, .. } => format!("registering version {version}"),
+        Command::Transition { version, to, .. } => format!("moving version {version} to {to}"),
+        Command::Rollback { to_version, .. } => {
+            format!(
+                "rolling back to version {}",
+                to_version.as_deref().unwrap_or("?")
+            )
+        }
+        Command::StartRollout { candidate, .. } => format!("rolling out version {candidate}"),
+        Command::Rollout { decision, .. } => format!("the rollout decision {}", decision.name()),
+        Command::SetShadow { .. } | Command::SetCanary { .. } => "a settings change".to_string(),
     }
 }
 

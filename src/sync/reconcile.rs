@@ -16,10 +16,7 @@
 //! 4. Versions the staging slots name are registered (or brought back from
 //!    archived) into staging; staging versions no slot names any more are archived.
 //!
-//! Write-back ([`write_backs`]) then makes MLflow say what stagegate serves: the
-//! production slot follows the production version (never while a rollout runs,
-//! nor while a registry change waits to be followed), and tags on each version
-//! say its stage and its latest rollout.
+//! What stagegate then writes back to MLflow is in [`super::write_back`].
 
 use std::collections::BTreeMap;
 
@@ -30,40 +27,12 @@ use crate::config::registry::{Follow, MlflowModel, OnProductionChange};
 use crate::registry::ledger::{LedgerModel, ObservedSlot};
 use crate::registry::{Command, Decision, ModelSpec, Observation, Stage};
 
-/// Tag saying what a version does in stagegate.
-pub const STAGE_TAG: &str = "stagegate.stage";
-/// Tags on a rollout's candidate: its phase, and why it is in it.
-pub const ROLLOUT_TAG: &str = "stagegate.rollout";
-pub const ROLLOUT_REASON_TAG: &str = "stagegate.rollout_reason";
-/// MLflow refuses longer tag values.
-const MAX_TAG_VALUE: usize = 5_000;
-
 /// Everything a decision reads.
 pub struct Inputs<'a> {
     pub mapping: &'a MlflowModel,
     pub model: &'a ModelSpec,
     pub ledger: Option<&'a LedgerModel>,
     pub view: &'a ModelView,
-}
-
-/// One idempotent write to MLflow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "write", rename_all = "snake_case")]
-pub enum WriteBack {
-    Alias {
-        alias: String,
-        version: String,
-    },
-    /// Legacy stages: move the version to `Production`, archiving the others.
-    Stage {
-        version: String,
-        stage: String,
-    },
-    Tag {
-        version: String,
-        key: String,
-        value: String,
-    },
 }
 
 /// A version the registry names or stagegate knows, and whether it can serve.
@@ -127,11 +96,15 @@ fn observation(inputs: &Inputs) -> Option<Command> {
     None
 }
 
+pub(super) fn describe_slot(mapping: &MlflowModel, slot: &str) -> String {
+    match mapping.follow {
+        Follow::Aliases { .. } => format!("alias {slot:?}"),
+        Follow::Stages => format!("stage {slot}"),
+    }
+}
+
 fn describe(mapping: &MlflowModel, seen: &Observation) -> String {
-    let what = match mapping.follow {
-        Follow::Aliases { .. } => format!("alias {:?}", seen.slot),
-        Follow::Stages => format!("stage {}", seen.slot),
-    };
+    let what = describe_slot(mapping, &seen.slot);
     let model = &mapping.registered_model;
     match (&seen.from, &seen.to) {
         (None, Some(to)) => format!("MLflow: {what} of {model:?} names version {to}"),
@@ -145,36 +118,51 @@ fn describe(mapping: &MlflowModel, seen: &Observation) -> String {
     }
 }
 
-/// The production slot as the journal last saw it, when it names a version.
-fn production_target<'a>(inputs: &'a Inputs) -> Option<(&'a str, &'a ObservedSlot, &'a str)> {
-    let (name, slot) = inputs.ledger?.observed_production()?;
+/// The name of the slot that names the production version under `mapping`.
+pub fn production_slot_name(mapping: &MlflowModel) -> &str {
+    match &mapping.follow {
+        Follow::Aliases { production, .. } => production,
+        Follow::Stages => PRODUCTION_STAGE,
+    }
+}
+
+/// The production slot as the journal last saw it. Looked up by the mapping's
+/// name, so a slot an older mapping followed never counts.
+pub(super) fn production_slot<'a>(inputs: &'a Inputs) -> Option<(&'a str, &'a ObservedSlot)> {
+    let name = production_slot_name(inputs.mapping);
+    let slot = inputs.ledger?.observed.get(name)?;
+    Some((name, slot))
+}
+
+/// The production slot, when it names a version.
+pub(super) fn production_target<'a>(
+    inputs: &'a Inputs,
+) -> Option<(&'a str, &'a ObservedSlot, &'a str)> {
+    let (name, slot) = production_slot(inputs)?;
     Some((name, slot, slot.version.as_deref()?))
 }
 
-/// Whether stagegate has yet to act on what the registry saw at `revision`: no
-/// rollout began and production did not change since.
-fn waiting(inputs: &Inputs, revision: u64) -> bool {
-    let changed_since = inputs
-        .ledger
-        .is_some_and(|l| l.production_revision > revision);
-    let rolled_out_since = inputs
-        .model
-        .rollout
-        .as_ref()
-        .is_some_and(|r| r.id > revision);
-    !changed_since && !rolled_out_since
+/// Whether stagegate has yet to act on the registry naming `target` at
+/// `revision`: production did not change since, no rollout began since, and no
+/// rollout of `target` was still going on then (it answers the change too).
+pub(super) fn waiting(inputs: &Inputs, revision: u64, target: &str) -> bool {
+    let Some(ledger) = inputs.ledger else {
+        return true;
+    };
+    let acted = inputs.model.rollout.as_ref().is_some_and(|r| {
+        r.id > revision || (r.candidate == target && ledger.rollout_revision > revision)
+    });
+    ledger.production_revision <= revision && !acted
 }
 
 fn abort_superseded(inputs: &Inputs) -> Option<Command> {
     let rollout = inputs.model.running_rollout()?;
-    let (name, slot) = inputs.ledger?.observed_production()?;
-    if slot.revision < rollout.id || slot.version.as_deref() == Some(rollout.candidate.as_str()) {
+    // An emptied alias is left alone, and so is the rollout.
+    let (name, slot, now) = production_target(inputs)?;
+    if slot.revision < rollout.id || now == rollout.candidate {
         return None;
     }
-    let now = slot
-        .version
-        .as_deref()
-        .map_or("no version".to_string(), |v| format!("version {v}"));
+    let now = format!("version {now}");
     Some(Command::Rollout {
         model: inputs.model.name.clone(),
         id: Some(rollout.id),
@@ -192,7 +180,7 @@ fn follow_production(inputs: &Inputs) -> Option<Command> {
     let model = inputs.model;
     let production = model.production().map(|v| v.version.as_str());
     if production == Some(target)
-        || !waiting(inputs, slot.revision)
+        || !waiting(inputs, slot.revision, target)
         || model.running_rollout().is_some()
     {
         return None;
@@ -275,9 +263,12 @@ fn retire_staging(inputs: &Inputs) -> Option<Command> {
     let target = production_target(inputs).map(|(_, _, v)| v);
     let candidate = model.running_rollout().map(|r| r.candidate.as_str());
     let hand_set = model.canary.as_ref().map(|c| c.version.as_str());
+    let named_once = &inputs.ledger?.registry_named;
     let retired = model.versions.iter().find(|v| {
         let id = Some(v.version.as_str());
+        // A version a person registered by hand is theirs to retire.
         v.stage == Stage::Staging
+            && named_once.contains(&v.version)
             && id != target
             && id != candidate
             && id != hand_set
@@ -292,72 +283,6 @@ fn retire_staging(inputs: &Inputs) -> Option<Command> {
             inputs.mapping.registered_model, retired.version
         ),
     })
-}
-
-/// The writes that make MLflow say what stagegate serves (none when it does).
-pub fn write_backs(inputs: &Inputs) -> Vec<WriteBack> {
-    let mut writes: Vec<WriteBack> = production_write(inputs).into_iter().collect();
-    writes.extend(tag_writes(inputs));
-    writes
-}
-
-fn production_write(inputs: &Inputs) -> Option<WriteBack> {
-    let model = inputs.model;
-    if model.running_rollout().is_some() {
-        return None;
-    }
-    let production = &model.production()?.version;
-    // An empty slot was emptied by a person: that is theirs to fill again.
-    let (_, slot, target) = production_target(inputs)?;
-    if target == production || waiting(inputs, slot.revision) {
-        return None;
-    }
-    Some(match &inputs.mapping.follow {
-        Follow::Aliases {
-            production: alias, ..
-        } => WriteBack::Alias {
-            alias: alias.clone(),
-            version: production.clone(),
-        },
-        Follow::Stages => WriteBack::Stage {
-            version: production.clone(),
-            stage: PRODUCTION_STAGE.to_string(),
-        },
-    })
-}
-
-fn tag_writes(inputs: &Inputs) -> Vec<WriteBack> {
-    let model = inputs.model;
-    let mut wanted: Vec<(&str, &'static str, String)> = Vec::new();
-    let canary = model.running_rollout().map(|r| r.candidate.as_str());
-    for version in &model.versions {
-        let stage = if Some(version.version.as_str()) == canary {
-            "canary"
-        } else {
-            version.stage.as_str()
-        };
-        wanted.push((&version.version, STAGE_TAG, stage.to_string()));
-    }
-    if let Some(rollout) = &model.rollout {
-        let reason: String = rollout.reason.chars().take(MAX_TAG_VALUE).collect();
-        wanted.push((&rollout.candidate, ROLLOUT_TAG, rollout.phase.to_string()));
-        wanted.push((&rollout.candidate, ROLLOUT_REASON_TAG, reason));
-    }
-    wanted
-        .into_iter()
-        .filter(|(version, key, value)| {
-            inputs
-                .view
-                .versions
-                .get(*version)
-                .is_some_and(|v| v.tags.get(*key) != Some(value))
-        })
-        .map(|(version, key, value)| WriteBack::Tag {
-            version: version.to_string(),
-            key: key.to_string(),
-            value,
-        })
-        .collect()
 }
 
 /// Every version a slot names or stagegate knows, with whether it can serve.
@@ -407,7 +332,7 @@ pub fn waiting_for(inputs: &Inputs) -> Option<String> {
             rollout.plan.steps.len()
         ));
     }
-    if waiting(inputs, slot.revision) {
+    if waiting(inputs, slot.revision, target) {
         let unservable = model.version(target).is_none();
         return Some(match inputs.view.endpoints(inputs.mapping, target) {
             Err(why) if unservable => {

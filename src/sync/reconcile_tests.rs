@@ -10,6 +10,8 @@ use crate::registry::merge::merge;
 use crate::registry::rules::plan;
 use crate::registry::{GateReading, Phase, Verdict};
 use crate::sync::mlflow::{ModelVersion, RegisteredModel};
+use crate::sync::view::PRODUCTION_STAGE;
+use crate::sync::write_back::*;
 
 const ALIASES: &str = r#"
 [registry]
@@ -127,6 +129,49 @@ impl World {
             self.apply(&command, "mlflow");
         }
         done
+    }
+
+    /// Does what the sync does with its write-backs: MLflow takes them, and a
+    /// production write is journaled.
+    fn write_back(&mut self) {
+        for write in self.writes() {
+            let model = self.model();
+            let journal = written(
+                &Inputs {
+                    mapping: self.mapping(),
+                    model: &model,
+                    ledger: self.ledger.model("fraud"),
+                    view: &self.view,
+                },
+                &write,
+            );
+            match &write {
+                WriteBack::Alias { alias, version } => self.alias(alias, Some(version)),
+                WriteBack::Stage { version, .. } => {
+                    for v in self.view.versions.values_mut() {
+                        if v.stage == PRODUCTION_STAGE {
+                            v.stage = "Archived".into();
+                        }
+                    }
+                    self.view.versions.get_mut(version).unwrap().stage = PRODUCTION_STAGE.into();
+                }
+                WriteBack::Tag {
+                    version,
+                    key,
+                    value,
+                } => {
+                    let found = self.view.versions.get_mut(version).unwrap();
+                    found.tags.insert(key.clone(), value.clone());
+                }
+            }
+            if let Some(command) = journal {
+                self.apply(&command, "mlflow");
+            }
+        }
+    }
+
+    fn person(&mut self, command: Command) {
+        self.apply(&command, "alice");
     }
 
     fn stage(&self, version: &str) -> Option<Stage> {
@@ -459,4 +504,112 @@ fn legacy_stages_name_the_newest_production_version_and_are_written_back() {
             stage: "Production".into()
         }
     );
+}
+
+fn rollback_to(version: &str) -> Command {
+    Command::Rollback {
+        model: "fraud".into(),
+        to_version: Some(version.into()),
+        reason: "by hand".into(),
+        force: true,
+    }
+}
+
+#[test]
+fn a_write_back_seen_again_is_not_taken_for_a_person_s_change() {
+    let mut world = serving_one("on_production_change = \"promote\"\n");
+    world.version("2", "READY");
+    world.alias("champion", Some("2"));
+    world.settle();
+    world.person(rollback_to("1"));
+    world.write_back();
+    assert_eq!(world.view.registered.aliases["champion"], "1");
+    // Before the next sync sees the write, a person rolls back again.
+    world.person(rollback_to("2"));
+    assert_eq!(
+        world.settle(),
+        Vec::<String>::new(),
+        "the echo of 1 is not followed"
+    );
+    assert_eq!(world.stage("2"), Some(Stage::Production));
+    assert_eq!(
+        world.writes()[0],
+        WriteBack::Alias {
+            alias: "champion".into(),
+            version: "2".into()
+        }
+    );
+    world.write_back();
+    assert_eq!(world.settle(), Vec::<String>::new());
+    assert_eq!(world.writes(), []);
+}
+
+#[test]
+fn an_alias_moved_to_a_running_candidate_does_not_start_a_second_rollout() {
+    let mut world = serving_one("");
+    world.version("2", "READY");
+    world.person(Command::Register {
+        model: "fraud".into(),
+        version: "2".into(),
+        endpoints: vec!["http://v2:8080".into()],
+        reason: String::new(),
+    });
+    let plan = world.model().rollout_defaults.clone();
+    world.person(Command::StartRollout {
+        model: "fraud".into(),
+        candidate: "2".into(),
+        plan,
+        reason: String::new(),
+    });
+    world.alias("champion", Some("2"));
+    assert_eq!(
+        world.settle(),
+        ["observe champion Some(\"1\")->Some(\"2\")"]
+    );
+    world.decide(failure());
+    assert_eq!(
+        world.settle(),
+        Vec::<String>::new(),
+        "that rollout answered the move"
+    );
+}
+
+#[test]
+fn a_renamed_production_alias_is_the_one_followed() {
+    let mut old = serving_one("");
+    old.alias("prod", Some("1"));
+    let mut world = World::new("production_alias = \"prod\"\n");
+    world.ledger = old.ledger.clone();
+    world.view = old.view.clone();
+    world.alias("champion", None);
+    world.settle();
+    assert_eq!(world.stage("1"), Some(Stage::Production));
+    world.version("2", "READY");
+    world.alias("prod", Some("2"));
+    assert_eq!(&world.settle()[1..], ["register 2", "roll out 2"]);
+    assert_eq!(world.phase(), Some(Phase::Progressing));
+}
+
+#[test]
+fn an_emptied_alias_leaves_a_running_rollout_alone() {
+    let mut world = serving_one("");
+    world.version("2", "READY");
+    world.alias("champion", Some("2"));
+    world.settle();
+    world.alias("champion", None);
+    assert_eq!(world.settle(), ["observe champion Some(\"2\")->None"]);
+    assert_eq!(world.phase(), Some(Phase::Progressing));
+}
+
+#[test]
+fn a_version_registered_by_hand_is_not_retired() {
+    let mut world = serving_one("");
+    world.person(Command::Register {
+        model: "fraud".into(),
+        version: "9".into(),
+        endpoints: vec!["http://v9:8080".into()],
+        reason: String::new(),
+    });
+    assert_eq!(world.settle(), Vec::<String>::new());
+    assert_eq!(world.stage("9"), Some(Stage::Staging));
 }
