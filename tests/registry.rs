@@ -101,6 +101,37 @@ async fn acknowledged_changes_survive_a_restart_and_a_torn_tail() {
 }
 
 #[tokio::test]
+async fn a_change_decided_on_an_older_revision_is_refused_as_stale() {
+    let (_ups, urls) = upstreams().await;
+    let gateway = common::gateway(&config(&urls)).await;
+    let registry = gateway.registry();
+    let seen = gateway.router().load().catalog().ledger.revision;
+    registry.change(promote("3"), "alice").await.unwrap();
+    let stale = registry
+        .change_at(promote("1"), "sync", Some(seen))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), "stale_state", "{stale}");
+    assert!(stale.to_string().contains("decide again"), "{stale}");
+    let current = gateway.router().load().catalog().ledger.revision;
+    let record = registry
+        .change_at(
+            Command::Transition {
+                model: "fraud".into(),
+                version: "2".into(),
+                to: Stage::Staging,
+                reason: String::new(),
+            },
+            "sync",
+            Some(current),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.revision, current + 1);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_second_gateway_on_the_same_state_dir_is_refused() {
     let (_ups, urls) = upstreams().await;
     let dir = tempfile::tempdir().unwrap();
