@@ -21,6 +21,9 @@ pub mod view;
 pub mod webhook;
 pub mod write_back;
 
+#[cfg(test)]
+mod test_world;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
