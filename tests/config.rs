@@ -14,6 +14,17 @@ fn field_errors(text: &str) -> Vec<String> {
     }
 }
 
+/// Each expected message starts one of `errors`, and there are no others.
+fn assert_exactly(errors: &[String], expected: &[&str]) {
+    for want in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+}
+
 #[test]
 fn every_error_is_reported_with_its_field_path() {
     let text = r#"
@@ -74,13 +85,7 @@ fn every_error_is_reported_with_its_field_path() {
         "models[1].health_path: must start with '/'",
         "models[2].name: invalid name \"bad/name\"",
     ];
-    for want in expected {
-        assert!(
-            errors.iter().any(|e| e.starts_with(want)),
-            "missing {want:?} in {errors:#?}"
-        );
-    }
-    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    assert_exactly(&errors, &expected);
 }
 
 #[test]
@@ -249,13 +254,7 @@ fn registry_settings_are_checked_and_every_bad_one_is_named() {
         "registry.poll_interval_ms: must be greater than 0",
         "registry.token_env: environment variable STAGEGATE_TEST_UNSET_TOKEN is not set",
     ];
-    for want in expected {
-        assert!(
-            errors.iter().any(|e| e.starts_with(want)),
-            "missing {want:?} in {errors:#?}"
-        );
-    }
-    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    assert_exactly(&errors, &expected);
 
     let orphan = "[[models]]\nname = \"fraud\"\n[models.mlflow]\n";
     assert_eq!(
