@@ -14,12 +14,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{Connection, SendRequest};
@@ -73,19 +72,10 @@ impl std::fmt::Debug for EndpointPools {
     }
 }
 
-/// Idle connections in a bounded lock-free queue: taking and returning one
-/// never waits for another request. Reuse takes the one idle longest (FIFO), so
-/// connections are used in turn.
+/// Idle connections, most recently used last: reuse takes the warmest one.
+#[derive(Default)]
 pub struct IdlePool {
-    idle: ArrayQueue<Idle>,
-}
-
-impl Default for IdlePool {
-    fn default() -> IdlePool {
-        IdlePool {
-            idle: ArrayQueue::new(MAX_IDLE),
-        }
-    }
+    idle: Mutex<Vec<Idle>>,
 }
 
 struct Idle {
@@ -97,7 +87,7 @@ impl IdlePool {
     /// An idle connection that is still open, if there is one.
     pub fn take(&self) -> Option<Box<UpstreamConn>> {
         loop {
-            let idle = self.idle.pop()?;
+            let idle = self.lock().pop()?;
             let mut conn = idle.conn;
             if idle.since.elapsed() < IDLE_TIMEOUT && conn.is_reusable() {
                 return Some(conn);
@@ -107,34 +97,48 @@ impl IdlePool {
 
     /// Expired entries are left to [`IdlePool::reap`] and skipped by `take`.
     fn put(&self, conn: Box<UpstreamConn>) {
-        let idle = Idle {
-            conn,
-            since: Instant::now(),
-        };
-        // A full pool closes the connection (dropped here).
-        let _ = self.idle.push(idle);
-    }
-
-    /// Looks at each connection idle now once: keeps the open ones, closes the
-    /// rest. Requests may take and return connections meanwhile; one returned
-    /// during the round may be looked at too, which is harmless.
-    fn reap(&self) {
-        for _ in 0..self.idle.len() {
-            let Some(mut entry) = self.idle.pop() else {
-                return;
-            };
-            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_reusable() {
-                let _ = self.idle.push(entry);
-            }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 
+    /// Upkeep never waits for a pool that requests are using: that pool is
+    /// reaped next round.
+    fn reap(&self) {
+        let mut idle = match self.idle.try_lock() {
+            Ok(idle) => idle,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let mut gone = Vec::new();
+        for mut entry in std::mem::take(&mut *idle) {
+            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_reusable() {
+                idle.push(entry);
+            } else {
+                gone.push(entry);
+            }
+        }
+        drop(idle);
+        // Closed outside the lock.
+        drop(gone);
+    }
+
     pub fn len(&self) -> usize {
-        self.idle.len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.idle.is_empty()
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The vector is consistent between any two statements; a panic elsewhere
+        // while holding the lock leaves nothing half-done.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
