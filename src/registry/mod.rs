@@ -3,7 +3,8 @@
 //!
 //! - the domain vocabulary ([`Stage`], [`ModelSpec`], [`VersionSpec`],
 //!   [`EndpointUrl`]) that configuration produces and the routing table consumes;
-//! - [`rules`]: which stage transitions are allowed, as pure planning;
+//! - [`Command`]: a change asked for; [`rules`]: which are allowed and the
+//!   record each becomes, as pure planning;
 //! - [`record`] and [`ledger`]: the journal's records and the state they replay to;
 //! - [`merge`]: config seeds + journal-owned stages -> the served models;
 //! - [`store`]: the durable journal, snapshot and lock behind a trait;
@@ -11,6 +12,7 @@
 //!   [`Registry`] handle that sends it work;
 //! - [`probe`]: health probes before a rollback.
 
+mod command;
 mod endpoint;
 mod error;
 pub mod evidence;
@@ -29,6 +31,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+pub use command::Command;
 pub use endpoint::{EndpointUrl, EndpointUrlError};
 pub use error::RegistryError;
 pub use evidence::{GateReading, Verdict};
@@ -40,7 +43,6 @@ pub use rollout::{
     Rollout,
 };
 pub use rollout_rules::{Decision, failure_reason};
-pub use rules::Command;
 pub use writer::{Registry, ReloadHook, Reloaded, Writer, WriterStop};
 
 /// The lifecycle stage of a model version.

@@ -11,86 +11,12 @@
 //! to journal, or why not. Exactly one production version per model holds because a
 //! promotion archives the old production version in the same record.
 
+use super::command::Command;
 use super::error::RegistryError;
 use super::ledger::Ledger;
 use super::record::{Action, Move, Observation, Record, now};
-use super::rollout_rules::{self, Decision};
-use super::{EndpointUrl, GateReading, ModelSpec, Plan, ShadowPolicy, Stage, is_valid_identifier};
-
-/// A change someone asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    Register {
-        model: String,
-        version: String,
-        endpoints: Vec<String>,
-        reason: String,
-    },
-    Transition {
-        model: String,
-        version: String,
-        to: Stage,
-        reason: String,
-    },
-    Rollback {
-        model: String,
-        to_version: Option<String>,
-        reason: String,
-        force: bool,
-    },
-    /// Changes to a model's shadow and compare settings: the given fields over
-    /// the current ones (merged here, by the single writer, so concurrent
-    /// partial updates cannot lose each other).
-    SetShadow {
-        model: String,
-        patch: serde_json::Value,
-        reason: String,
-    },
-    /// A hand-set canary weight (0 ends the canary).
-    SetCanary {
-        model: String,
-        version: String,
-        weight: f64,
-        reason: String,
-    },
-    StartRollout {
-        model: String,
-        candidate: String,
-        plan: Plan,
-        reason: String,
-    },
-    /// A decision about the running rollout; `id` (when known) names it, and
-    /// `evidence` holds the gate readings it rests on (none for a person's).
-    Rollout {
-        model: String,
-        id: Option<u64>,
-        decision: Decision,
-        evidence: Vec<GateReading>,
-        reason: String,
-    },
-    /// A change seen in an external registry, journaled so that history says who
-    /// changed what and a restart compares the registry with what was last seen.
-    Observe {
-        model: String,
-        observation: Observation,
-        reason: String,
-    },
-}
-
-impl Command {
-    pub fn model(&self) -> &str {
-        match self {
-            Command::Register { model, .. }
-            | Command::Transition { model, .. }
-            | Command::Rollback { model, .. }
-            | Command::SetShadow { model, .. }
-            | Command::SetCanary { model, .. }
-            | Command::StartRollout { model, .. }
-            | Command::Rollout { model, .. }
-            | Command::Observe { model, .. } => model,
-        }
-    }
-}
+use super::rollout_rules;
+use super::{EndpointUrl, ModelSpec, ShadowPolicy, Stage, is_valid_identifier};
 
 /// The record `command` becomes, stamped with the next revision, or why it is refused.
 pub fn plan(

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::command::Command;
 use super::error::RegistryError;
 use super::ledger::Ledger;
 use super::merge::merge;
@@ -21,7 +22,7 @@ use super::probe::probe;
 use super::record::{Action, Record, now};
 use super::rollout::Phase;
 use super::rollout_rules::Decision;
-use super::rules::{Command, plan};
+use super::rules::plan;
 #[cfg(doc)]
 use super::store::COMPACT_AFTER_RECORDS;
 use super::store::Store;
