@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::admin::auth::{AuthError, Tokens};
 use crate::config::Config;
-use crate::proxy::pool::PoolKind;
 use crate::proxy::{self, Drained, Proxy};
 use crate::registry::merge::merge;
 use crate::registry::store::{COMPACT_AFTER_RECORDS, FileStore, StoreError};
@@ -24,6 +23,7 @@ use crate::rollout::{Controller, RolloutReadings};
 use crate::routing::Router;
 use crate::sync::{SyncHandle, Syncer};
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
+use crate::upstream::pool::PoolKind;
 
 /// How often the rollout controller looks at running rollouts.
 pub const CONTROLLER_TICK: Duration = Duration::from_millis(100);

@@ -7,11 +7,13 @@
 //!   error reported at once, with its field path.
 //! - [`registry`]: models, versions and stages (production, staging, archived); the
 //!   transition rules, the durable journal and snapshot, and the single writer.
+//! - [`upstream`]: reaching model servers: endpoints with their connection pools
+//!   and passive health, the client, admission; imports nothing above it.
 //! - [`routing`]: the immutable [`routing::RoutingTable`] held in one `ArcSwap`
 //!   ([`routing::Router`]); resolving a request to a version route.
 //! - [`proxy`]: the data plane: hyper server (HTTP/1.1 and h2c), limits and
-//!   timeouts, forwarding over pooled upstream connections, header hygiene,
-//!   graceful shutdown.
+//!   timeouts, forwarding through [`upstream`], header hygiene, graceful
+//!   shutdown.
 //! - [`shadow`]: mirroring production traffic to staging versions on threads of
 //!   their own (idle priority by default), comparing their answers off the
 //!   request path, and the shadow reports.
@@ -45,3 +47,4 @@ pub mod routing;
 pub mod shadow;
 pub mod sync;
 pub mod telemetry;
+pub mod upstream;

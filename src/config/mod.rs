@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::registry::ModelSpec;
-pub use crate::routing::health::EjectionPolicy;
+pub use crate::upstream::health::EjectionPolicy;
 
 /// Defaults for keys the file leaves out.
 pub mod defaults {

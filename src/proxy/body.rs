@@ -20,11 +20,11 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
-use super::admission::Permit;
-use super::pool::UpstreamBody;
 use crate::routing::{EndpointGuard, VersionRoute};
 use crate::shadow::capture::Capture;
 use crate::telemetry::UpstreamErrorKind;
+use crate::upstream::admission::Permit;
+use crate::upstream::pool::UpstreamBody;
 
 pin_project! {
     /// The body of every data-plane response.

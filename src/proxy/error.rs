@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::routing::RouteError;
 use crate::telemetry::UpstreamErrorKind;
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -29,14 +30,8 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("request body not received within {0:?}")]
     ClientTimeout(Duration),
-    #[error("model server {endpoint} refused or dropped the connection: {message}")]
-    UpstreamUnreachable { endpoint: String, message: String },
-    #[error("no connection to model server {endpoint} within {timeout:?}")]
-    UpstreamConnectTimeout { endpoint: String, timeout: Duration },
-    #[error("model server {endpoint} did not answer within {timeout:?}")]
-    UpstreamTimeout { endpoint: String, timeout: Duration },
-    #[error("model server {endpoint} failed mid-exchange: {message}")]
-    UpstreamFailed { endpoint: String, message: String },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     #[error("model server's response body failed: {0}")]
     UpstreamBody(#[source] hyper::Error),
     #[error("model server's response body made no progress for {timeout:?}")]
@@ -54,11 +49,13 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::UpstreamUnreachable { .. }
-            | ProxyError::UpstreamFailed { .. }
+            ProxyError::Upstream(
+                UpstreamError::Unreachable { .. } | UpstreamError::Failed { .. },
+            )
             | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamConnectTimeout { .. }
-            | ProxyError::UpstreamTimeout { .. }
+            ProxyError::Upstream(
+                UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. },
+            )
             | ProxyError::UpstreamBodyStalled { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -72,25 +69,23 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientTimeout(_) => "client_timeout",
-            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
-            ProxyError::UpstreamConnectTimeout { .. }
-            | ProxyError::UpstreamTimeout { .. }
+            ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
+            ProxyError::Upstream(
+                UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. },
+            )
             | ProxyError::UpstreamBodyStalled { .. } => "upstream_timeout",
-            ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamBody(_) => "upstream_error",
+            ProxyError::Upstream(UpstreamError::Failed { .. }) | ProxyError::UpstreamBody(_) => {
+                "upstream_error"
+            }
         }
     }
 
     /// The `kind` of `stagegate_upstream_errors_total` this error counts as, if any.
     pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
         match self {
-            ProxyError::UpstreamUnreachable { .. } => Some(UpstreamErrorKind::Connect),
-            ProxyError::UpstreamConnectTimeout { .. } => Some(UpstreamErrorKind::ConnectTimeout),
-            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamBodyStalled { .. } => {
-                Some(UpstreamErrorKind::Timeout)
-            }
-            ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamBody(_) => {
-                Some(UpstreamErrorKind::Protocol)
-            }
+            ProxyError::Upstream(error) => Some(error.kind()),
+            ProxyError::UpstreamBodyStalled { .. } => Some(UpstreamErrorKind::Timeout),
+            ProxyError::UpstreamBody(_) => Some(UpstreamErrorKind::Protocol),
             _ => None,
         }
     }

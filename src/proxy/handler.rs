@@ -10,17 +10,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use tokio::time::timeout_at;
 
-use super::admission::{Admission, Permit};
 use super::body::ResponseBody;
 use super::headers::{prepare_upstream_request, strip_hop_by_hop};
-use super::pool::{PoolKind, UpstreamBody};
-use super::upstream::{UpstreamClient, upstream_uri};
 use super::{Handler, Limits, ProxyError};
 use crate::config::ShadowThreads;
-use crate::routing::health::EjectionPolicy;
-use crate::routing::{self, Endpoint, EndpointGuard, Router, ServedStage, VersionRoute};
+use crate::routing::{self, EndpointGuard, Router, ServedStage, VersionRoute};
 use crate::shadow::capture::CaptureSender;
 use crate::shadow::{ModelShadow, ShadowService};
+use crate::upstream::UpstreamError;
+use crate::upstream::admission::{Admission, Permit};
+use crate::upstream::client::{UpstreamClient, record_health, upstream_uri};
+use crate::upstream::pool::{PoolKind, UpstreamBody};
 
 /// The data plane's shared state; one per gateway, behind an `Arc`.
 pub struct Proxy {
@@ -216,7 +216,7 @@ impl Proxy {
         .await;
         let result = match sent {
             Ok(result) => result,
-            Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
+            Err(_elapsed) => Err(UpstreamError::Timeout {
                 endpoint: endpoint.endpoint().url().to_string(),
                 timeout: self.limits.request_timeout,
             }),
@@ -287,24 +287,6 @@ impl Handler for Proxy {
         peer: &HeaderValue,
     ) -> Response<ResponseBody> {
         self.answer(request, peer).await
-    }
-}
-
-/// Passive health: transport failures and gateway-class statuses count against
-/// the endpoint; anything else is a sign of life.
-pub fn record_health<B>(
-    endpoint: &Endpoint,
-    result: &Result<Response<B>, ProxyError>,
-    policy: &EjectionPolicy,
-) {
-    let failed = match result {
-        Ok(response) => matches!(response.status().as_u16(), 502..=504),
-        Err(error) => error.upstream_kind().is_some(),
-    };
-    if !failed {
-        endpoint.health.record_success();
-    } else if endpoint.health.record_failure(policy) {
-        tracing::warn!(endpoint = %endpoint.url(), "endpoint ejected after repeated failures");
     }
 }
 

@@ -7,9 +7,7 @@
 //! the request path and publishes it with one atomic store: requests in flight
 //! finish on the table they started with, new ones see the new one.
 
-mod balance;
 pub mod canary;
-pub mod health;
 pub mod path;
 pub mod stats;
 mod table;
@@ -19,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::{ArcSwap, Guard};
 use http::{HeaderMap, HeaderName, StatusCode};
 
-pub use balance::{Endpoint, EndpointGuard};
+pub use crate::upstream::{Endpoint, EndpointGuard};
 pub use table::{ModelRoutes, RouteHeaders, RoutingTable, VersionRoute};
 
 use crate::registry::{Catalog, Stage};

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use super::ServedStage;
-use super::balance::{self, Endpoint};
 use crate::registry::{Catalog, EndpointUrl, ModelSpec, Stage, VersionSpec};
 use crate::shadow::ModelShadow;
+use crate::upstream::{self, Endpoint};
 
 use super::canary::CanarySplit;
 use super::stats::RouteStats;
-use crate::proxy::admission::Admission;
-use crate::proxy::pool::PoolKind;
 use crate::telemetry::{RouteMetrics, Telemetry};
+use crate::upstream::admission::Admission;
+use crate::upstream::pool::PoolKind;
 
 /// Everything the request path needs to route, resolved ahead of time: version
 /// routes with their endpoints, response header values and metric handles.
@@ -302,7 +302,7 @@ impl VersionRoute {
     /// The endpoint for the next request (power of two choices among those not
     /// ejected), or `None` when every endpoint is ejected.
     pub fn pick_endpoint(&self) -> Option<&Arc<Endpoint>> {
-        balance::pick(&self.endpoints)
+        upstream::pick(&self.endpoints)
     }
 }
 

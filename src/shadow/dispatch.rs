@@ -29,13 +29,13 @@ use super::report::{DropReason, ErrorKind};
 use super::runtime::ShadowRuntime;
 use super::worker::{CompareQueue, Job};
 use crate::config::ShadowThreads;
-use crate::proxy::admission::Permit;
-use crate::proxy::pool::PoolKind;
-use crate::proxy::upstream::{UpstreamClient, upstream_uri};
-use crate::proxy::{ProxyError, record_health};
-use crate::routing::health::EjectionPolicy;
-use crate::routing::{EndpointGuard, Router};
+use crate::routing::Router;
 use crate::telemetry::ShadowResult;
+use crate::upstream::admission::Permit;
+use crate::upstream::client::{UpstreamClient, record_health, upstream_uri};
+use crate::upstream::health::EjectionPolicy;
+use crate::upstream::pool::PoolKind;
+use crate::upstream::{EndpointGuard, UpstreamError};
 
 /// Marks a mirrored request, so model servers can tell it from live traffic.
 pub const X_STAGEGATE_SHADOW: HeaderName = HeaderName::from_static("x-stagegate-shadow");
@@ -384,12 +384,10 @@ impl MirrorTask {
 /// connecting and sending, so a healthy server can miss a mirror's deadline, and
 /// that must not eject an endpoint whose version also takes canary traffic (whose
 /// own requests still judge it).
-fn is_health_evidence<B>(sent: &Result<Response<B>, ProxyError>) -> bool {
+fn is_health_evidence<B>(sent: &Result<Response<B>, UpstreamError>) -> bool {
     !matches!(
         sent,
-        Err(ProxyError::UpstreamConnectTimeout { .. }
-            | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::UpstreamBodyStalled { .. })
+        Err(UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. })
     )
 }
 
@@ -415,14 +413,12 @@ async fn wait_for_primary(mut primary: CaptureReceiver, wait: Duration) -> Optio
     }
 }
 
-fn error_kind(error: ProxyError) -> ErrorKind {
+fn error_kind(error: UpstreamError) -> ErrorKind {
     match error {
-        ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+        UpstreamError::Unreachable { .. } | UpstreamError::ConnectTimeout { .. } => {
             ErrorKind::Connect
         }
-        ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamBodyStalled { .. } => {
-            ErrorKind::Timeout
-        }
-        _ => ErrorKind::Protocol,
+        UpstreamError::Timeout { .. } => ErrorKind::Timeout,
+        UpstreamError::Failed { .. } => ErrorKind::Protocol,
     }
 }

@@ -31,10 +31,10 @@ pub use dispatch::{Mirror, ShadowService, X_STAGEGATE_SHADOW};
 pub use path::JsonPath;
 pub use report::{Agreement, DropReason, VersionReport};
 
-use crate::proxy::admission::{Admission, Permit};
 use crate::registry::{ModelSpec, ShadowPolicy};
 use crate::routing::VersionRoute;
 use crate::telemetry::{ShadowMetrics, ShadowResult, Telemetry};
+use crate::upstream::admission::{Admission, Permit};
 
 /// A model's mirroring, as one routing table sees it.
 pub struct ModelShadow {

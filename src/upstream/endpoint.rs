@@ -14,7 +14,7 @@ use http::HeaderValue;
 use http::uri::Authority;
 
 use super::health::Health;
-use crate::proxy::pool::EndpointPools;
+use super::pool::EndpointPools;
 use crate::registry::EndpointUrl;
 
 /// One model server. Shared across routing tables, so its counters survive swaps.
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn ejected_endpoints_are_skipped_and_none_left_means_no_pick() {
         let eps = endpoints(2);
-        let policy = crate::routing::health::EjectionPolicy {
+        let policy = crate::upstream::health::EjectionPolicy {
             failures: 1,
             ..Default::default()
         };

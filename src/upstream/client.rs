@@ -18,9 +18,9 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpStream, lookup_host};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::ProxyError;
+use super::health::EjectionPolicy;
 use super::pool::{Lease, PoolKind, UpstreamBody, UpstreamConn};
-use crate::routing::Endpoint;
+use super::{Endpoint, UpstreamError};
 use crate::telemetry::error_chain;
 
 /// TCP keepalive on upstream connections, so a vanished model server is noticed
@@ -59,7 +59,7 @@ impl UpstreamClient {
         &self,
         endpoint: &Arc<Endpoint>,
         mut request: Request<Full<Bytes>>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(conn) = endpoint.pools.get(self.kind).take() {
             match exchange(conn, request).await {
                 Exchange::NotSent(unsent) => request = unsent,
@@ -77,8 +77,8 @@ impl UpstreamClient {
         &self,
         endpoint: &Arc<Endpoint>,
         done: Exchange,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let failed = |message: String| ProxyError::UpstreamFailed {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let failed = |message: String| UpstreamError::Failed {
             endpoint: endpoint.url().to_string(),
             message,
         };
@@ -96,7 +96,7 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<UpstreamConn>, ProxyError> {
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<UpstreamConn>, UpstreamError> {
         let stream = self.open_stream(endpoint).await?;
         // Both are optimisations; a socket that refuses them still works.
         let _ = stream.set_nodelay(true);
@@ -111,9 +111,9 @@ impl UpstreamClient {
     /// Resolves the endpoint's host and connects to its addresses in turn, all
     /// within the connect timeout; each address gets an equal share of the time
     /// left, so one that drops packets cannot use it all up.
-    async fn open_stream(&self, endpoint: &Endpoint) -> Result<TcpStream, ProxyError> {
+    async fn open_stream(&self, endpoint: &Endpoint) -> Result<TcpStream, UpstreamError> {
         let deadline = Instant::now() + self.connect_timeout;
-        let timed_out = || ProxyError::UpstreamConnectTimeout {
+        let timed_out = || UpstreamError::ConnectTimeout {
             endpoint: endpoint.url().to_string(),
             timeout: self.connect_timeout,
         };
@@ -149,8 +149,8 @@ impl UpstreamClient {
     }
 }
 
-fn unreachable(endpoint: &Endpoint, message: String) -> ProxyError {
-    ProxyError::UpstreamUnreachable {
+fn unreachable(endpoint: &Endpoint, message: String) -> UpstreamError {
+    UpstreamError::Unreachable {
         endpoint: endpoint.url().to_string(),
         message,
     }
@@ -324,5 +324,23 @@ mod exchange_tests {
         tokio::task::yield_now().await;
         endpoint.pools.reap(PoolKind::Primary);
         assert!(pool.is_empty(), "a connection the server closed is reaped");
+    }
+}
+
+/// Passive health from one exchange: transport failures and gateway-class
+/// statuses count against the endpoint; anything else is a sign of life.
+pub fn record_health<B>(
+    endpoint: &Endpoint,
+    result: &Result<Response<B>, UpstreamError>,
+    policy: &EjectionPolicy,
+) {
+    let failed = match result {
+        Ok(response) => matches!(response.status().as_u16(), 502..=504),
+        Err(_) => true,
+    };
+    if !failed {
+        endpoint.health.record_success();
+    } else if endpoint.health.record_failure(policy) {
+        tracing::warn!(endpoint = %endpoint.url(), "endpoint ejected after repeated failures");
     }
 }

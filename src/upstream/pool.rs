@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
-use crate::routing::Endpoint;
+use super::Endpoint;
 
 /// How long an idle connection is kept before it is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);

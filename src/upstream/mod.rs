@@ -1,0 +1,16 @@
+//! Upstream: everything about reaching model servers, below routing and the
+//! request path. An [`Endpoint`] (one model server base URL) owns its connection
+//! pools and its passive health; [`client::UpstreamClient`] connects, sends a
+//! request and hands back a response whose body drives its pooled connection;
+//! [`admission`] bounds requests in flight. It imports nothing from routing,
+//! shadow, proxy or the control plane, and has its own error type.
+
+pub mod admission;
+pub mod client;
+mod endpoint;
+mod error;
+pub mod health;
+pub mod pool;
+
+pub use endpoint::{Endpoint, EndpointGuard, pick};
+pub use error::UpstreamError;
