@@ -2,8 +2,9 @@
 //! request path. An [`Endpoint`] (one model server base URL) owns its connection
 //! pools and its passive health; [`client::UpstreamClient`] connects, sends a
 //! request and hands back a response whose body drives its pooled connection;
-//! [`admission`] bounds requests in flight. It imports nothing from routing,
-//! shadow, proxy or the control plane, and has its own error type.
+//! [`admission`] bounds requests in flight. It has its own error type and imports
+//! nothing from routing, shadow or proxy; from the rest only telemetry and
+//! `EndpointUrl`, a vocabulary type that still lives in `registry`.
 
 pub mod admission;
 pub mod client;
