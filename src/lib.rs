@@ -25,6 +25,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the JSON admin API under
 //!   `/api/v1` with bearer-token auth.
 //! - [`ctl`]: `stagegate ctl`, the admin API's command-line client.
+//! - [`runtime`]: how the Tokio runtimes of the workers and shadow threads are built.
 //! - [`telemetry`]: metric names, the Prometheus recorder, per-route handles.
 //! - [`gateway`]: wires the parts together from a config and runs them.
 //! - [`fuzzing`]: the entry points of the fuzz targets in `fuzz/`, shared with the
@@ -44,6 +45,7 @@ pub mod proxy;
 pub mod registry;
 pub mod rollout;
 pub mod routing;
+pub mod runtime;
 pub mod shadow;
 pub mod sync;
 pub mod telemetry;

@@ -172,7 +172,7 @@ fn ctl(args: &CtlArgs) -> ExitCode {
 }
 
 fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    stagegate::proxy::runtime_builder(worker_threads)
+    stagegate::runtime::builder(worker_threads)
         .enable_all()
         .build()
 }

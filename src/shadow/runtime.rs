@@ -21,7 +21,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{ShadowPriority, ShadowThreads};
-use crate::proxy::runtime_builder;
 
 /// A mirror's work, as the shadow threads run it.
 pub type ShadowJob = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -87,7 +86,7 @@ impl ShadowRuntime {
 
 fn build_runtime(threads: ShadowThreads) -> io::Result<tokio::runtime::Runtime> {
     let priority = threads.priority;
-    runtime_builder(threads.count)
+    crate::runtime::builder(threads.count)
         .enable_all()
         .thread_name("stagegate-shadow")
         .on_thread_start(move || set_priority(priority))
