@@ -10,12 +10,13 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::api::MAX_BODY_BYTES;
 use crate::proxy::{json_error, json_response};
 use crate::sync::webhook::{self, WebhookError};
 use crate::sync::{SyncError, SyncHandle};
 
 pub const WEBHOOK_PATH: &str = "/api/v1/registry/webhook";
+/// MLflow's deliveries are small JSON documents, like admin request bodies.
+const MAX_DELIVERY_BYTES: usize = 64 * 1024;
 
 /// The answer when no `[registry]` is configured.
 pub fn not_configured() -> Response<Bytes> {
@@ -57,10 +58,10 @@ pub async fn webhook(sync: Option<&SyncHandle>, request: Request<Incoming>) -> R
         );
     };
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(body, MAX_DELIVERY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            let message = format!("the delivery is not readable or over {MAX_BODY_BYTES} bytes");
+            let message = format!("the delivery is not readable or over {MAX_DELIVERY_BYTES} bytes");
             return json_error(StatusCode::PAYLOAD_TOO_LARGE, &message, "body_too_large");
         }
     };
