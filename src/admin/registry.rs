@@ -61,7 +61,8 @@ pub async fn webhook(sync: Option<&SyncHandle>, request: Request<Incoming>) -> R
     let body = match Limited::new(body, MAX_DELIVERY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            let message = format!("the delivery is not readable or over {MAX_DELIVERY_BYTES} bytes");
+            let message =
+                format!("the delivery is not readable or over {MAX_DELIVERY_BYTES} bytes");
             return json_error(StatusCode::PAYLOAD_TOO_LARGE, &message, "body_too_large");
         }
     };
