@@ -399,7 +399,6 @@ async fn legacy_stages_drive_stagegate_stages() {
     registered.transition(&v2, "Staging").await;
     let mlflow = "use_stages = true\non_production_change = \"promote\"";
     let gateway = common::gateway(&config(&server.url(), &registered.name, mlflow, "")).await;
-    let view = serving(&gateway, &v1).await;
     let stage_of = |view: &Value, v: &str| {
         view["versions"]
             .as_array()
@@ -408,7 +407,11 @@ async fn legacy_stages_drive_stagegate_stages() {
             .find(|x| x["version"] == v)
             .map(|x| x["stage"].clone())
     };
-    assert_eq!(stage_of(&view, &v2), Some(json!("staging")));
+    // One sync registers both, one change at a time.
+    until(&gateway, "serving 1 with 2 in staging", |m| {
+        m["production"] == v1 && stage_of(m, &v2) == Some(json!("staging"))
+    })
+    .await;
 
     registered.transition(&v2, "Production").await;
     let view = serving(&gateway, &v2).await;

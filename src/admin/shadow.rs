@@ -45,18 +45,13 @@ pub fn reset(table: &RoutingTable, model: &str, version: Option<&str>) -> Option
     let chosen: Vec<_> = shadow
         .versions()
         .iter()
-        .filter(|v| version.is_none_or(|wanted| v.route.version() == wanted))
+        .filter(|v| version.is_none_or(|wanted| v.version == wanted))
         .collect();
     if version.is_some() && chosen.is_empty() {
         return None;
     }
     chosen.iter().for_each(|v| v.report.reset());
-    Some(
-        chosen
-            .iter()
-            .map(|v| v.route.version().to_string())
-            .collect(),
-    )
+    Some(chosen.iter().map(|v| v.version.clone()).collect())
 }
 
 #[cfg(test)]

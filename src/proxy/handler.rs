@@ -65,9 +65,10 @@ impl Proxy {
         // A mirror task waits for production's answer at most as long as production
         // may take to give it.
         let primary_wait = limits.request_timeout + limits.request_timeout;
+        let shadow_router = Arc::clone(&router);
         let shadow = ShadowService::start(
             shadow_threads,
-            Arc::clone(&router),
+            move || shadow_router.load().reap_idle_connections(PoolKind::Shadow),
             limits.connect_timeout,
             primary_wait,
             limits.ejection,

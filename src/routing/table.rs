@@ -7,7 +7,7 @@ use http::HeaderValue;
 
 use super::ServedStage;
 use crate::registry::{Catalog, EndpointUrl, ModelSpec, Stage, VersionSpec};
-use crate::shadow::ModelShadow;
+use crate::shadow::{ModelShadow, StagingTarget};
 use crate::upstream::{self, Endpoint};
 
 use super::canary::CanarySplit;
@@ -199,9 +199,16 @@ impl ModelRoutes {
         let archived = versions_in(model, Stage::Archived)
             .map(|spec| spec.version.clone())
             .collect();
+        let targets: Vec<StagingTarget> = staging
+            .iter()
+            .map(|route| StagingTarget {
+                version: route.version(),
+                endpoints: &route.endpoints,
+            })
+            .collect();
         let shadow = ModelShadow::build(
             model,
-            &staging,
+            &targets,
             previous.map(|p| p.shadow.as_ref()),
             telemetry,
         );

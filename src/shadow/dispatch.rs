@@ -29,7 +29,6 @@ use super::report::{DropReason, ErrorKind};
 use super::runtime::ShadowRuntime;
 use super::worker::{CompareQueue, Job};
 use crate::config::ShadowThreads;
-use crate::routing::Router;
 use crate::telemetry::ShadowResult;
 use crate::upstream::admission::Permit;
 use crate::upstream::client::{UpstreamClient, record_health, upstream_uri};
@@ -84,17 +83,17 @@ enum Outcome {
 }
 
 impl ShadowService {
-    /// Starts the shadow threads (see [`super::runtime`]), which also reap the
-    /// shadow connection pools of `router`'s endpoints.
+    /// Starts the shadow threads (see [`super::runtime`]); they also run
+    /// `reap_pools`, which closes idle shadow connections of the current
+    /// endpoints (the shadow pools' sockets belong to those threads).
     pub fn start(
         threads: ShadowThreads,
-        router: Arc<Router>,
+        reap_pools: impl Fn() + Send + 'static,
         connect_timeout: Duration,
         primary_wait: Duration,
         ejection: EjectionPolicy,
     ) -> io::Result<ShadowService> {
-        let reap = move || router.load().reap_idle_connections(PoolKind::Shadow);
-        let runtime = ShadowRuntime::start(threads, reap)?;
+        let runtime = ShadowRuntime::start(threads, reap_pools)?;
         Ok(ShadowService {
             client: UpstreamClient::new(PoolKind::Shadow, connect_timeout),
             queue: CompareQueue::start(threads.priority)?,
@@ -124,7 +123,7 @@ impl ShadowService {
             .into_iter()
             .filter_map(|(index, permit)| {
                 let version = &shadow.versions[index];
-                let endpoint = version.route.pick_endpoint().map(|e| e.begin());
+                let endpoint = version.pick_endpoint().map(|e| e.begin());
                 // The production request's URI was built from the same path, so
                 // a failure here is not expected; it drops the mirror all the same.
                 let uri = endpoint

@@ -32,9 +32,9 @@ pub use path::JsonPath;
 pub use report::{Agreement, DropReason, VersionReport};
 
 use crate::registry::{ModelSpec, ShadowPolicy};
-use crate::routing::VersionRoute;
 use crate::telemetry::{ShadowMetrics, ShadowResult, Telemetry};
 use crate::upstream::admission::{Admission, Permit};
+use crate::upstream::{self, Endpoint};
 
 /// A model's mirroring, as one routing table sees it.
 pub struct ModelShadow {
@@ -47,13 +47,27 @@ pub struct ModelShadow {
     production: Option<String>,
 }
 
-/// One staging version: its route, report and metrics, and whether the policy
-/// mirrors to it.
+/// A staging version as the routing table gives it to [`ModelShadow::build`].
+pub struct StagingTarget<'a> {
+    pub version: &'a str,
+    pub endpoints: &'a [Arc<Endpoint>],
+}
+
+/// One staging version: its endpoints, report and metrics, and whether the
+/// policy mirrors to it.
 pub struct ShadowVersion {
-    pub route: Arc<VersionRoute>,
+    pub version: String,
+    endpoints: Vec<Arc<Endpoint>>,
     pub report: Arc<VersionReport>,
     pub metrics: ShadowMetrics,
     pub targeted: bool,
+}
+
+impl ShadowVersion {
+    /// The endpoint the next mirror goes to, or `None` when every one is ejected.
+    pub fn pick_endpoint(&self) -> Option<&Arc<Endpoint>> {
+        upstream::pick(&self.endpoints)
+    }
 }
 
 impl ModelShadow {
@@ -63,7 +77,7 @@ impl ModelShadow {
     /// does every version when production or the comparator changes.
     pub fn build(
         model: &ModelSpec,
-        staging: &[Arc<VersionRoute>],
+        staging: &[StagingTarget<'_>],
         previous: Option<&ModelShadow>,
         telemetry: &Telemetry,
     ) -> ModelShadow {
@@ -87,23 +101,20 @@ impl ModelShadow {
             previous.filter(|p| p.production == production && p.policy.compare == policy.compare);
         let versions = staging
             .iter()
-            .map(|route| {
+            .map(|target| {
                 let report = comparable
-                    .and_then(|p| {
-                        p.versions
-                            .iter()
-                            .find(|v| v.route.version() == route.version())
-                    })
+                    .and_then(|p| p.versions.iter().find(|v| v.version == target.version))
                     .map_or_else(
-                        || Arc::new(VersionReport::new(&model.name, route.version())),
+                        || Arc::new(VersionReport::new(&model.name, target.version)),
                         |v| Arc::clone(&v.report),
                     );
                 ShadowVersion {
-                    route: Arc::clone(route),
+                    version: target.version.to_string(),
+                    endpoints: target.endpoints.to_vec(),
                     report,
-                    metrics: telemetry.shadow_metrics(&model.name, route.version()),
+                    metrics: telemetry.shadow_metrics(&model.name, target.version),
                     targeted: policy.versions.is_empty()
-                        || policy.versions.iter().any(|v| v == route.version()),
+                        || policy.versions.iter().any(|v| v == target.version),
                 }
             })
             .collect();
@@ -139,7 +150,7 @@ impl ModelShadow {
     pub fn report(&self, version: &str) -> Option<&Arc<VersionReport>> {
         self.versions
             .iter()
-            .find(|v| v.route.version() == version)
+            .find(|v| v.version == version)
             .map(|v| &v.report)
     }
 
