@@ -49,14 +49,6 @@ pub enum MlflowError {
     Malformed { what: String, message: String },
 }
 
-impl MlflowError {
-    /// Whether MLflow said the thing asked for does not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, MlflowError::Status { code, status, .. }
-            if code == "RESOURCE_DOES_NOT_EXIST" || *status == StatusCode::NOT_FOUND)
-    }
-}
-
 /// A registered model as `registered-models/get` describes it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RegisteredModel {
@@ -104,10 +96,6 @@ impl MlflowClient {
             authorization,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
-    }
-
-    pub fn url(&self) -> &str {
-        &self.base
     }
 
     pub async fn registered_model(&self, name: &str) -> Result<RegisteredModel, MlflowError> {

@@ -58,10 +58,11 @@ pub struct ModelSync {
 
 impl ModelSync {
     pub fn new(mapping: &MlflowModel) -> ModelSync {
-        let (follows, production_slot) = match &mapping.follow {
-            Follow::Aliases { production, .. } => ("aliases", production.clone()),
-            Follow::Stages => ("stages", super::view::PRODUCTION_STAGE.to_string()),
+        let follows = match mapping.follow {
+            Follow::Aliases { .. } => "aliases",
+            Follow::Stages => "stages",
         };
+        let production_slot = super::reconcile::production_slot_name(mapping).to_string();
         ModelSync {
             model: mapping.model.clone(),
             registered_model: mapping.registered_model.clone(),
