@@ -32,6 +32,7 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
     pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
     pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    pub const MAX_BUFFERED_BODY_BYTES: u64 = 256 * 1024 * 1024;
     pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
     pub const MAX_CONCURRENT_REQUESTS: u64 = 10_000;
     pub const HEALTH_PATH: &str = "/v2/health/ready";
@@ -105,6 +106,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Request-body bytes held in memory at once, gateway-wide: read ahead of
+    /// forwarding and copied for mirrors.
+    pub max_buffered_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_concurrent_requests: usize,
     /// Passive health: when an endpoint is ejected, and for how long.

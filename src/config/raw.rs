@@ -64,6 +64,7 @@ pub struct RawServer {
     pub request_timeout_ms: Option<u64>,
     pub drain_timeout_ms: Option<u64>,
     pub max_body_bytes: Option<u64>,
+    pub max_buffered_body_bytes: Option<u64>,
     pub max_header_bytes: Option<u64>,
     pub max_concurrent_requests: Option<u64>,
     pub eject_after_failures: Option<u64>,

@@ -73,6 +73,12 @@ pub(super) fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerCon
         "server.max_body_bytes",
         errors,
     );
+    let max_buffered_body_bytes = positive(
+        raw.max_buffered_body_bytes,
+        defaults::MAX_BUFFERED_BODY_BYTES,
+        "server.max_buffered_body_bytes",
+        errors,
+    );
     let max_concurrent_requests = positive(
         raw.max_concurrent_requests,
         defaults::MAX_CONCURRENT_REQUESTS,
@@ -104,6 +110,7 @@ pub(super) fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerCon
             request_timeout,
             drain_timeout,
             max_body_bytes: usize_or_max(max_body_bytes),
+            max_buffered_body_bytes: usize_or_max(max_buffered_body_bytes),
             max_header_bytes: usize_or_max(Some(max_header_bytes)),
             max_concurrent_requests: usize_or_max(max_concurrent_requests),
             ejection: EjectionPolicy {

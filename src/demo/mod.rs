@@ -201,6 +201,7 @@ async fn spawn_model_server(
         request_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(1),
         max_body_bytes: 1 << 20,
+        max_buffered_body_bytes: 64 << 20,
         max_header_bytes: 64 << 10,
         max_concurrent_requests: 1024,
         ejection: Default::default(),

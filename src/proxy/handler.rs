@@ -1,26 +1,29 @@
-//! One request, start to finish: admit, route, read the body, forward, answer.
+//! One request, start to finish: admit, route, read the body ahead, forward
+//! (the rest of the body streaming), answer.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use tokio::time::timeout_at;
 
 use super::body::ResponseBody;
 use super::headers::{prepare_upstream_request, strip_hop_by_hop};
+use super::read_ahead::{Ahead, ReadAhead};
 use super::{Handler, Limits, ProxyError};
 use crate::config::ShadowThreads;
 use crate::routing::{self, EndpointGuard, Router, ServedStage, VersionRoute};
 use crate::shadow::capture::CaptureSender;
-use crate::shadow::{ModelShadow, ShadowService};
+use crate::shadow::{DropReason, Mirror, MirrorBody, ModelShadow, ShadowService};
+use crate::telemetry::BodyBudgetMetrics;
 use crate::upstream::UpstreamError;
 use crate::upstream::admission::{Admission, Permit};
+use crate::upstream::budget::BodyBudget;
 use crate::upstream::client::{UpstreamClient, record_health, upstream_uri};
 use crate::upstream::pool::{PoolKind, UpstreamBody};
+use crate::upstream::request_body::{BodyCopy, Progress, RequestBody, Stage};
 
 /// The data plane's shared state; one per gateway, behind an `Arc`.
 pub struct Proxy {
@@ -28,6 +31,7 @@ pub struct Proxy {
     client: UpstreamClient,
     shadow: ShadowService,
     admission: Arc<Admission>,
+    budget: Arc<BodyBudget>,
     limits: Limits,
 }
 
@@ -73,11 +77,19 @@ impl Proxy {
             primary_wait,
             limits.ejection,
         )?;
+        let budget = BodyBudget::new(limits.max_buffered_body_bytes);
+        let metrics = BodyBudgetMetrics::new(router.telemetry());
+        let sampled = Arc::clone(&budget);
+        router.telemetry().sample_on_render(move || {
+            let budget = &sampled;
+            metrics.show(budget.held(), budget.peak(), budget.limit(), budget.refusals());
+        });
         Ok(Proxy {
             router,
             client: UpstreamClient::new(PoolKind::Primary, limits.connect_timeout),
             shadow,
             admission: Admission::new(limits.max_concurrent_requests),
+            budget,
             limits,
         })
     }
@@ -168,9 +180,9 @@ impl Proxy {
         })
     }
 
-    /// Reads the request body, sends the request to one of the route's endpoints
-    /// (and its mirrors, if sampled) and waits for the response head, all before
-    /// the request deadline.
+    /// Reads the request body ahead, sends the request to one of the route's
+    /// endpoints (and its mirrors, if sampled) and waits for the response head,
+    /// all before the request deadline; the rest of a long body streams on.
     async fn exchange(
         &self,
         started: Instant,
@@ -180,11 +192,18 @@ impl Proxy {
     ) -> Result<Exchanged, ProxyError> {
         let deadline = tokio::time::Instant::from_std(started + self.limits.request_timeout);
         let (mut parts, body) = request.into_parts();
-        let body = self.read_body(body, deadline).await?;
+        let ahead = ReadAhead {
+            budget: &self.budget,
+            max_body_bytes: self.limits.max_body_bytes,
+            deadline,
+            request_timeout: self.limits.request_timeout,
+        }
+        .read(body)
+        .await?;
         let mirror = routed
             .shadow
             .as_ref()
-            .and_then(|s| s.sample(&parts.method, body.len()));
+            .and_then(|s| s.sample(&parts.method, ahead.known_len()));
 
         let endpoint = routed
             .route
@@ -201,14 +220,15 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let host = endpoint.endpoint().host_header();
         prepare_upstream_request(&mut parts.headers, host, peer, client_authority.as_ref());
+        let (body, progress, mirror) = self.bodies(ahead, mirror);
         let capture = match (mirror, &original) {
-            (Some(mirror), Some(original)) => {
+            (Some((mirror, body)), Some(original)) => {
                 self.shadow
-                    .dispatch(mirror, &mut parts, original, routed.strip, &body)
+                    .dispatch(mirror, &mut parts, original, routed.strip, body)
             }
             _ => None,
         };
-        let upstream_request = Request::from_parts(parts, Full::new(body));
+        let upstream_request = Request::from_parts(parts, body);
 
         let sent = timeout_at(
             deadline,
@@ -222,6 +242,12 @@ impl Proxy {
                 timeout: self.limits.request_timeout,
             }),
         };
+        if result.is_err()
+            && let Some(error) = progress.and_then(|p| self.client_fault(&p))
+        {
+            // The client's doing, not the model server's: its health is untouched.
+            return Err(error);
+        }
         record_health(endpoint.endpoint(), &result, &self.limits.ejection);
         let (parts, body) = result?.into_parts();
         Ok(Exchanged {
@@ -232,29 +258,58 @@ impl Proxy {
         })
     }
 
-    /// Reads the whole request body, refusing it past `max_body_bytes`. The body is
-    /// read once and held as `Bytes`, so the mirrors of later stages share it.
-    async fn read_body(
+    /// The body to forward, its progress if it streams, and the mirror with the
+    /// body it sends. A mirror whose body the budget has no room for is dropped.
+    fn bodies(
         &self,
-        body: Incoming,
-        deadline: tokio::time::Instant,
-    ) -> Result<Bytes, ProxyError> {
-        let limit = self.limits.max_body_bytes;
-        if body.is_end_stream() {
-            return Ok(Bytes::new());
-        }
-        if body.size_hint().lower() > limit as u64 {
-            return Err(ProxyError::BodyTooLarge { limit });
-        }
-        match timeout_at(deadline, Limited::new(body, limit).collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-                Err(ProxyError::BodyTooLarge { limit })
+        ahead: Ahead,
+        mirror: Option<Mirror>,
+    ) -> (RequestBody, Option<Arc<Progress>>, Option<(Mirror, MirrorBody)>) {
+        match ahead {
+            Ahead::Whole { bytes, held } => {
+                let mirror = mirror.and_then(|mirror| {
+                    let mut mirror_held = self.budget.empty();
+                    if !mirror_held.grow(bytes.len()) {
+                        mirror.abandon(DropReason::BodyBudget);
+                        return None;
+                    }
+                    let body = MirrorBody::Whole {
+                        bytes: bytes.clone(),
+                        held: mirror_held,
+                    };
+                    Some((mirror, body))
+                });
+                (RequestBody::whole(bytes, held), None, mirror)
             }
-            Ok(Err(error)) => Err(ProxyError::BadRequest(format!(
-                "request body could not be read: {error}"
-            ))),
-            Err(_elapsed) => Err(ProxyError::ClientTimeout(self.limits.request_timeout)),
+            Ahead::Partial { head, held, rest } => {
+                let expected = head.len() + usize::try_from(rest.size_hint().lower()).unwrap_or(0);
+                let (copy, mirror) = match mirror {
+                    Some(mirror) => {
+                        let limit = mirror.body_limit();
+                        let (copy, copied) =
+                            BodyCopy::start(&head, limit, self.budget.empty(), expected);
+                        (copy, Some((mirror, MirrorBody::Copy(copied))))
+                    }
+                    None => (None, None),
+                };
+                let max = self.limits.max_body_bytes;
+                let (body, progress) = RequestBody::streamed(head, held, rest, max, copy);
+                (body, Some(progress), mirror)
+            }
+        }
+    }
+
+    /// What the client did wrong, when a streamed body is why the exchange failed.
+    fn client_fault(&self, progress: &Progress) -> Option<ProxyError> {
+        match progress.stage() {
+            Stage::TooLarge => Some(ProxyError::BodyTooLarge {
+                limit: self.limits.max_body_bytes,
+            }),
+            Stage::ClientFailed => Some(ProxyError::BadRequest(
+                "request body could not be read: the client stopped sending it".to_string(),
+            )),
+            Stage::WaitingForClient => Some(ProxyError::ClientTimeout(self.limits.request_timeout)),
+            Stage::Sending | Stage::Complete => None,
         }
     }
 

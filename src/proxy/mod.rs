@@ -8,6 +8,7 @@ mod connection;
 mod error;
 mod handler;
 pub mod headers;
+mod read_ahead;
 mod server;
 
 pub use body::ResponseBody;

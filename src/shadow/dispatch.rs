@@ -1,8 +1,9 @@
 //! Sending mirrors. [`ShadowService::dispatch`] builds one request per target from
-//! the already prepared production request (same method, path, headers and the
-//! same body `Bytes`), then hands one task to the shadow threads that sends them
-//! on the endpoints' shadow pools, waits for production's captured answer, and
-//! queues the pairs for comparison.
+//! the already prepared production request (same method, path, headers; the
+//! same body `Bytes`, or a copy of a streamed body once it has ended), then
+//! hands one task to the shadow threads that sends them on the endpoints' shadow
+//! pools, waits for production's captured answer, and queues the pairs for
+//! comparison.
 //!
 //! Isolation: the task is detached from the request; every shadow exchange has
 //! its own timeout; a slot of the model's in-flight budget is held until the pair
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
@@ -33,7 +34,9 @@ use crate::telemetry::ShadowResult;
 use crate::upstream::admission::Permit;
 use crate::upstream::client::{UpstreamClient, record_health, upstream_uri};
 use crate::upstream::health::EjectionPolicy;
+use crate::upstream::budget::Reservation;
 use crate::upstream::pool::PoolKind;
+use crate::upstream::request_body::{Copied, RequestBody};
 use crate::upstream::{EndpointGuard, UpstreamError};
 
 /// Marks a mirrored request, so model servers can tell it from live traffic.
@@ -52,9 +55,30 @@ pub struct Mirror {
     targets: Vec<(usize, Permit)>,
 }
 
+/// The body a mirror sends.
+pub enum MirrorBody {
+    /// The request's whole body, shared with production's request; `held`
+    /// counts the mirror's hold on it in the gateway's body budget.
+    Whole { bytes: Bytes, held: Reservation },
+    /// The copy of a streamed body, sent when the body has ended.
+    Copy(oneshot::Receiver<Copied>),
+}
+
 impl Mirror {
     pub(super) fn new(shadow: Arc<ModelShadow>, targets: Vec<(usize, Permit)>) -> Mirror {
         Mirror { shadow, targets }
+    }
+
+    /// The most body bytes a mirror may carry (the shadow's `max_body_bytes`).
+    pub fn body_limit(&self) -> usize {
+        self.shadow.policy().max_body_bytes
+    }
+
+    /// Gives the mirror up before anything is sent, counting why.
+    pub fn abandon(self, reason: DropReason) {
+        for (index, _permit) in self.targets {
+            super::dropped(&self.shadow.versions[index], reason);
+        }
     }
 }
 
@@ -115,7 +139,7 @@ impl ShadowService {
         parts: &mut Parts,
         original: &Uri,
         strip: usize,
-        body: &Bytes,
+        body: MirrorBody,
     ) -> Option<CaptureSender> {
         let shadow = mirror.shadow;
         let reachable: Vec<_> = mirror
@@ -151,7 +175,7 @@ impl ShadowService {
                 // Counted when handed over: the shadow threads send it as soon as
                 // they get CPU, holding its in-flight slot until then.
                 shadow.versions[index].report.count_mirrored();
-                let request = shadow_request(&endpoint, parts, uri, body);
+                let request = shadow_request(&endpoint, parts, uri);
                 (index, permit, (request, endpoint))
             })
             .collect();
@@ -166,7 +190,7 @@ impl ShadowService {
         };
         if self
             .runtime
-            .submit(Box::pin(task.run(requests, receiver)))
+            .submit(Box::pin(task.run(requests, body, receiver)))
             .is_err()
         {
             // Only if the shadow thread died (it ends with the gateway otherwise):
@@ -195,14 +219,10 @@ fn request_id(parts: &mut Parts) -> String {
     id
 }
 
-/// The mirror of one request for the staging endpoint `endpoint`, at `uri`.
-fn shadow_request(
-    endpoint: &EndpointGuard,
-    parts: &Parts,
-    uri: Uri,
-    body: &Bytes,
-) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(body.clone()));
+/// The mirror of one request for the staging endpoint `endpoint`, at `uri`; its
+/// body is set once it is known.
+fn shadow_request(endpoint: &EndpointGuard, parts: &Parts, uri: Uri) -> Request<RequestBody> {
+    let mut request = Request::new(RequestBody::empty());
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = parts.version;
@@ -216,7 +236,7 @@ fn shadow_request(
     request
 }
 
-type Prepared = (usize, Permit, (Request<Full<Bytes>>, EndpointGuard));
+type Prepared = (usize, Permit, (Request<RequestBody>, EndpointGuard));
 
 struct MirrorTask {
     shadow: Arc<ModelShadow>,
@@ -232,11 +252,39 @@ impl MirrorTask {
     /// Sends the mirrors, waits for production's answer, settles each pair. The
     /// in-flight slots are held to the end, so `max_in_flight` bounds everything
     /// a mirror holds, its answer included.
-    async fn run(self, requests: Vec<Prepared>, primary: CaptureReceiver) {
+    async fn run(self, mut requests: Vec<Prepared>, body: MirrorBody, primary: CaptureReceiver) {
+        let (bytes, _held) = match self.body(body).await {
+            Ok(body) => body,
+            Err(reason) => {
+                for (index, _permit, _request) in requests {
+                    super::dropped(&self.shadow.versions[index], reason);
+                }
+                return;
+            }
+        };
+        for (_, _, (request, _)) in &mut requests {
+            *request.body_mut() = RequestBody::whole(bytes.clone(), None);
+        }
         let (outcomes, _permits) = self.exchange_all(requests).await;
-        let primary = wait_for_primary(primary, self.primary_wait).await;
+        let primary = wait_for(primary, self.primary_wait).await;
         for (index, outcome) in outcomes {
             self.settle(index, outcome, primary.as_ref());
+        }
+    }
+
+    /// The body to send, once the request's has ended; why not otherwise.
+    async fn body(&self, body: MirrorBody) -> Result<(Bytes, Reservation), DropReason> {
+        let copy = match body {
+            MirrorBody::Whole { bytes, held } => return Ok((bytes, held)),
+            MirrorBody::Copy(copy) => copy,
+        };
+        match wait_for(copy, self.primary_wait).await {
+            Some(Copied::Whole { bytes, held }) => Ok((bytes, held)),
+            Some(Copied::TooLarge) => Err(DropReason::BodyTooLarge),
+            Some(Copied::OverBudget) => Err(DropReason::BodyBudget),
+            // The request failed or took too long to arrive: production's answer
+            // will not be complete either.
+            None => Err(DropReason::PrimaryIncomplete),
         }
     }
 
@@ -285,7 +333,7 @@ impl MirrorTask {
     async fn exchange(
         &self,
         index: usize,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
         endpoint: &EndpointGuard,
     ) -> Outcome {
         let policy = self.shadow.policy();
@@ -390,11 +438,11 @@ fn is_health_evidence<B>(sent: &Result<Response<B>, UpstreamError>) -> bool {
     )
 }
 
-/// Production's captured answer, once complete; `None` if it failed or took
-/// longer than `wait`. Polled with a growing interval rather than awaited, so
-/// completing a capture on a production thread never has to wake a task on the
-/// shadow threads (that would go through a lock they share).
-async fn wait_for_primary(mut primary: CaptureReceiver, wait: Duration) -> Option<Captured> {
+/// What a production thread sends (its captured answer, a streamed body's copy),
+/// once sent; `None` if it was dropped unsent or took longer than `wait`. Polled
+/// with a growing interval rather than awaited, so a production thread never has
+/// to wake a task on the shadow threads (that would go through a lock they share).
+async fn wait_for<T>(mut primary: oneshot::Receiver<T>, wait: Duration) -> Option<T> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut interval = FIRST_PRIMARY_POLL;
     loop {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use http::Method;
 
 pub use compare::{Answer, Comparator, Verdict};
-pub use dispatch::{Mirror, ShadowService, X_STAGEGATE_SHADOW};
+pub use dispatch::{Mirror, MirrorBody, ShadowService, X_STAGEGATE_SHADOW};
 pub use path::JsonPath;
 pub use report::{Agreement, DropReason, VersionReport};
 

@@ -44,6 +44,8 @@ pub enum DropReason {
     CompareQueueFull,
     /// Every endpoint of the staging version is ejected by passive health.
     NoHealthyEndpoint,
+    /// The gateway's `max_buffered_body_bytes` had no room for the body's copy.
+    BodyBudget,
 }
 
 /// How a mirrored request failed.
@@ -55,13 +57,14 @@ pub enum ErrorKind {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::InFlight,
         DropReason::BodyTooLarge,
         DropReason::PrimaryIncomplete,
         DropReason::AnswerTooLarge,
         DropReason::CompareQueueFull,
         DropReason::NoHealthyEndpoint,
+        DropReason::BodyBudget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl DropReason {
             DropReason::AnswerTooLarge => "answer_too_large",
             DropReason::CompareQueueFull => "compare_queue_full",
             DropReason::NoHealthyEndpoint => "no_healthy_endpoint",
+            DropReason::BodyBudget => "body_budget",
         }
     }
 }

@@ -6,7 +6,9 @@
 //! Handles are resolved once, when a routing table is built ([`RouteMetrics`]);
 //! the request path only increments them.
 
-use std::sync::Arc;
+mod sampled;
+
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::registry::Stage;
@@ -35,7 +37,13 @@ pub mod names {
     pub const REGISTRY_SYNCS_TOTAL: &str = "stagegate_registry_syncs_total";
     pub const REGISTRY_LAST_SYNC: &str = "stagegate_registry_last_sync_timestamp_seconds";
     pub const REGISTRY_WRITE_BACKS_TOTAL: &str = "stagegate_registry_write_backs_total";
+    pub const BUFFERED_BODY_BYTES: &str = "stagegate_buffered_body_bytes";
+    pub const BUFFERED_BODY_BYTES_PEAK: &str = "stagegate_buffered_body_bytes_peak";
+    pub const BUFFERED_BODY_BYTES_LIMIT: &str = "stagegate_buffered_body_bytes_limit";
+    pub const BODY_BUDGET_REFUSALS_TOTAL: &str = "stagegate_body_budget_refusals_total";
 }
+
+pub use sampled::BodyBudgetMetrics;
 
 /// Buckets of `stagegate_request_duration_seconds`, from fast in-memory models to
 /// slow generative ones.
@@ -159,6 +167,8 @@ struct Inner {
     handle: PrometheusHandle,
     revision: Gauge,
     unrouted: CodeCounters,
+    /// Read when `/metrics` is scraped: values kept elsewhere as plain atomics.
+    on_render: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
 }
 
 static METADATA: Metadata<'static> =
@@ -192,6 +202,7 @@ impl Telemetry {
                 handle,
                 revision,
                 unrouted,
+                on_render: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -335,7 +346,24 @@ impl Telemetry {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let samplers = self
+            .inner
+            .on_render
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        samplers.iter().for_each(|sample| sample());
+        drop(samplers);
         self.inner.handle.render()
+    }
+
+    /// Runs `sample` before every render, to copy values the request path keeps
+    /// in atomics of its own into metric handles.
+    pub fn sample_on_render(&self, sample: impl Fn() + Send + Sync + 'static) {
+        self.inner
+            .on_render
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(sample));
     }
 
     /// Folds pending histogram samples into buckets; run every [`UPKEEP_INTERVAL`]
@@ -440,6 +468,7 @@ fn describe(recorder: &PrometheusRecorder) {
         None,
         "1 for the phase a model's rollout is in, 0 for the others.".into(),
     );
+    sampled::describe(recorder);
     recorder.describe_histogram(
         names::REQUEST_DURATION_SECONDS.into(),
         Some(Unit::Seconds),

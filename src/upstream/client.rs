@@ -8,10 +8,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use socket2::{SockRef, TcpKeepalive};
@@ -20,6 +18,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::health::EjectionPolicy;
 use super::pool::{Lease, PoolKind, UpstreamBody, UpstreamConn};
+use super::request_body::RequestBody;
 use super::{Endpoint, UpstreamError};
 use crate::telemetry::error_chain;
 
@@ -41,7 +40,7 @@ enum Exchange {
     Answered(Response<Incoming>, Option<Box<UpstreamConn>>),
     /// The connection was closed before the request was written; it comes back
     /// untouched and may be sent on another connection.
-    NotSent(Request<Full<Bytes>>),
+    NotSent(Request<RequestBody>),
     Failed(hyper::Error),
 }
 
@@ -58,7 +57,7 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        mut request: Request<Full<Bytes>>,
+        mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(conn) = endpoint.pools.get(self.kind).take() {
             match exchange(conn, request).await {
@@ -158,7 +157,7 @@ fn unreachable(endpoint: &Endpoint, message: String) -> UpstreamError {
 
 /// Sends `request` on `conn`, driving the connection in this task until the
 /// response head arrives.
-async fn exchange(mut conn: Box<UpstreamConn>, request: Request<Full<Bytes>>) -> Exchange {
+async fn exchange(mut conn: Box<UpstreamConn>, request: Request<RequestBody>) -> Exchange {
     let mut response = pin!(conn.sender.try_send_request(request));
     let mut conn = Some(conn);
     let answered = poll_fn(|cx| {
@@ -250,10 +249,10 @@ mod exchange_tests {
     use super::*;
     use crate::registry::EndpointUrl;
 
-    fn request() -> Request<Full<Bytes>> {
+    fn request() -> Request<RequestBody> {
         Request::post("/infer")
             .header(http::header::HOST, "model")
-            .body(Full::new(Bytes::from_static(b"{}")))
+            .body(RequestBody::whole(bytes::Bytes::from_static(b"{}"), None))
             .unwrap()
     }
 

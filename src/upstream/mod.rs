@@ -2,16 +2,19 @@
 //! request path. An [`Endpoint`] (one model server base URL) owns its connection
 //! pools and its passive health; [`client::UpstreamClient`] connects, sends a
 //! request and hands back a response whose body drives its pooled connection;
-//! [`admission`] bounds requests in flight. It has its own error type and imports
+//! [`request_body`] is what it sends, whole or streamed from the client;
+//! [`admission`] bounds requests in flight and [`budget`] the body bytes held. It has its own error type and imports
 //! nothing from routing, shadow or proxy; from the rest only telemetry and
 //! `EndpointUrl`, a vocabulary type that still lives in `registry`.
 
 pub mod admission;
+pub mod budget;
 pub mod client;
 mod endpoint;
 mod error;
 pub mod health;
 pub mod pool;
+pub mod request_body;
 
 pub use endpoint::{Endpoint, EndpointGuard, pick};
 pub use error::UpstreamError;

@@ -19,7 +19,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -27,6 +26,7 @@ use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
 use super::Endpoint;
+use super::request_body::RequestBody;
 
 /// How long an idle connection is kept before it is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -142,19 +142,19 @@ impl IdlePool {
     }
 }
 
-type Driver = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+type Driver = Connection<TokioIo<TcpStream>, RequestBody>;
 
 /// One HTTP/1.1 connection: the handle requests are sent through and the
 /// connection state machine that must be polled for anything to happen.
 pub struct UpstreamConn {
-    pub(super) sender: SendRequest<Full<Bytes>>,
+    pub(super) sender: SendRequest<RequestBody>,
     driver: Driver,
 }
 
 impl UpstreamConn {
     /// Boxed: the connection moves between pool, exchange and response body,
     /// and hyper's connection state is several hundred bytes.
-    pub(super) fn new(sender: SendRequest<Full<Bytes>>, driver: Driver) -> Box<UpstreamConn> {
+    pub(super) fn new(sender: SendRequest<RequestBody>, driver: Driver) -> Box<UpstreamConn> {
         Box::new(UpstreamConn { sender, driver })
     }
 
