@@ -35,10 +35,12 @@ fn every_error_is_reported_with_its_field_path() {
         request_timeout_ms = 0
         drain_timeout_ms = 0
         max_body_bytes = 0
+        max_buffered_body_bytes = 0
         max_concurrent_requests = 0
         worker_threads = 0
         shadow_worker_threads = 2000
         shadow_priority = "low"
+        shadow_cpu_share = 0
 
         [[models]]
         name = "fraud"
@@ -67,12 +69,14 @@ fn every_error_is_reported_with_its_field_path() {
         "server.listen: not a socket address: \"localhost\"",
         "server.worker_threads: must be between 1 and 1024, got 0",
         "server.shadow_worker_threads: must be between 1 and 1024, got 2000",
-        "server.shadow_priority: unknown priority \"low\" (expected idle or normal)",
+        "server.shadow_priority: unknown priority \"low\" (expected normal or idle)",
+        "server.shadow_cpu_share: must be a share of one core greater than 0 and at most 1025 (the shadow threads and the comparison thread), got 0",
         "server.header_read_timeout_ms: must be greater than 0",
         "server.connect_timeout_ms: must be greater than 0",
         "server.request_timeout_ms: must be greater than 0",
         "server.drain_timeout_ms: must be greater than 0",
         "server.max_body_bytes: must be greater than 0",
+        "server.max_buffered_body_bytes: must be greater than 0",
         "server.max_concurrent_requests: must be greater than 0",
         "models[0].versions[1].version: duplicate version \"1\" of model \"fraud\"",
         "models[0].versions[1].endpoints: needs at least one endpoint URL",
@@ -121,22 +125,37 @@ fn versions_may_be_written_as_integers_and_defaults_fill_the_rest() {
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:8081");
     assert_eq!(config.server.limits.max_body_bytes, 10 * 1024 * 1024);
+    assert_eq!(
+        config.server.limits.max_buffered_body_bytes,
+        256 * 1024 * 1024
+    );
+    let set = Config::parse("[server]\nmax_buffered_body_bytes = 1048576\n", "t").unwrap();
+    assert_eq!(set.server.limits.max_buffered_body_bytes, 1 << 20);
 }
 
 #[test]
-fn shadow_threads_default_to_the_worker_count_at_idle_priority() {
+fn shadow_threads_default_to_the_worker_count_at_normal_priority_within_a_fifth_of_a_core() {
     let defaulted = Config::parse("[server]\nworker_threads = 3\n", "t").unwrap();
     let threads = defaulted.server.shadow_threads;
     assert_eq!(threads.count, 3);
-    assert_eq!(threads.priority, ShadowPriority::Idle);
-    let text =
-        "[server]\nworker_threads = 3\nshadow_worker_threads = 1\nshadow_priority = \"normal\"\n";
+    assert_eq!(threads.priority, ShadowPriority::Normal);
+    assert_eq!(threads.cpu_share.get(), 0.2);
+    let text = "[server]\nworker_threads = 3\nshadow_worker_threads = 1\nshadow_priority = \"idle\"\nshadow_cpu_share = 1.5\n";
     let set = Config::parse(text, "t").unwrap();
     assert_eq!(set.server.shadow_threads.count, 1);
-    assert_eq!(set.server.shadow_threads.priority, ShadowPriority::Normal);
+    assert_eq!(set.server.shadow_threads.priority, ShadowPriority::Idle);
+    assert_eq!(set.server.shadow_threads.cpu_share.get(), 1.5);
     assert_eq!(
         defaulted.unreloadable_changes(&set),
-        ["server.shadow_worker_threads and shadow_priority"]
+        ["server.shadow_worker_threads, shadow_priority and shadow_cpu_share"]
+    );
+    // One shadow thread and the comparison thread cannot use more than two cores.
+    let errors = field_errors("[server]\nshadow_worker_threads = 1\nshadow_cpu_share = 2.5\n");
+    assert_eq!(
+        errors,
+        [
+            "server.shadow_cpu_share: must be a share of one core greater than 0 and at most 2 (the shadow threads and the comparison thread), got 2.5"
+        ]
     );
 }
 
@@ -343,18 +362,20 @@ mod hostile {
         ]
     }
 
-    const SERVER_KEYS: [&str; 14] = [
+    const SERVER_KEYS: [&str; 16] = [
         "listen",
         "admin_listen",
         "worker_threads",
         "shadow_worker_threads",
         "shadow_priority",
+        "shadow_cpu_share",
         "state_dir",
         "header_read_timeout_ms",
         "connect_timeout_ms",
         "request_timeout_ms",
         "drain_timeout_ms",
         "max_body_bytes",
+        "max_buffered_body_bytes",
         "max_header_bytes",
         "max_concurrent_requests",
         "eject_backoff_ms",

@@ -140,8 +140,7 @@ async fn mirrors_carry_the_shadow_marker_and_the_same_request_id_and_body() {
     assert_eq!(shadow.headers["host"], stage.addr.to_string().as_str());
 }
 
-/// The other tests run their shadow threads at normal priority (see
-/// `common::try_gateway_in`); at the default, idle, mirrors still go out and are
+/// At idle priority (`shadow_priority = "idle"`), mirrors still go out and are
 /// compared whenever the CPU has time, and production answers as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrors_on_idle_priority_threads_are_sent_and_compared() {
@@ -150,6 +149,7 @@ async fn mirrors_on_idle_priority_threads_are_sent_and_compared() {
         FakeUpstream::start("v2").await,
     );
     let text = config(&prod.url(), &stage.url(), "percent = 100.0", "");
+    let text = text.replacen("[server]\n", "[server]\nshadow_priority = \"idle\"\n", 1);
     let mut config = Config::parse(&text, "test").unwrap();
     assert_eq!(config.server.shadow_threads.priority, ShadowPriority::Idle);
     let state_dir = tempfile::tempdir().unwrap();

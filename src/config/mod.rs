@@ -74,19 +74,39 @@ pub struct ServerConfig {
 pub struct ShadowThreads {
     pub count: usize,
     pub priority: ShadowPriority,
+    /// CPU the shadow threads may use, as a share of one core.
+    pub cpu_share: CpuShareOfCore,
 }
 
 /// How the operating system schedules the shadow threads against production's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ShadowPriority {
-    /// Only CPU time production leaves unused (Linux `SCHED_IDLE`): a saturated
-    /// gateway drops mirrors instead of slowing production.
-    #[default]
+    /// Only CPU time nothing else on the host wants (Linux `SCHED_IDLE`): mirrors
+    /// starve whenever anything keeps the cores busy, the gateway or not.
     Idle,
-    /// The same as production's: every sampled request is mirrored while the
-    /// in-flight budget allows, at the cost of production throughput when CPU runs
-    /// out.
+    /// The same as production's, within `shadow_cpu_share`: mirrors get their
+    /// share even when other processes are busy, and never more.
+    #[default]
     Normal,
+}
+
+/// A share of one core's CPU time, in millionths: greater than 0, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuShareOfCore(u32);
+
+impl CpuShareOfCore {
+    pub const DEFAULT: CpuShareOfCore = CpuShareOfCore(200_000);
+
+    /// `share` of one core, if it is a number greater than 0 and at most `cores`.
+    pub fn new(share: f64, cores: usize) -> Option<CpuShareOfCore> {
+        let micros = (share * 1e6).round();
+        (share.is_finite() && share > 0.0 && share <= cores as f64 && micros >= 1.0)
+            .then(|| CpuShareOfCore(micros as u32))
+    }
+
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1e6
+    }
 }
 
 impl ShadowPriority {
@@ -197,7 +217,7 @@ impl Config {
                 a.worker_threads != b.worker_threads,
             ),
             (
-                "server.shadow_worker_threads and shadow_priority",
+                "server.shadow_worker_threads, shadow_priority and shadow_cpu_share",
                 a.shadow_threads != b.shadow_threads,
             ),
             ("server.state_dir", a.state_dir != b.state_dir),

@@ -58,6 +58,7 @@ pub struct RawServer {
     pub worker_threads: Option<u64>,
     pub shadow_worker_threads: Option<u64>,
     pub shadow_priority: Option<String>,
+    pub shadow_cpu_share: Option<f64>,
     pub state_dir: Option<String>,
     pub header_read_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::raw::{RawAdmin, RawServer};
 use super::validate::{Errors, positive, usize_or_max};
 use super::{
-    AdminConfig, EjectionPolicy, Limits, ServerConfig, ShadowPriority, ShadowThreads, defaults,
+    AdminConfig, CpuShareOfCore, EjectionPolicy, Limits, ServerConfig, ShadowPriority,
+    ShadowThreads, defaults,
 };
 
 /// hyper refuses header buffers smaller than this.
@@ -154,8 +155,8 @@ fn socket_addr(
     })
 }
 
-/// `shadow_worker_threads` (as many as `worker_threads` by default) and
-/// `shadow_priority`.
+/// `shadow_worker_threads` (as many as `worker_threads` by default),
+/// `shadow_priority` and `shadow_cpu_share`.
 fn validate_shadow_threads(raw: &RawServer, workers: u64, errors: &mut Errors) -> ShadowThreads {
     // An invalid `worker_threads` is reported once, under its own name.
     let count = raw
@@ -168,18 +169,32 @@ fn validate_shadow_threads(raw: &RawServer, workers: u64, errors: &mut Errors) -
         );
     }
     let priority = match raw.shadow_priority.as_deref() {
-        None | Some("idle") => ShadowPriority::Idle,
-        Some("normal") => ShadowPriority::Normal,
+        None | Some("normal") => ShadowPriority::Normal,
+        Some("idle") => ShadowPriority::Idle,
         Some(other) => {
             errors.push(
                 "server.shadow_priority",
-                format!("unknown priority {other:?} (expected idle or normal)"),
+                format!("unknown priority {other:?} (expected normal or idle)"),
             );
-            ShadowPriority::Idle
+            ShadowPriority::Normal
         }
     };
+    let count = count.clamp(1, MAX_WORKER_THREADS) as usize;
+    // The mirror threads and the comparison thread.
+    let cores = count + 1;
+    let cpu_share = match raw.shadow_cpu_share {
+        None => CpuShareOfCore::DEFAULT,
+        Some(share) => CpuShareOfCore::new(share, cores).unwrap_or_else(|| {
+            errors.push(
+                "server.shadow_cpu_share",
+                format!("must be a share of one core greater than 0 and at most {cores} (the shadow threads and the comparison thread), got {share}"),
+            );
+            CpuShareOfCore::DEFAULT
+        }),
+    };
     ShadowThreads {
-        count: count.clamp(1, MAX_WORKER_THREADS) as usize,
+        count,
         priority,
+        cpu_share,
     }
 }

@@ -82,7 +82,12 @@ impl Proxy {
         let sampled = Arc::clone(&budget);
         router.telemetry().sample_on_render(move || {
             let budget = &sampled;
-            metrics.show(budget.held(), budget.peak(), budget.limit(), budget.refusals());
+            metrics.show(
+                budget.held(),
+                budget.peak(),
+                budget.limit(),
+                budget.refusals(),
+            );
         });
         Ok(Proxy {
             router,
@@ -203,7 +208,7 @@ impl Proxy {
         let mirror = routed
             .shadow
             .as_ref()
-            .and_then(|s| s.sample(&parts.method, ahead.known_len()));
+            .and_then(|s| s.sample(&parts.method, ahead.known_len(), self.shadow.cpu()));
 
         let endpoint = routed
             .route
@@ -264,7 +269,11 @@ impl Proxy {
         &self,
         ahead: Ahead,
         mirror: Option<Mirror>,
-    ) -> (RequestBody, Option<Arc<Progress>>, Option<(Mirror, MirrorBody)>) {
+    ) -> (
+        RequestBody,
+        Option<Arc<Progress>>,
+        Option<(Mirror, MirrorBody)>,
+    ) {
         match ahead {
             Ahead::Whole { bytes, held } => {
                 let mirror = mirror.and_then(|mirror| {

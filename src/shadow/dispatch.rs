@@ -26,15 +26,16 @@ use tokio::task::JoinSet;
 
 use super::ModelShadow;
 use super::capture::{self, CaptureReceiver, CaptureSender, Captured};
+use super::cpu_share::CpuShare;
 use super::report::{DropReason, ErrorKind};
 use super::runtime::ShadowRuntime;
 use super::worker::{CompareQueue, Job};
 use crate::config::ShadowThreads;
 use crate::telemetry::ShadowResult;
 use crate::upstream::admission::Permit;
+use crate::upstream::budget::Reservation;
 use crate::upstream::client::{UpstreamClient, record_health, upstream_uri};
 use crate::upstream::health::EjectionPolicy;
-use crate::upstream::budget::Reservation;
 use crate::upstream::pool::PoolKind;
 use crate::upstream::request_body::{Copied, RequestBody};
 use crate::upstream::{EndpointGuard, UpstreamError};
@@ -46,8 +47,6 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// doubling up to the last interval: comparisons are at most that late.
 const FIRST_PRIMARY_POLL: Duration = Duration::from_millis(1);
 const LAST_PRIMARY_POLL: Duration = Duration::from_millis(50);
-/// Set once the first mirror found the shadow threads gone.
-static SHADOW_THREADS_GONE: AtomicBool = AtomicBool::new(false);
 
 /// A request chosen for mirroring, holding its in-flight slots.
 pub struct Mirror {
@@ -86,6 +85,9 @@ impl Mirror {
 /// endpoints' shadow connection pools and the comparison queue. One per gateway.
 pub struct ShadowService {
     runtime: ShadowRuntime,
+    cpu: Arc<CpuShare>,
+    /// Set once a mirror found the shadow threads gone, to say so once.
+    threads_gone: AtomicBool,
     client: UpstreamClient,
     queue: CompareQueue,
     /// How long a mirror task waits for production's answer to be complete.
@@ -117,14 +119,22 @@ impl ShadowService {
         primary_wait: Duration,
         ejection: EjectionPolicy,
     ) -> io::Result<ShadowService> {
-        let runtime = ShadowRuntime::start(threads, reap_pools)?;
+        let cpu = Arc::new(CpuShare::new(threads.cpu_share.get()));
+        let runtime = ShadowRuntime::start(threads, Arc::clone(&cpu), reap_pools)?;
         Ok(ShadowService {
             client: UpstreamClient::new(PoolKind::Shadow, connect_timeout),
-            queue: CompareQueue::start(threads.priority)?,
+            queue: CompareQueue::start(threads.priority, Arc::clone(&cpu))?,
             runtime,
+            cpu,
+            threads_gone: AtomicBool::new(false),
             primary_wait,
             ejection,
         })
+    }
+
+    /// The shadow threads' CPU share, which [`ModelShadow::sample`] asks.
+    pub fn cpu(&self) -> &CpuShare {
+        &self.cpu
     }
 
     /// Mirrors the prepared production request `parts` (whose URI is still the
@@ -195,7 +205,7 @@ impl ShadowService {
         {
             // Only if the shadow thread died (it ends with the gateway otherwise):
             // the mirror is lost, though counted as mirrored; say so once.
-            if !SHADOW_THREADS_GONE.swap(true, Ordering::Relaxed) {
+            if !self.threads_gone.swap(true, Ordering::Relaxed) {
                 tracing::error!("the shadow threads are gone; no more mirrors are sent");
             }
             return None;

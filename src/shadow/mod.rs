@@ -16,6 +16,7 @@
 
 pub mod capture;
 pub mod compare;
+pub mod cpu_share;
 mod dispatch;
 pub mod path;
 pub mod report;
@@ -35,6 +36,7 @@ use crate::registry::{ModelSpec, ShadowPolicy};
 use crate::telemetry::{ShadowMetrics, ShadowResult, Telemetry};
 use crate::upstream::admission::{Admission, Permit};
 use crate::upstream::{self, Endpoint};
+use cpu_share::CpuShare;
 
 /// A model's mirroring, as one routing table sees it.
 pub struct ModelShadow {
@@ -157,11 +159,20 @@ impl ModelShadow {
     /// The request-path decision: whether to mirror this request, and to which
     /// versions (each holding a slot of the in-flight budget). Counts what it
     /// drops.
-    pub fn sample(self: &Arc<Self>, method: &Method, body_len: usize) -> Option<Mirror> {
+    pub fn sample(
+        self: &Arc<Self>,
+        method: &Method,
+        body_len: usize,
+        cpu: &CpuShare,
+    ) -> Option<Mirror> {
         if !self.methods.contains(method) || fastrand::f64() * 100.0 >= self.policy.percent {
             return None;
         }
         let targeted = self.versions.iter().enumerate().filter(|(_, v)| v.targeted);
+        if !cpu.allows() {
+            targeted.for_each(|(_, v)| dropped(v, DropReason::CpuShare));
+            return None;
+        }
         if body_len > self.policy.max_body_bytes {
             targeted.for_each(|(_, v)| dropped(v, DropReason::BodyTooLarge));
             return None;

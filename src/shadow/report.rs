@@ -46,6 +46,8 @@ pub enum DropReason {
     NoHealthyEndpoint,
     /// The gateway's `max_buffered_body_bytes` had no room for the body's copy.
     BodyBudget,
+    /// The shadow threads had used up their `shadow_cpu_share`.
+    CpuShare,
 }
 
 /// How a mirrored request failed.
@@ -57,7 +59,7 @@ pub enum ErrorKind {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::InFlight,
         DropReason::BodyTooLarge,
         DropReason::PrimaryIncomplete,
@@ -65,6 +67,7 @@ impl DropReason {
         DropReason::CompareQueueFull,
         DropReason::NoHealthyEndpoint,
         DropReason::BodyBudget,
+        DropReason::CpuShare,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl DropReason {
             DropReason::CompareQueueFull => "compare_queue_full",
             DropReason::NoHealthyEndpoint => "no_healthy_endpoint",
             DropReason::BodyBudget => "body_budget",
+            DropReason::CpuShare => "cpu_share",
         }
     }
 }

@@ -1,10 +1,9 @@
 //! The shadow's own threads. Mirror exchanges run on a Tokio runtime of their own
 //! and comparisons on a thread of their own, apart from the workers that serve
-//! production. At `idle` priority (the default) those threads are in Linux's
-//! `SCHED_IDLE` class: they get CPU time only when no production thread wants it.
-//! When the gateway is saturated the mirrors wait, the model's in-flight budget
-//! fills, and further mirrors are dropped and counted (`in_flight`) instead of
-//! taking CPU from production.
+//! production. At `normal` priority (the default) they compete for CPU like any
+//! thread, within their metered share ([`super::cpu_share`]), which the feeder
+//! below keeps up to date. At `idle` priority they are in Linux's `SCHED_IDLE`
+//! class and get CPU time only when nothing else on the host wants it.
 //!
 //! A production thread must never wait for a shadow thread, which may sit
 //! preempted for a long time, so handing a mirror over takes no lock and wakes no
@@ -18,8 +17,11 @@ use std::pin::Pin;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
+use super::cpu_share::CpuShare;
 use crate::config::{ShadowPriority, ShadowThreads};
 
 /// A mirror's work, as the shadow threads run it.
@@ -40,10 +42,12 @@ pub struct ShadowRuntime {
 }
 
 impl ShadowRuntime {
-    /// Starts the threads. `upkeep` runs on them every few seconds (reaping the
-    /// shadow connection pools, whose sockets belong to this runtime).
+    /// Starts the threads, their CPU metered by `cpu`. `upkeep` runs on them
+    /// every few seconds (reaping the shadow connection pools, whose sockets
+    /// belong to this runtime).
     pub fn start(
         threads: ShadowThreads,
+        cpu: Arc<CpuShare>,
         upkeep: impl Fn() + Send + 'static,
     ) -> io::Result<ShadowRuntime> {
         let (jobs, receiver) = mpsc::channel::<ShadowJob>();
@@ -55,7 +59,7 @@ impl ShadowRuntime {
         std::thread::Builder::new()
             .name("stagegate-shadow".into())
             .spawn(move || {
-                let runtime = match build_runtime(threads) {
+                let runtime = match build_runtime(threads, &cpu) {
                     Ok(runtime) => runtime,
                     Err(error) => {
                         let _ = ready.send(Err(error));
@@ -64,7 +68,8 @@ impl ShadowRuntime {
                 };
                 let _ = ready.send(Ok(()));
                 set_priority(threads.priority);
-                runtime.block_on(feed(receiver, upkeep));
+                cpu.meter_current_thread();
+                runtime.block_on(feed(receiver, &cpu, upkeep));
             })?;
         started.recv().map_err(|_| {
             io::Error::other("the shadow thread ended before its runtime started")
@@ -84,20 +89,29 @@ impl ShadowRuntime {
     }
 }
 
-fn build_runtime(threads: ShadowThreads) -> io::Result<tokio::runtime::Runtime> {
+fn build_runtime(
+    threads: ShadowThreads,
+    cpu: &Arc<CpuShare>,
+) -> io::Result<tokio::runtime::Runtime> {
     let priority = threads.priority;
+    let cpu = Arc::clone(cpu);
     crate::runtime::builder(threads.count)
         .enable_all()
         .thread_name("stagegate-shadow")
-        .on_thread_start(move || set_priority(priority))
+        .on_thread_start(move || {
+            set_priority(priority);
+            cpu.meter_current_thread();
+        })
         .build()
 }
 
-/// Spawns every job handed over, until the runtime is dropped.
-async fn feed(jobs: Receiver<ShadowJob>, upkeep: impl Fn()) {
+/// Spawns every job handed over, and meters the CPU share, until the runtime is
+/// dropped.
+async fn feed(jobs: Receiver<ShadowJob>, cpu: &CpuShare, upkeep: impl Fn()) {
     let mut nap = SHORTEST_NAP;
     let mut next_upkeep = Instant::now() + UPKEEP_INTERVAL;
     loop {
+        cpu.sample();
         nap = match spawn_waiting(&jobs) {
             None => return,
             Some(0) => (nap * 2).min(LONGEST_NAP),
@@ -167,7 +181,12 @@ mod tests {
     use super::*;
 
     fn start(count: usize, priority: ShadowPriority) -> ShadowRuntime {
-        ShadowRuntime::start(ShadowThreads { count, priority }, || {}).unwrap()
+        let threads = ShadowThreads {
+            count,
+            priority,
+            cpu_share: crate::config::CpuShareOfCore::DEFAULT,
+        };
+        ShadowRuntime::start(threads, Arc::new(CpuShare::new(0.2)), || {}).unwrap()
     }
 
     /// The scheduling policy of the thread a job of `runtime` runs on.

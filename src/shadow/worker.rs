@@ -19,6 +19,7 @@ use bytes::Bytes;
 use super::ModelShadow;
 use super::capture::Frames;
 use super::compare::Answer;
+use super::cpu_share::CpuShare;
 use super::report::Compared;
 use super::runtime::set_priority;
 use crate::config::ShadowPriority;
@@ -55,8 +56,8 @@ pub struct CompareQueue {
 }
 
 impl CompareQueue {
-    /// Starts the comparison thread at `priority`.
-    pub fn start(priority: ShadowPriority) -> io::Result<CompareQueue> {
+    /// Starts the comparison thread at `priority`, its CPU metered by `cpu`.
+    pub fn start(priority: ShadowPriority, cpu: Arc<CpuShare>) -> io::Result<CompareQueue> {
         let (sender, receiver) = sync_channel(QUEUE_DEPTH);
         let bytes = Arc::new(ByteBudget::new(QUEUE_BYTES));
         let queued = Arc::clone(&bytes);
@@ -64,6 +65,7 @@ impl CompareQueue {
             .name("stagegate-compare".into())
             .spawn(move || {
                 set_priority(priority);
+                cpu.meter_current_thread();
                 run(receiver, &queued)
             })?;
         Ok(CompareQueue {

@@ -135,7 +135,10 @@ mod tests {
         let mut b = budget.empty();
         assert!(!b.grow(41), "60 + 41 is over the limit");
         assert!(b.grow(40));
-        assert_eq!((budget.held(), budget.peak(), budget.refusals()), (100, 100, 1));
+        assert_eq!(
+            (budget.held(), budget.peak(), budget.refusals()),
+            (100, 100, 1)
+        );
         drop(a);
         assert_eq!(budget.held(), 40);
         assert!(b.grow(60));

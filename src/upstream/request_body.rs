@@ -99,7 +99,10 @@ pub struct BodyCopy {
 /// unsent (the request ended early) sees the channel closed.
 #[derive(Debug)]
 pub enum Copied {
-    Whole { bytes: Bytes, held: Reservation },
+    Whole {
+        bytes: Bytes,
+        held: Reservation,
+    },
     /// The body went past the shadow's `max_body_bytes`.
     TooLarge,
     /// The gateway's body budget had no room for the copy.

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use stagegate::config::{Config, ShadowPriority};
+use stagegate::config::Config;
 use stagegate::gateway::{self, RunningGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -216,10 +216,6 @@ pub async fn try_gateway_in(
 ) -> Result<RunningGateway, gateway::GatewayError> {
     let mut config = Config::parse(config, "test config").unwrap_or_else(|e| panic!("{e}"));
     config.server.state_dir = state_dir.to_path_buf();
-    // Tests run in parallel and keep cores busy; at idle priority their mirrors
-    // would wait for that. `tests/shadow.rs` has a test at the default (idle)
-    // priority of its own.
-    config.server.shadow_threads.priority = ShadowPriority::Normal;
     start_config(&config).await
 }
 

@@ -17,8 +17,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// same rounds as the mirroring one, as the baseline of the shadow's cost.
 pub const NO_SHADOW: &str = "stagegate, no shadow";
 /// The label of the stagegate that a shadow case runs with its shadow threads at
-/// normal priority (`shadow_priority = "normal"`), competing with production.
-pub const NORMAL_PRIORITY: &str = "stagegate, shadow at normal priority";
+/// idle priority (`shadow_priority = "idle"`), using only CPU nothing else wants.
+pub const IDLE_PRIORITY: &str = "stagegate, shadow at idle priority";
 /// The canary weight of the `canary` and `swap-loop` cases, in percent.
 pub const CANARY_WEIGHT: u32 = 10;
 
@@ -158,7 +158,7 @@ pub fn setup(ctx: &Context, case: Case, threads: usize) -> Setup {
         primary: backends.primary,
         secondary,
         shadow: case.shadow().is_some(),
-        normal_priority: false,
+        idle_priority: false,
         canary: case.canary(),
     }
 }
@@ -166,7 +166,7 @@ pub fn setup(ctx: &Context, case: Case, threads: usize) -> Setup {
 /// Starts a shadow case's proxies: the case's own, plus, interleaved in the same
 /// rounds, a stagegate without mirroring (the baseline of the shadow's cost; the
 /// machine's speed drifts over minutes, so plain-64 from minutes before is no
-/// baseline) and one mirroring with its shadow threads at normal priority.
+/// baseline) and one mirroring with its shadow threads at idle priority.
 fn start_case(ctx: &Context, case: Case, setup: &Setup) -> (Vec<RunningProxy>, Vec<String>) {
     let (mut proxies, mut notes) = start_all(ctx, case.proxies(), setup);
     if !setup.shadow {
@@ -181,9 +181,9 @@ fn start_case(ctx: &Context, case: Case, setup: &Setup) -> (Vec<RunningProxy>, V
             },
         ),
         (
-            NORMAL_PRIORITY,
+            IDLE_PRIORITY,
             Setup {
-                normal_priority: true,
+                idle_priority: true,
                 ..*setup
             },
         ),
@@ -192,7 +192,7 @@ fn start_case(ctx: &Context, case: Case, setup: &Setup) -> (Vec<RunningProxy>, V
         match proxies::start(ProxyKind::Stagegate, &variant, &ctx.programs, &ctx.pin) {
             Ok(mut proxy) => {
                 proxy.label = label;
-                // Rounds run: no shadow, mirroring (idle), mirroring (normal), others.
+                // Rounds run: no shadow, mirroring (default), mirroring (idle), others.
                 let mirroring = proxies
                     .iter()
                     .position(|p| p.label == ProxyKind::Stagegate.name());

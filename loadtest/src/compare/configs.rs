@@ -14,8 +14,9 @@ pub struct Setup {
     pub secondary: SocketAddr,
     /// Mirror every request to `secondary`.
     pub shadow: bool,
-    /// stagegate: `shadow_priority = "normal"` instead of the default idle class.
-    pub normal_priority: bool,
+    /// stagegate: `shadow_priority = "idle"` instead of the default (normal
+    /// priority within `shadow_cpu_share`).
+    pub idle_priority: bool,
     /// stagegate: sticky canary on `x-user-id`, version 2 at weight 10.
     pub canary: bool,
 }
@@ -43,8 +44,8 @@ pub fn stagegate_config(setup: &Setup, ports: &Ports, state_dir: &Path) -> Strin
         ports.admin,
         setup.threads,
         toml_string(&state_dir.to_string_lossy()),
-        if setup.normal_priority {
-            "shadow_priority = \"normal\"\n"
+        if setup.idle_priority {
+            "shadow_priority = \"idle\"\n"
         } else {
             ""
         },
@@ -149,7 +150,7 @@ mod tests {
             primary: "127.0.0.1:7001".parse().unwrap(),
             secondary: "127.0.0.1:7002".parse().unwrap(),
             shadow,
-            normal_priority: false,
+            idle_priority: false,
             canary,
         }
     }
@@ -184,12 +185,12 @@ mod tests {
             )
         );
         assert!(!shadow.contains("shadow_priority"));
-        let normal = Setup {
-            normal_priority: true,
+        let idle = Setup {
+            idle_priority: true,
             ..setup(true, false)
         };
-        let normal = stagegate_config(&normal, &ports(), Path::new("s"));
-        assert!(normal.contains("drain_timeout_ms = 1000\nshadow_priority = \"normal\"\n\n"));
+        let idle = stagegate_config(&idle, &ports(), Path::new("s"));
+        assert!(idle.contains("drain_timeout_ms = 1000\nshadow_priority = \"idle\"\n\n"));
         let canary = stagegate_config(&setup(false, true), &ports(), Path::new("s"));
         assert!(canary.contains("[models.canary]\nsticky_header = \"x-user-id\""));
         assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);

@@ -7,7 +7,7 @@
 //! them running through the case, gives each one warmup run, then interleaves the
 //! measured runs (round 1: direct, stagegate, nginx, haproxy; round 2: ...). A
 //! shadow case also runs in its rounds a stagegate without mirroring (the
-//! baseline of the shadow-cost table) and one with its shadow threads at normal
+//! baseline of the shadow-cost table) and one with its shadow threads at idle
 //! priority, and reads from stagegate's shadow report how many requests each run
 //! mirrored.
 

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::cases::{Case, NO_SHADOW, NORMAL_PRIORITY};
+use super::cases::{Case, IDLE_PRIORITY, NO_SHADOW};
 use super::proxies::ProxyKind;
 use super::report::{
     CaseResult, Comparison, Series, Summary, ThreadResults, errors_cell, number, ratio,
@@ -166,8 +166,8 @@ fn mark(cell: String, marker: &str) -> String {
     if cell == "—" { cell } else { cell + marker }
 }
 
-/// Each shadow case's mirroring stagegates (shadow threads at idle priority, the
-/// default, and at normal priority) against the stagegate without mirroring that
+/// Each shadow case's mirroring stagegates (shadow threads at normal priority
+/// within their CPU share, the default, and at idle priority) against the stagegate without mirroring that
 /// ran in the same rounds; empty when no shadow case has both.
 pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
     let mut rows = String::new();
@@ -182,8 +182,8 @@ pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
             continue;
         };
         for (label, priority) in [
-            (ProxyKind::Stagegate.name(), "idle"),
-            (NORMAL_PRIORITY, "normal"),
+            (ProxyKind::Stagegate.name(), "share 0.2"),
+            (IDLE_PRIORITY, "idle"),
         ] {
             let Some(mirroring) = find(label) else {
                 continue;
@@ -210,14 +210,14 @@ pub fn shadow_cost_section(cases: &[&CaseResult]) -> String {
     format!(
         "### shadow cost\n\n\
          stagegate mirroring 100% of requests against a stagegate without mirroring, run in \
-         the same rounds of the same case. Priority is that of the shadow threads \
-         (`shadow_priority`): at `idle` (the default) mirrors use only CPU time production \
-         leaves unused and are dropped when there is none; at `normal` they compete with \
-         production. Mirrored: the share of production requests mirrored to the staging \
+         the same rounds of the same case. Shadow threads: `share 0.2` (the default) runs \
+         them at normal priority within `shadow_cpu_share = 0.2` of one core, past which \
+         mirrors are dropped; `idle` (`shadow_priority = \"idle\"`) gives them only CPU \
+         time nothing else wants. Mirrored: the share of production requests mirrored to the staging \
          version, answered or not (median of the runs). shadow-fixed-rate is open loop: \
          its throughput is set by the schedule and its p99 counts from each request's \
          scheduled send time.\n\n\
-         | case | priority | req/s mirroring | req/s no shadow | throughput kept | \
+         | case | shadow threads | req/s mirroring | req/s no shadow | throughput kept | \
          p99 ms mirroring | p99 ms no shadow | p99 ratio | mirrored |\n\
          |---|---|--:|--:|--:|--:|--:|--:|--:|\n{rows}\n"
     )
@@ -375,16 +375,16 @@ mod tests {
 
     #[test]
     fn shadow_cost_compares_with_the_no_shadow_run_of_the_same_case() {
-        let mut idle = series(ProxyKind::Stagegate, "stagegate", 18000.0, Some(44.0));
-        idle.samples[0].mirrored = Some(9000);
-        let mut normal = series(ProxyKind::Stagegate, NORMAL_PRIORITY, 10000.0, Some(80.0));
-        normal.samples[0].mirrored = Some(10000);
+        let mut shared = series(ProxyKind::Stagegate, "stagegate", 18000.0, Some(44.0));
+        shared.samples[0].mirrored = Some(9000);
+        let mut idle = series(ProxyKind::Stagegate, IDLE_PRIORITY, 10000.0, Some(80.0));
+        idle.samples[0].mirrored = Some(10000);
         let hang = CaseResult::new(
             Case::ShadowHang,
             vec![
                 series(ProxyKind::Stagegate, NO_SHADOW, 20000.0, Some(40.0)),
+                shared,
                 idle,
-                normal,
                 series(ProxyKind::Nginx, "nginx", 40.0, Some(50.0)),
             ],
             Vec::new(),
@@ -396,7 +396,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("\n| case | priority | req/s mirroring |"),
+            text.contains("\n| case | shadow threads | req/s mirroring |"),
             "{text}"
         );
         let rows: Vec<&str> = text
@@ -407,8 +407,8 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "| shadow-hang | idle | 18000 | 20000 | 0.90x | 180.00 | 200.00 | 0.90x | 50% |",
-                "| shadow-hang | normal | 10000 | 20000 | 0.50x | 100.00 | 200.00 | 0.50x | 100% |",
+                "| shadow-hang | share 0.2 | 18000 | 20000 | 0.90x | 180.00 | 200.00 | 0.90x | 50% |",
+                "| shadow-hang | idle | 10000 | 20000 | 0.50x | 100.00 | 200.00 | 0.50x | 100% |",
             ]
         );
         assert_eq!(shadow_cost_section(&[&plain]), "");
