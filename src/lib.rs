@@ -8,14 +8,15 @@
 //! - [`registry`]: models, versions and stages (production, staging, archived); the
 //!   transition rules, the durable journal and snapshot, and the single writer.
 //! - [`upstream`]: reaching model servers: endpoints with their connection pools
-//!   and passive health, the client, admission; imports nothing above it.
+//!   and passive health, the client and the request bodies it sends (whole or
+//!   streamed), admission and the gateway's body budget; imports nothing above it.
 //! - [`routing`]: the immutable [`routing::RoutingTable`] held in one `ArcSwap`
 //!   ([`routing::Router`]); resolving a request to a version route.
 //! - [`proxy`]: the data plane: hyper server (HTTP/1.1 and h2c), limits and
 //!   timeouts, forwarding through [`upstream`], header hygiene, graceful
 //!   shutdown.
 //! - [`shadow`]: mirroring production traffic to staging versions on threads of
-//!   their own (idle priority by default), comparing their answers off the
+//!   their own (within a metered CPU share), comparing their answers off the
 //!   request path, and the shadow reports.
 //! - [`rollout`]: the controller that steps canaries through a rollout plan
 //!   while their gates hold, and stops them when they don't; the gates judge

@@ -5,11 +5,12 @@
 //!   (policy, compiled comparator, staging targets with their reports and metric
 //!   handles, the in-flight budget). The request path only calls
 //!   [`ModelShadow::sample`].
-//! - [`dispatch`]: hands the mirrors to the shadow threads, after the body was
-//!   read once (shared `Bytes`); the client's response never waits for them.
+//! - [`dispatch`]: hands the mirrors to the shadow threads with the body (shared
+//!   `Bytes`, or a streamed body's copy once it has ended); the client's response
+//!   never waits for them.
 //! - [`capture`]: tees production's answer as it streams to the client.
-//! - [`runtime`]: the shadow threads, at idle priority by default, so mirrors
-//!   get CPU time only when production leaves it unused.
+//! - [`runtime`]: the shadow threads; [`cpu_share`]: the share of CPU they may
+//!   use, past which mirrors are dropped.
 //! - [`worker`]: the comparison thread, fed through a bounded queue.
 //! - [`compare`], [`path`]: the comparators and their JSON paths.
 //! - [`report`]: per staging version counters, agreement, latencies, samples.
