@@ -9,6 +9,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use stagegate::registry::{CompareMode, ComparePolicy};
 use stagegate::shadow::{Answer, Comparator};
+use stagegate::vocab::PathPattern;
+
+fn pattern(text: &str) -> PathPattern {
+    PathPattern::parse(text).unwrap_or_else(|error| panic!("bench pattern: {error}"))
+}
 
 /// An Open Inference Protocol answer of about 1 KB: 64 scores and 64 labels.
 fn answer(bump: f64) -> Vec<u8> {
@@ -44,14 +49,11 @@ fn compare(c: &mut Criterion) {
     ] {
         let policy = ComparePolicy {
             mode,
-            ignore: vec!["id".into(), "model_version".into()],
-            label_path: "predictions[*]".into(),
+            ignore: vec![pattern("id"), pattern("model_version")],
+            label_path: pattern("predictions[*]"),
             ..ComparePolicy::default()
         };
-        let comparator = match Comparator::new(&policy) {
-            Ok(comparator) => comparator,
-            Err(error) => panic!("bench policy: {error}"),
-        };
+        let comparator = Comparator::new(&policy);
         for (case, other) in [("agree", &same), ("differ", &changed)] {
             group.bench_function(format!("{mode}/{case}"), |b| {
                 b.iter(|| {

@@ -77,7 +77,10 @@ fn resolve(c: &mut Criterion) {
 fn canary(c: &mut Criterion) {
     let mut catalog = (*catalog()).clone();
     for model in &mut catalog.models {
-        model.sticky.header = Some("x-user-id".into());
+        model.sticky.header = match stagegate::vocab::HeaderNameText::parse("x-user-id") {
+            Ok(name) => Some(name),
+            Err(error) => panic!("bench header: {error}"),
+        };
         model.canary = Some(Canary {
             version: "3".into(),
             weight: 10.0,

@@ -11,6 +11,7 @@ use crate::registry::{Canary, Catalog, CompareMode, ComparePolicy};
 use crate::routing::{self, Router};
 use crate::shadow::{Answer, Comparator};
 use crate::telemetry::Telemetry;
+use crate::vocab::PathPattern;
 
 /// The config loader on arbitrary text.
 pub fn config(data: &[u8]) {
@@ -98,13 +99,14 @@ fn comparators() -> &'static [Comparator] {
         ]
         .into_iter()
         .filter_map(|mode| {
+            let pattern = |text| PathPattern::parse(text).ok();
             let policy = ComparePolicy {
                 mode,
-                ignore: vec!["id".into(), "outputs[*].parameters".into()],
-                label_path: "predictions[*]".into(),
+                ignore: vec![pattern("id")?, pattern("outputs[*].parameters")?],
+                label_path: pattern("predictions[*]")?,
                 ..ComparePolicy::default()
             };
-            Comparator::new(&policy).ok()
+            Some(Comparator::new(&policy))
         })
         .collect()
     })

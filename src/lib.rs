@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`vocab`]: the shared vocabulary, validated into types once (JSON paths,
+//!   HTTP methods and header names of policies); imports nothing of the crate.
 //! - [`config`]: the TOML file, validated into a [`config::Config`] with every
 //!   error reported at once, with its field path.
 //! - [`registry`]: models, versions and stages (production, staging, archived); the
@@ -51,3 +53,4 @@ pub mod shadow;
 pub mod sync;
 pub mod telemetry;
 pub mod upstream;
+pub mod vocab;

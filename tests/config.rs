@@ -447,3 +447,41 @@ mod hostile {
         }
     }
 }
+
+#[test]
+fn shadow_methods_compare_paths_and_sticky_headers_are_parsed_when_the_config_is_read() {
+    let text = r#"
+        [[models]]
+        name = "m"
+          [[models.versions]]
+          version = "1"
+          stage = "production"
+          endpoints = ["http://h:1"]
+        [models.shadow]
+        methods = ["post", "PO ST"]
+        [models.compare]
+        ignore = ["id", "a["]
+        label_path = ""
+        [models.canary]
+        sticky_header = "x user"
+    "#;
+    assert_exactly(
+        &field_errors(text),
+        &[
+            "models[0].shadow.methods: \"PO ST\" is not an upper-case HTTP method",
+            "models[0].compare: bad path \"a[\": unclosed '['",
+            "models[0].compare: bad path \"\": empty path",
+            "models[0].canary.sticky_header: \"x user\" is not a header name",
+        ],
+    );
+    let valid = text
+        .replace("\"PO ST\"", "\"GET\"")
+        .replace("\"a[\"", "\"outputs[*]\"")
+        .replace("label_path = \"\"", "label_path = \"predictions[*]\"")
+        .replace("x user", "X-User");
+    let config = Config::parse(&valid, "t").unwrap();
+    let model = &config.models[0];
+    assert_eq!(model.shadow.methods, ["POST", "GET"]);
+    assert_eq!(model.shadow.compare.ignore[1].as_str(), "outputs[*]");
+    assert_eq!(model.sticky.header.as_ref().unwrap().to_string(), "x-user");
+}

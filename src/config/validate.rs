@@ -10,6 +10,7 @@ use crate::registry::{
     CompareMode, ComparePolicy, EndpointUrl, GateLimit, Gates, ModelSpec, OnFailure, Plan,
     ShadowPolicy, Stage, StickyPolicy, VersionSpec, default_plan, is_valid_identifier,
 };
+use crate::vocab::{HeaderNameText, MethodName, PathPattern};
 
 #[derive(Default)]
 pub(super) struct Errors(Vec<FieldError>);
@@ -141,15 +142,11 @@ fn validate_sticky(raw: &RawModel, path: &str, errors: &mut Errors) -> StickyPol
     let canary = raw.canary.as_ref();
     let header = canary
         .and_then(|c| c.sticky_header.as_deref())
-        .map(str::to_ascii_lowercase);
-    if let Some(name) = &header
-        && http::HeaderName::from_bytes(name.as_bytes()).is_err()
-    {
-        errors.push(
-            format!("{path}.canary.sticky_header"),
-            format!("{name:?} is not a header name"),
-        );
-    }
+        .and_then(|name| {
+            HeaderNameText::parse(name)
+                .map_err(|message| errors.push(format!("{path}.canary.sticky_header"), message))
+                .ok()
+        });
     let cookie = canary.and_then(|c| c.sticky_cookie.clone());
     if cookie
         .as_deref()
@@ -212,6 +209,14 @@ fn validate_rollout(raw: &RawModel, path: &str, errors: &mut Errors) -> Plan {
     plan
 }
 
+/// Each of `texts` parsed; the first error otherwise.
+fn parsed<T>(
+    texts: &[String],
+    parse: impl Fn(&String) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    texts.iter().map(parse).collect()
+}
+
 /// `[models.shadow]` and `[models.compare]`. A `[models.shadow]` section turns
 /// mirroring on (percent 100 unless it says otherwise).
 fn validate_shadow(raw: &RawModel, path: &str, errors: &mut Errors) -> ShadowPolicy {
@@ -239,11 +244,15 @@ fn validate_shadow(raw: &RawModel, path: &str, errors: &mut Errors) -> ShadowPol
             .and_then(|s| s.max_body_bytes)
             .map_or(defaults.max_body_bytes, |n| usize_or_max(Some(n))),
         methods: shadow
-            .and_then(|s| s.methods.clone())
-            .unwrap_or(defaults.methods)
-            .into_iter()
-            .map(|m| m.to_ascii_uppercase())
-            .collect(),
+            .and_then(|s| s.methods.as_ref())
+            .map_or(Ok(defaults.methods.clone()), |methods| {
+                parsed(methods, |m| MethodName::parse(&m.to_ascii_uppercase()))
+            })
+            .unwrap_or_else(|message| {
+                // Reported once; the defaults stand in so nothing else is.
+                errors.push(format!("{path}.shadow.methods"), message);
+                defaults.methods.clone()
+            }),
         compare: ComparePolicy {
             mode: mode.clone().unwrap_or(defaults.compare.mode),
             abs_tol: compare
@@ -252,10 +261,22 @@ fn validate_shadow(raw: &RawModel, path: &str, errors: &mut Errors) -> ShadowPol
             rel_tol: compare
                 .and_then(|c| c.rel_tol)
                 .unwrap_or(defaults.compare.rel_tol),
-            ignore: compare.and_then(|c| c.ignore.clone()).unwrap_or_default(),
+            ignore: compare
+                .and_then(|c| c.ignore.as_ref())
+                .map_or(Ok(Vec::new()), |ignore| {
+                    parsed(ignore, |p| PathPattern::parse(p))
+                })
+                .unwrap_or_else(|message| {
+                    errors.push(format!("{path}.compare"), message);
+                    Vec::new()
+                }),
             label_path: compare
-                .and_then(|c| c.label_path.clone())
-                .unwrap_or(defaults.compare.label_path),
+                .and_then(|c| c.label_path.as_deref())
+                .map_or(Ok(defaults.compare.label_path.clone()), PathPattern::parse)
+                .unwrap_or_else(|message| {
+                    errors.push(format!("{path}.compare"), message);
+                    defaults.compare.label_path
+                }),
         },
     };
     if let Err(message) = mode {

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::{HeaderNameText, MethodName, PathPattern, Step};
+
 use super::rollout::{DEFAULT_CONFIDENCE, DEFAULT_LATENCY_QUANTILE, Gates, OnFailure, Plan};
 
 pub mod defaults {
@@ -23,7 +25,10 @@ pub mod defaults {
     pub const TIMEOUT_MS: u64 = 2_000;
     pub const MAX_IN_FLIGHT: usize = 256;
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-    pub const METHODS: [&str; 2] = ["POST", "GET"];
+    pub const METHODS: [crate::vocab::MethodName; 2] = [
+        crate::vocab::MethodName::POST,
+        crate::vocab::MethodName::GET,
+    ];
     pub const ABS_TOL: f64 = 1e-6;
     pub const REL_TOL: f64 = 1e-3;
     pub const LABEL_PATH: &str = "predictions[*]";
@@ -43,8 +48,8 @@ pub struct ShadowPolicy {
     pub max_in_flight: usize,
     /// Larger request bodies are not mirrored; larger answers are not compared.
     pub max_body_bytes: usize,
-    /// Upper-case HTTP methods that are mirrored.
-    pub methods: Vec<String>,
+    /// HTTP methods that are mirrored.
+    pub methods: Vec<MethodName>,
     pub compare: ComparePolicy,
 }
 
@@ -57,9 +62,9 @@ pub struct ComparePolicy {
     pub rel_tol: f64,
     /// JSON paths left out of the comparison, e.g. `id`, `outputs[*].parameters`.
     #[serde(default)]
-    pub ignore: Vec<String>,
+    pub ignore: Vec<PathPattern>,
     /// Where the labels are, for `label` mode: e.g. `predictions[*]`.
-    pub label_path: String,
+    pub label_path: PathPattern,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +104,7 @@ impl Default for ShadowPolicy {
             timeout_ms: defaults::TIMEOUT_MS,
             max_in_flight: defaults::MAX_IN_FLIGHT,
             max_body_bytes: defaults::MAX_BODY_BYTES,
-            methods: defaults::METHODS.iter().map(|m| m.to_string()).collect(),
+            methods: defaults::METHODS.to_vec(),
             compare: ComparePolicy::default(),
         }
     }
@@ -112,7 +117,7 @@ impl Default for ComparePolicy {
             abs_tol: defaults::ABS_TOL,
             rel_tol: defaults::REL_TOL,
             ignore: Vec::new(),
-            label_path: defaults::LABEL_PATH.to_string(),
+            label_path: default_label_path(),
         }
     }
 }
@@ -142,14 +147,6 @@ impl ShadowPolicy {
         }
         if self.methods.is_empty() {
             problems.push(("methods", "needs at least one HTTP method".to_string()));
-        }
-        for method in &self.methods {
-            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-                problems.push((
-                    "methods",
-                    format!("{method:?} is not an upper-case HTTP method"),
-                ));
-            }
         }
         for version in &self.versions {
             if !super::is_valid_identifier(version) {
@@ -201,11 +198,6 @@ impl ComparePolicy {
                 problems.push((field, format!("must be a finite number >= 0, got {value}")));
             }
         }
-        for pattern in self.ignore.iter().chain(std::iter::once(&self.label_path)) {
-            if let Err(message) = crate::shadow::JsonPath::parse(pattern) {
-                problems.push(("compare", format!("bad path {pattern:?}: {message}")));
-            }
-        }
         problems
     }
 }
@@ -214,10 +206,16 @@ impl ComparePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickyPolicy {
-    /// Request header holding the key, e.g. `x-user-id` (lower case).
-    pub header: Option<String>,
+    /// Request header holding the key, e.g. `x-user-id`.
+    pub header: Option<HeaderNameText>,
     /// Cookie holding the key, when the header is absent.
     pub cookie: Option<String>,
+}
+
+/// `predictions[*]`, built directly: a constant need not be parsed.
+fn default_label_path() -> PathPattern {
+    let steps = vec![Step::Key("predictions".to_string()), Step::AnyIndex];
+    PathPattern::from_parts(defaults::LABEL_PATH, crate::vocab::JsonPath(steps))
 }
 
 /// The rollout plan used when a rollout does not give its own.
@@ -283,11 +281,10 @@ mod tests {
             timeout_ms: 0,
             max_in_flight: 0,
             max_body_bytes: 0,
-            methods: vec!["post".into()],
+            methods: Vec::new(),
             compare: ComparePolicy {
                 abs_tol: -1.0,
                 rel_tol: f64::NAN,
-                ignore: vec!["a[".into()],
                 ..ComparePolicy::default()
             },
         };
@@ -303,8 +300,34 @@ mod tests {
                 "versions",
                 "compare.abs_tol",
                 "compare.rel_tol",
-                "compare"
             ]
         );
+    }
+
+    #[test]
+    fn methods_and_paths_that_do_not_parse_are_refused_when_read() {
+        let current = ShadowPolicy::default();
+        for (bad, message) in [
+            (
+                serde_json::json!({ "methods": ["PO ST"] }),
+                "is not an upper-case HTTP method",
+            ),
+            (
+                serde_json::json!({ "compare": { "ignore": ["a["] } }),
+                "bad path \"a[\"",
+            ),
+            (
+                serde_json::json!({ "compare": { "label_path": "" } }),
+                "bad path \"\"",
+            ),
+        ] {
+            let error = current.patched(&bad).unwrap_err();
+            assert!(error.contains(message), "{bad}: {error}");
+        }
+        let journaled = serde_json::to_value(&current).unwrap();
+        assert_eq!(journaled["methods"], serde_json::json!(["POST", "GET"]));
+        assert_eq!(journaled["compare"]["label_path"], "predictions[*]");
+        let read: ShadowPolicy = serde_json::from_value(journaled).unwrap();
+        assert_eq!(read, current);
     }
 }

@@ -34,10 +34,7 @@ impl CanarySplit {
             route,
             threshold: canary.threshold(),
             salt: canary.salt,
-            header: sticky
-                .header
-                .as_deref()
-                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            header: sticky.header.as_ref().map(|h| h.name().clone()),
             cookie: sticky.cookie.clone(),
         }
     }

@@ -1,5 +1,6 @@
 //! The immutable [`RoutingTable`] and how it is built from the registry's models.
 
+use crate::vocab::id_header_value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -283,8 +284,8 @@ impl VersionRoute {
             admission: None,
             metrics: telemetry.route_metrics(model, version, stage.as_str()),
             headers: RouteHeaders {
-                model: header_value(model),
-                version: header_value(version),
+                model: id_header_value(model),
+                version: id_header_value(version),
                 stage: HeaderValue::from_static(stage.as_str()),
             },
         }
@@ -311,11 +312,6 @@ impl VersionRoute {
     pub fn pick_endpoint(&self) -> Option<&Arc<Endpoint>> {
         upstream::pick(&self.endpoints)
     }
-}
-
-/// Model and version ids are validated identifiers, always valid header values.
-fn header_value(id: &str) -> HeaderValue {
-    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ pub mod capture;
 pub mod compare;
 pub mod cpu_share;
 mod dispatch;
-pub mod path;
 pub mod report;
 mod runtime;
 mod worker;
@@ -30,7 +29,6 @@ use http::Method;
 
 pub use compare::{Answer, Comparator, Verdict};
 pub use dispatch::{Mirror, MirrorBody, ShadowService, X_STAGEGATE_SHADOW};
-pub use path::JsonPath;
 pub use report::{Agreement, DropReason, VersionReport};
 
 use crate::registry::{ModelSpec, ShadowPolicy};
@@ -85,12 +83,7 @@ impl ModelShadow {
         telemetry: &Telemetry,
     ) -> ModelShadow {
         let policy = model.shadow.clone();
-        let comparator = Comparator::new(&policy.compare).unwrap_or_else(|error| {
-            // Policies are validated before they get here; compare nothing rather
-            // than fail a table build.
-            tracing::error!(model = %model.name, %error, "invalid compare policy");
-            Comparator::status_only()
-        });
+        let comparator = Comparator::new(&policy.compare);
         let in_flight = previous
             .filter(|p| p.policy.max_in_flight == policy.max_in_flight)
             .map_or_else(
@@ -121,11 +114,7 @@ impl ModelShadow {
                 }
             })
             .collect();
-        let methods = policy
-            .methods
-            .iter()
-            .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
-            .collect();
+        let methods = policy.methods.iter().map(|m| m.method().clone()).collect();
         ModelShadow {
             policy,
             methods,

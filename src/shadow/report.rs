@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::compare::Verdict;
-use super::path::{Display, normalized};
+use crate::vocab::path::{Display, normalized};
 
 /// Mismatch samples kept, newest last.
 pub const SAMPLES: usize = 20;
@@ -415,7 +415,7 @@ fn now_secs() -> u64 {
 mod tests {
     use super::*;
     use crate::shadow::compare::Difference;
-    use crate::shadow::path::Step;
+    use crate::vocab::path::Step;
 
     fn verdict(matched: bool, path: &str) -> Verdict {
         let differences = if matched {

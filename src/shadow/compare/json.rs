@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::{Comparator, Findings, short};
-use crate::shadow::path::Step;
+use crate::vocab::path::Step;
 
 pub(super) fn diff(
     comparator: &Comparator,

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{Findings, short};
-use crate::shadow::path::{JsonPath, Step};
+use crate::vocab::path::{JsonPath, Step};
 
 /// Whether either answer has anything at the label path.
 pub(super) fn has_labels(label_path: &JsonPath, a: &Value, b: &Value) -> bool {

@@ -11,8 +11,8 @@ mod oip;
 
 use serde_json::Value;
 
-use super::path::{JsonPath, Step};
 use crate::registry::{CompareMode, ComparePolicy};
+use crate::vocab::path::{JsonPath, Step};
 
 /// Differences kept per comparison; past this only the count grows.
 pub const MAX_DIFFERENCES: usize = 32;
@@ -73,25 +73,14 @@ impl Findings {
 }
 
 impl Comparator {
-    pub fn new(policy: &ComparePolicy) -> Result<Comparator, String> {
-        let parse = |text: &String| JsonPath::parse(text).map_err(|e| format!("{text:?}: {e}"));
-        Ok(Comparator {
+    /// The comparator of a (validated) policy: its paths are parsed already.
+    pub fn new(policy: &ComparePolicy) -> Comparator {
+        Comparator {
             mode: policy.mode,
             abs_tol: policy.abs_tol,
             rel_tol: policy.rel_tol,
-            ignore: policy.ignore.iter().map(parse).collect::<Result<_, _>>()?,
-            label_path: parse(&policy.label_path)?,
-        })
-    }
-
-    /// Compares status codes only: the fallback when a policy cannot compile.
-    pub fn status_only() -> Comparator {
-        Comparator {
-            mode: CompareMode::Status,
-            abs_tol: 0.0,
-            rel_tol: 0.0,
-            ignore: Vec::new(),
-            label_path: JsonPath::default(),
+            ignore: policy.ignore.iter().map(|p| p.path().clone()).collect(),
+            label_path: policy.label_path.path().clone(),
         }
     }
 

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::{Comparator, Findings, json};
-use crate::shadow::path::Step;
+use crate::vocab::path::Step;
 
 pub(super) fn diff(comparator: &Comparator, a: &Value, b: &Value, findings: &mut Findings) {
     let (Some(left), Some(right)) = (outputs(a), outputs(b)) else {

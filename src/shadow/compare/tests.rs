@@ -5,7 +5,8 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::shadow::path::Display;
+use crate::vocab::PathPattern;
+use crate::vocab::path::Display;
 
 fn comparator(mode: CompareMode, edit: impl FnOnce(&mut ComparePolicy)) -> Comparator {
     let mut policy = ComparePolicy {
@@ -13,7 +14,11 @@ fn comparator(mode: CompareMode, edit: impl FnOnce(&mut ComparePolicy)) -> Compa
         ..ComparePolicy::default()
     };
     edit(&mut policy);
-    Comparator::new(&policy).unwrap()
+    Comparator::new(&policy)
+}
+
+fn pattern(text: &str) -> PathPattern {
+    PathPattern::parse(text).unwrap()
 }
 
 fn verdict(c: &Comparator, a: &Value, b: &Value) -> Verdict {
@@ -76,7 +81,7 @@ fn tolerance_boundaries() {
 #[test]
 fn ignored_paths_and_their_children_are_skipped() {
     let c = comparator(CompareMode::Json, |p| {
-        p.ignore = vec!["id".into(), "outputs[*].parameters".into()]
+        p.ignore = vec![pattern("id"), pattern("outputs[*].parameters")]
     });
     let a = json!({ "id": "a", "outputs": [{ "data": [1], "parameters": { "ts": 1 } }] });
     let b = json!({ "id": "b", "outputs": [{ "data": [1], "parameters": { "ts": 2, "x": 0 } }] });
@@ -245,7 +250,7 @@ fn oip_matches_outputs_by_name_and_checks_shape_datatype_and_data() {
 #[test]
 fn labels_count_agreement_per_item_with_argmax_of_scores() {
     let c = comparator(CompareMode::Label, |p| {
-        p.label_path = "predictions[*]".into()
+        p.label_path = pattern("predictions[*]")
     });
     let a = json!({ "predictions": ["cat", "dog", "cat", [0.1, 0.9], [0.7, 0.3]] });
     let b = json!({ "predictions": ["cat", "cat", "cat", [0.2, 0.8], [0.4, 0.6]] });
@@ -362,7 +367,7 @@ proptest! {
 
     #[test]
     fn label_agreement_counts_equal_positions(labels in prop::collection::vec(0u8..3, 1..30), flips in prop::collection::vec(any::<bool>(), 30)) {
-        let c = comparator(CompareMode::Label, |p| p.label_path = "predictions[*]".into());
+        let c = comparator(CompareMode::Label, |p| p.label_path = pattern("predictions[*]"));
         let other: Vec<u8> = labels.iter().zip(&flips).map(|(l, f)| if *f { (l + 1) % 3 } else { *l }).collect();
         let v = verdict(&c, &json!({ "predictions": labels }), &json!({ "predictions": other }));
         let expected = labels.iter().zip(&other).filter(|(a, b)| a == b).count() as u64;

@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One step from a JSON value to a child.
@@ -94,6 +95,61 @@ impl JsonPath {
                 .collect();
         }
         current
+    }
+}
+
+/// A path as a policy holds it: the text it was written as (what the journal
+/// and the API show) and the parsed path (what comparisons use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PathPattern {
+    text: String,
+    path: JsonPath,
+}
+
+impl PathPattern {
+    pub fn parse(text: &str) -> Result<PathPattern, String> {
+        let path = JsonPath::parse(text).map_err(|e| format!("bad path {text:?}: {e}"))?;
+        Ok(PathPattern {
+            text: text.to_string(),
+            path,
+        })
+    }
+
+    /// A pattern from text and the path it parses to, for constants.
+    pub fn from_parts(text: &str, path: JsonPath) -> PathPattern {
+        debug_assert_eq!(JsonPath::parse(text).as_ref(), Ok(&path));
+        PathPattern {
+            text: text.to_string(),
+            path,
+        }
+    }
+
+    pub fn path(&self) -> &JsonPath {
+        &self.path
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl TryFrom<String> for PathPattern {
+    type Error = String;
+    fn try_from(text: String) -> Result<PathPattern, String> {
+        PathPattern::parse(&text)
+    }
+}
+
+impl From<PathPattern> for String {
+    fn from(pattern: PathPattern) -> String {
+        pattern.text
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 

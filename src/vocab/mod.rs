@@ -1,0 +1,15 @@
+//! The vocabulary the data plane and the control plane share: values that are
+//! validated into types once, when a config is loaded or an admin call is
+//! accepted, so that nothing downstream (a routing table build, the request
+//! path) parses a string or has to decide what to do with an invalid one.
+//! Imports nothing from the rest of the crate.
+//!
+//! - [`path`]: the JSON paths of comparison policies ([`PathPattern`]).
+//! - [`names`]: HTTP methods and header names of policies ([`MethodName`],
+//!   [`HeaderNameText`]), and ids as header values.
+
+pub mod names;
+pub mod path;
+
+pub use names::{HeaderNameText, MethodName, id_header_value};
+pub use path::{JsonPath, PathPattern, Step};
