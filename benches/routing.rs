@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use stagegate::config::Config;
-use stagegate::registry::{Canary, Catalog};
+use stagegate::registry::{Canary, ModelSpec};
 use stagegate::routing::canary::bucket;
 use stagegate::routing::{self, Router};
 use stagegate::telemetry::Telemetry;
 
 const MODELS: usize = 50;
 
-fn catalog() -> Arc<Catalog> {
+fn catalog() -> Vec<ModelSpec> {
     let mut text = String::new();
     for m in 0..MODELS {
         text.push_str(&format!("[[models]]\nname = \"model-{m}\"\n"));
@@ -35,13 +35,13 @@ fn catalog() -> Arc<Catalog> {
         }
     }
     match Config::parse(&text, "bench") {
-        Ok(config) => Arc::new(Catalog::from_models(config.models)),
+        Ok(config) => config.models,
         Err(error) => panic!("bench config: {error}"),
     }
 }
 
 fn resolve(c: &mut Criterion) {
-    let router = Router::new(catalog(), Telemetry::new());
+    let router = Router::new(&catalog(), Telemetry::new());
     let none = HeaderMap::new();
     let mut staging_pin = HeaderMap::new();
     staging_pin.insert("x-stagegate-stage", HeaderValue::from_static("staging"));
@@ -75,8 +75,8 @@ fn resolve(c: &mut Criterion) {
 }
 
 fn canary(c: &mut Criterion) {
-    let mut catalog = (*catalog()).clone();
-    for model in &mut catalog.models {
+    let mut models = catalog();
+    for model in &mut models {
         model.sticky.header = match stagegate::vocab::HeaderNameText::parse("x-user-id") {
             Ok(name) => Some(name),
             Err(error) => panic!("bench header: {error}"),
@@ -87,7 +87,7 @@ fn canary(c: &mut Criterion) {
             salt: 42,
         });
     }
-    let router = Router::new(Arc::new(catalog), Telemetry::new());
+    let router = Router::new(&models, Telemetry::new());
     let mut keyed = HeaderMap::new();
     keyed.insert("x-user-id", HeaderValue::from_static("user-123456"));
     let keyless = HeaderMap::new();
@@ -110,7 +110,7 @@ fn canary(c: &mut Criterion) {
 
 fn load(c: &mut Criterion) {
     let catalog = catalog();
-    let router = Arc::new(Router::new(Arc::clone(&catalog), Telemetry::new()));
+    let router = Arc::new(Router::new(&catalog, Telemetry::new()));
     let mut group = c.benchmark_group("router");
     group.bench_function("load", |b| b.iter(|| black_box(router.load().revision())));
 
@@ -120,7 +120,7 @@ fn load(c: &mut Criterion) {
         std::thread::spawn(move || {
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                router.publish(Arc::clone(&catalog));
+                router.publish(&catalog);
                 swaps += 1;
             }
             swaps

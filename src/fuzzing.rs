@@ -2,12 +2,12 @@
 //! run as ordinary regression tests (`tests/fuzz_corpus.rs`) through exactly the
 //! same code. Each takes arbitrary bytes and must return without panicking.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Config;
-use crate::registry::{Canary, Catalog, CompareMode, ComparePolicy};
+use crate::registry::{Canary, CompareMode, ComparePolicy};
 use crate::routing::{self, Router};
 use crate::shadow::{Answer, Comparator};
 use crate::telemetry::Telemetry;
@@ -83,7 +83,7 @@ fn router() -> &'static Router {
         for model in &mut models {
             model.canary = Some(Canary { version: "3".into(), weight: 30.0, salt: 7 });
         }
-        Router::new(Arc::new(Catalog::from_models(models)), Telemetry::new())
+        Router::new(&models, Telemetry::new())
     })
 }
 

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::proxy::{self, Drained, Proxy};
 use crate::registry::merge::merge;
 use crate::registry::store::{COMPACT_AFTER_RECORDS, FileStore, StoreError};
-use crate::registry::{Catalog, Registry, ReloadHook, Writer, WriterStop};
+use crate::registry::{Catalog, Published, Registry, ReloadHook, Writer, WriterStop};
 use crate::rollout::{Controller, RolloutReadings};
 use crate::routing::Router;
 use crate::sync::{SyncHandle, Syncer};
@@ -60,6 +60,7 @@ pub struct RunningGateway {
     data_addr: SocketAddr,
     admin_addr: SocketAddr,
     router: Arc<Router>,
+    published: Arc<Published>,
     registry: Registry,
     writer: WriterStop,
     controller: JoinHandle<()>,
@@ -113,12 +114,13 @@ pub async fn start_on(
         models: merged.models,
         ledger: Arc::clone(&ledger),
     };
-    let router = Arc::new(Router::new(Arc::new(catalog), telemetry.clone()));
+    let published = Arc::new(Published::new(Arc::new(catalog), telemetry.clone()));
+    let router = Arc::clone(published.router());
     let (registry, writer) = Registry::spawn(Writer {
         config: config.clone(),
         ledger,
         store: Box::new(store),
-        router: Arc::clone(&router),
+        published: Arc::clone(&published),
         probe_timeout: PROBE_TIMEOUT,
         reload_hook: Some(reload_tokens(Arc::clone(&tokens), admin_addr)),
         compact_after: COMPACT_AFTER_RECORDS,
@@ -147,7 +149,7 @@ pub async fn start_on(
     let admin_shutdown = CancellationToken::new();
     let readings = RolloutReadings::default();
     let controller = Controller::new(
-        Arc::clone(&router),
+        Arc::clone(&published),
         registry.clone(),
         readings.clone(),
         CONTROLLER_TICK,
@@ -159,13 +161,13 @@ pub async fn start_on(
     let sync = config.registry.clone().map(|source| {
         Syncer::spawn(
             source,
-            Arc::clone(&router),
+            Arc::clone(&published),
             registry.clone(),
             sync_stop.clone(),
         )
     });
     let admin_handler = Arc::new(Admin::new(
-        Arc::clone(&router),
+        Arc::clone(&published),
         registry.clone(),
         readings,
         Arc::clone(&ready),
@@ -186,6 +188,7 @@ pub async fn start_on(
         data_addr,
         admin_addr,
         router,
+        published,
         registry,
         writer,
         controller,
@@ -212,6 +215,11 @@ impl RunningGateway {
     /// The router holding the current routing table.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// The served catalog and the table built from it.
+    pub fn published(&self) -> &Arc<Published> {
+        &self.published
     }
 
     /// The control-plane writer (what the admin API and SIGHUP drive).

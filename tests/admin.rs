@@ -97,7 +97,7 @@ async fn metrics_count_requests_by_route_and_status_class() {
     let text = one_model("", &[("2", "production", &[&upstream.url()])]);
     let models = stagegate::config::Config::parse(&text, "t").unwrap().models;
     let catalog = stagegate::registry::Catalog::from_models(models);
-    gateway.router().publish(std::sync::Arc::new(catalog));
+    gateway.published().publish(std::sync::Arc::new(catalog));
     assert!(
         common::metrics(&gateway)
             .await

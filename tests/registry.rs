@@ -41,7 +41,7 @@ fn promote(version: &str) -> Command {
 }
 
 fn production(gateway: &stagegate::gateway::RunningGateway) -> Option<String> {
-    let table = gateway.router().load();
+    let table = gateway.published().load();
     table
         .catalog()
         .model("fraud")?
@@ -97,7 +97,7 @@ async fn acknowledged_changes_survive_a_restart_and_a_torn_tail() {
     let third = common::gateway_in(&config(&urls), dir.path()).await;
     assert_eq!(production(&third).as_deref(), Some("2"));
     // Three seeds, a promotion and a rollback.
-    assert_eq!(third.router().load().catalog().ledger.revision, 5);
+    assert_eq!(third.published().load().catalog().ledger.revision, 5);
 }
 
 #[tokio::test]
@@ -105,7 +105,7 @@ async fn a_change_decided_on_an_older_revision_is_refused_as_stale() {
     let (_ups, urls) = upstreams().await;
     let gateway = common::gateway(&config(&urls)).await;
     let registry = gateway.registry();
-    let seen = gateway.router().load().catalog().ledger.revision;
+    let seen = gateway.published().load().catalog().ledger.revision;
     registry.change(promote("3"), "alice").await.unwrap();
     let stale = registry
         .change_at(promote("1"), "sync", Some(seen))
@@ -113,7 +113,7 @@ async fn a_change_decided_on_an_older_revision_is_refused_as_stale() {
         .unwrap_err();
     assert_eq!(stale.code(), "stale_state", "{stale}");
     assert!(stale.to_string().contains("decide again"), "{stale}");
-    let current = gateway.router().load().catalog().ledger.revision;
+    let current = gateway.published().load().catalog().ledger.revision;
     let record = registry
         .change_at(
             Command::Transition {
@@ -186,7 +186,7 @@ async fn concurrent_transitions_keep_exactly_one_production_version() {
 
     let watching = Arc::new(AtomicBool::new(true));
     let watcher = {
-        let (router, watching) = (Arc::clone(gateway.router()), Arc::clone(&watching));
+        let (router, watching) = (Arc::clone(gateway.published()), Arc::clone(&watching));
         tokio::spawn(async move {
             let mut tables = 0;
             while watching.load(Ordering::Acquire) {
@@ -235,7 +235,7 @@ async fn concurrent_transitions_keep_exactly_one_production_version() {
     assert!(applied > 0);
     // Eight seeds, then the changes that were allowed.
     assert_eq!(
-        gateway.router().load().catalog().ledger.revision,
+        gateway.published().load().catalog().ledger.revision,
         8 + applied
     );
 }
@@ -359,7 +359,7 @@ async fn reload_applies_a_valid_file_and_keeps_the_old_table_on_errors() {
     let (_ups, urls) = upstreams().await;
     let (gateway, path) = gateway_from_file(&config(&urls)).await;
     let original = std::fs::read_to_string(&path).unwrap();
-    let revision = gateway.router().load().revision();
+    let revision = gateway.published().load().revision();
 
     std::fs::write(
         &path,
@@ -399,7 +399,7 @@ async fn reload_applies_a_valid_file_and_keeps_the_old_table_on_errors() {
         ]
     );
     assert_eq!(
-        gateway.router().load().revision(),
+        gateway.published().load().revision(),
         revision,
         "the old table stays"
     );
@@ -461,7 +461,7 @@ async fn the_writer_compacts_the_journal_into_a_snapshot_and_loses_nothing() {
         models: config.models.clone(),
         ledger: Arc::clone(&ledger),
     };
-    let router = Arc::new(stagegate::routing::Router::new(
+    let published = Arc::new(stagegate::registry::Published::new(
         Arc::new(catalog),
         stagegate::telemetry::Telemetry::new(),
     ));
@@ -469,7 +469,7 @@ async fn the_writer_compacts_the_journal_into_a_snapshot_and_loses_nothing() {
         config,
         ledger,
         store: Box::new(store),
-        router,
+        published,
         probe_timeout: std::time::Duration::from_secs(1),
         reload_hook: None,
         compact_after: 3,

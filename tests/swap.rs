@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use common::{FakeUpstream, one_model};
 use http::StatusCode;
 use stagegate::config::Config;
-use stagegate::registry::Catalog;
 
 const CLIENTS: usize = 8;
 const SWAPS: u64 = 200;
@@ -31,11 +30,7 @@ async fn swaps_under_concurrent_requests_lose_none() {
             ("3", "production", &[&v3.url()]),
         ],
     );
-    let catalog = |text: &str| {
-        Arc::new(Catalog::from_models(
-            Config::parse(text, "t").unwrap().models,
-        ))
-    };
+    let catalog = |text: &str| Config::parse(text, "t").unwrap().models;
     let tables = [catalog(&before), catalog(&after)];
     let gateway = common::gateway(&before).await;
     let url = common::infer_url(&gateway);
@@ -68,7 +63,7 @@ async fn swaps_under_concurrent_requests_lose_none() {
         while served.load(Ordering::Acquire) < seen + CLIENTS / 2 {
             tokio::task::yield_now().await;
         }
-        router.publish(Arc::clone(&tables[(swap % 2) as usize]));
+        router.publish(&tables[(swap % 2) as usize]);
     }
     stop.store(true, Ordering::Release);
     for client in clients {

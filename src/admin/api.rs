@@ -16,9 +16,9 @@ use super::auth::Caller;
 use super::routes::ApiRoute;
 use super::{registry, rollout, shadow, views};
 use crate::proxy::{json_error, json_response};
+use crate::registry::Published;
 use crate::registry::{Command, Registry, RegistryError, Stage};
 use crate::rollout::RolloutReadings;
-use crate::routing::Router;
 use crate::sync::SyncHandle;
 
 /// Admin request bodies are small JSON documents.
@@ -27,7 +27,7 @@ const DEFAULT_HISTORY_PAGE: usize = 50;
 const MAX_HISTORY_PAGE: usize = 1000;
 
 pub struct Api {
-    router: Arc<Router>,
+    published: Arc<Published>,
     registry: Registry,
     readings: RolloutReadings,
     sync: Option<SyncHandle>,
@@ -71,13 +71,13 @@ struct RollbackBody {
 
 impl Api {
     pub fn new(
-        router: Arc<Router>,
+        published: Arc<Published>,
         registry: Registry,
         readings: RolloutReadings,
         sync: Option<SyncHandle>,
     ) -> Api {
         Api {
-            router,
+            published,
             registry,
             readings,
             sync,
@@ -127,7 +127,7 @@ impl Api {
                     .await
             }
             ApiRoute::Reload => self.reload().await,
-            ApiRoute::ShadowReport(model) => match shadow::report(&self.router.load(), &model) {
+            ApiRoute::ShadowReport(model) => match shadow::report(&self.published.load(), &model) {
                 Some(view) => json_response(StatusCode::OK, &view),
                 None => registry_error(&RegistryError::UnknownModel(model)),
             },
@@ -143,7 +143,7 @@ impl Api {
                     .await
             }
             ApiRoute::RolloutStatus(model) => {
-                let table = self.router.load();
+                let table = self.published.load();
                 match table.catalog().model(&model) {
                     Some(spec) => json_response(
                         StatusCode::OK,
@@ -217,7 +217,7 @@ impl Api {
             Ok(body) => body,
             Err(response) => return response,
         };
-        let defaults = match self.router.load().catalog().model(&model) {
+        let defaults = match self.published.load().catalog().model(&model) {
             Some(spec) => spec.rollout_defaults.clone(),
             None => return registry_error(&RegistryError::UnknownModel(model)),
         };
@@ -235,7 +235,7 @@ impl Api {
             Ok(body) => body,
             Err(response) => return response,
         };
-        match shadow::reset(&self.router.load(), model, body.version.as_deref()) {
+        match shadow::reset(&self.published.load(), model, body.version.as_deref()) {
             Some(reset) => {
                 json_response(StatusCode::OK, &json!({ "model": model, "reset": reset }))
             }
@@ -250,12 +250,12 @@ impl Api {
     }
 
     fn models(&self) -> Response<Bytes> {
-        let table = self.router.load();
+        let table = self.published.load();
         json_response(StatusCode::OK, &views::models(&table))
     }
 
     fn model(&self, name: &str) -> Response<Bytes> {
-        let table = self.router.load();
+        let table = self.published.load();
         match views::model(&table, name) {
             Some(mut view) => {
                 let status = self.sync.as_ref().map(SyncHandle::status);
@@ -275,7 +275,7 @@ impl Api {
                 return json_error(StatusCode::BAD_REQUEST, &message, "invalid_request");
             }
         };
-        let table = self.router.load();
+        let table = self.published.load();
         if table.catalog().model(name).is_none() {
             return registry_error(&RegistryError::UnknownModel(name.to_string()));
         }
@@ -319,7 +319,7 @@ impl Api {
     ) -> Response<Bytes> {
         match self.registry.change(command, caller.actor()).await {
             Ok(record) => {
-                let revision = self.router.load().revision();
+                let revision = self.published.load().revision();
                 json_response(
                     status,
                     &json!({ "record": record, "routing_revision": revision }),

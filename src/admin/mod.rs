@@ -25,9 +25,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::proxy::{Handler, json_error};
+use crate::registry::Published;
 use crate::registry::Registry;
 use crate::rollout::RolloutReadings;
-use crate::routing::Router;
 use crate::sync::SyncHandle;
 use api::Api;
 use auth::Tokens;
@@ -37,7 +37,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The admin listener's shared state.
 pub struct Admin {
-    router: Arc<Router>,
+    published: Arc<Published>,
     ready: Arc<AtomicBool>,
     tokens: Arc<ArcSwap<Tokens>>,
     sync: Option<SyncHandle>,
@@ -49,7 +49,7 @@ impl Admin {
     /// `tokens` may be swapped by a config reload; `sync` is the external
     /// registry's sync, when one is configured.
     pub fn new(
-        router: Arc<Router>,
+        published: Arc<Published>,
         registry: Registry,
         readings: RolloutReadings,
         ready: Arc<AtomicBool>,
@@ -57,8 +57,8 @@ impl Admin {
         sync: Option<SyncHandle>,
     ) -> Admin {
         Admin {
-            api: Api::new(Arc::clone(&router), registry, readings, sync.clone()),
-            router,
+            api: Api::new(Arc::clone(&published), registry, readings, sync.clone()),
+            published,
             ready,
             tokens,
             sync,
@@ -81,7 +81,7 @@ impl Admin {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => {
-                let mut response = Response::new(Bytes::from(self.router.telemetry().render()));
+                let mut response = Response::new(Bytes::from(self.published.telemetry().render()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(PROMETHEUS_TEXT),

@@ -1,13 +1,13 @@
-//! JSON views of the routing table's catalog for the admin API.
+//! JSON views of the served catalog for the admin API.
 
 use serde_json::{Value, json};
 
+use crate::registry::Served;
 use crate::registry::{ModelSpec, Stage};
-use crate::routing::RoutingTable;
 
 /// `GET /api/v1/models`.
-pub fn models(table: &RoutingTable) -> Value {
-    let catalog = table.catalog();
+pub fn models(served: &Served) -> Value {
+    let catalog = served.catalog();
     let models: Vec<Value> = catalog
         .models
         .iter()
@@ -25,15 +25,15 @@ pub fn models(table: &RoutingTable) -> Value {
         })
         .collect();
     json!({
-        "routing_revision": table.revision(),
+        "routing_revision": served.revision(),
         "registry_revision": catalog.ledger.revision,
         "models": models,
     })
 }
 
 /// `GET /api/v1/models/{m}`, or `None` for an unknown model.
-pub fn model(table: &RoutingTable, name: &str) -> Option<Value> {
-    let catalog = table.catalog();
+pub fn model(served: &Served, name: &str) -> Option<Value> {
+    let catalog = served.catalog();
     let model = catalog.model(name)?;
     let ledger = catalog.ledger.model(name);
     let versions: Vec<Value> = model
@@ -52,7 +52,7 @@ pub fn model(table: &RoutingTable, name: &str) -> Option<Value> {
     Some(json!({
         "name": model.name,
         "health_path": model.health_path,
-        "routing_revision": table.revision(),
+        "routing_revision": served.revision(),
         "registry_revision": catalog.ledger.revision,
         "production": current,
         "rollback_target": ledger.and_then(|l| l.previous_production(current)).filter(|v| is_archived(model, v)),

@@ -19,8 +19,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::registry::ModelSpec;
 pub use crate::upstream::health::EjectionPolicy;
+use crate::vocab::ModelSpec;
 
 /// Defaults for keys the file leaves out.
 pub mod defaults {

@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use crate::registry::GateLimit;
+use crate::vocab::rollout::GateLimit;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::raw::{RawMlflowModel, RawModel, RawRegistry};
 use super::validate::{Errors, positive};
-use crate::registry::EndpointUrl;
+use crate::vocab::EndpointUrl;
 
 pub const POLL_INTERVAL_MS: u64 = 5_000;
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;

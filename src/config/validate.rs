@@ -6,11 +6,12 @@ use std::collections::HashSet;
 
 use super::raw::{RawConfig, RawModel, RawVersion};
 use super::{Config, FieldError, defaults, registry, server};
-use crate::registry::{
-    CompareMode, ComparePolicy, EndpointUrl, GateLimit, Gates, ModelSpec, OnFailure, Plan,
-    ShadowPolicy, Stage, StickyPolicy, VersionSpec, default_plan, is_valid_identifier,
+use crate::vocab::names::is_valid_identifier;
+use crate::vocab::policy::{CompareMode, ComparePolicy, ShadowPolicy, StickyPolicy, default_plan};
+use crate::vocab::rollout::{GateLimit, Gates, OnFailure, Plan};
+use crate::vocab::{
+    EndpointUrl, HeaderNameText, MethodName, ModelSpec, PathPattern, Stage, VersionSpec,
 };
-use crate::vocab::{HeaderNameText, MethodName, PathPattern};
 
 #[derive(Default)]
 pub(super) struct Errors(Vec<FieldError>);

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::Published;
 use super::command::Command;
 use super::error::RegistryError;
 use super::ledger::Ledger;
@@ -28,7 +29,6 @@ use super::store::COMPACT_AFTER_RECORDS;
 use super::store::Store;
 use super::{Catalog, ModelSpec};
 use crate::config::Config;
-use crate::routing::Router;
 
 /// Called with a freshly validated config during a reload, before anything is
 /// applied; an error refuses the whole reload.
@@ -77,7 +77,7 @@ pub struct Writer {
     pub config: Config,
     pub ledger: Arc<Ledger>,
     pub store: Box<dyn Store>,
-    pub router: Arc<Router>,
+    pub published: Arc<Published>,
     pub probe_timeout: Duration,
     pub reload_hook: Option<ReloadHook>,
     /// Journal records after which the journal is folded into a snapshot
@@ -172,7 +172,7 @@ struct Task {
     /// The served models: the config merged with the ledger.
     models: Vec<ModelSpec>,
     store: Arc<Mutex<Box<dyn Store>>>,
-    router: Arc<Router>,
+    published: Arc<Published>,
     probe_timeout: Duration,
     reload_hook: Option<ReloadHook>,
     compact_after: usize,
@@ -184,7 +184,7 @@ impl Task {
         let phases = Phase::ALL.map(Phase::as_str);
         for model in &models {
             if let Some(rollout) = &model.rollout {
-                let telemetry = writer.router.telemetry();
+                let telemetry = writer.published.telemetry();
                 telemetry.rollout_phase(&model.name, rollout.phase.as_str(), &phases);
             }
         }
@@ -193,7 +193,7 @@ impl Task {
             ledger: writer.ledger,
             models,
             store: Arc::new(Mutex::new(writer.store)),
-            router: writer.router,
+            published: writer.published,
             probe_timeout: writer.probe_timeout,
             reload_hook: writer.reload_hook,
             compact_after: writer.compact_after,
@@ -278,7 +278,7 @@ impl Task {
     async fn reload(&mut self) -> Result<Reloaded, RegistryError> {
         let result = self.try_reload().await;
         let outcome = if result.is_ok() { "success" } else { "error" };
-        self.router.telemetry().config_reload(outcome);
+        self.published.telemetry().config_reload(outcome);
         match &result {
             Ok(reloaded) => tracing::info!(revision = reloaded.routing_revision, "config reloaded"),
             Err(error) => tracing::error!(%error, "config reload refused"),
@@ -367,11 +367,11 @@ impl Task {
             models: self.models.clone(),
             ledger: Arc::clone(&self.ledger),
         };
-        self.router.publish(Arc::new(catalog)).revision()
+        self.published.publish(Arc::new(catalog)).revision()
     }
 
     fn count(&self, record: &Record, command: &Command) {
-        let telemetry = self.router.telemetry();
+        let telemetry = self.published.telemetry();
         for (_, stage) in record.moves() {
             telemetry.transition(&record.model, stage);
         }

@@ -27,9 +27,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::registry::Published;
 use crate::registry::{Command, Decision, Registry, Rollout, failure_reason};
 use crate::routing::stats::StatsSnapshot;
-use crate::routing::{ModelRoutes, Router, ServedStage};
+use crate::routing::{ModelRoutes, ServedStage};
 pub use step::Readings;
 use window::{Counters, Windows};
 
@@ -58,7 +59,7 @@ impl RolloutReadings {
 }
 
 pub struct Controller {
-    router: Arc<Router>,
+    published: Arc<Published>,
     registry: Registry,
     readings: RolloutReadings,
     windows: Windows,
@@ -68,13 +69,13 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(
-        router: Arc<Router>,
+        published: Arc<Published>,
         registry: Registry,
         readings: RolloutReadings,
         tick: Duration,
     ) -> Controller {
         Controller {
-            router,
+            published,
             registry,
             readings,
             windows: Windows::default(),
@@ -111,7 +112,7 @@ impl Controller {
 
     /// The decisions of this tick; updates windows and readings.
     fn evaluate_all(&mut self) -> Vec<Command> {
-        let table = self.router.load();
+        let table = self.published.load();
         let now = self.epoch.elapsed();
         let mut decisions = Vec::new();
         let mut live = Vec::new();

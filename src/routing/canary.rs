@@ -16,8 +16,9 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, header};
 
 use super::VersionRoute;
-use crate::registry::rollout::BUCKETS;
-use crate::registry::{Canary, StickyPolicy};
+use crate::vocab::policy::StickyPolicy;
+use crate::vocab::rollout::BUCKETS;
+use crate::vocab::rollout::Canary;
 
 /// A model's canary, resolved for the request path.
 pub struct CanarySplit {
@@ -84,7 +85,7 @@ pub fn bucket(salt: u64, key: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::rollout::weight_buckets;
+    use crate::vocab::rollout::weight_buckets;
     use proptest::prelude::*;
 
     #[test]

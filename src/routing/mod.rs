@@ -20,8 +20,8 @@ use http::{HeaderMap, HeaderName, StatusCode};
 pub use crate::upstream::{Endpoint, EndpointGuard};
 pub use table::{ModelRoutes, RouteHeaders, RoutingTable, VersionRoute};
 
-use crate::registry::{Catalog, Stage};
 use crate::telemetry::Telemetry;
+use crate::vocab::{ModelSpec, Stage};
 
 /// Request header pinning a stage: `production` or `staging`.
 pub static PIN_STAGE: HeaderName = HeaderName::from_static("x-stagegate-stage");
@@ -276,9 +276,9 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router serving `catalog` at revision 1.
-    pub fn new(catalog: Arc<Catalog>, telemetry: Telemetry) -> Router {
-        let table = RoutingTable::build(catalog, 1, &telemetry, None);
+    /// A router serving `models` at revision 1.
+    pub fn new(models: &[ModelSpec], telemetry: Telemetry) -> Router {
+        let table = RoutingTable::build(models, 1, &telemetry, None);
         telemetry.set_routing_revision(table.revision());
         Router {
             current: ArcSwap::from_pointee(table),
@@ -293,16 +293,21 @@ impl Router {
         self.current.load()
     }
 
-    /// Builds a table from `catalog` with the next revision and swaps it in with one
+    /// The current table, as an `Arc` of its own.
+    pub fn load_full(&self) -> Arc<RoutingTable> {
+        self.current.load_full()
+    }
+
+    /// Builds a table from `models` with the next revision and swaps it in with one
     /// atomic store. Returns the new table.
-    pub fn publish(&self, catalog: Arc<Catalog>) -> Arc<RoutingTable> {
+    pub fn publish(&self, models: &[ModelSpec]) -> Arc<RoutingTable> {
         let _writer = self
             .publishing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let previous = self.current.load_full();
         let next = Arc::new(RoutingTable::build(
-            catalog,
+            models,
             previous.revision() + 1,
             &self.telemetry,
             Some(&previous),

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use super::ServedStage;
-use crate::registry::{Catalog, EndpointUrl, ModelSpec, Stage, VersionSpec};
 use crate::shadow::{ModelShadow, StagingTarget};
 use crate::upstream::{self, Endpoint};
+use crate::vocab::{EndpointUrl, ModelSpec, Stage, VersionSpec};
 
 use super::canary::CanarySplit;
 use super::stats::RouteStats;
@@ -22,7 +22,6 @@ use crate::upstream::pool::PoolKind;
 pub struct RoutingTable {
     revision: u64,
     /// The control-plane state this table was built from.
-    catalog: Arc<Catalog>,
     models: HashMap<String, ModelRoutes>,
     /// Every endpoint in the table, so the next table can reuse them (and their
     /// outstanding-request counters) instead of starting from zero.
@@ -82,7 +81,7 @@ impl RoutingTable {
     /// Builds a table from validated models. Endpoints already in `previous` are
     /// reused, so load-balancing state carries over a swap.
     pub fn build(
-        catalog: Arc<Catalog>,
+        models: &[ModelSpec],
         revision: u64,
         telemetry: &Telemetry,
         previous: Option<&RoutingTable>,
@@ -91,8 +90,7 @@ impl RoutingTable {
             previous: previous.map(|table| &table.endpoints),
             current: HashMap::new(),
         };
-        let models = catalog
-            .models
+        let models = models
             .iter()
             .map(|model| {
                 let before = previous.and_then(|table| table.models.get(&model.name));
@@ -102,7 +100,6 @@ impl RoutingTable {
             .collect();
         RoutingTable {
             revision,
-            catalog,
             models,
             endpoints: endpoints.current,
         }
@@ -114,11 +111,6 @@ impl RoutingTable {
         for endpoint in self.endpoints.values() {
             endpoint.pools.reap(kind);
         }
-    }
-
-    /// The control-plane state this table routes by.
-    pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.catalog
     }
 
     /// Increases by one with every table published.
@@ -319,25 +311,23 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn catalog(production: &str) -> Arc<Catalog> {
+    fn catalog(production: &str) -> Vec<ModelSpec> {
         let text = format!(
             "[[models]]\nname = \"m\"\n\
              [[models.versions]]\nversion = \"1\"\nstage = \"{production}\"\nendpoints = [\"http://a:1\", \"http://b:1\"]\n\
              [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"http://c:1\"]\n"
         );
-        Arc::new(Catalog::from_models(
-            Config::parse(&text, "test").unwrap().models,
-        ))
+        Config::parse(&text, "test").unwrap().models
     }
 
     #[test]
     fn endpoints_and_their_counters_carry_over_a_rebuild() {
         let telemetry = Telemetry::new();
-        let first = RoutingTable::build(catalog("production"), 1, &telemetry, None);
+        let first = RoutingTable::build(&catalog("production"), 1, &telemetry, None);
         let production = first.model("m").unwrap().production().unwrap();
         let _busy = production.endpoints()[0].begin();
 
-        let second = RoutingTable::build(catalog("production"), 2, &telemetry, Some(&first));
+        let second = RoutingTable::build(&catalog("production"), 2, &telemetry, Some(&first));
         let rebuilt = second.model("m").unwrap().production().unwrap();
         assert!(Arc::ptr_eq(
             &production.endpoints()[0],
@@ -348,7 +338,7 @@ mod tests {
 
     #[test]
     fn stages_sort_versions_into_routes() {
-        let table = RoutingTable::build(catalog("archived"), 1, &Telemetry::new(), None);
+        let table = RoutingTable::build(&catalog("archived"), 1, &Telemetry::new(), None);
         let model = table.model("m").unwrap();
         assert!(model.production().is_none());
         assert!(model.is_archived("1") && !model.is_archived("2"));

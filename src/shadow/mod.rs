@@ -31,10 +31,11 @@ pub use compare::{Answer, Comparator, Verdict};
 pub use dispatch::{Mirror, MirrorBody, ShadowService, X_STAGEGATE_SHADOW};
 pub use report::{Agreement, DropReason, VersionReport};
 
-use crate::registry::{ModelSpec, ShadowPolicy};
 use crate::telemetry::{ShadowMetrics, ShadowResult, Telemetry};
 use crate::upstream::admission::{Admission, Permit};
 use crate::upstream::{self, Endpoint};
+use crate::vocab::ModelSpec;
+use crate::vocab::policy::ShadowPolicy;
 use cpu_share::CpuShare;
 
 /// A model's mirroring, as one routing table sees it.

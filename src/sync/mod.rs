@@ -33,9 +33,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::registry::{MlflowModel, RegistrySource, Secret};
+use crate::registry::Published;
 use crate::registry::record::now;
 use crate::registry::{Catalog, Command, Registry, RegistryError};
-use crate::routing::Router;
 use mlflow::{MlflowClient, MlflowError};
 use reconcile::Inputs;
 use status::{ModelSync, SyncStatus, WriteBackStats};
@@ -109,7 +109,7 @@ impl SyncHandle {
 pub struct Syncer {
     source: RegistrySource,
     client: MlflowClient,
-    router: Arc<Router>,
+    published: Arc<Published>,
     registry: Registry,
     status: Arc<ArcSwap<SyncStatus>>,
 }
@@ -118,7 +118,7 @@ impl Syncer {
     /// Starts the sync task; it runs until `stop`.
     pub fn spawn(
         source: RegistrySource,
-        router: Arc<Router>,
+        published: Arc<Published>,
         registry: Registry,
         stop: CancellationToken,
     ) -> (SyncHandle, tokio::task::JoinHandle<()>) {
@@ -139,7 +139,7 @@ impl Syncer {
         };
         let status = Arc::new(ArcSwap::from_pointee(status));
         let (requests, inbox) = mpsc::channel(8);
-        router.telemetry().registry_sync_started();
+        published.telemetry().registry_sync_started();
         let handle = SyncHandle {
             status: Arc::clone(&status),
             requests,
@@ -148,7 +148,7 @@ impl Syncer {
         let syncer = Syncer {
             client: MlflowClient::new(&source),
             source,
-            router,
+            published,
             registry,
             status,
         };
@@ -207,7 +207,7 @@ impl Syncer {
     }
 
     fn revision(&self) -> u64 {
-        self.router.load().catalog().ledger.revision
+        self.published.load().catalog().ledger.revision
     }
 
     /// One sync of every followed model; true when all of it succeeded.
@@ -254,7 +254,7 @@ impl Syncer {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let result = if ok { "success" } else { "error" };
-        self.router.telemetry().registry_sync(result, seconds);
+        self.published.telemetry().registry_sync(result, seconds);
         self.status.store(Arc::new(status));
         ok
     }
@@ -328,7 +328,7 @@ impl Syncer {
                     value,
                 } => self.client.set_tag(name, version, key, value).await,
             };
-            let telemetry = self.router.telemetry();
+            let telemetry = self.published.telemetry();
             match result {
                 Ok(()) => {
                     tracing::info!(model = %mapping.model, ?write, "wrote back to MLflow");
@@ -378,7 +378,7 @@ impl Syncer {
     }
 
     fn catalog(&self) -> Arc<Catalog> {
-        Arc::clone(self.router.load().catalog())
+        Arc::clone(self.published.load().catalog())
     }
 }
 

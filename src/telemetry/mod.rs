@@ -11,7 +11,7 @@ mod sampled;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::registry::Stage;
+use crate::vocab::Stage;
 use http::StatusCode;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{

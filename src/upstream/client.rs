@@ -202,7 +202,7 @@ pub fn upstream_uri(endpoint: &Endpoint, original: &Uri, strip: usize) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::EndpointUrl;
+    use crate::vocab::EndpointUrl;
 
     fn endpoint(url: &str) -> Endpoint {
         Endpoint::new(EndpointUrl::parse(url).unwrap())
@@ -248,7 +248,7 @@ mod exchange_tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::registry::EndpointUrl;
+    use crate::vocab::EndpointUrl;
 
     fn request() -> Request<RequestBody> {
         Request::post("/infer")

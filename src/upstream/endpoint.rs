@@ -15,7 +15,7 @@ use http::uri::Authority;
 
 use super::health::Health;
 use super::pool::EndpointPools;
-use crate::registry::EndpointUrl;
+use crate::vocab::EndpointUrl;
 
 /// One model server. Shared across routing tables, so its counters survive swaps.
 #[derive(Debug)]

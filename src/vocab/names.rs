@@ -1,4 +1,5 @@
-//! HTTP names in policies: [`MethodName`] (the methods a shadow mirrors) and
+//! Names: which strings may be model and version ids ([`is_valid_identifier`]),
+//! and HTTP names in policies: [`MethodName`] (the methods a shadow mirrors) and
 //! [`HeaderNameText`] (a canary's sticky header), each kept as the parsed `http`
 //! type and written as its text, so the journal and the API read as before.
 
@@ -89,6 +90,17 @@ impl fmt::Display for HeaderNameText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0.as_str())
     }
+}
+
+/// Whether `name` may be used as a model or version identifier: it must sit in a
+/// URL path segment and a metric label unescaped.
+pub fn is_valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && !name.bytes().all(|b| b == b'.')
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// A model or version id as a response header value. Ids are validated to

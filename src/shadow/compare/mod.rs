@@ -11,8 +11,8 @@ mod oip;
 
 use serde_json::Value;
 
-use crate::registry::{CompareMode, ComparePolicy};
 use crate::vocab::path::{JsonPath, Step};
+use crate::vocab::policy::{CompareMode, ComparePolicy};
 
 /// Differences kept per comparison; past this only the count grows.
 pub const MAX_DIFFERENCES: usize = 32;

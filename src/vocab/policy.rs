@@ -149,7 +149,7 @@ impl ShadowPolicy {
             problems.push(("methods", "needs at least one HTTP method".to_string()));
         }
         for version in &self.versions {
-            if !super::is_valid_identifier(version) {
+            if !super::names::is_valid_identifier(version) {
                 problems.push(("versions", format!("{version:?} is not a version id")));
             }
         }
