@@ -101,7 +101,7 @@ impl CpuShareOfCore {
     pub fn new(share: f64, cores: usize) -> Option<CpuShareOfCore> {
         let micros = (share * 1e6).round();
         (share.is_finite() && share > 0.0 && share <= cores as f64 && micros >= 1.0)
-            .then(|| CpuShareOfCore(micros as u32))
+            .then_some(CpuShareOfCore(micros as u32))
     }
 
     pub fn get(self) -> f64 {

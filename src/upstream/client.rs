@@ -40,7 +40,7 @@ enum Exchange {
     Answered(Response<Incoming>, Option<Box<UpstreamConn>>),
     /// The connection was closed before the request was written; it comes back
     /// untouched and may be sent on another connection.
-    NotSent(Request<RequestBody>),
+    NotSent(Box<Request<RequestBody>>),
     Failed(hyper::Error),
 }
 
@@ -61,7 +61,7 @@ impl UpstreamClient {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(conn) = endpoint.pools.get(self.kind).take() {
             match exchange(conn, request).await {
-                Exchange::NotSent(unsent) => request = unsent,
+                Exchange::NotSent(unsent) => request = *unsent,
                 done => return self.finish(endpoint, done),
             }
         }
@@ -175,7 +175,7 @@ async fn exchange(mut conn: Box<UpstreamConn>, request: Request<RequestBody>) ->
     match answered {
         Ok(response) => Exchange::Answered(response, conn),
         Err(mut error) => match error.take_message() {
-            Some(request) => Exchange::NotSent(request),
+            Some(request) => Exchange::NotSent(Box::new(request)),
             None => Exchange::Failed(error.into_error()),
         },
     }
