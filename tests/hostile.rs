@@ -82,27 +82,200 @@ async fn smuggling_and_broken_framing_are_400_closed_and_never_forwarded() {
     );
 }
 
-/// RFC 9112 §6.3: with both framings, Transfer-Encoding wins, Content-Length
-/// is dropped before forwarding, and the connection is closed after the
-/// response, so bytes smuggled behind the chunked body are never parsed as a
-/// second request.
+const INFER: &str = "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: gw\r\n";
+/// A request smuggled behind a chunked body, for a front end that trusts the
+/// Content-Length instead.
+const SMUGGLED: &str = "GET /v2/models/fraud/versions/1/infer HTTP/1.1\r\nhost: gw\r\n\r\n";
+
+/// A request with both framings (`framing` are its two header lines), a chunked
+/// body and a smuggled request after it.
+fn conflicting(framing: &str) -> String {
+    format!("{INFER}{framing}\r\n2\r\n{{}}\r\n0\r\n\r\n{SMUGGLED}")
+}
+
+/// Asserts `response` is the gateway's JSON 400 for both framings, alone.
+fn assert_refused(response: &str, case: &str) {
+    assert!(response.starts_with("HTTP/1.1 400"), "{case}: {response:?}");
+    assert_eq!(
+        response.matches("HTTP/1.1").count(),
+        1,
+        "{case}: {response:?}"
+    );
+    let lower = response.to_lowercase();
+    assert!(
+        lower.contains("\r\nconnection: close\r\n"),
+        "{case}: {response:?}"
+    );
+    assert!(
+        lower.contains("content-type: application/json"),
+        "{case}: {response:?}"
+    );
+    assert!(
+        response.contains("\"code\":\"bad_request\""),
+        "{case}: {response:?}"
+    );
+    assert!(
+        response.contains("Transfer-Encoding and Content-Length"),
+        "{case}: {response:?}"
+    );
+}
+
+fn forwarded(seen: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&seen.lock().unwrap()).to_lowercase()
+}
+
+/// Reads one response with a Content-Length body from a connection kept open.
+async fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length: usize = text[..head_end]
+                .lines()
+                .find_map(|line| {
+                    line.to_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|value| value.trim().parse().ok())
+                .expect("a content-length");
+            if received.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed mid-response: {text:?}");
+        received.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// RFC 9112 §6.3 lets a server read a request with both framings as chunked;
+/// the gateway refuses it instead, as nginx and Envoy do: front ends that
+/// disagree on which framing wins are how requests get smuggled. Whatever the
+/// order or case of the headers, and even with a Content-Length hyper would
+/// never parse, nothing reaches the model server, the smuggled request included.
 #[tokio::test]
-async fn transfer_encoding_with_content_length_is_reframed_and_closed() {
+async fn transfer_encoding_with_content_length_is_400_closed_and_never_forwarded() {
     let (upstream, seen) = raw_upstream().await;
     let gateway = common::gateway_for(upstream).await;
-    let smuggled = "GET /v2/models/fraud/versions/1/infer HTTP/1.1\r\nhost: gw\r\n\r\n";
-    let request = format!(
-        "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\n\
-         transfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n{smuggled}"
+    let cases = [
+        (
+            "content-length first",
+            "content-length: 4\r\ntransfer-encoding: chunked\r\n",
+        ),
+        (
+            "transfer-encoding first",
+            "transfer-encoding: chunked\r\ncontent-length: 4\r\n",
+        ),
+        (
+            "upper-case names",
+            "TRANSFER-ENCODING: chunked\r\nCONTENT-LENGTH: 4\r\n",
+        ),
+        (
+            "mixed-case names and coding",
+            "Content-Length: 4\r\nTransfer-Encoding: Chunked\r\n",
+        ),
+        (
+            "content-length that hyper skips unread",
+            "transfer-encoding: chunked\r\ncontent-length: lots\r\n",
+        ),
+        (
+            "codings ending in chunked",
+            "transfer-encoding: gzip, chunked\r\ncontent-length: 4\r\n",
+        ),
+    ];
+    for (case, framing) in cases {
+        let request = conflicting(framing);
+        let (response, closed) =
+            common::raw_exchange(gateway.data_addr(), request.as_bytes()).await;
+        assert_refused(&response, case);
+        assert!(closed, "{case}: the connection must be closed");
+    }
+    let forwarded = forwarded(&seen);
+    assert!(
+        forwarded.is_empty(),
+        "reached the model server: {forwarded}"
     );
-    let (response, closed) = common::raw_exchange(gateway.data_addr(), request.as_bytes()).await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
-    assert_eq!(response.matches("HTTP/1.1").count(), 1, "{response:?}");
-    assert!(closed, "the connection must be closed after the response");
-    let forwarded = String::from_utf8_lossy(&seen.lock().unwrap()).to_lowercase();
-    assert_eq!(forwarded.matches("http/1.1\r\n").count(), 1, "{forwarded}");
-    assert!(!forwarded.contains("content-length: 4"), "{forwarded}");
+    assert_eq!(
+        post(&common::infer_url(&gateway), &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+/// The requests before the conflicting one are served as always, whether the
+/// client waits for each answer or pipelines them.
+#[tokio::test]
+async fn a_keep_alive_connection_is_served_up_to_the_conflicting_request() {
+    let (upstream, seen) = raw_upstream().await;
+    let gateway = common::gateway_for(upstream).await;
+    let normal = format!("{INFER}content-length: 2\r\n\r\n{{}}");
+    let refused = conflicting("content-length: 4\r\ntransfer-encoding: chunked\r\n");
+
+    let mut stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    stream.write_all(normal.as_bytes()).await.unwrap();
+    let first = read_one_response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+    assert!(forwarded(&seen).starts_with("post /v2/models/fraud/infer http/1.1\r\n"));
+    stream.write_all(refused.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .is_ok();
+    assert_refused(&String::from_utf8_lossy(&rest), "after a served request");
+    assert!(closed, "the connection must be closed after the 400");
+    assert_eq!(forwarded(&seen).matches("http/1.1\r\n").count(), 1);
+
+    let pipelined = format!("{normal}{normal}{refused}");
+    let (responses, closed) = common::raw_exchange(gateway.data_addr(), pipelined.as_bytes()).await;
+    let statuses: Vec<&str> = responses
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &responses[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{responses:?}");
+    assert!(
+        closed,
+        "the pipelined connection must be closed after the 400"
+    );
+    let forwarded = forwarded(&seen);
+    assert_eq!(forwarded.matches("http/1.1\r\n").count(), 3, "{forwarded}");
     assert!(!forwarded.contains("versions/1"), "{forwarded}");
+    assert!(!forwarded.contains("chunked"), "{forwarded}");
+}
+
+/// HTTP/2 has no Transfer-Encoding; its frames are never read as HTTP/1
+/// heads, even when a body spells one out.
+#[tokio::test]
+async fn http2_connections_are_not_read_as_http1() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let upstream = FakeUpstream::start("v2").await;
+    let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let lookalike = conflicting("content-length: 4\r\ntransfer-encoding: chunked\r\n");
+    for _ in 0..3 {
+        let request = http::Request::post(common::infer_url(&gateway))
+            .header("content-length", lookalike.len())
+            .body(Full::new(Bytes::from(lookalike.clone())))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        response.into_body().collect().await.unwrap();
+    }
+    let received = upstream.received();
+    assert_eq!(received.len(), 3);
+    assert!(received.iter().all(|r| r.body == lookalike.as_bytes()));
 }
 
 #[tokio::test]

@@ -144,6 +144,10 @@ impl Handler for Admin {
     ) -> Response<Full<Bytes>> {
         self.answer(request).await.map(Full::new)
     }
+
+    fn local_response(&self, response: Response<Bytes>) -> Response<Full<Bytes>> {
+        response.map(Full::new)
+    }
 }
 
 fn method_not_allowed(allowed: &'static str) -> Response<Bytes> {

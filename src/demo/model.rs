@@ -157,6 +157,10 @@ impl Handler for DemoModel {
     ) -> Response<Full<Bytes>> {
         self.answer(request).await.map(Full::new)
     }
+
+    fn local_response(&self, response: Response<Bytes>) -> Response<Full<Bytes>> {
+        response.map(Full::new)
+    }
 }
 
 /// A flat list of numbers from a JSON array (nested arrays are flattened).

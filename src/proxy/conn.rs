@@ -1,12 +1,16 @@
-//! [`FirstBytesDeadline`]: closes connections that never say which protocol they
-//! speak.
+//! [`ClientIo`]: an accepted connection's IO as hyper sees it, watched on the
+//! way in for what hyper does not show.
 //!
-//! hyper's `header_read_timeout` only starts once HTTP/1 parsing starts, and the
-//! auto builder first waits, without any timeout, for enough bytes to tell HTTP/1
-//! from the HTTP/2 preface. A client that connects and stays silent (or sends
-//! `P` and stops) would hold its connection forever. This wrapper fails reads once
-//! the deadline passes, until the bytes read rule the HTTP/2 preface out (HTTP/1,
-//! whose header timer hyper runs from then on) or complete it (HTTP/2).
+//! First, a deadline for the first bytes. hyper's `header_read_timeout` only
+//! starts once HTTP/1 parsing starts, and the auto builder first waits, without
+//! any timeout, for enough bytes to tell HTTP/1 from the HTTP/2 preface. A
+//! client that connects and stays silent (or sends `P` and stops) would hold its
+//! connection forever. Reads fail once the deadline passes, until the bytes read
+//! rule the HTTP/2 preface out (HTTP/1, whose header timer hyper runs from then
+//! on) or complete it (HTTP/2).
+//!
+//! Second, every byte read goes through a [`HeadScanner`], which finds the
+//! requests whose framing hyper would quietly settle (see [`super::framing`]).
 
 use std::future::Future;
 use std::io;
@@ -17,22 +21,28 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use super::framing::HeadScanner;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-pub struct FirstBytesDeadline<I> {
+pub struct ClientIo<I> {
     io: I,
     /// Armed until the protocol is known.
     deadline: Option<Pin<Box<Sleep>>>,
     /// Bytes read so far, all of them matching the HTTP/2 preface.
     preface_seen: usize,
+    heads: HeadScanner,
 }
 
-impl<I> FirstBytesDeadline<I> {
-    pub fn new(io: I, timeout: Duration) -> FirstBytesDeadline<I> {
-        FirstBytesDeadline {
+impl<I> ClientIo<I> {
+    /// `io` with a deadline of `timeout` for its first bytes, and its reads
+    /// followed by `heads`.
+    pub fn new(io: I, timeout: Duration, heads: HeadScanner) -> ClientIo<I> {
+        ClientIo {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             preface_seen: 0,
+            heads,
         }
     }
 
@@ -48,7 +58,7 @@ impl<I> FirstBytesDeadline<I> {
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -65,14 +75,16 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<I> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        let fresh = &buf.filled()[before..];
         if this.deadline.is_some() {
-            this.observe(&buf.filled()[before..]);
+            this.observe(fresh);
         }
+        this.heads.observe(fresh);
         Poll::Ready(Ok(()))
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -105,12 +117,23 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use crate::proxy::framing::ConflictingRequest;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    fn wrap(server: DuplexStream) -> (ClientIo<DuplexStream>, Arc<ConflictingRequest>) {
+        let conflict = Arc::new(ConflictingRequest::default());
+        let heads = HeadScanner::new(1024, Arc::clone(&conflict));
+        (
+            ClientIo::new(server, Duration::from_secs(5), heads),
+            conflict,
+        )
+    }
 
     #[tokio::test(start_paused = true)]
     async fn silent_client_times_out() {
         let (_client, server) = duplex(64);
-        let mut wrapped = FirstBytesDeadline::new(server, Duration::from_secs(5));
+        let (mut wrapped, _) = wrap(server);
         let mut buf = [0u8; 8];
         let error = wrapped.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
@@ -119,7 +142,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn partial_preface_still_times_out() {
         let (mut client, server) = duplex(64);
-        let mut wrapped = FirstBytesDeadline::new(server, Duration::from_secs(5));
+        let (mut wrapped, _) = wrap(server);
         client.write_all(b"PRI * ").await.unwrap();
         let mut buf = [0u8; 24];
         assert_eq!(wrapped.read(&mut buf).await.unwrap(), 6);
@@ -133,7 +156,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn http1_bytes_disarm_the_deadline() {
         let (mut client, server) = duplex(64);
-        let mut wrapped = FirstBytesDeadline::new(server, Duration::from_secs(5));
+        let (mut wrapped, _) = wrap(server);
         client.write_all(b"GET / HT").await.unwrap();
         let mut buf = [0u8; 24];
         assert_eq!(wrapped.read(&mut buf).await.unwrap(), 8);
@@ -146,10 +169,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_h2_preface_disarms_the_deadline() {
         let (mut client, server) = duplex(64);
-        let mut wrapped = FirstBytesDeadline::new(server, Duration::from_secs(5));
+        let (mut wrapped, _) = wrap(server);
         client.write_all(H2_PREFACE).await.unwrap();
         let mut buf = [0u8; 24];
         wrapped.read_exact(&mut buf).await.unwrap();
         assert!(wrapped.deadline.is_none());
+    }
+
+    #[tokio::test]
+    async fn every_read_reaches_the_head_scanner() {
+        let (mut client, server) = duplex(256);
+        let (mut wrapped, conflict) = wrap(server);
+        let request = b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\ncontent-length: 1\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        drop(client);
+        let mut sink = Vec::new();
+        wrapped.read_to_end(&mut sink).await.unwrap();
+        assert!(conflict.is(1) && !conflict.is(0));
     }
 }

@@ -1,11 +1,17 @@
 //! One accepted connection: the hyper service around a [`Handler`], the idle
-//! watchdog, and graceful or forced close.
+//! watchdog, the refusal of requests with conflicting framing, and graceful or
+//! forced close.
 //!
 //! hyper closes idle HTTP/1 connections through its header-read timeout, but an
 //! HTTP/2 connection that completed its preface has no idle limit at all: a client
 //! could hold it (and a file descriptor) forever without sending a request. The
 //! watchdog here closes any connection gracefully once a full idle period passes
 //! with no request started and none in flight.
+//!
+//! A request with both Transfer-Encoding and Content-Length is found by the
+//! connection's IO ([`super::framing`]), which tells the service its index; the
+//! service answers it with a 400 and `connection: close` instead of handing it
+//! to the handler, so nothing of it is forwarded.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,6 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -20,8 +30,9 @@ use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::{ConflictingRequest, HeadScanner};
 use super::server::Handler;
-use super::{conn, headers};
+use super::{ProxyError, conn, headers};
 
 /// What ends connections from outside: `draining` asks them to finish their
 /// requests and close; `force_close` drops them.
@@ -29,6 +40,15 @@ use super::{conn, headers};
 pub struct Closers {
     pub draining: CancellationToken,
     pub force_close: CancellationToken,
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// How long a connection may stay silent or idle.
+    pub idle_timeout: Duration,
+    /// hyper's HTTP/1 read buffer, the most one request head can take.
+    pub max_head_bytes: usize,
 }
 
 /// Requests started and in flight on one connection.
@@ -41,10 +61,11 @@ struct Activity {
 struct InFlight<'a>(&'a Activity);
 
 impl Activity {
-    fn begin(&self) -> InFlight<'_> {
-        self.started.fetch_add(1, Ordering::Relaxed);
+    /// Counts a request in; returns its index on the connection, from 0.
+    fn begin(&self) -> (u64, InFlight<'_>) {
+        let index = self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+        (index, InFlight(self))
     }
 }
 
@@ -54,33 +75,65 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What the requests of one connection share.
+struct Shared<H> {
+    handler: Arc<H>,
+    /// The client's IP address as a header value.
+    peer: HeaderValue,
+    activity: Activity,
+    conflict: Arc<ConflictingRequest>,
+}
+
+impl<H: Handler> Shared<H> {
+    async fn answer(&self, request: Request<Incoming>) -> Response<H::Body> {
+        let (index, _in_flight) = self.activity.begin();
+        // hyper keeps Transfer-Encoding (it drops only Content-Length): checking it
+        // too means a scanner gone wrong could never refuse a plain request.
+        if self.conflict.is(index) && request.headers().contains_key(header::TRANSFER_ENCODING) {
+            tracing::debug!(peer = ?self.peer, "refused a request with both framings");
+            return self.handler.local_response(conflicting_framing());
+        }
+        self.handler.handle(request, &self.peer).await
+    }
+}
+
+/// The answer to a request with both framings; hyper closes the connection
+/// after it already, and `connection: close` tells the client so.
+fn conflicting_framing() -> Response<Bytes> {
+    let mut response = ProxyError::ConflictingFraming.to_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// Serves one connection until it ends, goes idle, or is closed from outside.
 pub async fn serve_connection<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
     handler: Arc<H>,
-    idle_timeout: Duration,
+    limits: ConnectionLimits,
     closers: Closers,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
+    let idle_timeout = limits.idle_timeout;
+    let conflict = Arc::new(ConflictingRequest::default());
+    let heads = HeadScanner::new(limits.max_head_bytes, Arc::clone(&conflict));
     // One Arc per connection, cloned per request: the service's futures must own
     // what they use.
-    let context = Arc::new((
+    let shared = Arc::new(Shared {
         handler,
-        headers::peer_header(peer.ip()),
-        Activity::default(),
-    ));
-    let io = TokioIo::new(conn::FirstBytesDeadline::new(stream, idle_timeout));
+        peer: headers::peer_header(peer.ip()),
+        activity: Activity::default(),
+        conflict,
+    });
+    let io = TokioIo::new(conn::ClientIo::new(stream, idle_timeout, heads));
     let service = service_fn(|request| {
-        let context = Arc::clone(&context);
-        async move {
-            let (handler, peer, activity) = &*context;
-            let _in_flight = activity.begin();
-            Ok::<_, Infallible>(handler.handle(request, peer).await)
-        }
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(shared.answer(request).await) }
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
@@ -104,7 +157,7 @@ pub async fn serve_connection<H: Handler>(
                 closing = true;
             }
             _ = idle_check.tick(), if !closing => {
-                let activity = &context.2;
+                let activity = &shared.activity;
                 let started = activity.started.load(Ordering::Relaxed);
                 if started == last_started && activity.in_flight.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(%peer, "closing idle connection");

@@ -28,6 +28,10 @@ pub enum ProxyError {
     HeadersTooLarge { limit: usize },
     #[error("{0}")]
     BadRequest(String),
+    #[error(
+        "request has both Transfer-Encoding and Content-Length; refused as a possible request smuggling attempt"
+    )]
+    ConflictingFraming,
     #[error("request body not received within {0:?}")]
     ClientTimeout(Duration),
     #[error(transparent)]
@@ -47,7 +51,7 @@ impl ProxyError {
             | ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ConflictingFraming => StatusCode::BAD_REQUEST,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(
                 UpstreamError::Unreachable { .. } | UpstreamError::Failed { .. },
@@ -67,7 +71,7 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
-            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadRequest(_) | ProxyError::ConflictingFraming => "bad_request",
             ProxyError::ClientTimeout(_) => "client_timeout",
             ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             ProxyError::Upstream(

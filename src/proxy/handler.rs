@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
@@ -352,6 +353,11 @@ impl Handler for Proxy {
         peer: &HeaderValue,
     ) -> Response<ResponseBody> {
         self.answer(request, peer).await
+    }
+
+    fn local_response(&self, response: Response<Bytes>) -> Response<ResponseBody> {
+        self.router.telemetry().unrouted().record(response.status());
+        response.map(ResponseBody::local)
     }
 }
 

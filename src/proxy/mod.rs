@@ -3,9 +3,11 @@
 //! header hygiene and graceful shutdown.
 
 mod body;
+mod chunked;
 mod conn;
 mod connection;
 mod error;
+mod framing;
 mod handler;
 pub mod headers;
 mod read_ahead;

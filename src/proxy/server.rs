@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Limits;
-use super::connection::{Closers, serve_connection};
+use super::connection::{Closers, ConnectionLimits, serve_connection};
 
 /// HTTP/2 streams a client may have open at once on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -37,6 +37,10 @@ pub trait Handler: Send + Sync + 'static {
         request: Request<Incoming>,
         peer: &HeaderValue,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// Turns an answer the connection gives itself, refusing a request before
+    /// `handle` sees it, into this handler's response.
+    fn local_response(&self, response: Response<Bytes>) -> Response<Self::Body>;
 }
 
 /// How a [`serve`] run ended.
@@ -55,6 +59,10 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
 ) -> Drained {
     let builder = Arc::new(server_builder(limits));
+    let connection_limits = ConnectionLimits {
+        idle_timeout: limits.header_read_timeout,
+        max_head_bytes: max_head_bytes(limits),
+    };
     let connections = TaskTracker::new();
     let closers = Closers {
         draining: CancellationToken::new(),
@@ -72,7 +80,7 @@ pub async fn serve<H: Handler>(
                     peer,
                     Arc::clone(&builder),
                     Arc::clone(&handler),
-                    limits.header_read_timeout,
+                    connection_limits,
                     closers.clone(),
                 ));
             }
@@ -89,13 +97,7 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        // Room for the request line on top of the header limit, which the handler
-        // applies exactly (and answers in JSON).
-        .max_buf_size(
-            limits
-                .max_header_bytes
-                .saturating_add(MAX_REQUEST_LINE_BYTES),
-        )
+        .max_buf_size(max_head_bytes(limits))
         .keep_alive(true);
     builder
         .http2()
@@ -113,6 +115,15 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         )
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     builder
+}
+
+/// hyper's HTTP/1 read buffer, the most a request head can take: room for the
+/// request line on top of the header limit, which the handler applies exactly
+/// (and answers in JSON).
+fn max_head_bytes(limits: &Limits) -> usize {
+    limits
+        .max_header_bytes
+        .saturating_add(MAX_REQUEST_LINE_BYTES)
 }
 
 async fn accept_failed(error: &io::Error) {
