@@ -170,7 +170,7 @@ async fn drive(client: HttpClient, url: String, stop: Arc<AtomicBool>) -> u64 {
 async fn drive_one(client: HttpClient, url: String, stop: Arc<AtomicBool>) -> u64 {
     let mut sent = 0;
     while !stop.load(Ordering::Acquire) {
-        let user = format!("user-{}", fastrand::u32(..1000));
+        let user = format!("user-{}", rand::random_range(0..1000u32));
         let body = r#"{"instances": [[0.2, 1.5, 3.0]]}"#;
         let request = Request::post(&url)
             .header("x-user-id", user)

@@ -119,7 +119,7 @@ pub(super) fn set_canary(
                 ),
             ));
         }
-        _ => fastrand::u64(..),
+        _ => rand::random::<u64>(),
     };
     if weight == 0.0 && model.canary.as_ref().is_none_or(|c| c.version != version) {
         return Err(refuse(
@@ -209,7 +209,7 @@ pub(super) fn start(
         evidence: Vec::new(),
         held: false,
         progressed: !waits_for_shadow,
-        salt: fastrand::u64(..),
+        salt: rand::random::<u64>(),
     };
     Ok(Record {
         action: Action::Rollout,

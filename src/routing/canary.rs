@@ -44,7 +44,7 @@ impl CanarySplit {
     pub fn chooses_canary(&self, headers: &HeaderMap) -> bool {
         let bucket = match self.sticky_key(headers) {
             Some(key) => bucket(self.salt, key),
-            None => fastrand::u32(..BUCKETS),
+            None => rand::random_range(0..BUCKETS),
         };
         bucket < self.threshold
     }

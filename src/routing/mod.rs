@@ -253,7 +253,7 @@ fn by_stage<'t>(
         Stage::Staging => match model.staging() {
             [] => None,
             [only] => Some(only),
-            several => several.get(fastrand::usize(..several.len())),
+            several => several.get(rand::random_range(0..several.len())),
         },
         Stage::Archived => return Err(RouteError::ArchivedStage(name.to_string())),
     };

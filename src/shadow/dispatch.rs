@@ -222,7 +222,7 @@ fn request_id(parts: &mut Parts) -> String {
     {
         return id.to_string();
     }
-    let id = format!("sg-{:016x}", fastrand::u64(..));
+    let id = format!("sg-{:016x}", rand::random::<u64>());
     if let Ok(value) = HeaderValue::from_str(&id) {
         parts.headers.insert(X_REQUEST_ID, value);
     }

@@ -156,7 +156,7 @@ impl ModelShadow {
         body_len: usize,
         cpu: &CpuShare,
     ) -> Option<Mirror> {
-        if !self.methods.contains(method) || fastrand::f64() * 100.0 >= self.policy.percent {
+        if !self.methods.contains(method) || rand::random::<f64>() * 100.0 >= self.policy.percent {
             return None;
         }
         let targeted = self.versions.iter().enumerate().filter(|(_, v)| v.targeted);

@@ -91,9 +91,9 @@ pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
         0 => None,
         1 => endpoints.first(),
         n => {
-            let a = fastrand::usize(..n);
+            let a = rand::random_range(0..n);
             // A second index distinct from the first, uniformly.
-            let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+            let b = (a + 1 + rand::random_range(0..n - 1)) % n;
             let (ea, eb) = (&endpoints[a], &endpoints[b]);
             Some(if eb.outstanding() < ea.outstanding() {
                 eb
@@ -107,7 +107,7 @@ pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
 /// The slow path while some endpoint is ejected: the least busy of those that
 /// admit a request (an endpoint past its back-off admits exactly one probe).
 fn pick_healthy(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
-    let start = fastrand::usize(..endpoints.len().max(1));
+    let start = rand::random_range(0..endpoints.len().max(1));
     let mut best: Option<&Arc<Endpoint>> = None;
     for endpoint in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
         if endpoint.health.is_ejected() {

@@ -25,7 +25,9 @@ pin_project! {
     pub enum RequestBody {
         /// Sent in one frame; the reservation covers the bytes until they are sent.
         Whole { bytes: Option<Bytes>, held: Option<Reservation> },
-        Streamed { #[pin] body: Streamed },
+        /// Boxed: whole bodies are the common case, and every request, whole
+        /// or not, is as large as the largest variant.
+        Streamed { body: Pin<Box<Streamed>> },
     }
 }
 
@@ -187,6 +189,7 @@ impl RequestBody {
             copy,
             progress: Arc::clone(&progress),
         };
+        let body = Box::pin(body);
         (RequestBody::Streamed { body }, progress)
     }
 }
@@ -205,7 +208,7 @@ impl Body for RequestBody {
                 held.take();
                 Poll::Ready(frame)
             }
-            RequestBodyProj::Streamed { body } => body.poll_frame(cx),
+            RequestBodyProj::Streamed { body } => body.as_mut().poll_frame(cx),
         }
     }
 
