@@ -3,40 +3,37 @@
 //!
 //! # Layout
 //!
-//! - [`vocab`]: the shared vocabulary, validated into types once (JSON paths,
-//!   HTTP methods and header names of policies); imports nothing of the crate.
-//! - [`config`]: the TOML file, validated into a [`config::Config`] with every
-//!   error reported at once, with its field path.
-//! - [`registry`]: models, versions and stages (production, staging, archived); the
-//!   transition rules, the durable journal and snapshot, and the single writer.
+//! From the bottom up; each imports only what is below it.
+//!
+//! - [`vocab`]: the shared vocabulary, validated into types once: stages, models
+//!   and versions, endpoint URLs, policies, rollout plans, JSON paths, HTTP names.
+//!   Imports nothing of the crate.
+//! - [`runtime`], [`telemetry`]: how Tokio runtimes are built; metric names, the
+//!   Prometheus recorder, per-route handles.
 //! - [`upstream`]: reaching model servers: endpoints with their connection pools
 //!   and passive health, the client and the request bodies it sends (whole or
-//!   streamed), admission and the gateway's body budget; imports nothing above it.
-//! - [`routing`]: the immutable [`routing::RoutingTable`] held in one `ArcSwap`
-//!   ([`routing::Router`]); resolving a request to a version route.
-//! - [`proxy`]: the data plane: hyper server (HTTP/1.1 and h2c), limits and
-//!   timeouts, forwarding through [`upstream`], header hygiene, graceful
-//!   shutdown.
-//! - [`shadow`]: mirroring production traffic to staging versions on threads of
-//!   their own (within a metered CPU share), comparing their answers off the
-//!   request path, and the shadow reports.
-//! - [`rollout`]: the controller that steps canaries through a rollout plan
-//!   while their gates hold, and stops them when they don't; the gates judge
-//!   with confidence bounds that stay valid under continuous monitoring.
-//! - [`sync`]: following an external model registry (MLflow): its aliases or
-//!   stages drive stagegate's, and stagegate's changes are written back.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the JSON admin API under
-//!   `/api/v1` with bearer-token auth.
-//! - [`ctl`]: `stagegate ctl`, the admin API's command-line client.
-//! - [`runtime`]: how the Tokio runtimes of the workers and shadow threads are built.
-//! - [`telemetry`]: metric names, the Prometheus recorder, per-route handles.
-//! - [`gateway`]: wires the parts together from a config and runs them.
-//! - [`fuzzing`]: the entry points of the fuzz targets in `fuzz/`, shared with the
-//!   corpus regression test.
-//! - [`demo`]: `stagegate demo`, model servers and a gateway in one process.
+//!   streamed), admission and the gateway's body budget.
+//! - [`config`]: the TOML file, validated into a [`config::Config`] with every
+//!   error reported at once, with its field path.
+//! - Data plane: [`routing`] (the immutable [`routing::RoutingTable`] built from
+//!   models, held in one `ArcSwap` by [`routing::Router`]; resolving a request to a
+//!   version route), [`shadow`] (mirroring production traffic to staging versions
+//!   on threads of their own within a metered CPU share, comparing answers off the
+//!   request path, the reports), [`proxy`] (hyper server for HTTP/1.1 and h2c,
+//!   limits and timeouts, body read-ahead, framing checks, forwarding through
+//!   [`upstream`], header hygiene, graceful shutdown).
+//! - Control plane: [`registry`] (the transition rules, the durable journal and
+//!   snapshot, the single writer, and [`registry::Published`]: the catalog
+//!   published together with the table built from it), [`rollout`] (the
+//!   controller that steps canaries through a plan while their confidence-bound
+//!   gates hold), [`sync`] (following MLflow), [`admin`] (`/healthz`, `/readyz`,
+//!   `/metrics`, the JSON admin API under `/api/v1`).
+//! - [`gateway`] wires the parts together; [`ctl`] is `stagegate ctl`; [`demo`]
+//!   is `stagegate demo`; [`fuzzing`] holds the fuzz targets' entry points.
 //!
 //! Data flows one way: control-plane inputs -> registry -> new routing table ->
-//! `ArcSwap` -> data plane. The data plane never writes control-plane state.
+//! `ArcSwap` -> data plane. The data plane never imports or writes control-plane
+//! state.
 
 pub mod admin;
 pub mod config;
