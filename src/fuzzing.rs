@@ -2,16 +2,36 @@
 //! run as ordinary regression tests (`tests/fuzz_corpus.rs`) through exactly the
 //! same code. Each takes arbitrary bytes and must return without panicking.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Config;
+use crate::proxy::framing::{ConflictingRequest, HeadScanner};
 use crate::registry::{Canary, CompareMode, ComparePolicy};
 use crate::routing::{self, Router};
 use crate::shadow::{Answer, Comparator};
 use crate::telemetry::Telemetry;
 use crate::vocab::PathPattern;
+
+/// The framing scanner on an arbitrary byte stream, read whole and in pieces of
+/// the size the first byte gives: both must find the same conflicting request.
+pub fn framing(data: &[u8]) {
+    let Some((&piece, stream)) = data.split_first() else {
+        return;
+    };
+    let found = |pieces: usize| {
+        let conflict = Arc::new(ConflictingRequest::default());
+        let mut scanner = HeadScanner::new(16 * 1024, Arc::clone(&conflict));
+        stream
+            .chunks(pieces)
+            .for_each(|chunk| scanner.observe(chunk));
+        conflict.index()
+    };
+    let whole = found(stream.len().max(1));
+    let pieces = found(usize::from(piece).max(1));
+    assert_eq!(whole, pieces, "read whole and in pieces of {piece}");
+}
 
 /// The config loader on arbitrary text.
 pub fn config(data: &[u8]) {

@@ -29,6 +29,11 @@ fn route_corpus() {
 }
 
 #[test]
+fn framing_corpus() {
+    run_corpus("framing", stagegate::fuzzing::framing);
+}
+
+#[test]
 fn compare_corpus() {
     run_corpus("compare", stagegate::fuzzing::compare);
 }

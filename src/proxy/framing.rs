@@ -43,6 +43,12 @@ impl ConflictingRequest {
         self.0.store(index, Ordering::Release);
     }
 
+    /// The request with both framings, if one was found.
+    pub fn index(&self) -> Option<u64> {
+        let index = self.0.load(Ordering::Acquire);
+        (index != NO_REQUEST).then_some(index)
+    }
+
     /// Whether request `index` carries both `Transfer-Encoding` and `Content-Length`.
     pub fn is(&self, index: u64) -> bool {
         index != NO_REQUEST && self.0.load(Ordering::Acquire) == index

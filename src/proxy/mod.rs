@@ -7,7 +7,7 @@ mod chunked;
 mod conn;
 mod connection;
 mod error;
-mod framing;
+pub(crate) mod framing;
 mod handler;
 pub mod headers;
 mod read_ahead;
