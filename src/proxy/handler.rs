@@ -226,6 +226,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let host = endpoint.endpoint().host_header();
         prepare_upstream_request(&mut parts.headers, host, peer, client_authority.as_ref());
+        let handing_over = mirror.as_ref().map(|_| Instant::now());
         let (body, progress, mirror) = self.bodies(ahead, mirror);
         let capture = match (mirror, &original) {
             (Some((mirror, body)), Some(original)) => {
@@ -234,6 +235,11 @@ impl Proxy {
             }
             _ => None,
         };
+        if let Some(started) = handing_over {
+            // Time on a production thread, spent on mirroring: it counts against
+            // the shadow's CPU share.
+            self.shadow.cpu().charge(started.elapsed());
+        }
         let upstream_request = Request::from_parts(parts, body);
 
         let sent = timeout_at(

@@ -5,12 +5,17 @@
 //! mirrors are dropped (counted as `cpu_share`) until the share has refilled. So
 //! shadow work neither starves nor takes more than its share from production.
 //!
+//! Mirroring also costs production's threads some work (building the mirror
+//! requests and handing them over); that time is charged to the share too
+//! ([`CpuShare::charge`]), so the share bounds what mirroring takes from
+//! production, not only what the shadow threads use.
+//!
 //! The meter is a token bucket in CPU nanoseconds, refilled at `share` per
 //! wall-clock nanosecond, holding at most [`BURST`] worth of refill, and read by
 //! the shadow threads themselves ([`CpuShare::sample`]); the request path only
 //! loads one flag ([`CpuShare::allows`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -21,6 +26,9 @@ const BURST: Duration = Duration::from_millis(100);
 pub struct CpuShare {
     share: f64,
     over: AtomicBool,
+    /// Nanoseconds of mirroring done on production's threads (handing mirrors
+    /// over), charged to the share as well.
+    charged: AtomicU64,
     meter: Mutex<Meter>,
 }
 
@@ -36,6 +44,7 @@ impl CpuShare {
         CpuShare {
             share,
             over: AtomicBool::new(false),
+            charged: AtomicU64::new(0),
             meter: Mutex::new(Meter {
                 clocks: Vec::new(),
                 tokens: share * BURST.as_nanos() as f64,
@@ -47,6 +56,12 @@ impl CpuShare {
     /// Whether a new mirror may start: the request path's only question.
     pub fn allows(&self) -> bool {
         !self.over.load(Ordering::Relaxed)
+    }
+
+    /// Charges `spent` of a production thread's time on mirroring to the share.
+    pub fn charge(&self, spent: Duration) {
+        let nanos = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
+        self.charged.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Counts the calling thread's CPU time from now on (a shadow thread, at its
@@ -70,7 +85,7 @@ impl CpuShare {
         let now = Instant::now();
         let passed = now.duration_since(meter.last_sample);
         meter.last_sample = now;
-        let mut used = Duration::ZERO;
+        let mut used = Duration::from_nanos(self.charged.swap(0, Ordering::Relaxed));
         // A thread that ended has no clock any more; it is forgotten.
         meter.clocks.retain_mut(|(clock, last)| match clock.read() {
             Some(reading) => {
@@ -164,6 +179,19 @@ mod tests {
         .take(200)
         .any(|allows| allows);
         assert!(refilled, "the share never refilled");
+    }
+
+    #[test]
+    fn time_charged_from_production_threads_uses_the_share_up_too() {
+        let share = CpuShare::new(0.2);
+        share.sample();
+        assert!(share.allows());
+        share.charge(Duration::from_millis(40));
+        share.sample();
+        assert!(
+            !share.allows(),
+            "charged time counts like the shadow threads' own"
+        );
     }
 
     #[test]
