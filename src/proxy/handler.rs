@@ -24,7 +24,7 @@ use crate::upstream::admission::{Admission, Permit};
 use crate::upstream::budget::BodyBudget;
 use crate::upstream::client::{UpstreamClient, record_health, upstream_uri};
 use crate::upstream::pool::{PoolKind, UpstreamBody};
-use crate::upstream::request_body::{BodyCopy, Progress, RequestBody, Stage};
+use crate::upstream::request_body::{BodyCopy, BodyStage, Progress, RequestBody};
 
 /// The data plane's shared state; one per gateway, behind an `Arc`.
 pub struct Proxy {
@@ -318,14 +318,16 @@ impl Proxy {
     /// What the client did wrong, when a streamed body is why the exchange failed.
     fn client_fault(&self, progress: &Progress) -> Option<ProxyError> {
         match progress.stage() {
-            Stage::TooLarge => Some(ProxyError::BodyTooLarge {
+            BodyStage::TooLarge => Some(ProxyError::BodyTooLarge {
                 limit: self.limits.max_body_bytes,
             }),
-            Stage::ClientFailed => Some(ProxyError::BadRequest(
+            BodyStage::ClientFailed => Some(ProxyError::BadRequest(
                 "request body could not be read: the client stopped sending it".to_string(),
             )),
-            Stage::WaitingForClient => Some(ProxyError::ClientTimeout(self.limits.request_timeout)),
-            Stage::Sending | Stage::Complete => None,
+            BodyStage::WaitingForClient => {
+                Some(ProxyError::ClientTimeout(self.limits.request_timeout))
+            }
+            BodyStage::Sending | BodyStage::Complete => None,
         }
     }
 

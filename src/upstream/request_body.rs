@@ -61,7 +61,7 @@ pub enum BodyError {
 pub struct Progress(AtomicU8);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub enum BodyStage {
     /// The body is being sent, or waits for the model server to take more.
     Sending,
     /// The body waits for the client to send more.
@@ -72,18 +72,18 @@ pub enum Stage {
 }
 
 impl Progress {
-    fn set(&self, stage: Stage) {
+    fn set(&self, stage: BodyStage) {
         // Written and read by the one task that drives the exchange.
         self.0.store(stage as u8, Ordering::Relaxed);
     }
 
-    pub fn stage(&self) -> Stage {
+    pub fn stage(&self) -> BodyStage {
         match self.0.load(Ordering::Relaxed) {
-            0 => Stage::Sending,
-            1 => Stage::WaitingForClient,
-            2 => Stage::Complete,
-            3 => Stage::TooLarge,
-            _ => Stage::ClientFailed,
+            0 => BodyStage::Sending,
+            1 => BodyStage::WaitingForClient,
+            2 => BodyStage::Complete,
+            3 => BodyStage::TooLarge,
+            _ => BodyStage::ClientFailed,
         }
     }
 }
@@ -243,19 +243,19 @@ impl Body for Streamed {
             this.held.take();
             return Poll::Ready(Some(Ok(Frame::data(head))));
         }
-        this.progress.set(Stage::WaitingForClient);
+        this.progress.set(BodyStage::WaitingForClient);
         let frame = ready!(this.rest.as_mut().poll_frame(cx));
-        this.progress.set(Stage::Sending);
+        this.progress.set(BodyStage::Sending);
         let frame = match frame {
             None => {
-                this.progress.set(Stage::Complete);
+                this.progress.set(BodyStage::Complete);
                 if let Some(copy) = this.copy.take() {
                     copy.finish();
                 }
                 return Poll::Ready(None);
             }
             Some(Err(error)) => {
-                this.progress.set(Stage::ClientFailed);
+                this.progress.set(BodyStage::ClientFailed);
                 this.copy.take();
                 return Poll::Ready(Some(Err(BodyError::Client(error))));
             }
@@ -264,7 +264,7 @@ impl Body for Streamed {
         if let Some(data) = frame.data_ref() {
             *this.received += data.len();
             if *this.received > *this.limit {
-                this.progress.set(Stage::TooLarge);
+                this.progress.set(BodyStage::TooLarge);
                 this.copy.take();
                 let limit = *this.limit;
                 return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
@@ -277,7 +277,7 @@ impl Body for Streamed {
             }
         }
         if this.rest.is_end_stream() {
-            this.progress.set(Stage::Complete);
+            this.progress.set(BodyStage::Complete);
             if let Some(copy) = this.copy.take() {
                 copy.finish();
             }
