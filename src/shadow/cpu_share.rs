@@ -101,10 +101,6 @@ impl CpuShare {
         self.over.store(meter.tokens <= 0.0, Ordering::Relaxed);
     }
 
-    pub fn share(&self) -> f64 {
-        self.share
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Meter> {
         // Only the shadow threads take this lock, never the request path.
         self.meter.lock().unwrap_or_else(PoisonError::into_inner)

@@ -229,6 +229,14 @@ impl Body for RequestBody {
     }
 }
 
+/// The client's body has ended: say so, and hand the mirror its copy.
+fn complete(progress: &Progress, copy: &mut Option<BodyCopy>) {
+    progress.set(BodyStage::Complete);
+    if let Some(copy) = copy.take() {
+        copy.finish();
+    }
+}
+
 impl Body for Streamed {
     type Data = Bytes;
     type Error = BodyError;
@@ -248,10 +256,7 @@ impl Body for Streamed {
         this.progress.set(BodyStage::Sending);
         let frame = match frame {
             None => {
-                this.progress.set(BodyStage::Complete);
-                if let Some(copy) = this.copy.take() {
-                    copy.finish();
-                }
+                complete(this.progress, this.copy);
                 return Poll::Ready(None);
             }
             Some(Err(error)) => {
@@ -277,10 +282,7 @@ impl Body for Streamed {
             }
         }
         if this.rest.is_end_stream() {
-            this.progress.set(BodyStage::Complete);
-            if let Some(copy) = this.copy.take() {
-                copy.finish();
-            }
+            complete(this.progress, this.copy);
         }
         Poll::Ready(Some(Ok(frame)))
     }
