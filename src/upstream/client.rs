@@ -17,7 +17,7 @@ use tokio::net::{TcpStream, lookup_host};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::health::EjectionPolicy;
-use super::pool::{Lease, PoolKind, UpstreamBody, UpstreamConn};
+use super::pool::{Lease, PoolKind, PooledConn, UpstreamBody, UpstreamConn};
 use super::request_body::RequestBody;
 use super::{Endpoint, UpstreamError};
 use crate::telemetry::error_chain;
@@ -37,7 +37,7 @@ pub struct UpstreamClient {
 
 /// How one exchange on one connection went.
 enum Exchange {
-    Answered(Response<Incoming>, Option<Box<UpstreamConn>>),
+    Answered(Response<Incoming>, Option<PooledConn>),
     /// The connection was closed before the request was written; it comes back
     /// untouched and may be sent on another connection.
     /// Boxed: it is rare, and the request would make every exchange larger.
@@ -96,7 +96,7 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<UpstreamConn>, UpstreamError> {
+    async fn connect(&self, endpoint: &Endpoint) -> Result<PooledConn, UpstreamError> {
         let stream = self.open_stream(endpoint).await?;
         // Both are optimisations; a socket that refuses them still works.
         let _ = stream.set_nodelay(true);
@@ -158,7 +158,7 @@ fn unreachable(endpoint: &Endpoint, message: String) -> UpstreamError {
 
 /// Sends `request` on `conn`, driving the connection in this task until the
 /// response head arrives.
-async fn exchange(mut conn: Box<UpstreamConn>, request: Request<RequestBody>) -> Exchange {
+async fn exchange(mut conn: PooledConn, request: Request<RequestBody>) -> Exchange {
     let mut response = pin!(conn.sender.try_send_request(request));
     let mut conn = Some(conn);
     let answered = poll_fn(|cx| {

@@ -13,6 +13,7 @@ pub mod client;
 mod endpoint;
 mod error;
 pub mod health;
+mod idle_stack;
 pub mod pool;
 pub mod request_body;
 

@@ -10,11 +10,13 @@
 //! says the connection can carry another request. A connection the server closed
 //! while it sat idle is noticed when taken (one poll reads the EOF) and dropped;
 //! the gateway's upkeep task also reaps closed and expired idle connections
-//! ([`EndpointPools::reap`]), since nothing else looks at an unused pool.
+//! ([`EndpointPools::reap`]), since nothing else looks at an unused pool. The
+//! idle list is a lock-free stack ([`super::idle_stack`]): no request waits for
+//! another to take or return a connection.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,7 @@ use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
 use super::Endpoint;
+use super::idle_stack::{IdleStack, Linked};
 use super::request_body::RequestBody;
 
 /// How long an idle connection is kept before it is closed instead of reused.
@@ -72,73 +75,65 @@ impl std::fmt::Debug for EndpointPools {
     }
 }
 
-/// Idle connections, most recently used last: reuse takes the warmest one.
-#[derive(Default)]
+/// Idle connections, lock-free, most recently used on top: reuse takes the
+/// warmest one.
 pub struct IdlePool {
-    idle: Mutex<Vec<Idle>>,
+    idle: IdleStack<UpstreamConn>,
 }
 
-struct Idle {
-    conn: Box<UpstreamConn>,
-    since: Instant,
+impl Default for IdlePool {
+    fn default() -> IdlePool {
+        IdlePool {
+            idle: IdleStack::new(MAX_IDLE),
+        }
+    }
 }
+
+/// A connection boxed with its link in the idle list: it moves between pool,
+/// exchange and response body without being copied (hyper's connection state
+/// is several hundred bytes) and is pooled without an allocation.
+pub type PooledConn = Linked<UpstreamConn>;
 
 impl IdlePool {
     /// An idle connection that is still open, if there is one.
-    pub fn take(&self) -> Option<Box<UpstreamConn>> {
+    pub fn take(&self) -> Option<PooledConn> {
         loop {
-            let idle = self.lock().pop()?;
-            let mut conn = idle.conn;
-            if idle.since.elapsed() < IDLE_TIMEOUT && conn.is_reusable() {
+            let mut conn = self.idle.pop()?;
+            if conn.idle_since.elapsed() < IDLE_TIMEOUT && conn.is_reusable() {
                 return Some(conn);
             }
         }
     }
 
-    /// Expired entries are left to [`IdlePool::reap`] and skipped by `take`.
-    fn put(&self, conn: Box<UpstreamConn>) {
-        let mut idle = self.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
-        }
+    /// Past [`MAX_IDLE`] the connection is closed. Expired entries are left to
+    /// [`IdlePool::reap`] and skipped by `take`.
+    fn put(&self, mut conn: PooledConn) {
+        conn.idle_since = Instant::now();
+        // A full pool hands the connection back, and dropping it closes it.
+        let _ = self.idle.push(conn);
     }
 
-    /// Upkeep never waits for a pool that requests are using: that pool is
-    /// reaped next round.
+    /// Takes the list, closes what expired or was closed by the server, and puts
+    /// the rest back. Requests meanwhile find fewer idle connections, never wait.
     fn reap(&self) {
-        let mut idle = match self.idle.try_lock() {
-            Ok(idle) => idle,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
-        };
-        let mut gone = Vec::new();
-        for mut entry in std::mem::take(&mut *idle) {
-            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_reusable() {
-                idle.push(entry);
-            } else {
-                gone.push(entry);
+        let mut keep = Vec::new();
+        for mut conn in self.idle.drain() {
+            if conn.idle_since.elapsed() < IDLE_TIMEOUT && conn.is_reusable() {
+                keep.push(conn);
             }
         }
-        drop(idle);
-        // Closed outside the lock.
-        drop(gone);
+        // Oldest first, so the warmest ends on top again.
+        for conn in keep.into_iter().rev() {
+            let _ = self.idle.push(conn);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.idle.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        // The vector is consistent between any two statements; a panic elsewhere
-        // while holding the lock leaves nothing half-done.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        self.idle.is_empty()
     }
 }
 
@@ -149,13 +144,17 @@ type Driver = Connection<TokioIo<TcpStream>, RequestBody>;
 pub struct UpstreamConn {
     pub(super) sender: SendRequest<RequestBody>,
     driver: Driver,
+    /// When it last went back to its pool.
+    idle_since: Instant,
 }
 
 impl UpstreamConn {
-    /// Boxed: the connection moves between pool, exchange and response body,
-    /// and hyper's connection state is several hundred bytes.
-    pub(super) fn new(sender: SendRequest<RequestBody>, driver: Driver) -> Box<UpstreamConn> {
-        Box::new(UpstreamConn { sender, driver })
+    pub(super) fn new(sender: SendRequest<RequestBody>, driver: Driver) -> PooledConn {
+        Linked::new(UpstreamConn {
+            sender,
+            driver,
+            idle_since: Instant::now(),
+        })
     }
 
     /// Polls the connection; `Ready` means it has ended (closed or failed).
@@ -174,18 +173,14 @@ impl UpstreamConn {
 /// A connection on loan to one exchange; goes back to its pool when dropped
 /// after the response body ended, and is closed otherwise.
 pub struct Lease {
-    conn: Option<Box<UpstreamConn>>,
+    conn: Option<PooledConn>,
     home: Arc<Endpoint>,
     kind: PoolKind,
     body_ended: bool,
 }
 
 impl Lease {
-    pub(super) fn new(
-        conn: Option<Box<UpstreamConn>>,
-        home: Arc<Endpoint>,
-        kind: PoolKind,
-    ) -> Lease {
+    pub(super) fn new(conn: Option<PooledConn>, home: Arc<Endpoint>, kind: PoolKind) -> Lease {
         Lease {
             conn,
             home,
