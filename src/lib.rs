@@ -20,8 +20,9 @@
 //!   version route), [`shadow`] (mirroring production traffic to staging versions
 //!   on threads of their own within a metered CPU share, comparing answers off the
 //!   request path, the reports), [`proxy`] (hyper server for HTTP/1.1 and h2c,
-//!   limits and timeouts, body read-ahead, framing checks, forwarding through
-//!   [`upstream`], header hygiene, graceful shutdown).
+//!   connection limits, framing checks, graceful shutdown, and the request path
+//!   as a stack of tower services: respond, admit, route, read the body ahead,
+//!   mirror, forward through [`upstream`]).
 //! - Control plane: [`registry`] (the transition rules, the durable journal and
 //!   snapshot, the single writer, and [`registry::Published`]: the catalog
 //!   published together with the table built from it), [`rollout`] (the

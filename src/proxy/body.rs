@@ -50,7 +50,7 @@ pin_project! {
 /// endpoint's outstanding count end with the last byte, not the response head.
 struct Streaming {
     /// The gateway's admission slot and, if the version has a limit, its own.
-    _permits: [Option<Permit>; 2],
+    permits: [Option<Permit>; 2],
     _endpoint: EndpointGuard,
     route: Arc<VersionRoute>,
     idle_timeout: Duration,
@@ -77,27 +77,42 @@ impl ResponseBody {
     /// without a frame.
     pub fn upstream(
         body: UpstreamBody,
-        permits: [Option<Permit>; 2],
         endpoint: EndpointGuard,
         route: Arc<VersionRoute>,
         idle_timeout: Duration,
-        mut capture: Option<Capture>,
     ) -> ResponseBody {
-        if body.is_end_stream() {
-            // hyper will not poll an empty body; the answer is complete now.
-            capture.iter_mut().for_each(Capture::finish);
-        }
         let stream = Streaming {
-            _permits: permits,
+            permits: [None, None],
             _endpoint: endpoint,
             route,
             idle_timeout,
             idle: None,
             armed: false,
-            capture,
+            capture: None,
         };
         ResponseBody {
             kind: Kind::Upstream { body, stream },
+        }
+    }
+
+    /// Keeps an admission slot until the body has been sent; a body of the
+    /// gateway's own is complete already and frees it now.
+    pub fn hold(&mut self, permit: Permit) {
+        if let Kind::Upstream { stream, .. } = &mut self.kind
+            && let Some(slot) = stream.permits.iter_mut().find(|slot| slot.is_none())
+        {
+            *slot = Some(permit);
+        }
+    }
+
+    /// Feeds production's answer to the shadow comparison as it streams.
+    pub fn capture(&mut self, mut capture: Capture) {
+        if let Kind::Upstream { body, stream } = &mut self.kind {
+            if body.is_end_stream() {
+                // hyper will not poll an empty body; the answer is complete now.
+                capture.finish();
+            }
+            stream.capture = Some(capture);
         }
     }
 }

@@ -1,21 +1,29 @@
 //! The data plane: the listener, the hyper server (HTTP/1.1 and cleartext HTTP/2
-//! on one port), limits and timeouts, forwarding through [`crate::upstream`],
-//! header hygiene and graceful shutdown.
+//! on one port), connection limits and framing checks, graceful shutdown, and
+//! the request path as a stack of tower services ([`stack`]: respond, admit,
+//! route, read ahead, mirror, forward through [`crate::upstream`]).
 
+mod admit;
 mod body;
 mod chunked;
 mod conn;
 mod connection;
 mod error;
+mod forward;
 pub(crate) mod framing;
 mod handler;
 pub mod headers;
+mod mirror;
 mod read_ahead;
+mod respond;
+mod route;
 mod server;
+mod stack;
 
 pub use body::ResponseBody;
 pub use error::{ProxyError, json_error, json_response};
-pub use handler::{Proxy, X_STAGEGATE_MODEL, X_STAGEGATE_STAGE, X_STAGEGATE_VERSION};
+pub use handler::Proxy;
+pub use respond::{X_STAGEGATE_MODEL, X_STAGEGATE_STAGE, X_STAGEGATE_VERSION};
 pub use server::{Drained, Handler, serve};
 
 pub use crate::config::Limits;

@@ -5,15 +5,25 @@
 //! `Bytes`; a longer body streams to the model server after its first bytes, as
 //! the client sends it. When the budget has no room, nothing is read ahead and
 //! the body streams at once; nothing is refused for want of budget.
+//!
+//! [`ReadAhead`] is the request path's step for it: it waits for the client
+//! until the request's deadline at most, and a client too slow to send its
+//! first bytes in time is answered 408 (nothing was sent to a model server).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
+use pin_project_lite::pin_project;
 use tokio::time::{Duration, Instant, timeout_at};
+use tower::{Layer, Service};
 
 use super::ProxyError;
+use super::stack::{Answer, Refusal, Routed, always_ready};
 use crate::upstream::budget::{BodyBudget, Reservation};
 
 /// How much of a body is read before it is forwarded (nginx's
@@ -50,15 +60,138 @@ impl Ahead {
     }
 }
 
-/// The limits of one read-ahead.
-pub struct ReadAhead<'a> {
-    pub budget: &'a Arc<BodyBudget>,
-    pub max_body_bytes: usize,
-    pub deadline: Instant,
-    pub request_timeout: Duration,
+pub struct ReadAheadLayer {
+    budget: Arc<BodyBudget>,
+    max_body_bytes: usize,
+    request_timeout: Duration,
 }
 
-impl ReadAhead<'_> {
+impl ReadAheadLayer {
+    pub fn new(
+        budget: Arc<BodyBudget>,
+        max_body_bytes: usize,
+        request_timeout: Duration,
+    ) -> ReadAheadLayer {
+        ReadAheadLayer {
+            budget,
+            max_body_bytes,
+            request_timeout,
+        }
+    }
+}
+
+impl<S> Layer<S> for ReadAheadLayer {
+    type Service = ReadAhead<S>;
+
+    fn layer(&self, next: S) -> ReadAhead<S> {
+        ReadAhead {
+            budget: Arc::clone(&self.budget),
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: self.request_timeout,
+            next,
+        }
+    }
+}
+
+pub struct ReadAhead<S> {
+    budget: Arc<BodyBudget>,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+    next: S,
+}
+
+impl<'a, S> Service<Routed<Incoming>> for &'a ReadAhead<S>
+where
+    &'a S: Service<Routed<Ahead>, Response = Answer, Error = Refusal>,
+{
+    type Response = Answer;
+    type Error = Refusal;
+    type Future = Reading<'a, S, <&'a S as Service<Routed<Ahead>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
+        always_ready(cx)
+    }
+
+    fn call(&mut self, routed: Routed<Incoming>) -> Self::Future {
+        let this: &'a ReadAhead<S> = self;
+        let (body, routed) = routed.take_body();
+        let mut next = &this.next;
+        if body.is_end_stream() {
+            let ahead = Ahead::Whole {
+                bytes: Bytes::new(),
+                held: None,
+            };
+            return Reading::Calling {
+                next: next.call(routed.with_body(ahead)),
+            };
+        }
+        let reader = Reader {
+            budget: &this.budget,
+            max_body_bytes: this.max_body_bytes,
+            deadline: Instant::from_std(routed.started + this.request_timeout),
+            request_timeout: this.request_timeout,
+        };
+        Reading::Body {
+            read: Box::pin(async move { reader.read(body).await }),
+            routed: Some(routed),
+            next,
+        }
+    }
+}
+
+/// The read-ahead, an `async` block, boxed (stable Rust cannot name it).
+type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<Ahead, ProxyError>> + Send + 'a>>;
+
+pin_project! {
+    /// [`ReadAhead`]'s future: the body's first bytes, then the next service.
+    #[project = ReadingProj]
+    pub enum Reading<'a, S, F> {
+        Body {
+            read: ReadFuture<'a>,
+            routed: Option<Routed<()>>,
+            next: &'a S,
+        },
+        Calling { #[pin] next: F },
+    }
+}
+
+impl<'a, S, F> Future for Reading<'a, S, F>
+where
+    &'a S: Service<Routed<Ahead>, Response = Answer, Error = Refusal, Future = F>,
+    F: Future<Output = Result<Answer, Refusal>>,
+{
+    type Output = Result<Answer, Refusal>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                ReadingProj::Calling { next } => return next.poll(cx),
+                ReadingProj::Body { read, routed, next } => {
+                    let read = ready!(read.as_mut().poll(cx));
+                    let Some(routed) = routed.take() else {
+                        panic!("Reading polled after it completed");
+                    };
+                    let ahead = match read {
+                        Ok(ahead) => ahead,
+                        Err(error) => return Poll::Ready(Err(Refusal::on(routed.route, error))),
+                    };
+                    let next = next.call(routed.with_body(ahead));
+                    self.set(Reading::Calling { next });
+                }
+            }
+        }
+    }
+}
+
+/// The limits of one read-ahead.
+struct Reader<'a> {
+    budget: &'a Arc<BodyBudget>,
+    max_body_bytes: usize,
+    deadline: Instant,
+    request_timeout: Duration,
+}
+
+impl Reader<'_> {
     /// Reads `body` up to [`READ_AHEAD`] bytes or its end, whichever is first.
     pub async fn read(&self, mut body: Incoming) -> Result<Ahead, ProxyError> {
         if body.is_end_stream() {

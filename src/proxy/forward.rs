@@ -1,0 +1,119 @@
+//! [`Forward`]: the bottom of the request path. Sends the request to the
+//! endpoint [`super::route::Route`] picked, at the path the model server serves,
+//! and waits for the answer's head until the request's deadline; the rest of the
+//! answer streams to the client through [`ResponseBody`]. A failure is the model
+//! server's (502/504, counted against its health) unless the streamed request
+//! body says the client was why (413, 408, 400).
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Request;
+use tokio::time::{Instant, timeout_at};
+use tower::Service;
+
+use super::headers::strip_hop_by_hop;
+use super::mirror::Outgoing;
+use super::respond::answered;
+use super::stack::{Answer, Boxed, Refusal, Routed, always_ready};
+use super::{ProxyError, ResponseBody};
+use crate::upstream::UpstreamError;
+use crate::upstream::client::{UpstreamClient, record_health, upstream_uri};
+use crate::upstream::health::EjectionPolicy;
+use crate::upstream::request_body::{BodyStage, Progress};
+
+pub struct Forward {
+    client: UpstreamClient,
+    request_timeout: Duration,
+    max_body_bytes: usize,
+    ejection: EjectionPolicy,
+}
+
+impl Forward {
+    pub fn new(
+        client: UpstreamClient,
+        request_timeout: Duration,
+        max_body_bytes: usize,
+        ejection: EjectionPolicy,
+    ) -> Forward {
+        Forward {
+            client,
+            request_timeout,
+            max_body_bytes,
+            ejection,
+        }
+    }
+
+    async fn forward(&self, routed: Routed<Outgoing>) -> Result<Answer, Refusal> {
+        let Routed {
+            mut parts,
+            body: Outgoing { body, progress },
+            started,
+            route,
+            strip,
+            endpoint,
+            ..
+        } = routed;
+        parts.uri = match upstream_uri(endpoint.endpoint(), &parts.uri, strip) {
+            Ok(uri) => uri,
+            Err(e) => {
+                let error =
+                    ProxyError::BadRequest(format!("request path cannot be forwarded: {e}"));
+                return Err(Refusal::on(route, error));
+            }
+        };
+        let deadline = Instant::from_std(started + self.request_timeout);
+        let request = Request::from_parts(parts, body);
+        let sent = timeout_at(deadline, self.client.send(endpoint.endpoint(), request)).await;
+        let result = sent.unwrap_or_else(|_elapsed| {
+            Err(UpstreamError::Timeout {
+                endpoint: endpoint.endpoint().url().to_string(),
+                timeout: self.request_timeout,
+            })
+        });
+        if result.is_err()
+            && let Some(error) = progress.and_then(|p| self.client_fault(&p))
+        {
+            // The client's doing, not the model server's: its health is untouched.
+            return Err(Refusal::on(route, error));
+        }
+        record_health(endpoint.endpoint(), &result, &self.ejection);
+        let (mut parts, body) = match result {
+            Ok(response) => response.into_parts(),
+            Err(error) => return Err(Refusal::on(route, error.into())),
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        answered(&route, &mut parts.headers, parts.status, started);
+        let body = ResponseBody::upstream(body, endpoint, route, self.request_timeout);
+        Ok(Answer::from_parts(parts, body))
+    }
+
+    /// What the client did wrong, when a streamed body is why the exchange failed.
+    fn client_fault(&self, progress: &Progress) -> Option<ProxyError> {
+        match progress.stage() {
+            BodyStage::TooLarge => Some(ProxyError::BodyTooLarge {
+                limit: self.max_body_bytes,
+            }),
+            BodyStage::ClientFailed => Some(ProxyError::BadRequest(
+                "request body could not be read: the client stopped sending it".to_string(),
+            )),
+            BodyStage::WaitingForClient => Some(ProxyError::ClientTimeout(self.request_timeout)),
+            BodyStage::Sending | BodyStage::Complete => None,
+        }
+    }
+}
+
+impl<'a> Service<Routed<Outgoing>> for &'a Forward {
+    type Response = Answer;
+    type Error = Refusal;
+    type Future = Boxed<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
+        always_ready(cx)
+    }
+
+    fn call(&mut self, routed: Routed<Outgoing>) -> Boxed<'a> {
+        let this: &'a Forward = self;
+        Box::pin(this.forward(routed))
+    }
+}

@@ -1,0 +1,202 @@
+//! The request path as a stack of tower services, outermost first:
+//!
+//! | service | owns |
+//! |---|---|
+//! | [`Respond`](super::respond::Respond) | turns every refusal into a JSON answer, counted on its route or as unrouted |
+//! | [`Admit`](super::admit::Admit) | gateway-wide admission: past `max_concurrent_requests`, 503 `overloaded` at once (load shedding) |
+//! | [`Route`](super::route::Route) | the header limit, resolution against the current table, the version's own admission, the endpoint |
+//! | [`ReadAhead`](super::read_ahead::ReadAhead) | the body's first bytes, under the body budget, before the deadline (408 if the client is slow) |
+//! | [`Mirror`](super::mirror::Mirror) | sampling for shadow testing, handing the mirror over, the body split for it |
+//! | [`Forward`](super::forward::Forward) | the model server's answer head before the deadline (504), the endpoint's health |
+//!
+//! Each request type carries what the services above learnt: [`Inbound`], then
+//! [`Routed`] with its body as read so far. Every service answers
+//! `Result<Answer, Refusal>` below `Respond`, which answers everything.
+//!
+//! Hand-written where tower's middleware does something else:
+//! - Admission: tower's `ConcurrencyLimit` frees its slot when the response
+//!   future completes, but a request here holds its slot until the last byte of
+//!   a streamed answer; with `LoadShed` it would also allocate a semaphore
+//!   permit per request for what is one atomic add here.
+//! - Timeouts: tower's `Timeout` knows only that time ran out. The step that
+//!   waits knows whom to blame: a client slow to send its body (408, the
+//!   endpoint's health untouched) or a model server slow to answer (504, counted
+//!   against it). So read-ahead and forwarding each wait until the request's
+//!   deadline, and the response body has its own idle timeout.
+//!
+//! The services are called by shared reference (`&Foo<S>` is the `Service`):
+//! none keeps state per call, so the one stack a gateway builds serves every
+//! request without cloning each layer's `Arc`s per request. Every service is
+//! always ready, since refusals are immediate and nothing queues. Two futures
+//! are boxed, reading a body ahead (not needed for a body that came complete)
+//! and forwarding: they are `async` code, which stable Rust cannot name as
+//! `Service::Future`; the others are hand-written and allocate nothing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::request::Parts;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use super::{ProxyError, ResponseBody};
+use crate::routing::{EndpointGuard, VersionRoute};
+use crate::shadow::ModelShadow;
+
+/// What every service of the stack answers.
+pub type Answer = Response<ResponseBody>;
+
+/// A boxed service future, for the steps that are `async` blocks.
+pub type Boxed<'a> = Pin<Box<dyn Future<Output = Result<Answer, Refusal>> + Send + 'a>>;
+
+/// A request as the stack receives it.
+pub struct Inbound {
+    pub request: Request<Incoming>,
+    /// The client's IP address as a header value.
+    pub peer: HeaderValue,
+    pub started: Instant,
+}
+
+/// Why a request was not forwarded, and the route it had, if it got one.
+pub struct Refusal {
+    pub error: ProxyError,
+    pub route: Option<Arc<VersionRoute>>,
+}
+
+impl Refusal {
+    pub fn unrouted(error: ProxyError) -> Refusal {
+        Refusal { error, route: None }
+    }
+
+    pub fn on(route: Arc<VersionRoute>, error: ProxyError) -> Refusal {
+        Refusal {
+            error,
+            route: Some(route),
+        }
+    }
+}
+
+/// A request resolved to a version and one of its endpoints; `B` is its body as
+/// far as it has been read.
+pub struct Routed<B> {
+    /// Its head, with the headers already as the model server gets them; the
+    /// URI is still the client's.
+    pub parts: Parts,
+    pub body: B,
+    pub started: Instant,
+    pub route: Arc<VersionRoute>,
+    /// Leading path bytes the model server does not see.
+    pub strip: usize,
+    /// The model's mirroring, when this request may be mirrored.
+    pub shadow: Option<Arc<ModelShadow>>,
+    pub endpoint: EndpointGuard,
+}
+
+impl<B> Routed<B> {
+    /// The body, and the request without it.
+    pub fn take_body(self) -> (B, Routed<()>) {
+        let body = self.body;
+        let rest = Routed {
+            parts: self.parts,
+            body: (),
+            started: self.started,
+            route: self.route,
+            strip: self.strip,
+            shadow: self.shadow,
+            endpoint: self.endpoint,
+        };
+        (body, rest)
+    }
+}
+
+impl Routed<()> {
+    /// The request with its body read further.
+    pub fn with_body<C>(self, body: C) -> Routed<C> {
+        Routed {
+            parts: self.parts,
+            body,
+            started: self.started,
+            route: self.route,
+            strip: self.strip,
+            shadow: self.shadow,
+            endpoint: self.endpoint,
+        }
+    }
+}
+
+/// What a service puts into the answer once the services below it have given
+/// one (a slot it holds until the body ends, a capture to feed).
+pub trait Attach {
+    fn attach(self, answer: &mut Answer);
+}
+
+pin_project! {
+    /// The future of a service that refuses at once or calls the next one and
+    /// attaches something to its answer.
+    #[project = StepProj]
+    pub enum Step<F, A> {
+        Refused { refusal: Option<Refusal> },
+        Calling { #[pin] next: F, attach: Option<A> },
+    }
+}
+
+impl<F, A> Step<F, A> {
+    pub fn refused(refusal: Refusal) -> Step<F, A> {
+        Step::Refused {
+            refusal: Some(refusal),
+        }
+    }
+
+    pub fn calling(next: F, attach: A) -> Step<F, A> {
+        Step::Calling {
+            next,
+            attach: Some(attach),
+        }
+    }
+}
+
+impl<F, A> Future for Step<F, A>
+where
+    F: Future<Output = Result<Answer, Refusal>>,
+    A: Attach,
+{
+    type Output = Result<Answer, Refusal>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            StepProj::Refused { refusal } => match refusal.take() {
+                Some(refusal) => Poll::Ready(Err(refusal)),
+                None => panic!("Step polled after it completed"),
+            },
+            StepProj::Calling { next, attach } => {
+                let mut answered = ready!(next.poll(cx));
+                if let (Ok(answer), Some(attach)) = (answered.as_mut(), attach.take()) {
+                    attach.attach(answer);
+                }
+                Poll::Ready(answered)
+            }
+        }
+    }
+}
+
+/// Nothing to attach.
+impl Attach for () {
+    fn attach(self, _answer: &mut Answer) {}
+}
+
+impl<A: Attach> Attach for Option<A> {
+    fn attach(self, answer: &mut Answer) {
+        if let Some(attach) = self {
+            attach.attach(answer);
+        }
+    }
+}
+
+/// Every service here is ready at all times; see the module doc.
+pub fn always_ready(_cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
+    Poll::Ready(Ok(()))
+}
