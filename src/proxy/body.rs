@@ -98,10 +98,14 @@ impl ResponseBody {
     /// Keeps an admission slot until the body has been sent; a body of the
     /// gateway's own is complete already and frees it now.
     pub fn hold(&mut self, permit: Permit) {
-        if let Kind::Upstream { stream, .. } = &mut self.kind
-            && let Some(slot) = stream.permits.iter_mut().find(|slot| slot.is_none())
-        {
-            *slot = Some(permit);
+        if let Kind::Upstream { stream, .. } = &mut self.kind {
+            let slot = stream.permits.iter_mut().find(|slot| slot.is_none());
+            // Two holders (the gateway's admission and the version's); a third
+            // would free its slot at the head.
+            debug_assert!(slot.is_some(), "more permits than slots");
+            if let Some(slot) = slot {
+                *slot = Some(permit);
+            }
         }
     }
 

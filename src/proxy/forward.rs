@@ -1,6 +1,6 @@
 //! [`Forward`]: the bottom of the request path. Sends the request to the
-//! endpoint [`super::route::Route`] picked, at the path the model server serves,
-//! and waits for the answer's head until the request's deadline; the rest of the
+//! endpoint [`super::balance::Balance`] picked, at the path the model server
+//! serves, and waits for the answer's head until the request's deadline; the rest of the
 //! answer streams to the client through [`ResponseBody`]. A failure is the model
 //! server's (502/504, counted against its health) unless the streamed request
 //! body says the client was why (413, 408, 400).
@@ -15,10 +15,10 @@ use tower::Service;
 use super::headers::strip_hop_by_hop;
 use super::mirror::Outgoing;
 use super::respond::answered;
-use super::stack::{Answer, Boxed, Refusal, Routed, always_ready};
+use super::stack::{Answer, Boxed, Refusal, Routed, Target, always_ready};
 use super::{ProxyError, ResponseBody};
 use crate::upstream::UpstreamError;
-use crate::upstream::client::{UpstreamClient, record_health, upstream_uri};
+use crate::upstream::client::{UpstreamClient, record_health};
 use crate::upstream::health::EjectionPolicy;
 use crate::upstream::request_body::{BodyStage, Progress};
 
@@ -44,24 +44,16 @@ impl Forward {
         }
     }
 
-    async fn forward(&self, routed: Routed<Outgoing>) -> Result<Answer, Refusal> {
+    async fn forward(&self, routed: Routed<Outgoing, Target>) -> Result<Answer, Refusal> {
         let Routed {
             mut parts,
             body: Outgoing { body, progress },
+            target: Target { endpoint, uri },
             started,
             route,
-            strip,
-            endpoint,
             ..
         } = routed;
-        parts.uri = match upstream_uri(endpoint.endpoint(), &parts.uri, strip) {
-            Ok(uri) => uri,
-            Err(e) => {
-                let error =
-                    ProxyError::BadRequest(format!("request path cannot be forwarded: {e}"));
-                return Err(Refusal::on(route, error));
-            }
-        };
+        parts.uri = uri;
         let deadline = Instant::from_std(started + self.request_timeout);
         let request = Request::from_parts(parts, body);
         let sent = timeout_at(deadline, self.client.send(endpoint.endpoint(), request)).await;
@@ -103,7 +95,7 @@ impl Forward {
     }
 }
 
-impl<'a> Service<Routed<Outgoing>> for &'a Forward {
+impl<'a> Service<Routed<Outgoing, Target>> for &'a Forward {
     type Response = Answer;
     type Error = Refusal;
     type Future = Boxed<'a>;
@@ -112,7 +104,7 @@ impl<'a> Service<Routed<Outgoing>> for &'a Forward {
         always_ready(cx)
     }
 
-    fn call(&mut self, routed: Routed<Outgoing>) -> Boxed<'a> {
+    fn call(&mut self, routed: Routed<Outgoing, Target>) -> Boxed<'a> {
         let this: &'a Forward = self;
         Box::pin(this.forward(routed))
     }

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 
 use super::admit::{Admit, AdmitLayer};
+use super::balance::{Balance, BalanceLayer};
 use super::forward::Forward;
 use super::mirror::{Mirror, MirrorLayer};
 use super::read_ahead::{ReadAhead, ReadAheadLayer};
@@ -28,7 +29,7 @@ use crate::upstream::client::UpstreamClient;
 use crate::upstream::pool::PoolKind;
 
 /// The request path, outermost service first.
-type Stack = Respond<Admit<Route<ReadAhead<Mirror<Forward>>>>>;
+type Stack = Respond<Admit<Route<ReadAhead<Balance<Mirror<Forward>>>>>>;
 
 /// The data plane's shared state; one per gateway, behind an `Arc`.
 pub struct Proxy {
@@ -70,6 +71,7 @@ impl Proxy {
                 limits.max_body_bytes,
                 limits.request_timeout,
             ))
+            .layer(BalanceLayer)
             .layer(MirrorLayer::new(
                 Arc::new(shadow),
                 budget,

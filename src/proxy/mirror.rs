@@ -15,7 +15,7 @@ use hyper::body::Body;
 use tower::{Layer, Service};
 
 use super::read_ahead::Ahead;
-use super::stack::{Answer, Attach, Refusal, Routed, Step, always_ready};
+use super::stack::{Answer, Attach, Refusal, Routed, Step, Target, always_ready};
 use crate::shadow::capture::CaptureSender;
 use crate::shadow::{self, DropReason, MirrorBody, ShadowService};
 use crate::upstream::budget::BodyBudget;
@@ -71,7 +71,10 @@ pub struct Mirror<S> {
 impl<S> Mirror<S> {
     /// The request with the body it forwards, and the capture of production's
     /// answer when a mirror was handed over.
-    fn split(&self, routed: Routed<Ahead>) -> (Routed<Outgoing>, Option<CaptureSender>) {
+    fn split(
+        &self,
+        routed: Routed<Ahead, Target>,
+    ) -> (Routed<Outgoing, Target>, Option<CaptureSender>) {
         let (ahead, mut routed) = routed.take_body();
         let mirror = routed.shadow.as_ref().and_then(|model| {
             model.sample(&routed.parts.method, ahead.known_len(), self.shadow.cpu())
@@ -155,19 +158,19 @@ impl<S> Mirror<S> {
     }
 }
 
-impl<'a, S> Service<Routed<Ahead>> for &'a Mirror<S>
+impl<'a, S> Service<Routed<Ahead, Target>> for &'a Mirror<S>
 where
-    &'a S: Service<Routed<Outgoing>, Response = Answer, Error = Refusal>,
+    &'a S: Service<Routed<Outgoing, Target>, Response = Answer, Error = Refusal>,
 {
     type Response = Answer;
     type Error = Refusal;
-    type Future = Step<<&'a S as Service<Routed<Outgoing>>>::Future, Option<CaptureSender>>;
+    type Future = Step<<&'a S as Service<Routed<Outgoing, Target>>>::Future, Option<CaptureSender>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
         always_ready(cx)
     }
 
-    fn call(&mut self, routed: Routed<Ahead>) -> Self::Future {
+    fn call(&mut self, routed: Routed<Ahead, Target>) -> Self::Future {
         let this: &'a Mirror<S> = self;
         let (routed, capture) = this.split(routed);
         let mut next = &this.next;

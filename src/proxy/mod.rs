@@ -1,9 +1,10 @@
 //! The data plane: the listener, the hyper server (HTTP/1.1 and cleartext HTTP/2
 //! on one port), connection limits and framing checks, graceful shutdown, and
 //! the request path as a stack of tower services ([`stack`]: respond, admit,
-//! route, read ahead, mirror, forward through [`crate::upstream`]).
+//! route, read ahead, balance, mirror, forward through [`crate::upstream`]).
 
 mod admit;
+mod balance;
 mod body;
 mod chunked;
 mod conn;

@@ -1,19 +1,17 @@
-//! [`Route`]: which version and endpoint a request goes to. Applies the header
-//! limit, resolves the request against the routing table current when it
-//! arrived (one `ArcSwap` load), takes a slot of the version's own admission
-//! limit if it has one, and picks one of the version's healthy endpoints.
-//! Production requests of a model with active mirroring carry its shadow along.
-//! The headers are made what the model server gets here (hop-by-hop ones
-//! dropped, `x-forwarded-*` set), so mirrors carry the same.
+//! [`Route`]: which version a request goes to. Applies the header limit,
+//! resolves the request against the routing table current when it arrived (one
+//! `ArcSwap` load) and takes a slot of the version's own admission limit if it
+//! has one. Production requests of a model with active mirroring carry its
+//! shadow along. Which of the version's endpoints is [`super::balance`]'s
+//! choice, once the body has been read ahead.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, Version};
+use http::HeaderMap;
 use tower::{Layer, Service};
 
 use super::ProxyError;
-use super::headers::prepare_upstream_request;
 use super::stack::{Answer, Inbound, Refusal, Routed, Step, always_ready};
 use crate::routing::{self, Router, ServedStage};
 use crate::upstream::admission::Permit;
@@ -76,28 +74,18 @@ impl<S> Route<S> {
             },
             None => None,
         };
-        let Some(endpoint) = route.pick_endpoint().map(|e| e.begin()) else {
-            let version = route.version().to_string();
-            return Err(Refusal::on(
-                route,
-                ProxyError::NoHealthyEndpoint { version },
-            ));
-        };
         let shadow = resolved.model.shadow();
         let mirrored = route.stage() == ServedStage::Production && shadow.is_active();
-        let (mut parts, body) = request.into_parts();
-        let client_authority = parts.uri.authority().cloned();
-        parts.version = Version::HTTP_11;
-        let host = endpoint.endpoint().host_header();
-        prepare_upstream_request(&mut parts.headers, host, &peer, client_authority.as_ref());
+        let (parts, body) = request.into_parts();
         let routed = Routed {
             parts,
             body,
+            target: (),
+            peer,
             started,
             route,
             strip: resolved.strip,
             shadow: mirrored.then(|| Arc::clone(shadow)),
-            endpoint,
         };
         Ok((routed, version_permit))
     }

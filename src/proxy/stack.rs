@@ -4,13 +4,14 @@
 //! |---|---|
 //! | [`Respond`](super::respond::Respond) | turns every refusal into a JSON answer, counted on its route or as unrouted |
 //! | [`Admit`](super::admit::Admit) | gateway-wide admission: past `max_concurrent_requests`, 503 `overloaded` at once (load shedding) |
-//! | [`Route`](super::route::Route) | the header limit, resolution against the current table, the version's own admission, the endpoint |
+//! | [`Route`](super::route::Route) | the header limit, resolution against the current table, the version's own admission |
 //! | [`ReadAhead`](super::read_ahead::ReadAhead) | the body's first bytes, under the body budget, before the deadline (408 if the client is slow) |
+//! | [`Balance`](super::balance::Balance) | the endpoint, the URI there, the headers the model server (and any mirror) gets |
 //! | [`Mirror`](super::mirror::Mirror) | sampling for shadow testing, handing the mirror over, the body split for it |
 //! | [`Forward`](super::forward::Forward) | the model server's answer head before the deadline (504), the endpoint's health |
 //!
 //! Each request type carries what the services above learnt: [`Inbound`], then
-//! [`Routed`] with its body as read so far. Every service answers
+//! [`Routed`] with its body as read so far and, once picked, its [`Target`]. Every service answers
 //! `Result<Answer, Refusal>` below `Respond`, which answers everything.
 //!
 //! Hand-written where tower's middleware does something else:
@@ -27,7 +28,9 @@
 //! The services are called by shared reference (`&Foo<S>` is the `Service`):
 //! none keeps state per call, so the one stack a gateway builds serves every
 //! request without cloning each layer's `Arc`s per request. Every service is
-//! always ready, since refusals are immediate and nothing queues. Two futures
+//! always ready, since refusals are immediate and nothing queues, so `call` is
+//! made without `poll_ready`; the stack is closed (middleware that needs
+//! readiness, such as a queue, does not belong in it). Two futures
 //! are boxed, reading a body ahead (not needed for a body that came complete)
 //! and forwarding: they are `async` code, which stable Rust cannot name as
 //! `Service::Future`; the others are hand-written and allocate nothing.
@@ -39,7 +42,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http::request::Parts;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
@@ -80,50 +83,84 @@ impl Refusal {
     }
 }
 
-/// A request resolved to a version and one of its endpoints; `B` is its body as
-/// far as it has been read.
-pub struct Routed<B> {
-    /// Its head, with the headers already as the model server gets them; the
-    /// URI is still the client's.
+/// A request resolved to a version; `B` is its body as far as it has been read,
+/// `T` where it goes once an endpoint is picked ([`Target`]).
+pub struct Routed<B, T = ()> {
+    /// Its head; the URI stays the client's (mirrors are sent at their own).
     pub parts: Parts,
     pub body: B,
+    pub target: T,
+    /// The client's IP address as a header value.
+    pub peer: HeaderValue,
     pub started: Instant,
     pub route: Arc<VersionRoute>,
     /// Leading path bytes the model server does not see.
     pub strip: usize,
     /// The model's mirroring, when this request may be mirrored.
     pub shadow: Option<Arc<ModelShadow>>,
-    pub endpoint: EndpointGuard,
 }
 
-impl<B> Routed<B> {
+/// The endpoint a request goes to, and the URI it is sent at there.
+pub struct Target {
+    pub endpoint: EndpointGuard,
+    pub uri: Uri,
+}
+
+impl<B, T> Routed<B, T> {
     /// The body, and the request without it.
-    pub fn take_body(self) -> (B, Routed<()>) {
-        let body = self.body;
+    pub fn take_body(self) -> (B, Routed<(), T>) {
+        let Routed {
+            parts,
+            body,
+            target,
+            peer,
+            started,
+            route,
+            strip,
+            shadow,
+        } = self;
         let rest = Routed {
-            parts: self.parts,
+            parts,
             body: (),
-            started: self.started,
-            route: self.route,
-            strip: self.strip,
-            shadow: self.shadow,
-            endpoint: self.endpoint,
+            target,
+            peer,
+            started,
+            route,
+            strip,
+            shadow,
         };
         (body, rest)
     }
 }
 
-impl Routed<()> {
+impl<T> Routed<(), T> {
     /// The request with its body read further.
-    pub fn with_body<C>(self, body: C) -> Routed<C> {
+    pub fn with_body<C>(self, body: C) -> Routed<C, T> {
         Routed {
             parts: self.parts,
             body,
+            target: self.target,
+            peer: self.peer,
             started: self.started,
             route: self.route,
             strip: self.strip,
             shadow: self.shadow,
-            endpoint: self.endpoint,
+        }
+    }
+}
+
+impl<B> Routed<B> {
+    /// The request with the endpoint it goes to.
+    pub fn with_target(self, target: Target) -> Routed<B, Target> {
+        Routed {
+            parts: self.parts,
+            body: self.body,
+            target,
+            peer: self.peer,
+            started: self.started,
+            route: self.route,
+            strip: self.strip,
+            shadow: self.shadow,
         }
     }
 }

@@ -114,7 +114,9 @@ impl IdlePool {
     }
 
     /// Takes the list, closes what expired or was closed by the server, and puts
-    /// the rest back. Requests meanwhile find fewer idle connections, never wait.
+    /// the rest back. Requests meanwhile find the pool empty and connect (one
+    /// poll per idle connection, every [`crate::telemetry::UPKEEP_INTERVAL`]);
+    /// none waits.
     fn reap(&self) {
         let mut keep = Vec::new();
         for mut conn in self.idle.drain() {
