@@ -5,21 +5,28 @@
 //! server's (502/504, counted against its health) unless the streamed request
 //! body says the client was why (413, 408, 400).
 
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::Request;
-use tokio::time::{Instant, timeout_at};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::error::Elapsed;
+use tokio::time::{Instant, Timeout, timeout_at};
 use tower::Service;
 
 use super::headers::strip_hop_by_hop;
 use super::mirror::Outgoing;
 use super::respond::answered;
-use super::stack::{Answer, Boxed, Refusal, Routed, Target, always_ready};
+use super::stack::{Answer, Refusal, Routed, Target, always_ready};
 use super::{ProxyError, ResponseBody};
+use crate::routing::{EndpointGuard, VersionRoute};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::{UpstreamClient, record_health};
 use crate::upstream::health::EjectionPolicy;
+use crate::upstream::pool::UpstreamBody;
 use crate::upstream::request_body::{BodyStage, Progress};
 
 pub struct Forward {
@@ -44,7 +51,7 @@ impl Forward {
         }
     }
 
-    async fn forward(&self, routed: Routed<Outgoing, Target>) -> Result<Answer, Refusal> {
+    fn forward(&self, routed: Routed<Outgoing, Target>) -> Forwarding<'_> {
         let Routed {
             mut parts,
             body: Outgoing { body, progress },
@@ -56,7 +63,28 @@ impl Forward {
         parts.uri = uri;
         let deadline = Instant::from_std(started + self.request_timeout);
         let request = Request::from_parts(parts, body);
-        let sent = timeout_at(deadline, self.client.send(endpoint.endpoint(), request)).await;
+        let send: Sending<'_> =
+            Box::pin(self.client.send(Arc::clone(endpoint.endpoint()), request));
+        Forwarding {
+            sent: timeout_at(deadline, send),
+            forward: self,
+            waiting: Some(Waiting {
+                endpoint,
+                route,
+                progress,
+                started,
+            }),
+        }
+    }
+
+    /// The answer, or why there is none, once the exchange has ended.
+    fn answer(&self, sent: Sent, waiting: Waiting) -> Result<Answer, Refusal> {
+        let Waiting {
+            endpoint,
+            route,
+            progress,
+            started,
+        } = waiting;
         let result = sent.unwrap_or_else(|_elapsed| {
             Err(UpstreamError::Timeout {
                 endpoint: endpoint.endpoint().url().to_string(),
@@ -98,14 +126,53 @@ impl Forward {
 impl<'a> Service<Routed<Outgoing, Target>> for &'a Forward {
     type Response = Answer;
     type Error = Refusal;
-    type Future = Boxed<'a>;
+    type Future = Forwarding<'a>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
         always_ready(cx)
     }
 
-    fn call(&mut self, routed: Routed<Outgoing, Target>) -> Boxed<'a> {
+    fn call(&mut self, routed: Routed<Outgoing, Target>) -> Forwarding<'a> {
         let this: &'a Forward = self;
-        Box::pin(this.forward(routed))
+        this.forward(routed)
+    }
+}
+
+/// The client's exchange, an `async fn`: boxed, as stable Rust cannot name it.
+/// Only it is boxed (it fits glibc's per-thread cache; the whole forwarding
+/// state did not, and cost a slow allocation per request).
+type Sending<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a>>;
+
+type Sent = Result<Result<Response<UpstreamBody>, UpstreamError>, Elapsed>;
+
+/// What the answer needs once the exchange ends.
+struct Waiting {
+    endpoint: EndpointGuard,
+    route: Arc<VersionRoute>,
+    progress: Option<Arc<Progress>>,
+    started: std::time::Instant,
+}
+
+pin_project! {
+    /// [`Forward`]'s future: the exchange, until the request's deadline.
+    pub struct Forwarding<'a> {
+        #[pin]
+        sent: Timeout<Sending<'a>>,
+        forward: &'a Forward,
+        waiting: Option<Waiting>,
+    }
+}
+
+impl Future for Forwarding<'_> {
+    type Output = Result<Answer, Refusal>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let sent = ready!(this.sent.poll(cx));
+        let Some(waiting) = this.waiting.take() else {
+            panic!("Forwarding polled after it completed");
+        };
+        Poll::Ready(this.forward.answer(sent, waiting))
     }
 }

@@ -350,7 +350,10 @@ impl MirrorTask {
         let timeout = Duration::from_millis(policy.timeout_ms);
         let started = Instant::now();
         let exchange = async {
-            let sent = self.client.send(endpoint.endpoint(), request).await;
+            let sent = self
+                .client
+                .send(Arc::clone(endpoint.endpoint()), request)
+                .await;
             // A dead staging endpoint is ejected like a production one, so mirrors
             // to it are dropped cheaply instead of paying a failed connect each.
             if is_health_evidence(&sent) {

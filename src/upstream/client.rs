@@ -55,9 +55,11 @@ impl UpstreamClient {
 
     /// Sends `request` (its URI already set by [`upstream_uri`], its `Host` set) to
     /// `endpoint` and waits for the response head.
+    /// `endpoint` is owned so the future borrows nothing but the client; the
+    /// response body's lease keeps it.
     pub async fn send(
         &self,
-        endpoint: &Arc<Endpoint>,
+        endpoint: Arc<Endpoint>,
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(conn) = endpoint.pools.get(self.kind).take() {
@@ -68,14 +70,14 @@ impl UpstreamClient {
         }
         // Boxed: connecting is the rare path, and its future would otherwise
         // make every request's future larger (and costlier to move).
-        let conn = Box::pin(self.connect(endpoint)).await?;
+        let conn = Box::pin(self.connect(&endpoint)).await?;
         let done = exchange(conn, request).await;
         self.finish(endpoint, done)
     }
 
     fn finish(
         &self,
-        endpoint: &Arc<Endpoint>,
+        endpoint: Arc<Endpoint>,
         done: Exchange,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let failed = |message: String| UpstreamError::Failed {
@@ -84,12 +86,12 @@ impl UpstreamClient {
         };
         match done {
             Exchange::Answered(response, conn) => {
-                let lease = Lease::new(conn, Arc::clone(endpoint), self.kind);
+                let lease = Lease::new(conn, endpoint, self.kind);
                 Ok(response.map(|body| UpstreamBody::new(body, lease)))
             }
             // Only a fresh connection gets here: it closed before anything was sent.
             Exchange::NotSent(_) => Err(unreachable(
-                endpoint,
+                &endpoint,
                 "the connection closed before the request was sent".to_string(),
             )),
             Exchange::Failed(error) => Err(failed(error_chain(&error))),
@@ -310,7 +312,7 @@ mod exchange_tests {
         let url = EndpointUrl::parse(&format!("http://{addr}")).unwrap();
         let endpoint = Arc::new(Endpoint::new(url));
         let client = UpstreamClient::new(PoolKind::Primary, Duration::from_secs(5));
-        let response = client.send(&endpoint, request()).await.unwrap();
+        let response = client.send(Arc::clone(&endpoint), request()).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"{}");
         let pool = endpoint.pools.get(PoolKind::Primary);
