@@ -78,18 +78,36 @@ pub fn compare(data: &[u8]) {
     };
     for comparator in comparators() {
         let verdict = comparator.compare(
-            Answer {
-                status: status(primary.first()),
-                body: primary,
-            },
-            Answer {
-                status: status(shadow.first()),
-                body: shadow,
-            },
+            Answer::plain(status(primary.first()), primary),
+            Answer::plain(status(shadow.first()), shadow),
         );
         assert!(verdict.differences.len() <= crate::shadow::compare::MAX_DIFFERENCES);
         assert!(!verdict.matched || verdict.difference_count == 0);
     }
+}
+
+/// The binary data extension's reader on an arbitrary answer: the first line is
+/// the `Inference-Header-Content-Length` value, the rest the body. It must
+/// return an answer or an error; and an answer it reads compares, in `json`
+/// mode, as equal to the plain JSON it was read as.
+pub fn binary_answer(data: &[u8]) {
+    let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    let (length, body) = (&data[..split], data.get(split + 1..).unwrap_or_default());
+    let Ok(document) = crate::shadow::compare::binary::inline(body, length) else {
+        return;
+    };
+    let json = Comparator::new(&ComparePolicy {
+        mode: CompareMode::Json,
+        ..ComparePolicy::default()
+    });
+    let plain = serde_json::to_vec(&document).unwrap_or_default();
+    let binary = Answer {
+        status: 200,
+        body,
+        binary_header: Some(length),
+    };
+    let verdict = json.compare(binary, Answer::plain(200, &plain));
+    assert!(verdict.matched, "{verdict:?}");
 }
 
 fn router() -> &'static Router {

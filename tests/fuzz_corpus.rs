@@ -37,3 +37,8 @@ fn framing_corpus() {
 fn compare_corpus() {
     run_corpus("compare", stagegate::fuzzing::compare);
 }
+
+#[test]
+fn binary_answer_corpus() {
+    run_corpus("binary_answer", stagegate::fuzzing::binary_answer);
+}

@@ -17,6 +17,7 @@ use tower::{Layer, Service};
 use super::read_ahead::Ahead;
 use super::stack::{Answer, Attach, Refusal, Routed, Step, Target, always_ready};
 use crate::shadow::capture::CaptureSender;
+use crate::shadow::compare::binary::HEADER_LENGTH as BINARY_HEADER_LENGTH;
 use crate::shadow::{self, DropReason, MirrorBody, ShadowService};
 use crate::upstream::budget::BodyBudget;
 use crate::upstream::request_body::{BodyCopy, Progress, RequestBody};
@@ -180,7 +181,8 @@ where
 
 impl Attach for CaptureSender {
     fn attach(self, answer: &mut Answer) {
-        let capture = self.start(answer.status().as_u16());
+        let binary_header = answer.headers().get(BINARY_HEADER_LENGTH).cloned();
+        let capture = self.start(answer.status().as_u16(), binary_header);
         answer.body_mut().capture(capture);
     }
 }

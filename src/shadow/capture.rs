@@ -5,12 +5,15 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use tokio::sync::oneshot;
 
 /// Production's complete answer.
 #[derive(Debug, Clone)]
 pub struct Captured {
     pub status: u16,
+    /// `Inference-Header-Content-Length`, for the comparator.
+    pub binary_header: Option<HeaderValue>,
     /// The body's frames as they streamed (joined later, off the data plane);
     /// `None` when the answer was larger than the comparison limit.
     pub body: Option<Frames>,
@@ -52,6 +55,7 @@ pub type CaptureReceiver = oneshot::Receiver<Captured>;
 /// answer failed or the client went away), the receiver learns it was incomplete.
 pub struct Capture {
     status: u16,
+    binary_header: Option<HeaderValue>,
     frames: Vec<Bytes>,
     size: usize,
     limit: usize,
@@ -80,9 +84,12 @@ pub fn channel(limit: usize, started: Instant) -> (CaptureSender, CaptureReceive
 }
 
 impl CaptureSender {
-    pub fn start(self, status: u16) -> Capture {
+    /// Starts capturing an answer with `status` and the binary-extension
+    /// header `binary_header`.
+    pub fn start(self, status: u16, binary_header: Option<HeaderValue>) -> Capture {
         Capture {
             status,
+            binary_header,
             frames: Vec::new(),
             size: 0,
             limit: self.limit,
@@ -108,6 +115,7 @@ impl Capture {
         let body = (self.size <= self.limit).then(|| Frames(std::mem::take(&mut self.frames)));
         let _ = done.send(Captured {
             status: self.status,
+            binary_header: self.binary_header.take(),
             body,
             latency: self.started.elapsed(),
         });
@@ -121,7 +129,7 @@ mod tests {
     #[tokio::test]
     async fn frames_are_joined_and_limits_respected() {
         let (sender, receiver) = channel(10, Instant::now());
-        let mut capture = sender.start(200);
+        let mut capture = sender.start(200, None);
         capture.push(&Bytes::from_static(b"{\"a\":"));
         capture.push(&Bytes::from_static(b"1}"));
         capture.finish();
@@ -133,13 +141,13 @@ mod tests {
         );
 
         let (sender, receiver) = channel(4, Instant::now());
-        let mut capture = sender.start(200);
+        let mut capture = sender.start(200, None);
         capture.push(&Bytes::from_static(b"too long"));
         capture.finish();
         assert!(receiver.await.unwrap().body.is_none());
 
         let (sender, receiver) = channel(4, Instant::now());
-        drop(sender.start(200));
+        drop(sender.start(200, None));
         assert!(
             receiver.await.is_err(),
             "an unfinished capture means an incomplete answer"

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 
 use super::ModelShadow;
 use super::capture::{self, CaptureReceiver, CaptureSender, Captured};
+use super::compare::binary::HEADER_LENGTH as BINARY_HEADER_LENGTH;
 use super::cpu_share::CpuShare;
 use super::report::{DropReason, ErrorKind};
 use super::runtime::ShadowRuntime;
@@ -98,6 +99,7 @@ pub struct ShadowService {
 /// A shadow's answer.
 struct Answered {
     status: u16,
+    binary_header: Option<HeaderValue>,
     body: Bytes,
     latency: Duration,
 }
@@ -361,12 +363,14 @@ impl MirrorTask {
             }
             let response = sent.map_err(error_kind)?;
             let status = response.status().as_u16();
+            let binary_header = response.headers().get(BINARY_HEADER_LENGTH).cloned();
             let body = Limited::new(response.into_body(), policy.max_body_bytes)
                 .collect()
                 .await;
             match body {
                 Ok(collected) => Ok(Outcome::Answered(Answered {
                     status,
+                    binary_header,
                     body: collected.to_bytes(),
                     latency: started.elapsed(),
                 })),
@@ -426,9 +430,11 @@ impl MirrorTask {
             request_id: self.request_id.clone(),
             path: self.path.clone(),
             primary_status: primary.status,
+            primary_binary_header: primary.binary_header.clone(),
             primary_body,
             primary_latency: primary.latency,
             shadow_status: answered.status,
+            shadow_binary_header: answered.binary_header,
             shadow_body: answered.body,
             shadow_latency: answered.latency,
         };

@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderValue;
 
 use super::ModelShadow;
 use super::capture::Frames;
@@ -40,9 +41,11 @@ pub struct Job {
     pub request_id: String,
     pub path: String,
     pub primary_status: u16,
+    pub primary_binary_header: Option<HeaderValue>,
     pub primary_body: Frames,
     pub primary_latency: Duration,
     pub shadow_status: u16,
+    pub shadow_binary_header: Option<HeaderValue>,
     pub shadow_body: Bytes,
     pub shadow_latency: Duration,
 }
@@ -160,10 +163,15 @@ fn compare(job: Job) {
         Answer {
             status: job.primary_status,
             body: &primary_body,
+            binary_header: job
+                .primary_binary_header
+                .as_ref()
+                .map(HeaderValue::as_bytes),
         },
         Answer {
             status: job.shadow_status,
             body: &job.shadow_body,
+            binary_header: job.shadow_binary_header.as_ref().map(HeaderValue::as_bytes),
         },
     );
     version.metrics.comparison(verdict.matched);

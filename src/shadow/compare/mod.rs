@@ -3,8 +3,12 @@
 //! [`ComparePolicy`]; they run on the comparison thread, off the request path.
 //!
 //! Status codes are always compared. `json`, `oip` and `label` parse the bodies;
-//! when either is not JSON they fall back to `bytes`.
+//! when either is not JSON they fall back to `bytes`. An answer in the Open
+//! Inference Protocol's binary data extension is read as the JSON answer it
+//! stands for ([`binary`]), its tensors decoded; one that is malformed is a
+//! difference.
 
+pub mod binary;
 mod json;
 mod label;
 mod oip;
@@ -22,6 +26,20 @@ pub const MAX_DIFFERENCES: usize = 32;
 pub struct Answer<'a> {
     pub status: u16,
     pub body: &'a [u8],
+    /// The `Inference-Header-Content-Length` header's value, if the answer had
+    /// one: the body is a JSON header of that length and binary tensor data.
+    pub binary_header: Option<&'a [u8]>,
+}
+
+impl<'a> Answer<'a> {
+    /// An answer without the binary data extension.
+    pub fn plain(status: u16, body: &'a [u8]) -> Answer<'a> {
+        Answer {
+            status,
+            body,
+            binary_header: None,
+        }
+    }
 }
 
 /// Where and how two answers differ.
@@ -89,6 +107,7 @@ impl Comparator {
         // anyway, to count the labels.
         if primary.status == shadow.status
             && primary.body == shadow.body
+            && primary.binary_header == shadow.binary_header
             && self.mode != CompareMode::Label
         {
             return Verdict {
@@ -107,8 +126,16 @@ impl Comparator {
                 compare_bytes(primary.body, shadow.body, &mut findings);
                 None
             }
-            mode => match (parse(primary.body), parse(shadow.body)) {
-                (Some(a), Some(b)) => self.compare_json(mode, &a, &b, &mut findings),
+            mode => match (document(primary), document(shadow)) {
+                (Ok(Some(a)), Ok(Some(b))) => self.compare_json(mode, &a, &b, &mut findings),
+                (Err(error), _) => {
+                    findings.add(&[Step::Key("$body".into())], format!("production: {error}"));
+                    None
+                }
+                (_, Err(error)) => {
+                    findings.add(&[Step::Key("$body".into())], format!("shadow: {error}"));
+                    None
+                }
                 _ => {
                     compare_bytes(primary.body, shadow.body, &mut findings);
                     None
@@ -167,8 +194,13 @@ impl Comparator {
     }
 }
 
-fn parse(body: &[u8]) -> Option<Value> {
-    serde_json::from_slice(body).ok()
+/// The answer as JSON: `None` if it is not JSON, an error if it says it uses the
+/// binary extension and does not follow it.
+fn document(answer: Answer<'_>) -> Result<Option<Value>, binary::BinaryError> {
+    match answer.binary_header {
+        Some(length) => binary::inline(answer.body, length).map(Some),
+        None => Ok(serde_json::from_slice(answer.body).ok()),
+    }
 }
 
 fn compare_bytes(a: &[u8], b: &[u8], findings: &mut Findings) {

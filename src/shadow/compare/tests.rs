@@ -24,14 +24,8 @@ fn pattern(text: &str) -> PathPattern {
 fn verdict(c: &Comparator, a: &Value, b: &Value) -> Verdict {
     let (a, b) = (a.to_string(), b.to_string());
     c.compare(
-        Answer {
-            status: 200,
-            body: a.as_bytes(),
-        },
-        Answer {
-            status: 200,
-            body: b.as_bytes(),
-        },
+        Answer::plain(200, a.as_bytes()),
+        Answer::plain(200, b.as_bytes()),
     )
 }
 
@@ -130,31 +124,13 @@ fn oip_mode_compares_answers_without_outputs_as_json() {
 #[test]
 fn status_codes_are_always_compared() {
     let c = comparator(CompareMode::Json, |_| {});
-    let v = c.compare(
-        Answer {
-            status: 200,
-            body: b"{}",
-        },
-        Answer {
-            status: 500,
-            body: b"{}",
-        },
-    );
+    let v = c.compare(Answer::plain(200, b"{}"), Answer::plain(500, b"{}"));
     assert!(!v.matched);
     assert_eq!(v.differences[0].detail, "status 200 vs 500");
     let status_only = comparator(CompareMode::Status, |_| {});
     assert!(
         status_only
-            .compare(
-                Answer {
-                    status: 200,
-                    body: b"a"
-                },
-                Answer {
-                    status: 200,
-                    body: b"b"
-                }
-            )
+            .compare(Answer::plain(200, b"a"), Answer::plain(200, b"b"))
             .matched
     );
 }
@@ -163,41 +139,17 @@ fn status_codes_are_always_compared() {
 fn non_json_bodies_fall_back_to_bytes() {
     let c = comparator(CompareMode::Json, |_| {});
     assert!(
-        c.compare(
-            Answer {
-                status: 200,
-                body: b"ok"
-            },
-            Answer {
-                status: 200,
-                body: b"ok"
-            }
-        )
-        .matched
+        c.compare(Answer::plain(200, b"ok"), Answer::plain(200, b"ok"))
+            .matched
     );
-    let v = c.compare(
-        Answer {
-            status: 200,
-            body: b"ok",
-        },
-        Answer {
-            status: 200,
-            body: b"no",
-        },
-    );
+    let v = c.compare(Answer::plain(200, b"ok"), Answer::plain(200, b"no"));
     assert_eq!(paths(&v), ["$body"]);
     let bytes = comparator(CompareMode::Bytes, |_| {});
     assert!(
         !bytes
             .compare(
-                Answer {
-                    status: 200,
-                    body: b"{\"a\":1}"
-                },
-                Answer {
-                    status: 200,
-                    body: b"{\"a\": 1}"
-                }
+                Answer::plain(200, b"{\"a\":1}"),
+                Answer::plain(200, b"{\"a\": 1}")
             )
             .matched
     );
@@ -332,7 +284,7 @@ proptest! {
         let body = value.to_string();
         for mode in [CompareMode::Json, CompareMode::Oip, CompareMode::Label, CompareMode::Status, CompareMode::Bytes] {
             let c = comparator(mode, |_| {});
-            let v = c.compare(Answer { status: 200, body: body.as_bytes() }, Answer { status: 200, body: body.as_bytes() });
+            let v = c.compare(Answer::plain(200, body.as_bytes()), Answer::plain(200, body.as_bytes()));
             prop_assert!(v.matched, "{mode}: {v:?}");
         }
     }
@@ -341,7 +293,7 @@ proptest! {
     fn key_order_never_matters(value in arb_json()) {
         let c = comparator(CompareMode::Json, |_| {});
         let (a, b) = (value.to_string(), reversed_keys(&value));
-        let v = c.compare(Answer { status: 200, body: a.as_bytes() }, Answer { status: 200, body: b.as_bytes() });
+        let v = c.compare(Answer::plain(200, a.as_bytes()), Answer::plain(200, b.as_bytes()));
         prop_assert!(v.matched, "{v:?}");
     }
 
@@ -374,4 +326,78 @@ proptest! {
         prop_assert_eq!(v.labels, Some((expected, labels.len() as u64)));
         prop_assert_eq!(v.matched, expected == labels.len() as u64);
     }
+}
+
+/// An answer in the binary data extension: FP32 output `sum` with `values`.
+fn binary_answer(model_version: &str, values: &[f32]) -> (Vec<u8>, String) {
+    let data: Vec<u8> = values.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let header = json!({"id": "1", "model_name": "adder", "model_version": model_version,
+        "outputs": [{"name": "sum", "datatype": "FP32", "shape": [1, values.len()],
+                     "parameters": {"binary_data_size": data.len()}}]});
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let length = body.len().to_string();
+    body.extend_from_slice(&data);
+    (body, length)
+}
+
+fn binary<'a>(answer: &'a (Vec<u8>, String)) -> Answer<'a> {
+    Answer {
+        status: 200,
+        body: &answer.0,
+        binary_header: Some(answer.1.as_bytes()),
+    }
+}
+
+#[test]
+fn binary_tensors_compare_as_tensors_not_bytes() {
+    let c = comparator(CompareMode::Oip, |_| {});
+    let production = binary_answer("1", &[1.5, 2.5, 3.0]);
+    let same = binary_answer("2", &[1.5, 2.5, 3.0]);
+    let v = c.compare(binary(&production), binary(&same));
+    assert!(v.matched, "same tensors, other model_version: {v:?}");
+
+    let drifted = binary_answer("2", &[1.5, 2.5, 3.5]);
+    let v = c.compare(binary(&production), binary(&drifted));
+    assert!(!v.matched);
+    assert_eq!(paths(&v), ["outputs.sum.data[2]"]);
+}
+
+#[test]
+fn a_binary_answer_compares_with_a_json_one() {
+    let c = comparator(CompareMode::Oip, |_| {});
+    let production = binary_answer("1", &[1.5, 2.5]);
+    let json_answer = oip(json!([{"name": "sum", "datatype": "FP32", "shape": [1, 2],
+                                  "data": [1.5, 2.5]}]))
+    .to_string();
+    let v = c.compare(
+        binary(&production),
+        Answer::plain(200, json_answer.as_bytes()),
+    );
+    assert!(v.matched, "{v:?}");
+}
+
+#[test]
+fn json_mode_reads_binary_answers_and_ignores_by_its_rules() {
+    let production = binary_answer("1", &[1.0]);
+    let candidate = binary_answer("2", &[1.0]);
+    let strict = comparator(CompareMode::Json, |_| {});
+    let v = strict.compare(binary(&production), binary(&candidate));
+    assert_eq!(paths(&v), ["model_version"]);
+    let ignoring = comparator(CompareMode::Json, |p| {
+        p.ignore = vec![pattern("model_version")]
+    });
+    let v = ignoring.compare(binary(&production), binary(&candidate));
+    assert!(v.matched, "{v:?}");
+}
+
+#[test]
+fn a_malformed_binary_answer_is_a_difference_on_its_side() {
+    let c = comparator(CompareMode::Oip, |_| {});
+    let production = binary_answer("1", &[1.0]);
+    let mut cut = binary_answer("1", &[1.0]);
+    cut.0.truncate(cut.0.len() - 2);
+    let v = c.compare(binary(&production), binary(&cut));
+    assert!(!v.matched);
+    assert_eq!(paths(&v), ["$body"]);
+    assert!(v.differences[0].detail.starts_with("shadow: "), "{v:?}");
 }
