@@ -17,6 +17,7 @@ use super::mirror::{Mirror, MirrorLayer};
 use super::read_ahead::{ReadAhead, ReadAheadLayer};
 use super::respond::{Respond, RespondLayer};
 use super::route::{Route, RouteLayer};
+use super::server_calls::{ServerCalls, ServerCallsLayer};
 use super::stack::Inbound;
 use super::{Handler, Limits, ResponseBody};
 use crate::config::ShadowThreads;
@@ -29,7 +30,7 @@ use crate::upstream::client::UpstreamClient;
 use crate::upstream::pool::PoolKind;
 
 /// The request path, outermost service first.
-type Stack = Respond<Admit<Route<ReadAhead<Balance<Mirror<Forward>>>>>>;
+type Stack = Respond<ServerCalls<Admit<Route<ReadAhead<Balance<Mirror<Forward>>>>>>>;
 
 /// The data plane's shared state; one per gateway, behind an `Arc`.
 pub struct Proxy {
@@ -59,6 +60,7 @@ impl Proxy {
         show_budget(&router, &budget);
         let stack = ServiceBuilder::new()
             .layer(RespondLayer::new(Arc::clone(&router)))
+            .layer(ServerCallsLayer::new(Arc::clone(&router)))
             .layer(AdmitLayer::new(Admission::new(
                 limits.max_concurrent_requests,
             )))

@@ -19,6 +19,7 @@ mod read_ahead;
 mod respond;
 mod route;
 mod server;
+pub mod server_calls;
 mod stack;
 
 pub use body::ResponseBody;

@@ -3,6 +3,7 @@
 //! | service | owns |
 //! |---|---|
 //! | [`Respond`](super::respond::Respond) | turns every refusal into a JSON answer, counted on its route or as unrouted |
+//! | [`ServerCalls`](super::server_calls::ServerCalls) | the Open Inference Protocol's server-level calls (health, metadata, model list), answered by the gateway |
 //! | [`Admit`](super::admit::Admit) | gateway-wide admission: past `max_concurrent_requests`, 503 `overloaded` at once (load shedding) |
 //! | [`Route`](super::route::Route) | the header limit, resolution against the current table, the version's own admission |
 //! | [`ReadAhead`](super::read_ahead::ReadAhead) | the body's first bytes, under the body budget, before the deadline (408 if the client is slow) |
@@ -171,16 +172,23 @@ pub trait Attach {
 }
 
 pin_project! {
-    /// The future of a service that refuses at once or calls the next one and
-    /// attaches something to its answer.
+    /// The future of a service that answers or refuses at once, or calls the
+    /// next one and attaches something to its answer.
     #[project = StepProj]
     pub enum Step<F, A> {
+        Answered { answer: Option<Answer> },
         Refused { refusal: Option<Refusal> },
         Calling { #[pin] next: F, attach: Option<A> },
     }
 }
 
 impl<F, A> Step<F, A> {
+    pub fn answered(answer: Answer) -> Step<F, A> {
+        Step::Answered {
+            answer: Some(answer),
+        }
+    }
+
     pub fn refused(refusal: Refusal) -> Step<F, A> {
         Step::Refused {
             refusal: Some(refusal),
@@ -204,6 +212,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
+            StepProj::Answered { answer } => match answer.take() {
+                Some(answer) => Poll::Ready(Ok(answer)),
+                None => panic!("Step polled after it completed"),
+            },
             StepProj::Refused { refusal } => match refusal.take() {
                 Some(refusal) => Poll::Ready(Err(refusal)),
                 None => panic!("Step polled after it completed"),

@@ -121,6 +121,34 @@ impl RoutingTable {
     pub fn model(&self, name: &str) -> Option<&ModelRoutes> {
         self.models.get(name)
     }
+
+    /// Every model's name, sorted.
+    pub fn model_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.models.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The models whose production version cannot take a request now: every
+    /// endpoint of it is ejected by passive health and still in its back-off.
+    /// Sorted; models without a production version are not counted (they serve
+    /// nothing by design). An endpoint past its back-off counts as ready, so a
+    /// gateway taken out of a load balancer by this comes back to get the
+    /// request that probes the endpoint again.
+    pub fn unready_models(&self) -> Vec<&str> {
+        let mut unready: Vec<&str> =
+            self.models
+                .iter()
+                .filter(|(_, routes)| {
+                    routes.production.as_ref().is_some_and(|route| {
+                        !route.endpoints.iter().any(|e| e.health.would_admit())
+                    })
+                })
+                .map(|(name, _)| name.as_str())
+                .collect();
+        unready.sort_unstable();
+        unready
+    }
 }
 
 /// `stagegate_canary_weight`: the new canary's weight, and 0 for a canary that ended.

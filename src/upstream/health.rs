@@ -48,6 +48,13 @@ impl Health {
         self.admits_at(now_ms())
     }
 
+    /// Whether the endpoint would take a request now (not ejected, or past its
+    /// back-off), without claiming the probe as [`Health::admits`] does.
+    pub fn would_admit(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Acquire);
+        until == 0 || now_ms() >= until
+    }
+
     /// [`Health::admits`] at `now` on [`now_ms`]'s clock.
     fn admits_at(&self, now: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Acquire);
