@@ -140,6 +140,62 @@ async fn mirrors_carry_the_shadow_marker_and_the_same_request_id_and_body() {
     assert_eq!(shadow.headers["host"], stage.addr.to_string().as_str());
 }
 
+/// A request pinned in its path to the production version is mirrored with the
+/// staging version's id in the path: a server holding both versions would
+/// otherwise answer the mirror as production and agree with itself.
+#[tokio::test]
+async fn a_mirror_of_a_version_pinned_path_names_the_staging_version() {
+    let (prod, stage) = (
+        FakeUpstream::start("v2").await,
+        FakeUpstream::start("v3").await,
+    );
+    let gateway = common::gateway(&config(&prod.url(), &stage.url(), "percent = 100.0", "")).await;
+    let url = format!(
+        "http://{}/v2/models/fraud/versions/2/infer?x=1",
+        gateway.data_addr()
+    );
+    assert_eq!(post(&url, &[]).await.status, StatusCode::OK);
+    report_until(&gateway, |r| r["compared"] == 1).await;
+    assert_eq!(
+        prod.received()[0].uri,
+        "/v2/models/fraud/versions/2/infer?x=1"
+    );
+    assert_eq!(
+        stage.received()[0].uri,
+        "/v2/models/fraud/versions/3/infer?x=1"
+    );
+}
+
+/// Readiness and metadata calls are never mirrored, whatever the methods: they
+/// say nothing of a candidate's answers, and clients that read only their
+/// status would leave production's answer incomplete for a comparison.
+#[tokio::test]
+async fn readiness_and_metadata_calls_are_not_mirrored() {
+    let (prod, stage) = (
+        FakeUpstream::start("v2").await,
+        FakeUpstream::start("v3").await,
+    );
+    let gateway = common::gateway(&config(&prod.url(), &stage.url(), "percent = 100.0", "")).await;
+    let base = format!("http://{}", gateway.data_addr());
+    let client = common::client();
+    let calls = [
+        "/v2/models/fraud/ready",
+        "/v2/models/fraud",
+        "/v2/models/fraud/versions/2/ready",
+        "/v1/models/fraud",
+    ];
+    for path in calls {
+        let answer = common::send(&client, Method::GET, &format!("{base}{path}"), &[], "").await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+    }
+    post(&format!("{base}/v2/models/fraud/infer"), &[]).await;
+    let report = report_until(&gateway, |r| r["compared"] == 1).await;
+    assert_eq!(report["mirrored"], 1, "only the prediction: {report}");
+    assert_eq!(report["dropped"]["primary_incomplete"], 0);
+    assert_eq!(prod.received().len(), calls.len() + 1);
+    assert_eq!(stage.received().len(), 1);
+}
+
 /// At idle priority (`shadow_priority = "idle"`), mirrors still go out and are
 /// compared whenever the CPU has time, and production answers as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

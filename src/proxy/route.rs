@@ -75,7 +75,11 @@ impl<S> Route<S> {
             None => None,
         };
         let shadow = resolved.model.shadow();
-        let mirrored = route.stage() == ServedStage::Production && shadow.is_active();
+        // Readiness and metadata calls say nothing about a candidate's answers,
+        // and clients often read only their status, which leaves production's
+        // answer incomplete for a comparison.
+        let mirrored =
+            route.stage() == ServedStage::Production && shadow.is_active() && !resolved.status_call;
         let (parts, body) = request.into_parts();
         let routed = Routed {
             parts,

@@ -118,6 +118,8 @@ pub struct Resolved<'t> {
     pub route: &'t Arc<VersionRoute>,
     /// Leading bytes of the path the model server must not see.
     pub strip: usize,
+    /// A readiness or metadata call, which is never mirrored.
+    pub status_call: bool,
 }
 
 /// Chooses the version route for a request from its path and pin headers.
@@ -148,6 +150,7 @@ pub fn resolve<'t>(
         model,
         route,
         strip: parsed.strip,
+        status_call: parsed.status_call,
     })
 }
 

@@ -16,11 +16,15 @@ pub struct ModelPath<'a> {
     pub version: Option<&'a str>,
     /// How many leading bytes of the path the model server must not see.
     pub strip: usize,
+    /// A readiness or metadata call (`/v2/models/{m}[/versions/{v}][/ready]`,
+    /// KServe V1's `/v1/models/{m}`): about the model server, not a prediction.
+    pub status_call: bool,
 }
 
 const KSERVE_V1: &str = "/v1/models/";
 const OIP_V2: &str = "/v2/models/";
 const GENERIC: &str = "/models/";
+const VERSIONS: &str = "/versions/";
 
 /// Parses the path part of a request URI (no query string).
 pub fn parse(path: &str) -> Option<ModelPath<'_>> {
@@ -30,18 +34,24 @@ pub fn parse(path: &str) -> Option<ModelPath<'_>> {
             model,
             version: None,
             strip: 0,
+            status_call: matches!(&rest[model.len()..], "" | "/"),
         });
     }
     if let Some(rest) = path.strip_prefix(OIP_V2) {
         let model = segment(rest, |b| b == b'/')?;
-        let version = match rest[model.len()..].strip_prefix("/versions/") {
-            Some(tail) => Some(segment(tail, |b| b == b'/')?),
-            None => None,
+        let after_model = &rest[model.len()..];
+        let (version, call) = match after_model.strip_prefix(VERSIONS) {
+            Some(tail) => {
+                let version = segment(tail, |b| b == b'/')?;
+                (Some(version), &tail[version.len()..])
+            }
+            None => (None, after_model),
         };
         return Some(ModelPath {
             model,
             version,
             strip: 0,
+            status_call: matches!(call, "" | "/" | "/ready"),
         });
     }
     if let Some(rest) = path.strip_prefix(GENERIC) {
@@ -50,9 +60,28 @@ pub fn parse(path: &str) -> Option<ModelPath<'_>> {
             model,
             version: None,
             strip: GENERIC.len() + model.len(),
+            status_call: false,
         });
     }
     None
+}
+
+/// `path_and_query` with the version of its `/v2/models/{m}/versions/{v}` pin
+/// replaced by `version`, the query kept; `None` when it pins no version. A
+/// mirror of a request pinned to the production version must name the staging
+/// version it goes to, or a server holding both would answer it as production.
+pub fn repin(path_and_query: &str, version: &str) -> Option<String> {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    let parsed = parse(path)?;
+    let pinned = parsed.version?;
+    // Only `/v2/models/{m}/versions/{v}` pins a version.
+    let start = OIP_V2.len() + parsed.model.len() + VERSIONS.len();
+    let end = start + pinned.len();
+    Some(format!(
+        "{}{version}{}",
+        &path_and_query[..start],
+        &path_and_query[end..]
+    ))
 }
 
 /// Whether `path` is in the plain form the gateway routes by: no `.` or `..`
@@ -218,6 +247,43 @@ mod tests {
             prop_assert_eq!(model(&v1), Some((m.as_str(), None, v1.as_str())));
             prop_assert_eq!(model(&pinned), Some((m.as_str(), Some(v.as_str()), pinned.as_str())));
             prop_assert_eq!(model(&generic), Some((m.as_str(), None, "/invocations")));
+        }
+    }
+
+    #[test]
+    fn a_version_pin_is_rewritten_and_the_rest_kept() {
+        assert_eq!(
+            repin("/v2/models/adder/versions/1/infer?x=1", "3").as_deref(),
+            Some("/v2/models/adder/versions/3/infer?x=1")
+        );
+        assert_eq!(
+            repin("/v2/models/adder/versions/1", "10").as_deref(),
+            Some("/v2/models/adder/versions/10")
+        );
+        assert_eq!(repin("/v2/models/adder/infer", "3"), None);
+        assert_eq!(repin("/v1/models/adder:predict", "3"), None);
+    }
+
+    #[test]
+    fn readiness_and_metadata_calls_are_status_calls_and_predictions_are_not() {
+        let status_call = |path| parse(path).map(|p| p.status_call);
+        for path in [
+            "/v2/models/adder",
+            "/v2/models/adder/ready",
+            "/v2/models/adder/versions/1",
+            "/v2/models/adder/versions/1/ready",
+            "/v1/models/adder",
+        ] {
+            assert_eq!(status_call(path), Some(true), "{path}");
+        }
+        for path in [
+            "/v2/models/adder/infer",
+            "/v2/models/adder/versions/1/infer",
+            "/v2/models/adder/generate",
+            "/v1/models/adder:predict",
+            "/models/adder/ready",
+        ] {
+            assert_eq!(status_call(path), Some(false), "{path}");
         }
     }
 }

@@ -162,9 +162,10 @@ impl ShadowService {
                 let endpoint = version.pick_endpoint().map(|e| e.begin());
                 // The production request's URI was built from the same path, so
                 // a failure here is not expected; it drops the mirror all the same.
-                let uri = endpoint
-                    .as_ref()
-                    .and_then(|e| upstream_uri(e.endpoint(), original, strip).ok());
+                let uri = endpoint.as_ref().and_then(|e| {
+                    let repinned = repinned(original, &version.version)?;
+                    upstream_uri(e.endpoint(), repinned.as_ref().unwrap_or(original), strip).ok()
+                });
                 match (endpoint, uri) {
                     (Some(endpoint), Some(uri)) => Some((index, permit, endpoint, uri)),
                     _ => {
@@ -213,6 +214,18 @@ impl ShadowService {
             return None;
         }
         Some(sender)
+    }
+}
+
+/// The client's URI with its version pin naming `version` instead, if it pins
+/// one (`Some(None)` if it pins none); `None` if the rewritten URI is invalid.
+fn repinned(original: &Uri, version: &str) -> Option<Option<Uri>> {
+    let Some(path_and_query) = original.path_and_query() else {
+        return Some(None);
+    };
+    match crate::routing::path::repin(path_and_query.as_str(), version) {
+        Some(repinned) => Uri::try_from(repinned).ok().map(Some),
+        None => Some(None),
     }
 }
 
