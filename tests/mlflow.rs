@@ -491,7 +491,7 @@ async fn a_version_without_endpoints_is_not_served_and_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mlflow_dying_changes_nothing_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = mlflow_server::free_port();
+    let port = common::child::free_port();
     let server = MlflowServer::start(dir.path(), port);
     let upstream = FakeUpstream::start("any").await;
     let endpoint = format!("http://{}", upstream.addr);

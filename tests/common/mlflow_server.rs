@@ -5,13 +5,13 @@
 //!
 //! Set `STAGEGATE_MLFLOW` to an `mlflow` executable to use another install.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::common::child::{free_port, kill_group, spawn_for_the_binary, wait_until_ok};
 
 /// How long a fresh server may take to answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
@@ -43,48 +43,27 @@ impl MlflowServer {
     pub fn start(dir: &Path, port: u16) -> MlflowServer {
         let mlflow = mlflow_binary();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        // Spawned from a thread that lives as long as the test binary, so that
-        // the parent-death signal below fires when the binary exits, not when the
-        // test that first asked for the server ends.
-        let (tx, rx) = mpsc::channel();
         let (db, artifacts) = (dir.join("mlflow.db"), dir.join("artifacts"));
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        std::thread::spawn(move || {
-            let mut command = Command::new(&mlflow);
-            command
-                .args(["server", "--host", "127.0.0.1", "--workers", "1"])
-                .arg("--port")
-                .arg(port.to_string())
-                .arg("--backend-store-uri")
-                .arg(format!("sqlite:///{}", db.display()))
-                .arg("--default-artifact-root")
-                .arg(&artifacts)
-                .env("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
-                .env("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
-                // MLflow caches each event's webhook list for 60 s: a webhook
-                // created after an earlier alias change would stay silent.
-                .env("MLFLOW_WEBHOOK_CACHE_TTL", "0")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .process_group(0);
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork
-            // and exec.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
-            }
-            let _ = tx.send(command.spawn());
-            loop {
-                std::thread::park();
-            }
-        });
-        let child = rx
-            .recv()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", mlflow_binary().display()));
+        let mut command = Command::new(&mlflow);
+        command
+            .args(["server", "--host", "127.0.0.1", "--workers", "1"])
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", db.display()))
+            .arg("--default-artifact-root")
+            .arg(&artifacts)
+            .env("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
+            .env("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
+            // MLflow caches each event's webhook list for 60 s: a webhook
+            // created after an earlier alias change would stay silent.
+            .env("MLFLOW_WEBHOOK_CACHE_TTL", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = spawn_for_the_binary(command)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", mlflow.display()));
         let server = MlflowServer {
             addr,
             dir: dir.to_path_buf(),
@@ -95,24 +74,15 @@ impl MlflowServer {
     }
 
     fn wait_until_healthy(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if health(self.addr) {
-                return;
-            }
-            if let Some(child) = self.child.lock().unwrap().as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "mlflow server exited ({status}) before answering; its log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "mlflow server did not answer /health within {START_TIMEOUT:?}; its log:\n{}",
-            self.log()
+        let mut child = self.child.lock().unwrap();
+        let child = child.as_mut().expect("started");
+        wait_until_ok(
+            "mlflow server",
+            self.addr,
+            "/health",
+            child,
+            START_TIMEOUT,
+            || self.log(),
         );
     }
 
@@ -123,12 +93,7 @@ impl MlflowServer {
     /// Kills the server and every process it started.
     pub fn kill(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
-            let group = i32::try_from(child.id()).unwrap();
-            // SAFETY: a plain kill(2) of the process group the server leads.
-            unsafe {
-                libc::kill(-group, libc::SIGKILL);
-            }
-            let _ = child.wait();
+            kill_group(&mut child);
         }
     }
 }
@@ -137,26 +102,6 @@ impl Drop for MlflowServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A loopback port nothing listens on now.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-fn health(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
 }
 
 fn workspace() -> PathBuf {

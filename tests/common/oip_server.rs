@@ -1,0 +1,137 @@
+//! Real Open Inference Protocol servers and clients for tests: KServe's
+//! `ModelServer` with the tiny models of `tests/oip/model_server.py`, and the
+//! official clients driven by `tests/oip/clients.py`, from the virtual
+//! environment `scripts/install-test-deps` creates under `target/`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::common::child::{free_port, kill_group, spawn_for_the_binary, wait_until_ok};
+
+/// KServe imports a lot; a cold start on a busy machine takes a while.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A running KServe model server; killed when dropped.
+pub struct ModelServer {
+    pub http: SocketAddr,
+    log: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+impl ModelServer {
+    /// Serves `models` (`name=offset`) as `version`, and waits until it is ready.
+    /// Its gRPC listener gets a free port too (KServe always opens one).
+    pub fn start(version: &str, models: &[&str]) -> ModelServer {
+        let (http, grpc) = (loopback(free_port()), loopback(free_port()));
+        let dir = workspace().join("target/oip-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("model-server-{}.log", http.port()));
+        let output = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(python());
+        command
+            .arg(workspace().join("tests/oip/model_server.py"))
+            .args(["--version", version])
+            .args(["--http-port", &http.port().to_string()])
+            .args(["--grpc-port", &grpc.port().to_string()])
+            .args(models.iter().flat_map(|m| ["--model", m]))
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output);
+        let mut child = spawn_for_the_binary(command).expect("python starts");
+        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_until_ok(
+            "KServe model server",
+            http,
+            "/v2/health/ready",
+            &mut child,
+            START_TIMEOUT,
+            read_log,
+        );
+        ModelServer {
+            http,
+            log: log.clone(),
+            child: Mutex::new(Some(child)),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            kill_group(&mut child);
+        }
+    }
+}
+
+/// Runs `tests/oip/clients.py` against `gateway` and `direct` for `model`, and
+/// returns what it printed.
+pub fn run_clients(
+    gateway: SocketAddr,
+    direct: SocketAddr,
+    model: &str,
+    requests: usize,
+) -> serde_json::Value {
+    let output = Command::new(python())
+        .arg(workspace().join("tests/oip/clients.py"))
+        .args([
+            "--gateway",
+            &gateway.to_string(),
+            "--direct",
+            &direct.to_string(),
+        ])
+        .args(["--model", model, "--requests", &requests.to_string()])
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "the clients failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the clients printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test environment's Python, installed now if it is missing.
+pub fn python() -> PathBuf {
+    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let python = workspace().join("target/oip-venv/bin/python");
+            // The script does nothing once everything is installed.
+            let script = workspace().join("scripts/install-test-deps");
+            match Command::new(&script).status() {
+                Ok(status) if status.success() && python.exists() => python,
+                other => panic!(
+                    "KServe and the inference clients are needed by these tests and could not \
+                     be installed ({other:?}).\nInstall them with: {}\n(it creates \
+                     target/oip-venv and runs pip install kserve tritonclient[http,grpc] there).",
+                    script.display()
+                ),
+            }
+        })
+        .clone()
+}

@@ -1,0 +1,159 @@
+//! The official Open Inference Protocol clients (`tritonclient`, the `kserve`
+//! SDK) through stagegate to real KServe model servers: every call answers as
+//! it does against the server, server-level calls are the gateway's own, and
+//! shadow testing compares their default encodings (JSON and binary tensors)
+//! as tensors.
+//!
+//! Two model servers are shared by the tests: production (version 1) and
+//! staging (version 2), each serving `adder` and `drift`. Staging's `adder`
+//! is a close candidate (within the comparison's tolerance); its `drift` is off
+//! by 0.5.
+
+mod common;
+#[path = "common/oip_server.rs"]
+mod oip_server;
+
+use std::sync::OnceLock;
+
+use http::Method;
+use oip_server::{ModelServer, run_clients};
+use serde_json::Value;
+
+const REQUESTS: usize = 4;
+
+struct Servers {
+    production: ModelServer,
+    staging: ModelServer,
+}
+
+fn servers() -> &'static Servers {
+    static SERVERS: OnceLock<Servers> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let staging =
+            std::thread::spawn(|| ModelServer::start("2", &["adder=0.0001", "drift=0.5"]));
+        let production = ModelServer::start("1", &["adder=0", "drift=0"]);
+        Servers {
+            production,
+            staging: staging.join().expect("the staging server starts"),
+        }
+    })
+}
+
+fn config(servers: &Servers) -> String {
+    let mut text = String::from("[server]\n");
+    for model in ["adder", "drift"] {
+        text.push_str(&format!(
+            "[[models]]\nname = \"{model}\"\n\
+             [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"{}\"]\n\
+             [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"{}\"]\n\
+             [models.shadow]\npercent = 100.0\n[models.compare]\nmode = \"oip\"\n",
+            servers.production.url(),
+            servers.staging.url(),
+        ));
+    }
+    text
+}
+
+async fn clients(gateway: &common::TestGateway, direct: &ModelServer, model: &str) -> Value {
+    let (gateway, direct, model) = (gateway.data_addr(), direct.http, model.to_string());
+    tokio::task::spawn_blocking(move || run_clients(gateway, direct, &model, REQUESTS))
+        .await
+        .expect("the clients ran")
+}
+
+async fn shadow_report(gateway: &common::TestGateway, model: &str) -> Value {
+    let path = format!("/api/v1/models/{model}/shadow");
+    let answer = common::admin(gateway, Method::GET, &path, None).await;
+    answer.json()["versions"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_clients_get_through_the_gateway_what_they_get_from_the_server() {
+    let servers = servers();
+    let gateway = common::gateway(&config(servers)).await;
+    let report = clients(&gateway, &servers.production, "adder").await;
+    for client in ["tritonclient", "kserve"] {
+        let (through, direct) = (&report["gateway"][client], &report["direct"][client]);
+        for (check, got) in through.as_object().unwrap() {
+            if check == "server_metadata" {
+                continue;
+            }
+            assert_eq!(got, &direct[check], "{client} {check}");
+        }
+        assert_eq!(through["server_live"], true, "{client}");
+        assert_eq!(through["server_ready"], true, "{client}");
+    }
+    let triton = &report["gateway"]["tritonclient"];
+    assert_eq!(
+        triton["model_ready"],
+        Value::Array(vec![Value::Bool(true); REQUESTS])
+    );
+    assert_eq!(triton["infer_binary"].as_array().unwrap().len(), REQUESTS);
+    assert_eq!(triton["model_metadata"]["name"], "adder");
+    // The server-level metadata is the gateway's own.
+    assert_eq!(triton["server_metadata"]["name"], "stagegate");
+    assert!(
+        triton["server_metadata"]["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("binary_tensor_data"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_comparison_agrees_for_a_close_candidate_in_every_encoding_and_not_for_a_drifting_one()
+ {
+    let servers = servers();
+    let gateway = common::gateway(&config(servers)).await;
+    clients(&gateway, &servers.production, "adder").await;
+    clients(&gateway, &servers.production, "drift").await;
+    // tritonclient's JSON and binary inferences and the kserve SDK's.
+    let predictions = 3 * REQUESTS as u64;
+    let settled = |report: &Value| report["compared"].as_u64() == Some(predictions);
+    let close = wait_for_report(&gateway, "adder", settled).await;
+    assert_eq!(close["agreement"]["agreement"], 1.0, "{close}");
+    assert_eq!(
+        close["mirrored"], predictions,
+        "readiness and metadata calls are not mirrored"
+    );
+    assert_eq!(close["dropped"]["primary_incomplete"], 0, "{close}");
+    let drifting = wait_for_report(&gateway, "drift", settled).await;
+    assert_eq!(drifting["agreement"]["agreement"], 0.0, "{drifting}");
+    let logs = || format!("{}\n{}", servers.production.log(), servers.staging.log());
+    assert_eq!(
+        drifting["errors"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|v| *v != 0)
+            .count(),
+        0,
+        "{}",
+        logs()
+    );
+}
+
+/// The model's shadow report once `done` holds for it (the comparison thread
+/// works on its own time).
+async fn wait_for_report(
+    gateway: &common::TestGateway,
+    model: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let wait = async {
+        loop {
+            let report = shadow_report(gateway, model).await;
+            if done(&report) {
+                return report;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), wait).await {
+        Ok(report) => report,
+        Err(_) => panic!(
+            "the report of {model} never settled: {}",
+            shadow_report(gateway, model).await
+        ),
+    }
+}
