@@ -21,8 +21,9 @@
 //!   on threads of their own within a metered CPU share, comparing answers off the
 //!   request path, the reports), [`proxy`] (hyper server for HTTP/1.1 and h2c,
 //!   connection limits, framing checks, graceful shutdown, and the request path
-//!   as a stack of tower services: respond, admit, route, read the body ahead,
-//!   mirror, forward through [`upstream`]).
+//!   as a stack of tower services: respond, answer the protocol's server-level
+//!   calls, admit, route, read the body ahead, balance, mirror, forward through
+//!   [`upstream`]).
 //! - Control plane: [`registry`] (the transition rules, the durable journal and
 //!   snapshot, the single writer, and [`registry::Published`]: the catalog
 //!   published together with the table built from it), [`rollout`] (the
