@@ -7,7 +7,8 @@
 //!
 //! - [`vocab`]: the shared vocabulary, validated into types once: stages, models
 //!   and versions, endpoint URLs, policies, rollout plans, JSON paths, HTTP names.
-//!   Imports nothing of the crate.
+//!   Imports nothing of the crate. [`grpc`]: gRPC's wire format and statuses,
+//!   likewise on its own.
 //! - [`runtime`], [`telemetry`]: how Tokio runtimes are built; metric names, the
 //!   Prometheus recorder, per-route handles.
 //! - [`upstream`]: reaching model servers: endpoints with their connection pools
@@ -43,6 +44,7 @@ pub mod ctl;
 pub mod demo;
 pub mod fuzzing;
 pub mod gateway;
+pub mod grpc;
 pub mod proxy;
 pub mod registry;
 pub mod rollout;

@@ -1,0 +1,7 @@
+//! gRPC's vocabulary, independent of the rest of the crate: protobuf's wire
+//! format for the few fields the gateway reads and writes ([`wire`]), the
+//! length-prefixed messages of a call ([`frame`]), and statuses ([`status`]).
+
+pub mod frame;
+pub mod status;
+pub mod wire;
