@@ -22,6 +22,7 @@ fn record(revision: u64) -> Record {
         to: Some(Stage::Archived),
         reason: "journal append benchmark".into(),
         endpoints: vec![],
+        grpc_endpoints: vec![],
         also: vec![],
         shadow: None,
         canary: None,

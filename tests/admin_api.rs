@@ -295,6 +295,53 @@ async fn registered_versions_land_in_staging_and_serve_when_pinned() {
 }
 
 #[tokio::test]
+async fn a_version_registered_with_grpc_endpoints_shows_them_and_keeps_them() {
+    let (gateway, _upstreams) = setup().await;
+    let body = json!({ "version": "5", "endpoints": ["http://v5:8000"],
+                       "grpc_endpoints": ["http://v5:8001"] });
+    let answer = admin(
+        &gateway,
+        Method::POST,
+        "/api/v1/models/fraud/versions",
+        Some(body),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+    assert_eq!(
+        answer.json()["record"]["grpc_endpoints"],
+        json!(["http://v5:8001"])
+    );
+    let model = admin(&gateway, Method::GET, "/api/v1/models/fraud", None)
+        .await
+        .json();
+    let v5 = model["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "5")
+        .cloned();
+    assert_eq!(v5.unwrap()["grpc_endpoints"], json!(["http://v5:8001"]));
+    let bad =
+        json!({ "version": "6", "endpoints": ["http://v6:1"], "grpc_endpoints": ["v6:8001"] });
+    let refused = admin(
+        &gateway,
+        Method::POST,
+        "/api/v1/models/fraud/versions",
+        Some(bad),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("grpc_endpoints"),
+        "{:?}",
+        refused.body
+    );
+}
+
+#[tokio::test]
 async fn history_is_newest_first_and_paginated() {
     let (gateway, _upstreams) = setup().await;
     for stage in ["archived", "staging", "archived", "staging", "archived"] {

@@ -215,6 +215,21 @@ async fn ctl_drives_a_running_gateway_and_sighup_reloads_its_config() {
     );
     let json: serde_json::Value = serde_json::from_str(&ok(&["--json", "model", "fraud"])).unwrap();
     assert_eq!(json["production"], "2");
+    let registered = ok(&[
+        "register",
+        "fraud",
+        "7",
+        "--endpoint",
+        "http://v7:8000",
+        "--grpc-endpoint",
+        "http://v7:8001",
+    ]);
+    assert!(registered.contains('7'), "{registered}");
+    let shown = ok(&["model", "fraud"]);
+    assert!(
+        shown.contains("GRPC ENDPOINTS") && shown.contains("http://v7:8001"),
+        "{shown}"
+    );
 
     // SIGHUP re-reads the file: a new staging version appears.
     let v4 = FakeUpstream::start("v4").await;

@@ -485,3 +485,23 @@ fn shadow_methods_compare_paths_and_sticky_headers_are_parsed_when_the_config_is
     assert_eq!(model.shadow.compare.ignore[1].as_str(), "outputs[*]");
     assert_eq!(model.sticky.header.as_ref().unwrap().to_string(), "x-user");
 }
+
+#[test]
+fn grpc_endpoints_are_optional_urls_checked_like_endpoints() {
+    let text = "[[models]]\nname = \"m\"\n[[models.versions]]\nversion = \"1\"\nstage = \"production\"\n\
+        endpoints = [\"http://h:8000\"]\ngrpc_endpoints = [\"http://h:8001\"]\n\
+        [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"http://h2:8000\"]\n";
+    let config = Config::parse(text, "t").unwrap();
+    let versions = &config.models[0].versions;
+    assert_eq!(versions[0].grpc_endpoints[0].to_string(), "http://h:8001");
+    assert!(versions[1].grpc_endpoints.is_empty(), "gRPC is optional");
+    let bad = "[[models]]\nname = \"m\"\n[[models.versions]]\nversion = \"1\"\nstage = \"production\"\n\
+        endpoints = [\"http://h:8000\"]\ngrpc_endpoints = [\"grpc://h:8001\", \"http://h:1\", \"http://h:1\"]\n";
+    assert_exactly(
+        &field_errors(bad),
+        &[
+            "models[0].versions[0].grpc_endpoints[0]: not an http URL",
+            "models[0].versions[0].grpc_endpoints[2]: duplicate endpoint http://h:1",
+        ],
+    );
+}

@@ -40,6 +40,8 @@ struct RegisterBody {
     version: String,
     endpoints: Vec<String>,
     #[serde(default)]
+    grpc_endpoints: Vec<String>,
+    #[serde(default)]
     reason: String,
 }
 
@@ -100,6 +102,7 @@ impl Api {
                     model,
                     version: body.version,
                     endpoints: body.endpoints,
+                    grpc_endpoints: body.grpc_endpoints,
                     reason: body.reason,
                 };
                 self.change_from(request, None, command, caller, StatusCode::CREATED)

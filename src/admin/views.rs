@@ -45,7 +45,9 @@ pub fn model(served: &Served, name: &str) -> Option<Value> {
                 false => "config",
             };
             let endpoints: Vec<String> = v.endpoints.iter().map(ToString::to_string).collect();
-            json!({ "version": v.version, "stage": v.stage, "endpoints": endpoints, "stage_owner": owner })
+            let grpc: Vec<String> = v.grpc_endpoints.iter().map(ToString::to_string).collect();
+            json!({ "version": v.version, "stage": v.stage, "endpoints": endpoints,
+                    "grpc_endpoints": grpc, "stage_owner": owner })
         })
         .collect();
     let current = model.production().map(|v| v.version.as_str());

@@ -140,6 +140,8 @@ pub struct RawVersion {
     pub stage: String,
     #[serde(default)]
     pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub grpc_endpoints: Vec<String>,
     pub max_concurrent_requests: Option<u64>,
 }
 

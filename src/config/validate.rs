@@ -315,18 +315,12 @@ fn validate_version(raw: &RawVersion, path: &str, errors: &mut Errors) -> Option
             "needs at least one endpoint URL",
         );
     }
-    let mut seen = HashSet::new();
-    let mut endpoints = Vec::with_capacity(raw.endpoints.len());
-    for (k, text) in raw.endpoints.iter().enumerate() {
-        let epath = format!("{path}.endpoints[{k}]");
-        match EndpointUrl::parse(text) {
-            Ok(url) if !seen.insert(url.clone()) => {
-                errors.push(epath, format!("duplicate endpoint {url}"));
-            }
-            Ok(url) => endpoints.push(url),
-            Err(e) => errors.push(epath, e.to_string()),
-        }
-    }
+    let endpoints = endpoint_urls(&raw.endpoints, &format!("{path}.endpoints"), errors);
+    let grpc_endpoints = endpoint_urls(
+        &raw.grpc_endpoints,
+        &format!("{path}.grpc_endpoints"),
+        errors,
+    );
     if raw.max_concurrent_requests == Some(0) {
         errors.push(
             format!("{path}.max_concurrent_requests"),
@@ -337,10 +331,28 @@ fn validate_version(raw: &RawVersion, path: &str, errors: &mut Errors) -> Option
         version: raw.version.clone(),
         stage: stage?,
         endpoints,
+        grpc_endpoints,
         max_concurrent_requests: raw
             .max_concurrent_requests
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     })
+}
+
+/// The URLs of a list of endpoints, each error at its index in `path`.
+fn endpoint_urls(texts: &[String], path: &str, errors: &mut Errors) -> Vec<EndpointUrl> {
+    let mut seen = HashSet::new();
+    let mut urls = Vec::with_capacity(texts.len());
+    for (k, text) in texts.iter().enumerate() {
+        let at = format!("{path}[{k}]");
+        match EndpointUrl::parse(text) {
+            Ok(url) if !seen.insert(url.clone()) => {
+                errors.push(at, format!("duplicate endpoint {url}"));
+            }
+            Ok(url) => urls.push(url),
+            Err(e) => errors.push(at, e.to_string()),
+        }
+    }
+    urls
 }
 
 fn identifier_message(name: &str) -> String {

@@ -44,6 +44,10 @@ pub enum CtlCommand {
         /// Base URL of a model server (repeat for several).
         #[arg(long = "endpoint", required = true)]
         endpoints: Vec<String>,
+        /// Base URL of the model server's gRPC listener (HTTP/2 cleartext;
+        /// repeat for several).
+        #[arg(long = "grpc-endpoint")]
+        grpc_endpoints: Vec<String>,
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -220,9 +224,11 @@ async fn call(client: &AdminClient, command: &CtlCommand) -> Result<Value, CtlEr
             model,
             version,
             endpoints,
+            grpc_endpoints,
             reason,
         } => {
-            let body = json!({ "version": version, "endpoints": endpoints, "reason": reason });
+            let body = json!({ "version": version, "endpoints": endpoints,
+                               "grpc_endpoints": grpc_endpoints, "reason": reason });
             client
                 .post(&format!("{models}/{model}/versions"), &body)
                 .await

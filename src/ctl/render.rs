@@ -95,6 +95,7 @@ pub fn model(answer: &Value) -> String {
                 text(&v["stage"]),
                 text(&v["stage_owner"]),
                 list(&v["endpoints"]),
+                list(&v["grpc_endpoints"]),
             ]
         })
         .collect();
@@ -106,7 +107,16 @@ pub fn model(answer: &Value) -> String {
         text(&answer["health_path"]),
         text(&answer["routing_revision"]),
         text(&answer["registry_revision"]),
-        table(&["VERSION", "STAGE", "STAGE FROM", "ENDPOINTS"], &rows),
+        table(
+            &[
+                "VERSION",
+                "STAGE",
+                "STAGE FROM",
+                "ENDPOINTS",
+                "GRPC ENDPOINTS"
+            ],
+            &rows
+        ),
     )
 }
 

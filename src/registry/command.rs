@@ -13,6 +13,8 @@ pub enum Command {
         model: String,
         version: String,
         endpoints: Vec<String>,
+        /// Where the version answers gRPC, if it does.
+        grpc_endpoints: Vec<String>,
         reason: String,
     },
     Transition {

@@ -74,6 +74,9 @@ pub struct LedgerVersion {
     /// whose endpoints follow the config.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    /// gRPC endpoints given at registration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_endpoints: Vec<String>,
 }
 
 /// A record that does not follow the ledger's last one.
@@ -103,6 +106,7 @@ impl Ledger {
                 .or_insert_with(|| LedgerVersion {
                     stage,
                     endpoints: Vec::new(),
+                    grpc_endpoints: Vec::new(),
                 });
             entry.stage = stage;
         }
@@ -110,6 +114,7 @@ impl Ledger {
             && let Some(entry) = model.versions.get_mut(&record.version)
         {
             entry.endpoints.clone_from(&record.endpoints);
+            entry.grpc_endpoints.clone_from(&record.grpc_endpoints);
         }
         if let Some(shadow) = &record.shadow {
             model.shadow = Some(shadow.clone());
@@ -229,6 +234,7 @@ mod tests {
             } else {
                 vec![]
             },
+            grpc_endpoints: vec![],
             also,
         })
     }

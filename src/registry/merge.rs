@@ -83,10 +83,12 @@ fn merge_model(config: &ModelSpec, ledger: &Ledger, warnings: &mut Vec<String>) 
                 config.name, journal.stage
             ));
         }
+        let grpc_endpoints = parse_endpoints(&config.name, id, &journal.grpc_endpoints, warnings);
         versions.push(VersionSpec {
             version: id.clone(),
             stage: journal.stage,
             endpoints,
+            grpc_endpoints,
             max_concurrent_requests: None,
         });
     }
@@ -195,6 +197,7 @@ mod tests {
                 to: Some(Stage::Production),
                 reason: String::new(),
                 endpoints: vec![],
+                grpc_endpoints: Vec::new(),
                 also: vec![Move {
                     version: archived.into(),
                     from: Stage::Production,

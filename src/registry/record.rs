@@ -60,6 +60,9 @@ pub struct Record {
     /// Endpoints of a registered version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    /// gRPC endpoints of a registered version (HTTP/2 cleartext).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_endpoints: Vec<String>,
     /// Other versions moved by the same change (the production version a
     /// promotion or rollback archives).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -158,6 +161,7 @@ mod tests {
             observed: None,
             reason: "shadow agreement 99.7%".into(),
             endpoints: vec![],
+            grpc_endpoints: Vec::new(),
             also: vec![Move {
                 version: "2".into(),
                 from: Stage::Production,

@@ -30,8 +30,15 @@ pub fn plan(
             model,
             version,
             endpoints,
+            grpc_endpoints,
             reason,
-        } => register(find(models, model)?, version, endpoints, reason)?,
+        } => register(
+            find(models, model)?,
+            version,
+            endpoints,
+            grpc_endpoints,
+            reason,
+        )?,
         Command::Transition {
             model,
             version,
@@ -151,6 +158,7 @@ fn draft(
         to: Some(to),
         reason: reason.to_string(),
         endpoints: Vec::new(),
+        grpc_endpoints: Vec::new(),
         also: Vec::new(),
         shadow: None,
         canary: None,
@@ -203,6 +211,7 @@ fn register(
     model: &ModelSpec,
     version: &str,
     endpoints: &[String],
+    grpc_endpoints: &[String],
     reason: &str,
 ) -> Result<Record, RegistryError> {
     if !is_valid_identifier(version) {
@@ -217,7 +226,14 @@ fn register(
             version: version.to_string(),
         });
     }
-    let parsed = validate_endpoints(endpoints)?;
+    if endpoints.is_empty() {
+        return Err(RegistryError::Invalid {
+            field: "endpoints",
+            message: "at least one endpoint URL is needed".to_string(),
+        });
+    }
+    let parsed = validate_endpoints("endpoints", endpoints)?;
+    let grpc = validate_endpoints("grpc_endpoints", grpc_endpoints)?;
     let mut record = draft(
         Action::Register,
         model,
@@ -227,17 +243,15 @@ fn register(
         reason,
     );
     record.endpoints = parsed.iter().map(EndpointUrl::to_string).collect();
+    record.grpc_endpoints = grpc.iter().map(EndpointUrl::to_string).collect();
     Ok(record)
 }
 
-fn validate_endpoints(endpoints: &[String]) -> Result<Vec<EndpointUrl>, RegistryError> {
-    let invalid = |message: String| RegistryError::Invalid {
-        field: "endpoints",
-        message,
-    };
-    if endpoints.is_empty() {
-        return Err(invalid("at least one endpoint URL is needed".to_string()));
-    }
+fn validate_endpoints(
+    field: &'static str,
+    endpoints: &[String],
+) -> Result<Vec<EndpointUrl>, RegistryError> {
+    let invalid = |message: String| RegistryError::Invalid { field, message };
     let mut parsed: Vec<EndpointUrl> = Vec::with_capacity(endpoints.len());
     for (i, text) in endpoints.iter().enumerate() {
         let url = EndpointUrl::parse(text).map_err(|e| invalid(format!("[{i}]: {e}")))?;

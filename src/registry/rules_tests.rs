@@ -146,6 +146,7 @@ fn registration_lands_in_staging_and_checks_its_input() {
         model: "m".into(),
         version: version.into(),
         endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+        grpc_endpoints: vec![],
         reason: String::new(),
     };
     let record = plan(
@@ -177,6 +178,41 @@ fn registration_lands_in_staging_and_checks_its_input() {
             code,
             "{command:?}"
         );
+    }
+}
+
+#[test]
+fn grpc_endpoints_are_registered_beside_the_http_ones_and_checked() {
+    let register = |grpc: &[&str]| Command::Register {
+        model: "m".into(),
+        version: "5".into(),
+        endpoints: vec!["http://v5:8000".into()],
+        grpc_endpoints: grpc.iter().map(|e| e.to_string()).collect(),
+        reason: String::new(),
+    };
+    let record = plan(
+        &models(),
+        &Ledger::default(),
+        &register(&["http://v5:8001/"]),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(record.grpc_endpoints, ["http://v5:8001"]);
+    let mut ledger = Ledger::default();
+    ledger
+        .apply(Arc::new(Record {
+            revision: 1,
+            ..record
+        }))
+        .unwrap();
+    assert_eq!(
+        ledger.model("m").unwrap().versions["5"].grpc_endpoints,
+        ["http://v5:8001"]
+    );
+    for bad in [&["ftp://x"][..], &["http://a:1", "http://a:1"]] {
+        let refused = plan(&models(), &Ledger::default(), &register(bad), "t").unwrap_err();
+        assert_eq!(refused.code(), "invalid_request", "{bad:?}");
+        assert!(refused.to_string().contains("grpc_endpoints"), "{refused}");
     }
 }
 

@@ -341,6 +341,7 @@ impl Task {
                     to: Some(version.stage),
                     reason: "first seen in the config".to_string(),
                     endpoints: Vec::new(),
+                    grpc_endpoints: Vec::new(),
                     also: Vec::new(),
                     shadow: None,
                     canary: None,

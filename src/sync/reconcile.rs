@@ -228,6 +228,8 @@ fn register(inputs: &Inputs, version: &str, reason: String) -> Option<Command> {
         model: inputs.model.name.clone(),
         version: version.to_string(),
         endpoints,
+        // MLflow tags name HTTP endpoints only, for now.
+        grpc_endpoints: Vec::new(),
         reason,
     })
 }

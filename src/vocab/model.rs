@@ -78,6 +78,10 @@ pub struct VersionSpec {
     pub version: String,
     pub stage: Stage,
     pub endpoints: Vec<EndpointUrl>,
+    /// Where the version answers gRPC (HTTP/2 cleartext), since servers listen
+    /// for it on a port of its own (Triton 8001, KServe 8081); empty if it
+    /// does not.
+    pub grpc_endpoints: Vec<EndpointUrl>,
     /// Requests this version may serve at once (on top of the gateway's limit).
     pub max_concurrent_requests: Option<usize>,
 }

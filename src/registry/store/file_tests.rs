@@ -19,6 +19,7 @@ fn record(revision: u64, version: &str) -> Record {
         to: Some(Stage::Staging),
         reason: String::new(),
         endpoints: vec![format!("http://v{version}:1")],
+        grpc_endpoints: vec![format!("http://v{version}:2")],
         also: vec![],
         shadow: None,
         canary: None,
