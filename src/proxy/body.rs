@@ -14,6 +14,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -43,6 +44,8 @@ pin_project! {
             stream: Streaming,
         },
         Local { #[pin] body: Full<Bytes> },
+        /// A body of the gateway's own followed by trailers (a gRPC answer).
+        Trailed { data: Option<Bytes>, trailers: Option<HeaderMap> },
     }
 }
 
@@ -69,6 +72,16 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Local {
                 body: Full::new(bytes),
+            },
+        }
+    }
+
+    /// A body of the gateway's own, then `trailers`.
+    pub fn trailed(data: Bytes, trailers: HeaderMap) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Trailed {
+                data: Some(data),
+                trailers: Some(trailers),
             },
         }
     }
@@ -185,6 +198,10 @@ impl Body for ResponseBody {
                 Some(Err(never)) => match never {},
                 None => Poll::Ready(None),
             },
+            KindProj::Trailed { data, trailers } => Poll::Ready(match data.take() {
+                Some(data) => Some(Ok(Frame::data(data))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
             KindProj::Upstream { mut body, stream } => match body.as_mut().poll_frame(cx) {
                 Poll::Ready(frame) => {
                     // Progress: the next wait gets a full idle period.
@@ -201,6 +218,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Upstream { body, .. } => body.is_end_stream(),
             Kind::Local { body } => body.is_end_stream(),
+            Kind::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
         }
     }
 
@@ -208,6 +226,9 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Local { body } => body.size_hint(),
+            Kind::Trailed { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ use tower::{Service, ServiceBuilder};
 use super::admit::{Admit, AdmitLayer};
 use super::balance::{Balance, BalanceLayer};
 use super::forward::Forward;
+use super::grpc::{GrpcProxy, is_grpc};
 use super::mirror::{Mirror, MirrorLayer};
 use super::read_ahead::{ReadAhead, ReadAheadLayer};
 use super::respond::{Respond, RespondLayer};
@@ -36,6 +37,8 @@ type Stack = Respond<ServerCalls<Admit<Route<ReadAhead<Balance<Mirror<Forward>>>
 pub struct Proxy {
     router: Arc<Router>,
     stack: Stack,
+    /// gRPC calls, routed by the model their first message names.
+    grpc: GrpcProxy,
 }
 
 impl Proxy {
@@ -58,12 +61,18 @@ impl Proxy {
         )?;
         let budget = BodyBudget::new(limits.max_buffered_body_bytes);
         show_budget(&router, &budget);
+        // HTTP requests and gRPC calls share the gateway's admission.
+        let admission = Admission::new(limits.max_concurrent_requests);
+        let grpc = GrpcProxy::new(
+            Arc::clone(&router),
+            Arc::clone(&admission),
+            UpstreamClient::new(PoolKind::Primary, limits.connect_timeout),
+            &limits,
+        );
         let stack = ServiceBuilder::new()
             .layer(RespondLayer::new(Arc::clone(&router)))
             .layer(ServerCallsLayer::new(Arc::clone(&router)))
-            .layer(AdmitLayer::new(Admission::new(
-                limits.max_concurrent_requests,
-            )))
+            .layer(AdmitLayer::new(admission))
             .layer(RouteLayer::new(
                 Arc::clone(&router),
                 limits.max_header_bytes,
@@ -85,7 +94,11 @@ impl Proxy {
                 limits.max_body_bytes,
                 limits.ejection,
             ));
-        Ok(Proxy { router, stack })
+        Ok(Proxy {
+            router,
+            stack,
+            grpc,
+        })
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -103,6 +116,9 @@ impl Proxy {
             peer: peer.clone(),
             started: Instant::now(),
         };
+        if is_grpc(&inbound.request) {
+            return self.grpc.answer(inbound).await;
+        }
         let mut stack = &self.stack;
         match stack.call(inbound).await {
             Ok(answer) => answer,

@@ -12,6 +12,7 @@ mod connection;
 mod error;
 mod forward;
 pub(crate) mod framing;
+mod grpc;
 mod handler;
 pub mod headers;
 mod mirror;

@@ -135,23 +135,30 @@ pub fn resolve<'t>(
     if parsed.strip > 0 && path::parse(&path[parsed.strip..]).is_some() {
         return Err(RouteError::NestedModelPath(path.to_string()));
     }
-    let model = table
-        .model(parsed.model)
-        .ok_or_else(|| RouteError::UnknownModel(parsed.model.to_string()))?;
-    let version = pinned_version(parsed.version, headers)?;
-    let route = choose(
-        model,
-        parsed.model,
-        version,
-        pinned_stage(headers)?,
-        headers,
-    )?;
+    let (model, route) = resolve_model(table, parsed.model, parsed.version, headers)?;
     Ok(Resolved {
         model,
         route,
         strip: parsed.strip,
         status_call: parsed.status_call,
     })
+}
+
+/// Chooses the version route of `name` for a call that names the model itself
+/// (a gRPC call's `model_name`), pinned to `version` if the call names one, and
+/// by the pin headers.
+pub fn resolve_model<'t>(
+    table: &'t RoutingTable,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(&'t ModelRoutes, &'t Arc<VersionRoute>), RouteError> {
+    let model = table
+        .model(name)
+        .ok_or_else(|| RouteError::UnknownModel(name.to_string()))?;
+    let version = pinned_version(version, headers)?;
+    let route = choose(model, name, version, pinned_stage(headers)?, headers)?;
+    Ok((model, route))
 }
 
 /// The route the pins (or their absence: production) select.

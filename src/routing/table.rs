@@ -60,6 +60,8 @@ pub struct VersionRoute {
     version: String,
     stage: ServedStage,
     endpoints: Vec<Arc<Endpoint>>,
+    /// Where the version answers gRPC; empty if it does not.
+    grpc_endpoints: Vec<Arc<Endpoint>>,
     pub metrics: RouteMetrics,
     pub headers: RouteHeaders,
     /// Live measurements, carried across tables for the same version and stage.
@@ -190,6 +192,11 @@ impl ModelRoutes {
                 .iter()
                 .map(|url| endpoints.get(url))
                 .collect();
+            let grpc = spec
+                .grpc_endpoints
+                .iter()
+                .map(|url| endpoints.get(url))
+                .collect();
             let before = previous.and_then(|p| p.route(&spec.version, stage));
             let stats = before.map_or_else(Arc::default, |r| Arc::clone(&r.stats));
             let admission = spec.max_concurrent_requests.map(|limit| {
@@ -201,6 +208,7 @@ impl ModelRoutes {
             let mut route =
                 VersionRoute::new(&model.name, &spec.version, stage, eps, telemetry, stats);
             route.admission = admission;
+            route.grpc_endpoints = grpc;
             Arc::new(route)
         };
         let production = versions_in(model, Stage::Production)
@@ -300,6 +308,7 @@ impl VersionRoute {
             version: version.to_string(),
             stage,
             endpoints,
+            grpc_endpoints: Vec::new(),
             stats,
             admission: None,
             metrics: telemetry.route_metrics(model, version, stage.as_str()),
@@ -331,6 +340,15 @@ impl VersionRoute {
     /// ejected), or `None` when every endpoint is ejected.
     pub fn pick_endpoint(&self) -> Option<&Arc<Endpoint>> {
         upstream::pick(&self.endpoints)
+    }
+
+    pub fn grpc_endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.grpc_endpoints
+    }
+
+    /// The gRPC endpoint for the next call, as [`Self::pick_endpoint`] picks.
+    pub fn pick_grpc_endpoint(&self) -> Option<&Arc<Endpoint>> {
+        upstream::pick(&self.grpc_endpoints)
     }
 }
 

@@ -99,15 +99,21 @@ impl UpstreamClient {
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<PooledConn, UpstreamError> {
+        let stream = self.open_tcp(endpoint).await?;
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| unreachable(endpoint, error_chain(&error)))?;
+        Ok(UpstreamConn::new(sender, driver))
+    }
+
+    /// A TCP connection to `endpoint`, set up for requests.
+    pub(super) async fn open_tcp(&self, endpoint: &Endpoint) -> Result<TcpStream, UpstreamError> {
         let stream = self.open_stream(endpoint).await?;
         // Both are optimisations; a socket that refuses them still works.
         let _ = stream.set_nodelay(true);
         let _ =
             SockRef::from(&stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| unreachable(endpoint, error_chain(&error)))?;
-        Ok(UpstreamConn::new(sender, driver))
+        Ok(stream)
     }
 
     /// Resolves the endpoint's host and connects to its addresses in turn, all
@@ -151,7 +157,7 @@ impl UpstreamClient {
     }
 }
 
-fn unreachable(endpoint: &Endpoint, message: String) -> UpstreamError {
+pub(super) fn unreachable(endpoint: &Endpoint, message: String) -> UpstreamError {
     UpstreamError::Unreachable {
         endpoint: endpoint.url().to_string(),
         message,

@@ -14,6 +14,7 @@ use http::HeaderValue;
 use http::uri::Authority;
 
 use super::health::Health;
+use super::multiplexed::Multiplexed;
 use super::pool::EndpointPools;
 use crate::vocab::EndpointUrl;
 
@@ -26,6 +27,8 @@ pub struct Endpoint {
     pub health: Health,
     /// Idle keep-alive connections to this server.
     pub pools: EndpointPools,
+    /// The HTTP/2 connection gRPC calls share (gRPC endpoints only).
+    pub h2: Multiplexed,
 }
 
 impl Endpoint {
@@ -38,6 +41,7 @@ impl Endpoint {
             outstanding: AtomicUsize::new(0),
             health: Health::default(),
             pools: EndpointPools::default(),
+            h2: Multiplexed::default(),
         }
     }
 

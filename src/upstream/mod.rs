@@ -14,6 +14,7 @@ mod endpoint;
 mod error;
 pub mod health;
 mod idle_stack;
+pub mod multiplexed;
 pub mod pool;
 pub mod request_body;
 
