@@ -16,7 +16,7 @@ mod oip_server;
 use std::sync::OnceLock;
 
 use http::Method;
-use oip_server::{ModelServer, run_clients};
+use oip_server::{ModelServer, run_clients, run_grpc_clients};
 use serde_json::Value;
 
 const REQUESTS: usize = 4;
@@ -39,18 +39,32 @@ fn servers() -> &'static Servers {
     })
 }
 
+/// `adder` and `drift`: version 0 archived, 1 in production, 2 in staging and
+/// shadowed, each with its HTTP and gRPC endpoints; `http-only`: a production
+/// version without gRPC endpoints.
 fn config(servers: &Servers) -> String {
+    let (production, staging) = (&servers.production, &servers.staging);
+    let version = |id: &str, stage: &str, server: &ModelServer| {
+        format!(
+            "[[models.versions]]\nversion = \"{id}\"\nstage = \"{stage}\"\nendpoints = [\"{}\"]\n\
+             grpc_endpoints = [\"{}\"]\n",
+            server.url(),
+            server.grpc_url()
+        )
+    };
     let mut text = String::from("[server]\n");
     for model in ["adder", "drift"] {
-        text.push_str(&format!(
-            "[[models]]\nname = \"{model}\"\n\
-             [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"{}\"]\n\
-             [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"{}\"]\n\
-             [models.shadow]\npercent = 100.0\n[models.compare]\nmode = \"oip\"\n",
-            servers.production.url(),
-            servers.staging.url(),
-        ));
+        text.push_str(&format!("[[models]]\nname = \"{model}\"\n"));
+        text.push_str(&version("0", "archived", production));
+        text.push_str(&version("1", "production", production));
+        text.push_str(&version("2", "staging", staging));
+        text.push_str("[models.shadow]\npercent = 100.0\n[models.compare]\nmode = \"oip\"\n");
     }
+    text.push_str(&format!(
+        "[[models]]\nname = \"http-only\"\n[[models.versions]]\nversion = \"1\"\n\
+         stage = \"production\"\nendpoints = [\"{}\"]\n",
+        production.url()
+    ));
     text
 }
 
@@ -97,6 +111,67 @@ async fn the_official_clients_get_through_the_gateway_what_they_get_from_the_ser
             .as_array()
             .unwrap()
             .contains(&Value::from("binary_tensor_data"))
+    );
+    let models = common::send(
+        &common::client(),
+        Method::GET,
+        &format!("http://{}/v1/models", gateway.data_addr()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        models.json()["models"],
+        serde_json::json!(["adder", "drift", "http-only"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_over_grpc_gets_through_the_gateway_what_it_gets_from_the_server() {
+    let servers = servers();
+    let gateway = common::gateway(&config(servers)).await;
+    let (through, direct) = (gateway.data_addr(), servers.production.grpc);
+    let report =
+        tokio::task::spawn_blocking(move || run_grpc_clients(through, direct, "adder", REQUESTS))
+            .await
+            .expect("the gRPC clients ran");
+    let (via, server) = (&report["gateway"], &report["direct"]);
+    for (check, got) in via.as_object().unwrap() {
+        if check != "server_metadata" {
+            assert_eq!(got, &server[check], "{check}");
+        }
+    }
+    assert_eq!(via["server_live"], true);
+    assert_eq!(via["server_ready"], true);
+    assert_eq!(via["server_metadata"]["name"], "stagegate");
+    assert_eq!(via["infer"].as_array().unwrap().len(), REQUESTS);
+    assert_eq!(
+        via["infer_gzip"], via["infer"],
+        "gzip-compressed calls are routed"
+    );
+    let refusals = &report["refusals"];
+    let status = |name: &str| refusals[name].as_str().unwrap().to_string();
+    assert!(
+        status("unknown_model").starts_with("StatusCode.NOT_FOUND"),
+        "{refusals}"
+    );
+    assert!(
+        status("archived_pin").starts_with("StatusCode.PERMISSION_DENIED"),
+        "{refusals}"
+    );
+    assert!(
+        status("no_grpc_endpoints").starts_with("StatusCode.UNAVAILABLE"),
+        "{refusals}"
+    );
+    assert!(
+        status("no_grpc_endpoints").contains("grpc_endpoints"),
+        "{refusals}"
+    );
+    // model_version pins the staging version, as the HTTP path's pin does.
+    let staged = &refusals["pinned_staging"][0];
+    assert!(
+        (staged[0].as_f64().unwrap() - 1.5001).abs() < 1e-6,
+        "{staged}"
     );
 }
 

@@ -17,13 +17,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// A running KServe model server; killed when dropped.
 pub struct ModelServer {
     pub http: SocketAddr,
+    pub grpc: SocketAddr,
     log: PathBuf,
     child: Mutex<Option<Child>>,
 }
 
 impl ModelServer {
-    /// Serves `models` (`name=offset`) as `version`, and waits until it is ready.
-    /// Its gRPC listener gets a free port too (KServe always opens one).
+    /// Serves `models` (`name=offset`) as `version` over HTTP and gRPC, and waits
+    /// until it is ready.
     pub fn start(version: &str, models: &[&str]) -> ModelServer {
         let (http, grpc) = (loopback(free_port()), loopback(free_port()));
         let dir = workspace().join("target/oip-tests");
@@ -52,6 +53,7 @@ impl ModelServer {
         );
         ModelServer {
             http,
+            grpc,
             log: log.clone(),
             child: Mutex::new(Some(child)),
         }
@@ -59,6 +61,10 @@ impl ModelServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
     }
 
     pub fn log(&self) -> String {
@@ -74,16 +80,36 @@ impl Drop for ModelServer {
     }
 }
 
-/// Runs `tests/oip/clients.py` against `gateway` and `direct` for `model`, and
-/// returns what it printed.
+/// Runs `tests/oip/clients.py` (HTTP: tritonclient and the kserve SDK) against
+/// `gateway` and `direct` for `model`, and returns what it printed.
 pub fn run_clients(
     gateway: SocketAddr,
     direct: SocketAddr,
     model: &str,
     requests: usize,
 ) -> serde_json::Value {
+    run_script("clients.py", gateway, direct, model, requests)
+}
+
+/// Runs `tests/oip/grpc_clients.py` (tritonclient's gRPC client) likewise.
+pub fn run_grpc_clients(
+    gateway: SocketAddr,
+    direct: SocketAddr,
+    model: &str,
+    requests: usize,
+) -> serde_json::Value {
+    run_script("grpc_clients.py", gateway, direct, model, requests)
+}
+
+fn run_script(
+    script: &str,
+    gateway: SocketAddr,
+    direct: SocketAddr,
+    model: &str,
+    requests: usize,
+) -> serde_json::Value {
     let output = Command::new(python())
-        .arg(workspace().join("tests/oip/clients.py"))
+        .arg(workspace().join("tests/oip").join(script))
         .args([
             "--gateway",
             &gateway.to_string(),
@@ -95,13 +121,13 @@ pub fn run_clients(
         .expect("python runs");
     assert!(
         output.status.success(),
-        "the clients failed ({}):\n{}",
+        "{script} failed ({}):\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
-            "the clients printed no JSON ({e}):\n{}",
+            "{script} printed no JSON ({e}):\n{}",
             String::from_utf8_lossy(&output.stdout)
         )
     })
