@@ -105,6 +105,7 @@ pub fn binary_answer(data: &[u8]) {
         status: 200,
         body,
         binary_header: Some(length),
+        grpc: false,
     };
     let verdict = json.compare(binary, Answer::plain(200, &plain));
     assert!(verdict.matched, "{verdict:?}");

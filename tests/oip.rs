@@ -127,7 +127,8 @@ async fn the_official_clients_get_through_the_gateway_what_they_get_from_the_ser
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tritonclient_over_grpc_gets_through_the_gateway_what_it_gets_from_the_server() {
+async fn tritonclient_over_grpc_gets_through_the_gateway_what_it_gets_from_the_server_and_is_shadowed()
+ {
     let servers = servers();
     let gateway = common::gateway(&config(servers)).await;
     let (through, direct) = (gateway.data_addr(), servers.production.grpc);
@@ -173,6 +174,24 @@ async fn tritonclient_over_grpc_gets_through_the_gateway_what_it_gets_from_the_s
         (staged[0].as_f64().unwrap() - 1.5001).abs() < 1e-6,
         "{staged}"
     );
+
+    // Unary inference calls (plain and gzip) were mirrored and compared as
+    // tensors: the close candidate agrees, the drifting one does not.
+    let mirrored = 2 * REQUESTS as u64;
+    let settled = |report: &Value| report["compared"].as_u64() == Some(mirrored);
+    let close = wait_for_report(&gateway, "adder", settled).await;
+    assert_eq!(close["agreement"]["agreement"], 1.0, "{close}");
+    assert_eq!(
+        close["mirrored"], mirrored,
+        "readiness and metadata calls are not mirrored"
+    );
+    assert_eq!(close["dropped"]["primary_incomplete"], 0, "{close}");
+    let (through, direct) = (gateway.data_addr(), servers.production.grpc);
+    tokio::task::spawn_blocking(move || run_grpc_clients(through, direct, "drift", REQUESTS))
+        .await
+        .expect("the gRPC clients ran");
+    let drifting = wait_for_report(&gateway, "drift", settled).await;
+    assert_eq!(drifting["agreement"]["agreement"], 0.0, "{drifting}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

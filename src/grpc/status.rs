@@ -36,6 +36,34 @@ impl Code {
     pub fn as_u8(self) -> u8 {
         self as u8
     }
+
+    /// The code of a `grpc-status` value; values past the specification's are
+    /// `Unknown`, as gRPC reads them.
+    pub fn from_u8(value: u8) -> Code {
+        const CODES: [Code; 17] = [
+            Code::Ok,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unavailable,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ];
+        CODES
+            .get(usize::from(value))
+            .copied()
+            .unwrap_or(Code::Unknown)
+    }
 }
 
 /// A trailers-only answer: HTTP 200 with the status in its headers and no
@@ -76,6 +104,34 @@ pub fn percent_encode(message: &str) -> String {
     encoded
 }
 
+/// The `grpc-status` in `headers` (trailers, or the head of a trailers-only
+/// answer), if there is one; codes the gateway does not tell apart are `Internal`.
+pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    let value: u8 = headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()?;
+    Some(Code::from_u8(value))
+}
+
+/// The HTTP status a gRPC outcome counts as in the metrics and the rollout
+/// gates (gRPC answers are always HTTP 200), as gRPC's HTTP mapping has it.
+pub fn http_equivalent(code: Code, http: StatusCode) -> StatusCode {
+    match code {
+        Code::Ok => http,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +143,22 @@ mod tests {
             "model \"x\" not found"
         );
         assert_eq!(percent_encode("100% é\n"), "100%25 %C3%A9%0A");
+    }
+
+    #[test]
+    fn codes_read_back_and_map_to_http_as_grpc_says() {
+        for value in 0..=16 {
+            assert_eq!(Code::from_u8(value).as_u8(), value);
+        }
+        assert_eq!(Code::from_u8(99), Code::Unknown);
+        assert_eq!(
+            http_equivalent(Code::Unavailable, StatusCode::OK),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(http_equivalent(Code::Ok, StatusCode::OK), StatusCode::OK);
+        let mut trailers = HeaderMap::new();
+        put_status(&mut trailers, Code::NotFound, "gone");
+        assert_eq!(grpc_status(&trailers), Some(Code::NotFound));
     }
 
     #[test]

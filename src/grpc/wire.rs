@@ -117,6 +117,23 @@ pub fn last_string(message: &[u8], number: u64) -> Result<Option<&str>, WireErro
     Ok(found)
 }
 
+/// `message` with every value of field `number` replaced by one string `value`
+/// (written last; the other fields keep their bytes and order).
+pub fn with_string(message: &[u8], number: u64, value: &str) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(message.len() + value.len() + 8);
+    let mut rest = message;
+    while !rest.is_empty() {
+        let before = rest;
+        let (field, _) = read_field(&mut rest)?;
+        if field != number {
+            out.extend_from_slice(&before[..before.len() - rest.len()]);
+        }
+    }
+    let mut writer = Writer { bytes: out };
+    writer.string(number, value);
+    Ok(writer.finish())
+}
+
 /// Writes messages: fields appended in the order they are put.
 #[derive(Debug, Default)]
 pub struct Writer {

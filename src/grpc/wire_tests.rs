@@ -109,6 +109,16 @@ fn varints_round_trip_at_their_boundaries() {
     }
 }
 
+#[test]
+fn a_string_field_is_replaced_and_the_rest_kept() {
+    let message = request(&[(1, b"adder"), (2, b"1"), (7, b"tensor"), (2, b"1")]);
+    let repinned = with_string(&message, 2, "3").unwrap();
+    assert_eq!(last_string(&repinned, 2), Ok(Some("3")));
+    assert_eq!(last_string(&repinned, 1), Ok(Some("adder")));
+    let kinds: Vec<u64> = fields(&repinned).map(|f| f.unwrap().0).collect();
+    assert_eq!(kinds, [1, 7, 2]);
+}
+
 proptest! {
     /// Any bytes: reading returns a value or an error, never panics or loops.
     #[test]

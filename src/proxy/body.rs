@@ -143,6 +143,11 @@ impl Streaming {
                 if let (Some(capture), Some(data)) = (self.capture.as_mut(), frame.data_ref()) {
                     capture.push(data);
                 }
+                if let (Some(capture), Some(trailers)) =
+                    (self.capture.as_mut(), frame.trailers_ref())
+                {
+                    capture.trailers(trailers);
+                }
                 if ended {
                     self.capture.iter_mut().for_each(Capture::finish);
                 }

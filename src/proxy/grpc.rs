@@ -39,9 +39,10 @@ use super::respond::answered;
 use super::server_calls::{EXTENSIONS, SERVER_NAME, SERVER_VERSION, ServerCall};
 use super::stack::{Answer, Inbound};
 use crate::grpc::frame::{self, PREFIX};
-use crate::grpc::status::{Code, put_status, trailers_only};
+use crate::grpc::status::{Code, grpc_status, http_equivalent, put_status, trailers_only};
 use crate::grpc::wire::{self, Writer};
-use crate::routing::{self, RouteError, Router, VersionRoute};
+use crate::routing::{self, RouteError, Router, ServedStage, VersionRoute};
+use crate::shadow::{ModelShadow, ShadowService};
 use crate::upstream::UpstreamError;
 use crate::upstream::admission::{Admission, Permit};
 use crate::upstream::client::{UpstreamClient, record_health};
@@ -49,6 +50,7 @@ use crate::upstream::health::EjectionPolicy;
 use crate::upstream::request_body::RequestBody;
 
 const SERVICE: &str = "/inference.GRPCInferenceService/";
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// Whether `request` is a gRPC call (its content type says so).
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
@@ -109,6 +111,7 @@ impl Refused {
 /// The gRPC request path; one per gateway.
 pub struct GrpcProxy {
     router: Arc<Router>,
+    shadow: Arc<ShadowService>,
     admission: Arc<Admission>,
     client: UpstreamClient,
     request_timeout: Duration,
@@ -119,12 +122,14 @@ pub struct GrpcProxy {
 impl GrpcProxy {
     pub fn new(
         router: Arc<Router>,
+        shadow: Arc<ShadowService>,
         admission: Arc<Admission>,
         client: UpstreamClient,
         limits: &super::Limits,
     ) -> GrpcProxy {
         GrpcProxy {
             router,
+            shadow,
             admission,
             client,
             request_timeout: limits.request_timeout,
@@ -157,49 +162,65 @@ impl GrpcProxy {
                 )),
             };
         };
-        let permit = self.admission.try_admit().ok_or_else(|| {
+        let permit = self.admit()?;
+        let deadline = tokio::time::Instant::from_std(inbound.started + self.request_timeout);
+        let (mut parts, body) = inbound.request.into_parts();
+        let (first, rest) = self.first_message(body, deadline).await?;
+        let (name, version) = self.model_named(&parts, &first)?;
+        let unary_infer = rest.is_none() && parts.uri.path() == MODEL_INFER;
+        let (route, shadow) = self.route(&parts, &name, version.as_deref(), unary_infer)?;
+        let version_permit = version_permit(&route)?;
+        prepare(&mut parts, &inbound.peer);
+        let capture = shadow
+            .and_then(|shadow| shadow.sample(&parts.method, first.len(), self.shadow.cpu()))
+            .and_then(|mirror| {
+                self.shadow
+                    .dispatch_grpc(mirror, &mut parts, &first, version.is_some())
+            });
+        let body = match rest {
+            None => RequestBody::whole(first, None),
+            Some(rest) => RequestBody::streamed(first, None, rest, usize::MAX, None).0,
+        };
+        let request = Request::from_parts(parts, body);
+        let permits = [Some(permit), version_permit];
+        let mut answer = self
+            .send(request, route, deadline, permits, inbound.started)
+            .await?;
+        if let Some(capture) = capture {
+            let capture = capture.start(answer.status().as_u16(), None);
+            answer.body_mut().capture(capture);
+        }
+        Ok(answer)
+    }
+
+    fn admit(&self) -> Result<Permit, Refused> {
+        self.admission.try_admit().ok_or_else(|| {
             let limit = self.admission.limit();
             Refused::new(
                 Code::Unavailable,
                 format!("the gateway is at its limit of {limit} concurrent requests; retry later"),
             )
-        })?;
-        let deadline = tokio::time::Instant::from_std(inbound.started + self.request_timeout);
-        let (parts, body) = inbound.request.into_parts();
-        let (first, rest) = self.first_message(body, deadline).await?;
-        let (name, version) = self.model_named(&parts, &first)?;
+        })
+    }
+
+    /// The version route of the call, and the model's shadow if the call is to
+    /// be mirrored (a unary inference call that production answers).
+    fn route(
+        &self,
+        parts: &Parts,
+        name: &str,
+        version: Option<&str>,
+        unary_infer: bool,
+    ) -> Result<(Arc<VersionRoute>, Option<Arc<ModelShadow>>), Refused> {
         let table = self.router.load();
-        let (_, route) = routing::resolve_model(&table, &name, version.as_deref(), &parts.headers)
+        let (model, route) = routing::resolve_model(&table, name, version, &parts.headers)
             .map_err(refusal_of_route)?;
-        let route = Arc::clone(route);
-        drop(table);
-        let version_permit = match &route.admission {
-            Some(admission) => Some(admission.try_admit().ok_or_else(|| {
-                Refused::new(
-                    Code::Unavailable,
-                    format!(
-                        "version {} is at its limit of {} concurrent requests",
-                        route.version(),
-                        admission.limit()
-                    ),
-                )
-                .on(&route)
-            })?),
-            None => None,
-        };
-        let body = match rest {
-            None => RequestBody::whole(first, None),
-            Some(rest) => RequestBody::streamed(first, None, rest, usize::MAX, None).0,
-        };
-        let request = upstream_request(parts, body, &inbound.peer);
-        self.send(
-            request,
-            route,
-            deadline,
-            [Some(permit), version_permit],
-            inbound.started,
-        )
-        .await
+        let mirrored =
+            unary_infer && route.stage() == ServedStage::Production && model.shadow().is_active();
+        Ok((
+            Arc::clone(route),
+            mirrored.then(|| Arc::clone(model.shadow())),
+        ))
     }
 
     async fn send(
@@ -395,14 +416,23 @@ impl GrpcProxy {
     }
 }
 
-/// The request for the model server: the client's, with hop-by-hop headers and
-/// pins gone, `te: trailers` (which gRPC requires) kept, and no `Host` (HTTP/2
-/// names the server in `:authority`).
-fn upstream_request(
-    mut parts: Parts,
-    body: RequestBody,
-    peer: &HeaderValue,
-) -> Request<RequestBody> {
+/// The version's own admission slot, if it has a limit.
+fn version_permit(route: &Arc<VersionRoute>) -> Result<Option<Permit>, Refused> {
+    let Some(admission) = &route.admission else {
+        return Ok(None);
+    };
+    let permit = admission.try_admit().ok_or_else(|| {
+        let (version, limit) = (route.version(), admission.limit());
+        let message = format!("version {version} is at its limit of {limit} concurrent requests");
+        Refused::new(Code::Unavailable, message).on(route)
+    })?;
+    Ok(Some(permit))
+}
+
+/// Makes the client's call the model server's: hop-by-hop headers and pins gone,
+/// `te: trailers` (which gRPC requires) kept, and no `Host` (HTTP/2 names the
+/// server in `:authority`).
+fn prepare(parts: &mut Parts, peer: &HeaderValue) {
     let authority = parts.uri.authority().cloned();
     let placeholder = HeaderValue::from_static("");
     prepare_upstream_request(&mut parts.headers, &placeholder, peer, authority.as_ref());
@@ -414,7 +444,6 @@ fn upstream_request(
     if let Some(path) = parts.uri.path_and_query().cloned() {
         parts.uri = http::Uri::from(path);
     }
-    Request::from_parts(parts, body)
 }
 
 fn refusal_of_route(error: RouteError) -> Refused {
@@ -431,48 +460,6 @@ fn refusal_of_route(error: RouteError) -> Refused {
         | RouteError::NestedModelPath(_) => Code::InvalidArgument,
     };
     Refused::new(code, error.to_string())
-}
-
-/// A status in the head (a trailers-only answer), if there is one.
-fn grpc_status(headers: &HeaderMap) -> Option<Code> {
-    let value: u8 = headers
-        .get(crate::grpc::status::GRPC_STATUS)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(match value {
-        0 => Code::Ok,
-        4 => Code::DeadlineExceeded,
-        5 => Code::NotFound,
-        7 => Code::PermissionDenied,
-        8 => Code::ResourceExhausted,
-        12 => Code::Unimplemented,
-        14 => Code::Unavailable,
-        3 => Code::InvalidArgument,
-        _ => Code::Internal,
-    })
-}
-
-/// The HTTP status a gRPC outcome counts as in the metrics and the rollout
-/// gates (gRPC answers are always HTTP 200), as gRPC's HTTP mapping has it.
-fn http_equivalent(code: Code, http: StatusCode) -> StatusCode {
-    match code {
-        Code::Ok => http,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-    }
 }
 
 #[cfg(test)]

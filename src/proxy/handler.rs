@@ -63,8 +63,10 @@ impl Proxy {
         show_budget(&router, &budget);
         // HTTP requests and gRPC calls share the gateway's admission.
         let admission = Admission::new(limits.max_concurrent_requests);
+        let shadow = Arc::new(shadow);
         let grpc = GrpcProxy::new(
             Arc::clone(&router),
+            Arc::clone(&shadow),
             Arc::clone(&admission),
             UpstreamClient::new(PoolKind::Primary, limits.connect_timeout),
             &limits,
@@ -83,11 +85,7 @@ impl Proxy {
                 limits.request_timeout,
             ))
             .layer(BalanceLayer)
-            .layer(MirrorLayer::new(
-                Arc::new(shadow),
-                budget,
-                limits.max_body_bytes,
-            ))
+            .layer(MirrorLayer::new(shadow, budget, limits.max_body_bytes))
             .service(Forward::new(
                 UpstreamClient::new(PoolKind::Primary, limits.connect_timeout),
                 limits.request_timeout,

@@ -233,6 +233,7 @@ impl ModelRoutes {
             .map(|route| StagingTarget {
                 version: route.version(),
                 endpoints: &route.endpoints,
+                grpc_endpoints: &route.grpc_endpoints,
             })
             .collect();
         let shadow = ModelShadow::build(

@@ -109,6 +109,15 @@ impl Capture {
         }
     }
 
+    /// The answer's trailers: a gRPC answer's outcome is its `grpc-status`,
+    /// compared as the HTTP status it stands for.
+    pub fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(code) = crate::grpc::status::grpc_status(trailers) {
+            let http = http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::OK);
+            self.status = crate::grpc::status::http_equivalent(code, http).as_u16();
+        }
+    }
+
     /// The answer is complete: hand it over.
     pub fn finish(&mut self) {
         let Some(done) = self.done.take() else { return };

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, Uri};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -32,6 +32,7 @@ use super::report::{DropReason, ErrorKind};
 use super::runtime::ShadowRuntime;
 use super::worker::{CompareQueue, Job};
 use crate::config::ShadowThreads;
+use crate::grpc::status::{grpc_status, http_equivalent};
 use crate::telemetry::ShadowResult;
 use crate::upstream::admission::Permit;
 use crate::upstream::budget::Reservation;
@@ -51,8 +52,8 @@ const LAST_PRIMARY_POLL: Duration = Duration::from_millis(50);
 
 /// A request chosen for mirroring, holding its in-flight slots.
 pub struct Mirror {
-    shadow: Arc<ModelShadow>,
-    targets: Vec<(usize, Permit)>,
+    pub(super) shadow: Arc<ModelShadow>,
+    pub(super) targets: Vec<(usize, Permit)>,
 }
 
 /// The body a mirror sends.
@@ -94,6 +95,51 @@ pub struct ShadowService {
     /// How long a mirror task waits for production's answer to be complete.
     primary_wait: Duration,
     ejection: EjectionPolicy,
+}
+
+impl ShadowService {
+    /// A mirror task for `shadow`'s targets, to run on the shadow threads.
+    pub(super) fn task(
+        &self,
+        shadow: Arc<ModelShadow>,
+        request_id: String,
+        path: &str,
+        grpc: bool,
+    ) -> MirrorTask {
+        MirrorTask {
+            shadow,
+            client: self.client.clone(),
+            queue: self.queue.clone(),
+            request_id,
+            path: path.to_string(),
+            primary_wait: self.primary_wait,
+            ejection: self.ejection,
+            grpc,
+        }
+    }
+
+    /// Hands `task` to the shadow threads; whether they took it.
+    pub(super) fn submit(
+        &self,
+        task: MirrorTask,
+        requests: Vec<Prepared>,
+        body: Option<MirrorBody>,
+        primary: CaptureReceiver,
+    ) -> bool {
+        if self
+            .runtime
+            .submit(Box::pin(task.run(requests, body, primary)))
+            .is_ok()
+        {
+            return true;
+        }
+        // Only if the shadow thread died (it ends with the gateway otherwise):
+        // the mirror is lost, though counted as mirrored; say so once.
+        if !self.threads_gone.swap(true, Ordering::Relaxed) {
+            tracing::error!("the shadow threads are gone; no more mirrors are sent");
+        }
+        false
+    }
 }
 
 /// A shadow's answer.
@@ -192,28 +238,9 @@ impl ShadowService {
                 (index, permit, (request, endpoint))
             })
             .collect();
-        let task = MirrorTask {
-            shadow,
-            client: self.client.clone(),
-            queue: self.queue.clone(),
-            request_id,
-            path: original.path().to_string(),
-            primary_wait: self.primary_wait,
-            ejection: self.ejection,
-        };
-        if self
-            .runtime
-            .submit(Box::pin(task.run(requests, body, receiver)))
-            .is_err()
-        {
-            // Only if the shadow thread died (it ends with the gateway otherwise):
-            // the mirror is lost, though counted as mirrored; say so once.
-            if !self.threads_gone.swap(true, Ordering::Relaxed) {
-                tracing::error!("the shadow threads are gone; no more mirrors are sent");
-            }
-            return None;
-        }
-        Some(sender)
+        let task = self.task(shadow, request_id, original.path(), false);
+        self.submit(task, requests, Some(body), receiver)
+            .then_some(sender)
     }
 }
 
@@ -229,7 +256,7 @@ fn repinned(original: &Uri, version: &str) -> Option<Option<Uri>> {
     }
 }
 
-fn request_id(parts: &mut Parts) -> String {
+pub(super) fn request_id(parts: &mut Parts) -> String {
     if let Some(id) = parts
         .headers
         .get(&X_REQUEST_ID)
@@ -261,34 +288,44 @@ fn shadow_request(endpoint: &EndpointGuard, parts: &Parts, uri: Uri) -> Request<
     request
 }
 
-type Prepared = (usize, Permit, (Request<RequestBody>, EndpointGuard));
+pub(super) type Prepared = (usize, Permit, (Request<RequestBody>, EndpointGuard));
 
-struct MirrorTask {
-    shadow: Arc<ModelShadow>,
-    client: UpstreamClient,
-    queue: CompareQueue,
-    request_id: String,
-    path: String,
-    primary_wait: Duration,
-    ejection: EjectionPolicy,
+pub(super) struct MirrorTask {
+    pub(super) shadow: Arc<ModelShadow>,
+    pub(super) client: UpstreamClient,
+    pub(super) queue: CompareQueue,
+    pub(super) request_id: String,
+    pub(super) path: String,
+    pub(super) primary_wait: Duration,
+    pub(super) ejection: EjectionPolicy,
+    /// Mirrors of a gRPC call: sent over HTTP/2, answers read as gRPC.
+    pub(super) grpc: bool,
 }
 
 impl MirrorTask {
     /// Sends the mirrors, waits for production's answer, settles each pair. The
     /// in-flight slots are held to the end, so `max_in_flight` bounds everything
     /// a mirror holds, its answer included.
-    async fn run(self, mut requests: Vec<Prepared>, body: MirrorBody, primary: CaptureReceiver) {
-        let (bytes, _held) = match self.body(body).await {
-            Ok(body) => body,
-            Err(reason) => {
-                for (index, _permit, _request) in requests {
-                    super::dropped(&self.shadow.versions[index], reason);
+    /// `body` is `None` when every request has its own already.
+    pub(super) async fn run(
+        self,
+        mut requests: Vec<Prepared>,
+        body: Option<MirrorBody>,
+        primary: CaptureReceiver,
+    ) {
+        if let Some(body) = body {
+            let (bytes, _held) = match self.body(body).await {
+                Ok(body) => body,
+                Err(reason) => {
+                    for (index, _permit, _request) in requests {
+                        super::dropped(&self.shadow.versions[index], reason);
+                    }
+                    return;
                 }
-                return;
+            };
+            for (_, _, (request, _)) in &mut requests {
+                *request.body_mut() = RequestBody::whole(bytes.clone(), None);
             }
-        };
-        for (_, _, (request, _)) in &mut requests {
-            *request.body_mut() = RequestBody::whole(bytes.clone(), None);
         }
         let (outcomes, _permits) = self.exchange_all(requests).await;
         let primary = wait_for(primary, self.primary_wait).await;
@@ -352,7 +389,16 @@ impl MirrorTask {
             path: self.path.clone(),
             primary_wait: self.primary_wait,
             ejection: self.ejection,
+            grpc: self.grpc,
         }
+    }
+
+    /// The status an answer is compared by: the HTTP status, or for gRPC the
+    /// HTTP status its `grpc-status` (in the trailers) stands for.
+    fn status_of(&self, http: StatusCode, trailers: Option<&HeaderMap>) -> u16 {
+        let code = self.grpc.then(|| trailers.and_then(grpc_status)).flatten();
+        code.map_or(http, |code| http_equivalent(code, http))
+            .as_u16()
     }
 
     async fn exchange(
@@ -365,24 +411,26 @@ impl MirrorTask {
         let timeout = Duration::from_millis(policy.timeout_ms);
         let started = Instant::now();
         let exchange = async {
-            let sent = self
-                .client
-                .send(Arc::clone(endpoint.endpoint()), request)
-                .await;
+            let target = Arc::clone(endpoint.endpoint());
+            let sent = if self.grpc {
+                self.client.send_multiplexed(target, request).await
+            } else {
+                self.client.send(target, request).await
+            };
             // A dead staging endpoint is ejected like a production one, so mirrors
             // to it are dropped cheaply instead of paying a failed connect each.
             if is_health_evidence(&sent) {
                 record_health(endpoint.endpoint(), &sent, &self.ejection);
             }
             let response = sent.map_err(error_kind)?;
-            let status = response.status().as_u16();
+            let http_status = response.status();
             let binary_header = response.headers().get(BINARY_HEADER_LENGTH).cloned();
             let body = Limited::new(response.into_body(), policy.max_body_bytes)
                 .collect()
                 .await;
             match body {
                 Ok(collected) => Ok(Outcome::Answered(Answered {
-                    status,
+                    status: self.status_of(http_status, collected.trailers()),
                     binary_header,
                     body: collected.to_bytes(),
                     latency: started.elapsed(),
@@ -450,6 +498,7 @@ impl MirrorTask {
             shadow_binary_header: answered.binary_header,
             shadow_body: answered.body,
             shadow_latency: answered.latency,
+            grpc: self.grpc,
         };
         if !self.queue.submit(job) {
             version.report.count_dropped(DropReason::CompareQueueFull);

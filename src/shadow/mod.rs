@@ -19,6 +19,7 @@ pub mod capture;
 pub mod compare;
 pub mod cpu_share;
 mod dispatch;
+mod grpc_mirror;
 pub mod report;
 mod runtime;
 mod worker;
@@ -53,6 +54,7 @@ pub struct ModelShadow {
 pub struct StagingTarget<'a> {
     pub version: &'a str,
     pub endpoints: &'a [Arc<Endpoint>],
+    pub grpc_endpoints: &'a [Arc<Endpoint>],
 }
 
 /// One staging version: its endpoints, report and metrics, and whether the
@@ -60,6 +62,7 @@ pub struct StagingTarget<'a> {
 pub struct ShadowVersion {
     pub version: String,
     endpoints: Vec<Arc<Endpoint>>,
+    grpc_endpoints: Vec<Arc<Endpoint>>,
     pub report: Arc<VersionReport>,
     pub metrics: ShadowMetrics,
     pub targeted: bool,
@@ -69,6 +72,11 @@ impl ShadowVersion {
     /// The endpoint the next mirror goes to, or `None` when every one is ejected.
     pub fn pick_endpoint(&self) -> Option<&Arc<Endpoint>> {
         upstream::pick(&self.endpoints)
+    }
+
+    /// Likewise among its gRPC endpoints, for mirrors of gRPC calls.
+    pub fn pick_grpc_endpoint(&self) -> Option<&Arc<Endpoint>> {
+        upstream::pick(&self.grpc_endpoints)
     }
 }
 
@@ -108,6 +116,7 @@ impl ModelShadow {
                 ShadowVersion {
                     version: target.version.to_string(),
                     endpoints: target.endpoints.to_vec(),
+                    grpc_endpoints: target.grpc_endpoints.to_vec(),
                     report,
                     metrics: telemetry.shadow_metrics(&model.name, target.version),
                     targeted: policy.versions.is_empty()

@@ -48,6 +48,8 @@ pub struct Job {
     pub shadow_binary_header: Option<HeaderValue>,
     pub shadow_body: Bytes,
     pub shadow_latency: Duration,
+    /// Both answers are gRPC `ModelInferResponse` messages.
+    pub grpc: bool,
 }
 
 /// The sending side; the thread ends when every clone is dropped.
@@ -167,11 +169,13 @@ fn compare(job: Job) {
                 .primary_binary_header
                 .as_ref()
                 .map(HeaderValue::as_bytes),
+            grpc: job.grpc,
         },
         Answer {
             status: job.shadow_status,
             body: &job.shadow_body,
             binary_header: job.shadow_binary_header.as_ref().map(HeaderValue::as_bytes),
+            grpc: job.grpc,
         },
     );
     version.metrics.comparison(verdict.matched);

@@ -117,7 +117,7 @@ fn output_name(output: &Map<String, Value>) -> String {
 }
 
 /// The elements `data` holds as `datatype`, little-endian as the extension says.
-fn decode(datatype: &str, data: &[u8]) -> Result<Vec<Value>, String> {
+pub(super) fn decode(datatype: &str, data: &[u8]) -> Result<Vec<Value>, String> {
     Ok(match datatype {
         "BOOL" => fixed(data, |[b]: [u8; 1]| Value::Bool(b != 0))?,
         "UINT8" => fixed(data, |b: [u8; 1]| Value::from(u8::from_le_bytes(b)))?,

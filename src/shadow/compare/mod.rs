@@ -9,6 +9,7 @@
 //! difference.
 
 pub mod binary;
+mod grpc_answer;
 mod json;
 mod label;
 mod oip;
@@ -29,6 +30,9 @@ pub struct Answer<'a> {
     /// The `Inference-Header-Content-Length` header's value, if the answer had
     /// one: the body is a JSON header of that length and binary tensor data.
     pub binary_header: Option<&'a [u8]>,
+    /// The body is a gRPC `ModelInferResponse` message, read as the JSON
+    /// answer it stands for.
+    pub grpc: bool,
 }
 
 impl<'a> Answer<'a> {
@@ -38,6 +42,18 @@ impl<'a> Answer<'a> {
             status,
             body,
             binary_header: None,
+            grpc: false,
+        }
+    }
+
+    /// A gRPC `ModelInferResponse` answer; `status` is its gRPC outcome as
+    /// an HTTP status.
+    pub fn grpc(status: u16, body: &'a [u8]) -> Answer<'a> {
+        Answer {
+            status,
+            body,
+            binary_header: None,
+            grpc: true,
         }
     }
 }
@@ -194,11 +210,25 @@ impl Comparator {
     }
 }
 
+/// The most a compressed gRPC answer may decompress to for a comparison.
+const MAX_GRPC_ANSWER: usize = 64 << 20;
+
 /// The answer as JSON: `None` if it is not JSON, an error if it says it uses the
-/// binary extension and does not follow it.
-fn document(answer: Answer<'_>) -> Result<Option<Value>, binary::BinaryError> {
+/// binary extension or gRPC and does not follow it.
+fn document(answer: Answer<'_>) -> Result<Option<Value>, String> {
+    if answer.grpc {
+        if answer.body.is_empty() {
+            // A gRPC error answer has no message; its status says it all.
+            return Ok(Some(Value::Null));
+        }
+        return grpc_answer::document(answer.body, MAX_GRPC_ANSWER)
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
     match answer.binary_header {
-        Some(length) => binary::inline(answer.body, length).map(Some),
+        Some(length) => binary::inline(answer.body, length)
+            .map(Some)
+            .map_err(|e| e.to_string()),
         None => Ok(serde_json::from_slice(answer.body).ok()),
     }
 }

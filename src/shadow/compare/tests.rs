@@ -345,6 +345,7 @@ fn binary<'a>(answer: &'a (Vec<u8>, String)) -> Answer<'a> {
         status: 200,
         body: &answer.0,
         binary_header: Some(answer.1.as_bytes()),
+        grpc: false,
     }
 }
 
