@@ -24,7 +24,8 @@
 //!   connection limits, framing checks, graceful shutdown, and the request path
 //!   as a stack of tower services: respond, answer the protocol's server-level
 //!   calls, admit, route, read the body ahead, balance, mirror, forward through
-//!   [`upstream`]).
+//!   [`upstream`]; gRPC calls are routed by the model their first message names
+//!   and forwarded over HTTP/2).
 //! - Control plane: [`registry`] (the transition rules, the durable journal and
 //!   snapshot, the single writer, and [`registry::Published`]: the catalog
 //!   published together with the table built from it), [`rollout`] (the

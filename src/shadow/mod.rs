@@ -7,7 +7,8 @@
 //!   [`ModelShadow::sample`].
 //! - [`dispatch`]: hands the mirrors to the shadow threads with the body (shared
 //!   `Bytes`, or a streamed body's copy once it has ended); the client's response
-//!   never waits for them.
+//!   never waits for them. [`grpc_mirror`]: the same for gRPC `ModelInfer`
+//!   calls, over HTTP/2, with a pinned `model_version` naming the staging version.
 //! - [`capture`]: tees production's answer as it streams to the client.
 //! - [`runtime`]: the shadow threads; [`cpu_share`]: the share of CPU they may
 //!   use, past which mirrors are dropped.
