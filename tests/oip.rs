@@ -174,10 +174,15 @@ async fn tritonclient_over_grpc_gets_through_the_gateway_what_it_gets_from_the_s
         (staged[0].as_f64().unwrap() - 1.5001).abs() < 1e-6,
         "{staged}"
     );
+    // So does the pin header, sent as metadata.
+    assert_eq!(refusals["stage_pin_header"], refusals["pinned_staging"]);
+    // A caller's deadline (grpc-timeout) is honoured, not refused.
+    assert_eq!(refusals["with_client_timeout"], via["infer"][0]);
 
-    // Unary inference calls (plain and gzip) were mirrored and compared as
-    // tensors: the close candidate agrees, the drifting one does not.
-    let mirrored = 2 * REQUESTS as u64;
+    // Unary inference calls that production answered (plain, gzip, and the one
+    // with a deadline) were mirrored and compared as tensors: the close
+    // candidate agrees, the drifting one does not.
+    let mirrored = 2 * REQUESTS as u64 + 1;
     let settled = |report: &Value| report["compared"].as_u64() == Some(mirrored);
     let close = wait_for_report(&gateway, "adder", settled).await;
     assert_eq!(close["agreement"]["agreement"], 1.0, "{close}");

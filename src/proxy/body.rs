@@ -21,6 +21,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
+use crate::grpc::status::{grpc_status, http_equivalent};
 use crate::routing::{EndpointGuard, VersionRoute};
 use crate::shadow::capture::Capture;
 use crate::telemetry::UpstreamErrorKind;
@@ -143,10 +144,8 @@ impl Streaming {
                 if let (Some(capture), Some(data)) = (self.capture.as_mut(), frame.data_ref()) {
                     capture.push(data);
                 }
-                if let (Some(capture), Some(trailers)) =
-                    (self.capture.as_mut(), frame.trailers_ref())
-                {
-                    capture.trailers(trailers);
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.trailers(trailers);
                 }
                 if ended {
                     self.capture.iter_mut().for_each(Capture::finish);
@@ -162,6 +161,18 @@ impl Streaming {
                 self.capture = None;
             }
             None => self.capture.iter_mut().for_each(Capture::finish),
+        }
+    }
+
+    /// A gRPC answer's outcome comes in its trailers, after the head was counted
+    /// as answered: a server-side failure there counts for the rollout gates as
+    /// a failed body does.
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(capture) = self.capture.as_mut() {
+            capture.trailers(trailers);
+        }
+        if is_server_failure(trailers) {
+            self.route.stats.count_late_error();
         }
     }
 
@@ -235,5 +246,48 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+/// Whether trailers carry a gRPC status that is the server's failure (as a 5xx
+/// would be: `INTERNAL`, `UNAVAILABLE`, `DEADLINE_EXCEEDED`, ...), not the
+/// caller's (`NOT_FOUND`, `INVALID_ARGUMENT`, ...).
+fn is_server_failure(trailers: &HeaderMap) -> bool {
+    grpc_status(trailers)
+        .is_some_and(|code| http_equivalent(code, http::StatusCode::OK).is_server_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::status::{Code, put_status};
+
+    #[test]
+    fn server_side_grpc_statuses_in_trailers_count_as_failures_and_others_do_not() {
+        let with = |code| {
+            let mut trailers = HeaderMap::new();
+            put_status(&mut trailers, code, "");
+            is_server_failure(&trailers)
+        };
+        for code in [
+            Code::Internal,
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Unknown,
+        ] {
+            assert!(with(code), "{code:?}");
+        }
+        for code in [
+            Code::Ok,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::Cancelled,
+        ] {
+            assert!(!with(code), "{code:?}");
+        }
+        assert!(
+            !is_server_failure(&HeaderMap::new()),
+            "HTTP trailers without a status"
+        );
     }
 }

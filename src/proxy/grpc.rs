@@ -40,6 +40,7 @@ use super::server_calls::{EXTENSIONS, SERVER_NAME, SERVER_VERSION, ServerCall};
 use super::stack::{Answer, Inbound};
 use crate::grpc::frame::{self, PREFIX};
 use crate::grpc::status::{Code, grpc_status, http_equivalent, put_status, trailers_only};
+use crate::grpc::timeout::{self, GRPC_TIMEOUT};
 use crate::grpc::wire::{self, Writer};
 use crate::routing::{self, RouteError, Router, ServedStage, VersionRoute};
 use crate::shadow::{ModelShadow, ShadowService};
@@ -163,7 +164,7 @@ impl GrpcProxy {
             };
         };
         let permit = self.admit()?;
-        let deadline = tokio::time::Instant::from_std(inbound.started + self.request_timeout);
+        let deadline = self.deadline(&inbound)?;
         let (mut parts, body) = inbound.request.into_parts();
         let (first, rest) = self.first_message(body, deadline).await?;
         let (name, version) = self.model_named(&parts, &first)?;
@@ -191,6 +192,25 @@ impl GrpcProxy {
             answer.body_mut().capture(capture);
         }
         Ok(answer)
+    }
+
+    /// When the call must have its answer's head: the caller's `grpc-timeout`
+    /// if it is sooner than the gateway's request timeout.
+    fn deadline(&self, inbound: &Inbound) -> Result<tokio::time::Instant, Refused> {
+        let asked = match inbound.request.headers().get(GRPC_TIMEOUT) {
+            None => None,
+            Some(value) => Some(timeout::parse(value.as_bytes()).ok_or_else(|| {
+                let shown = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                Refused::new(
+                    Code::InvalidArgument,
+                    format!("grpc-timeout {shown:?} is not a timeout"),
+                )
+            })?),
+        };
+        let wait = asked.map_or(self.request_timeout, |asked| {
+            asked.min(self.request_timeout)
+        });
+        Ok(tokio::time::Instant::from_std(inbound.started + wait))
     }
 
     fn admit(&self) -> Result<Permit, Refused> {
@@ -260,10 +280,11 @@ impl GrpcProxy {
         let sent = match sent {
             Ok(sent) => sent,
             Err(_elapsed) => {
-                let timeout = self.request_timeout;
+                let waited =
+                    deadline.saturating_duration_since(tokio::time::Instant::from_std(started));
                 return Err(Refused::new(
                     Code::DeadlineExceeded,
-                    format!("the model server did not answer within {timeout:?}"),
+                    format!("the model server did not answer within {waited:?}"),
                 )
                 .on(&route));
             }

@@ -59,6 +59,8 @@ def refusals(address: str, model: str) -> dict:
         "archived_pin": status_of(lambda: infer(client, model, 0, model_version="0")),
         "no_grpc_endpoints": status_of(lambda: infer(client, "http-only", 0)),
         "pinned_staging": infer(client, model, 0, model_version="2"),
+        "stage_pin_header": infer(client, model, 0, headers={"x-stagegate-stage": "staging"}),
+        "with_client_timeout": infer(client, model, 0, client_timeout=30),
     }
     client.close()
     return results
