@@ -16,7 +16,7 @@ mod oip_server;
 use std::sync::OnceLock;
 
 use http::Method;
-use oip_server::{ModelServer, run_clients, run_grpc_clients};
+use oip_server::{Clients, ModelServer, run_clients};
 use serde_json::Value;
 
 const REQUESTS: usize = 4;
@@ -68,11 +68,37 @@ fn config(servers: &Servers) -> String {
     text
 }
 
-async fn clients(gateway: &common::TestGateway, direct: &ModelServer, model: &str) -> Value {
-    let (gateway, direct, model) = (gateway.data_addr(), direct.http, model.to_string());
-    tokio::task::spawn_blocking(move || run_clients(gateway, direct, &model, REQUESTS))
+/// Runs `kind` against the gateway and the production server (its HTTP or
+/// gRPC listener) for `model`.
+async fn clients(
+    kind: Clients,
+    gateway: &common::TestGateway,
+    servers: &Servers,
+    model: &str,
+) -> Value {
+    let direct = match kind {
+        Clients::Http => servers.production.http,
+        Clients::Grpc => servers.production.grpc,
+    };
+    let (gateway, model) = (gateway.data_addr(), model.to_string());
+    tokio::task::spawn_blocking(move || run_clients(kind, gateway, direct, &model, REQUESTS))
         .await
         .expect("the clients ran")
+}
+
+/// After `mirrored` mirrors of each: the close candidate (`adder`) agrees
+/// fully, the drifting one (`drift`) not at all, and nothing was lost.
+async fn assert_close_agrees_and_drift_does_not(gateway: &common::TestGateway, mirrored: u64) {
+    let settled = |report: &Value| report["compared"].as_u64() == Some(mirrored);
+    let close = wait_for_report(gateway, "adder", settled).await;
+    assert_eq!(close["agreement"]["agreement"], 1.0, "{close}");
+    assert_eq!(
+        close["mirrored"], mirrored,
+        "readiness and metadata calls are not mirrored"
+    );
+    assert_eq!(close["dropped"]["primary_incomplete"], 0, "{close}");
+    let drifting = wait_for_report(gateway, "drift", settled).await;
+    assert_eq!(drifting["agreement"]["agreement"], 0.0, "{drifting}");
 }
 
 async fn shadow_report(gateway: &common::TestGateway, model: &str) -> Value {
@@ -85,7 +111,7 @@ async fn shadow_report(gateway: &common::TestGateway, model: &str) -> Value {
 async fn the_official_clients_get_through_the_gateway_what_they_get_from_the_server() {
     let servers = servers();
     let gateway = common::gateway(&config(servers)).await;
-    let report = clients(&gateway, &servers.production, "adder").await;
+    let report = clients(Clients::Http, &gateway, servers, "adder").await;
     for client in ["tritonclient", "kserve"] {
         let (through, direct) = (&report["gateway"][client], &report["direct"][client]);
         for (check, got) in through.as_object().unwrap() {
@@ -131,11 +157,7 @@ async fn tritonclient_over_grpc_gets_through_the_gateway_what_it_gets_from_the_s
  {
     let servers = servers();
     let gateway = common::gateway(&config(servers)).await;
-    let (through, direct) = (gateway.data_addr(), servers.production.grpc);
-    let report =
-        tokio::task::spawn_blocking(move || run_grpc_clients(through, direct, "adder", REQUESTS))
-            .await
-            .expect("the gRPC clients ran");
+    let report = clients(Clients::Grpc, &gateway, servers, "adder").await;
     let (via, server) = (&report["gateway"], &report["direct"]);
     for (check, got) in via.as_object().unwrap() {
         if check != "server_metadata" {
@@ -182,21 +204,8 @@ async fn tritonclient_over_grpc_gets_through_the_gateway_what_it_gets_from_the_s
     // Unary inference calls that production answered (plain, gzip, and the one
     // with a deadline) were mirrored and compared as tensors: the close
     // candidate agrees, the drifting one does not.
-    let mirrored = 2 * REQUESTS as u64 + 1;
-    let settled = |report: &Value| report["compared"].as_u64() == Some(mirrored);
-    let close = wait_for_report(&gateway, "adder", settled).await;
-    assert_eq!(close["agreement"]["agreement"], 1.0, "{close}");
-    assert_eq!(
-        close["mirrored"], mirrored,
-        "readiness and metadata calls are not mirrored"
-    );
-    assert_eq!(close["dropped"]["primary_incomplete"], 0, "{close}");
-    let (through, direct) = (gateway.data_addr(), servers.production.grpc);
-    tokio::task::spawn_blocking(move || run_grpc_clients(through, direct, "drift", REQUESTS))
-        .await
-        .expect("the gRPC clients ran");
-    let drifting = wait_for_report(&gateway, "drift", settled).await;
-    assert_eq!(drifting["agreement"]["agreement"], 0.0, "{drifting}");
+    clients(Clients::Grpc, &gateway, servers, "drift").await;
+    assert_close_agrees_and_drift_does_not(&gateway, 2 * REQUESTS as u64 + 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,32 +213,10 @@ async fn shadow_comparison_agrees_for_a_close_candidate_in_every_encoding_and_no
  {
     let servers = servers();
     let gateway = common::gateway(&config(servers)).await;
-    clients(&gateway, &servers.production, "adder").await;
-    clients(&gateway, &servers.production, "drift").await;
+    clients(Clients::Http, &gateway, servers, "adder").await;
+    clients(Clients::Http, &gateway, servers, "drift").await;
     // tritonclient's JSON and binary inferences and the kserve SDK's.
-    let predictions = 3 * REQUESTS as u64;
-    let settled = |report: &Value| report["compared"].as_u64() == Some(predictions);
-    let close = wait_for_report(&gateway, "adder", settled).await;
-    assert_eq!(close["agreement"]["agreement"], 1.0, "{close}");
-    assert_eq!(
-        close["mirrored"], predictions,
-        "readiness and metadata calls are not mirrored"
-    );
-    assert_eq!(close["dropped"]["primary_incomplete"], 0, "{close}");
-    let drifting = wait_for_report(&gateway, "drift", settled).await;
-    assert_eq!(drifting["agreement"]["agreement"], 0.0, "{drifting}");
-    let logs = || format!("{}\n{}", servers.production.log(), servers.staging.log());
-    assert_eq!(
-        drifting["errors"]
-            .as_object()
-            .unwrap()
-            .values()
-            .filter(|v| *v != 0)
-            .count(),
-        0,
-        "{}",
-        logs()
-    );
+    assert_close_agrees_and_drift_does_not(&gateway, 3 * REQUESTS as u64).await;
 }
 
 /// The model's shadow report once `done` holds for it (the comparison thread

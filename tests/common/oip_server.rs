@@ -80,25 +80,29 @@ impl Drop for ModelServer {
     }
 }
 
-/// Runs `tests/oip/clients.py` (HTTP: tritonclient and the kserve SDK) against
-/// `gateway` and `direct` for `model`, and returns what it printed.
-pub fn run_clients(
-    gateway: SocketAddr,
-    direct: SocketAddr,
-    model: &str,
-    requests: usize,
-) -> serde_json::Value {
-    run_script("clients.py", gateway, direct, model, requests)
+/// The client scripts of `tests/oip/`.
+#[derive(Debug, Clone, Copy)]
+pub enum Clients {
+    /// `clients.py`: tritonclient's HTTP client and the kserve SDK.
+    Http,
+    /// `grpc_clients.py`: tritonclient's gRPC client.
+    Grpc,
 }
 
-/// Runs `tests/oip/grpc_clients.py` (tritonclient's gRPC client) likewise.
-pub fn run_grpc_clients(
+/// Runs `clients` against `gateway` and `direct` for `model`, and returns what
+/// they printed.
+pub fn run_clients(
+    clients: Clients,
     gateway: SocketAddr,
     direct: SocketAddr,
     model: &str,
     requests: usize,
 ) -> serde_json::Value {
-    run_script("grpc_clients.py", gateway, direct, model, requests)
+    let script = match clients {
+        Clients::Http => "clients.py",
+        Clients::Grpc => "grpc_clients.py",
+    };
+    run_script(script, gateway, direct, model, requests)
 }
 
 fn run_script(

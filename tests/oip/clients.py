@@ -7,11 +7,11 @@ Prints one JSON object: for every check, what the client got through the
 gateway and directly. The Rust test asserts on it; this script decides nothing.
 """
 
-import argparse
 import asyncio
 import json
 
 import numpy as np
+from cli import parse_args
 import tritonclient.http as triton_http
 from kserve import InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
@@ -70,12 +70,7 @@ async def kserve_checks(address: str, model: str, requests: int) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--gateway", required=True)
-    parser.add_argument("--direct", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--requests", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args()
     report = {}
     for side, address in (("gateway", args.gateway), ("direct", args.direct)):
         report[side] = {

@@ -8,10 +8,10 @@ Prints one JSON object: every check's result through the gateway and directly,
 and the statuses of calls the gateway must refuse. The Rust test asserts on it.
 """
 
-import argparse
 import json
 
 import numpy as np
+from cli import parse_args
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
@@ -67,12 +67,7 @@ def refusals(address: str, model: str) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--gateway", required=True)
-    parser.add_argument("--direct", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--requests", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args()
     report = {
         "gateway": checks(args.gateway, args.model, args.requests),
         "direct": checks(args.direct, args.model, args.requests),
