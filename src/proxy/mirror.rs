@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 
 use super::read_ahead::Ahead;
 use super::stack::{Answer, Attach, Refusal, Routed, Step, Target, always_ready};
+use crate::routing;
 use crate::shadow::capture::CaptureSender;
 use crate::shadow::compare::binary::HEADER_LENGTH as BINARY_HEADER_LENGTH;
 use crate::shadow::{self, DropReason, MirrorBody, ShadowService};
@@ -88,9 +89,14 @@ impl<S> Mirror<S> {
         let capture = mirror.and_then(|(mirror, body)| {
             // Taken out for the call (an empty URI costs nothing), put back after.
             let uri = std::mem::take(&mut routed.parts.uri);
-            let capture = self
-                .shadow
-                .dispatch(mirror, &mut routed.parts, &uri, routed.strip, body);
+            let capture = self.shadow.dispatch(
+                mirror,
+                &mut routed.parts,
+                &uri,
+                routed.strip,
+                body,
+                routing::path::repin,
+            );
             routed.parts.uri = uri;
             capture
         });

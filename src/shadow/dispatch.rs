@@ -198,6 +198,7 @@ impl ShadowService {
         original: &Uri,
         strip: usize,
         body: MirrorBody,
+        repin: Repin,
     ) -> Option<CaptureSender> {
         let shadow = mirror.shadow;
         let reachable: Vec<_> = mirror
@@ -209,7 +210,7 @@ impl ShadowService {
                 // The production request's URI was built from the same path, so
                 // a failure here is not expected; it drops the mirror all the same.
                 let uri = endpoint.as_ref().and_then(|e| {
-                    let repinned = repinned(original, &version.version)?;
+                    let repinned = repinned(original, &version.version, repin)?;
                     upstream_uri(e.endpoint(), repinned.as_ref().unwrap_or(original), strip).ok()
                 });
                 match (endpoint, uri) {
@@ -246,15 +247,20 @@ impl ShadowService {
 
 /// The client's URI with its version pin naming `version` instead, if it pins
 /// one (`Some(None)` if it pins none); `None` if the rewritten URI is invalid.
-fn repinned(original: &Uri, version: &str) -> Option<Option<Uri>> {
+fn repinned(original: &Uri, version: &str, repin: Repin) -> Option<Option<Uri>> {
     let Some(path_and_query) = original.path_and_query() else {
         return Some(None);
     };
-    match crate::routing::path::repin(path_and_query.as_str(), version) {
+    match repin(path_and_query.as_str(), version) {
         Some(repinned) => Uri::try_from(repinned).ok().map(Some),
         None => Some(None),
     }
 }
+
+/// Rewrites a request's path and query to pin `version` instead of the one it
+/// pins; `None` when it pins none. Routing knows the path forms, so the data
+/// plane passes its own (`routing::path::repin`) in.
+pub type Repin = fn(&str, &str) -> Option<String>;
 
 pub(super) fn request_id(parts: &mut Parts) -> String {
     if let Some(id) = parts

@@ -18,7 +18,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct ModelServer {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
-    log: PathBuf,
     child: Mutex<Option<Child>>,
 }
 
@@ -54,7 +53,6 @@ impl ModelServer {
         ModelServer {
             http,
             grpc,
-            log: log.clone(),
             child: Mutex::new(Some(child)),
         }
     }
@@ -65,10 +63,6 @@ impl ModelServer {
 
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
