@@ -26,88 +26,29 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, TE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, StatusCode, Version};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
 
 use super::ResponseBody;
+use super::grpc_call::{
+    Call, MODEL_INFER, Refused, call_of, deadline, first_message, model_named, refusal_of_route,
+};
 use super::headers::prepare_upstream_request;
 use super::respond::answered;
 use super::server_calls::{EXTENSIONS, SERVER_NAME, SERVER_VERSION, ServerCall};
 use super::stack::{Answer, Inbound};
-use crate::grpc::frame::{self, PREFIX};
+use crate::grpc::frame;
 use crate::grpc::status::{Code, grpc_status, http_equivalent, put_status, trailers_only};
-use crate::grpc::timeout::{self, GRPC_TIMEOUT};
-use crate::grpc::wire::{self, Writer};
-use crate::routing::{self, RouteError, Router, ServedStage, VersionRoute};
+use crate::grpc::wire::Writer;
+use crate::routing::{self, Router, ServedStage, VersionRoute};
 use crate::shadow::{ModelShadow, ShadowService};
 use crate::upstream::UpstreamError;
 use crate::upstream::admission::{Admission, Permit};
 use crate::upstream::client::{UpstreamClient, record_health};
 use crate::upstream::health::EjectionPolicy;
 use crate::upstream::request_body::RequestBody;
-
-const SERVICE: &str = "/inference.GRPCInferenceService/";
-const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
-
-/// Whether `request` is a gRPC call (its content type says so).
-pub fn is_grpc<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/grpc"))
-}
-
-/// What a call's path asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    /// A server-level call the gateway answers.
-    Server(ServerCall),
-    /// A call about one model, routed by the model its first message names.
-    Model,
-    Unimplemented,
-}
-
-fn call_of(path: &str) -> Call {
-    match path.strip_prefix(SERVICE) {
-        Some("ServerLive") => Call::Server(ServerCall::Live),
-        Some("ServerReady") => Call::Server(ServerCall::Ready),
-        Some("ServerMetadata") => Call::Server(ServerCall::Metadata),
-        // Each of their requests has the model's name in field 1 and the
-        // version in field 2.
-        Some(
-            "ModelInfer" | "ModelStreamInfer" | "ModelReady" | "ModelMetadata" | "ModelConfig"
-            | "ModelStatistics",
-        ) => Call::Model,
-        _ => Call::Unimplemented,
-    }
-}
-
-/// Why the gateway answers a call itself, with the route it had, if any.
-struct Refused {
-    code: Code,
-    message: String,
-    route: Option<Arc<VersionRoute>>,
-}
-
-impl Refused {
-    fn new(code: Code, message: impl Into<String>) -> Refused {
-        Refused {
-            code,
-            message: message.into(),
-            route: None,
-        }
-    }
-
-    fn on(mut self, route: &Arc<VersionRoute>) -> Refused {
-        self.route = Some(Arc::clone(route));
-        self
-    }
-}
 
 /// The gRPC request path; one per gateway.
 pub struct GrpcProxy {
@@ -164,10 +105,10 @@ impl GrpcProxy {
             };
         };
         let permit = self.admit()?;
-        let deadline = self.deadline(&inbound)?;
+        let deadline = deadline(&inbound, self.request_timeout)?;
         let (mut parts, body) = inbound.request.into_parts();
-        let (first, rest) = self.first_message(body, deadline).await?;
-        let (name, version) = self.model_named(&parts, &first)?;
+        let (first, rest) = first_message(body, self.max_body_bytes, deadline).await?;
+        let (name, version) = model_named(&parts, &first, self.max_body_bytes)?;
         let unary_infer = rest.is_none() && parts.uri.path() == MODEL_INFER;
         let (route, shadow) = self.route(&parts, &name, version.as_deref(), unary_infer)?;
         let version_permit = version_permit(&route)?;
@@ -192,25 +133,6 @@ impl GrpcProxy {
             answer.body_mut().capture(capture);
         }
         Ok(answer)
-    }
-
-    /// When the call must have its answer's head: the caller's `grpc-timeout`
-    /// if it is sooner than the gateway's request timeout.
-    fn deadline(&self, inbound: &Inbound) -> Result<tokio::time::Instant, Refused> {
-        let asked = match inbound.request.headers().get(GRPC_TIMEOUT) {
-            None => None,
-            Some(value) => Some(timeout::parse(value.as_bytes()).ok_or_else(|| {
-                let shown = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                Refused::new(
-                    Code::InvalidArgument,
-                    format!("grpc-timeout {shown:?} is not a timeout"),
-                )
-            })?),
-        };
-        let wait = asked.map_or(self.request_timeout, |asked| {
-            asked.min(self.request_timeout)
-        });
-        Ok(tokio::time::Instant::from_std(inbound.started + wait))
     }
 
     fn admit(&self) -> Result<Permit, Refused> {
@@ -310,87 +232,6 @@ impl GrpcProxy {
         Ok(Answer::from_parts(parts, body))
     }
 
-    /// Reads the call's first message: its bytes (prefix included), and the rest
-    /// of the body if it goes on (a streaming call).
-    async fn first_message(
-        &self,
-        mut body: Incoming,
-        deadline: tokio::time::Instant,
-    ) -> Result<(Bytes, Option<Incoming>), Refused> {
-        let mut read = BytesMut::new();
-        loop {
-            let length = frame::head(&read, self.max_body_bytes).map_err(|e| {
-                let code = match e {
-                    frame::FrameError::TooLarge { .. } => Code::ResourceExhausted,
-                    _ => Code::InvalidArgument,
-                };
-                Refused::new(code, e.to_string())
-            })?;
-            if let Some(head) = length
-                && read.len() >= PREFIX + head.length
-            {
-                let rest = (!body.is_end_stream()).then_some(body);
-                return Ok((read.freeze(), rest));
-            }
-            let frame = tokio::time::timeout_at(deadline, body.frame())
-                .await
-                .map_err(|_| {
-                    Refused::new(
-                        Code::DeadlineExceeded,
-                        "the call's first message did not arrive in time",
-                    )
-                })?;
-            match frame {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        read.extend_from_slice(data);
-                    }
-                }
-                Some(Err(error)) => {
-                    return Err(Refused::new(
-                        Code::Cancelled,
-                        format!("the call's body failed: {error}"),
-                    ));
-                }
-                None => {
-                    return Err(Refused::new(
-                        Code::InvalidArgument,
-                        "the call ended before its first message",
-                    ));
-                }
-            }
-        }
-    }
-
-    /// The model (and version pin) the first message names.
-    fn model_named(
-        &self,
-        parts: &Parts,
-        first: &[u8],
-    ) -> Result<(String, Option<String>), Refused> {
-        let invalid = |message: String| Refused::new(Code::InvalidArgument, message);
-        let head = frame::head(first, self.max_body_bytes)
-            .ok()
-            .flatten()
-            .ok_or_else(|| invalid("no message".into()))?;
-        let encoding = parts
-            .headers
-            .get("grpc-encoding")
-            .and_then(|v| v.to_str().ok());
-        let message = &first[PREFIX..PREFIX + head.length];
-        let message = frame::decoded(head, message, encoding, self.max_body_bytes)
-            .map_err(|e| invalid(e.to_string()))?;
-        let field = |number| {
-            wire::last_string(&message, number)
-                .map_err(|e| invalid(format!("the first message is not a valid request: {e}")))
-        };
-        let name = field(1)?
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| invalid("the call names no model (its model name is empty)".into()))?;
-        let version = field(2)?.filter(|v| !v.is_empty()).map(str::to_string);
-        Ok((name.to_string(), version))
-    }
-
     fn server_answer(&self, call: ServerCall) -> Answer {
         let table = self.router.load();
         let message = match call {
@@ -464,77 +305,5 @@ fn prepare(parts: &mut Parts, peer: &HeaderValue) {
     parts.version = Version::HTTP_2;
     if let Some(path) = parts.uri.path_and_query().cloned() {
         parts.uri = http::Uri::from(path);
-    }
-}
-
-fn refusal_of_route(error: RouteError) -> Refused {
-    let code = match &error {
-        RouteError::UnknownModel(_)
-        | RouteError::UnknownVersion { .. }
-        | RouteError::NoVersionInStage { .. }
-        | RouteError::NoModelInPath => Code::NotFound,
-        RouteError::ArchivedVersion { .. } | RouteError::ArchivedStage(_) => Code::PermissionDenied,
-        RouteError::NoProductionVersion(_) => Code::Unavailable,
-        RouteError::InvalidPin { .. }
-        | RouteError::ConflictingPins(_)
-        | RouteError::UnplainPath(_)
-        | RouteError::NestedModelPath(_) => Code::InvalidArgument,
-    };
-    Refused::new(code, error.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn calls_are_told_apart_by_path() {
-        assert_eq!(
-            call_of("/inference.GRPCInferenceService/ServerLive"),
-            Call::Server(ServerCall::Live)
-        );
-        assert_eq!(
-            call_of("/inference.GRPCInferenceService/ModelInfer"),
-            Call::Model
-        );
-        assert_eq!(
-            call_of("/inference.GRPCInferenceService/ModelStreamInfer"),
-            Call::Model
-        );
-        assert_eq!(
-            call_of("/inference.GRPCInferenceService/RepositoryIndex"),
-            Call::Unimplemented
-        );
-        assert_eq!(call_of("/grpc.health.v1.Health/Check"), Call::Unimplemented);
-    }
-
-    #[test]
-    fn routing_errors_become_the_statuses_the_issue_names() {
-        let code = |e| refusal_of_route(e).code;
-        assert_eq!(code(RouteError::UnknownModel("m".into())), Code::NotFound);
-        assert_eq!(
-            code(RouteError::ArchivedVersion {
-                model: "m".into(),
-                version: "1".into()
-            }),
-            Code::PermissionDenied
-        );
-        assert_eq!(
-            code(RouteError::NoProductionVersion("m".into())),
-            Code::Unavailable
-        );
-        assert_eq!(
-            code(RouteError::ConflictingPins("x".into())),
-            Code::InvalidArgument
-        );
-        assert_eq!(
-            http_equivalent(Code::Unavailable, StatusCode::OK),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            http_equivalent(Code::DeadlineExceeded, StatusCode::OK),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        assert_eq!(http_equivalent(Code::Ok, StatusCode::OK), StatusCode::OK);
     }
 }

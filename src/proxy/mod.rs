@@ -15,6 +15,7 @@ mod error;
 mod forward;
 pub(crate) mod framing;
 mod grpc;
+mod grpc_call;
 mod handler;
 pub mod headers;
 mod mirror;
