@@ -26,11 +26,13 @@ pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// Whether `request` is a gRPC call (its content type says so).
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/grpc"))
+    // gRPC is HTTP/2 only: HTTP/1.1 requests (most of them) skip the lookup.
+    request.version() == http::Version::HTTP_2
+        && request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/grpc"))
 }
 
 /// What a call's path asks for.
