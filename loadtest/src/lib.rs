@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod compare;
 mod conn;
+pub mod grpc;
 pub mod judge;
 pub mod load;
 pub mod parse;

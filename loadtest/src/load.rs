@@ -47,6 +47,8 @@ pub enum LoadError {
     },
     #[error("{0} resolved to no address")]
     NoAddress(String),
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
     #[error("invalid Host header for {0}")]
     HostHeader(Uri),
     #[error("at least one connection is needed")]

@@ -19,7 +19,7 @@ use loadtest::compare::{self, CompareArgs};
 use loadtest::judge::{self, JudgeArgs};
 use loadtest::parse::{parse_duration, parse_fraction, parse_header, parse_rate};
 use loadtest::rollouts::{self, RolloutsArgs};
-use loadtest::{BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, load};
+use loadtest::{BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, grpc, load};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -62,6 +62,10 @@ struct BackendArgs {
     fail_rate: f64,
     #[arg(long, value_enum, default_value_t = Mode::Ok)]
     mode: Mode,
+    /// Serve gRPC instead (HTTP/2 cleartext): every `ModelInfer` call is
+    /// answered with a `ModelInferResponse` of about --response-bytes.
+    #[arg(long, conflicts_with_all = ["fail_rate", "mode"])]
+    grpc: bool,
     /// Runtime worker threads.
     #[arg(long, default_value = "1")]
     threads: NonZeroUsize,
@@ -108,6 +112,13 @@ struct RunArgs {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// Send gRPC `ModelInfer` calls (to the URL's host and port) instead, this
+    /// many in flight on each of --connections HTTP/2 connections.
+    #[arg(long, conflicts_with_all = ["rate", "requests", "random_headers", "body_file"])]
+    grpc_streams: Option<NonZeroUsize>,
+    /// The model the gRPC calls name.
+    #[arg(long, default_value = "m", requires = "grpc_streams")]
+    grpc_model: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +198,17 @@ async fn backend_command(args: BackendArgs) -> Result<(), CliError> {
         .and_then(|()| stdout.flush())
         .map_err(CliError::Stdout)?;
     drop(stdout);
+    if args.grpc {
+        tokio::select! {
+            () = grpc::serve(
+                listener,
+                grpc::infer_response(args.response_bytes),
+                Duration::from_millis(args.latency_ms),
+            ) => {}
+            () = shutdown => {}
+        }
+        return Ok(());
+    }
     let options = BackendOptions {
         latency: Duration::from_millis(args.latency_ms),
         response_bytes: args.response_bytes,
@@ -221,6 +243,9 @@ fn shutdown_signal() -> Result<impl Future<Output = ()>, CliError> {
 }
 
 async fn run_command(args: RunArgs) -> Result<(), CliError> {
+    if let Some(streams) = args.grpc_streams {
+        return grpc_run_command(&args, streams.get()).await;
+    }
     let body = match &args.body_file {
         Some(path) => Bytes::from(std::fs::read(path).map_err(|source| CliError::BodyFile {
             path: path.clone(),
@@ -248,8 +273,34 @@ async fn run_command(args: RunArgs) -> Result<(), CliError> {
         timeout: args.timeout,
     };
     let report = load::run(options).await?;
+    print_report(&report, args.json)
+}
+
+async fn grpc_run_command(args: &RunArgs, streams: usize) -> Result<(), CliError> {
+    let host = args.url.host().unwrap_or("127.0.0.1");
+    let port = args.url.port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| LoadError::NoAddress(format!("{host}:{port}")))?;
+    let load = grpc::GrpcLoad {
+        addr,
+        model: args.grpc_model.clone(),
+        connections: args.connections.get(),
+        streams,
+        duration: args.duration,
+        warmup: args.warmup,
+        timeout: args.timeout,
+        request_bytes: 1024,
+    };
+    let report = grpc::run(load).await?;
+    print_report(&report, args.json)
+}
+
+fn print_report(report: &loadtest::Report, json: bool) -> Result<(), CliError> {
     let mut stdout = io::stdout().lock();
-    if args.json {
+    if json {
         serde_json::to_writer(&mut stdout, &report.to_json())?;
         writeln!(stdout).map_err(CliError::Stdout)?;
     } else {

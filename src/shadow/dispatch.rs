@@ -319,8 +319,10 @@ impl MirrorTask {
         body: Option<MirrorBody>,
         primary: CaptureReceiver,
     ) {
+        // The body's hold on the budget lasts until the mirrors are done.
+        let mut _held = None;
         if let Some(body) = body {
-            let (bytes, _held) = match self.body(body).await {
+            let (bytes, held) = match self.body(body).await {
                 Ok(body) => body,
                 Err(reason) => {
                     for (index, _permit, _request) in requests {
@@ -329,6 +331,7 @@ impl MirrorTask {
                     return;
                 }
             };
+            _held = Some(held);
             for (_, _, (request, _)) in &mut requests {
                 *request.body_mut() = RequestBody::whole(bytes.clone(), None);
             }
