@@ -23,6 +23,8 @@ pub struct Backends {
     pub hang: SocketAddr,
     /// Was bound and closed: connections are refused.
     pub refused: SocketAddr,
+    /// Answers gRPC `ModelInfer` calls after 5 ms.
+    pub grpc: SocketAddr,
     _processes: Vec<ProcessGuard>,
 }
 
@@ -38,6 +40,7 @@ impl Backends {
         let shadow = start("shadow backend", &[])?;
         let slow = start("slow backend", &["--latency-ms", "50"])?;
         let hang = start("hanging backend", &["--mode", "hang"])?;
+        let grpc = start("gRPC backend", &["--grpc", "--latency-ms", "5"])?;
         let refused = free_addr()?;
         Ok(Backends {
             primary,
@@ -45,6 +48,7 @@ impl Backends {
             slow,
             hang,
             refused,
+            grpc,
             _processes: processes,
         })
     }

@@ -21,6 +21,9 @@ pub const NO_SHADOW: &str = "stagegate, no shadow";
 pub const IDLE_PRIORITY: &str = "stagegate, shadow at idle priority";
 /// The canary weight of the `canary` and `swap-loop` cases, in percent.
 pub const CANARY_WEIGHT: u32 = 10;
+/// The `grpc` case: HTTP/2 connections, and calls in flight on each.
+const GRPC_CONNECTIONS: usize = 4;
+const GRPC_STREAMS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -39,6 +42,9 @@ pub enum Case {
     FixedRate,
     ShadowFixedRate,
     SwapLoop,
+    /// Unary gRPC `ModelInfer` calls, many streams on few HTTP/2 connections,
+    /// to a backend that takes 5 ms per call (the backend is the limit).
+    Grpc,
 }
 
 /// Where a case's mirrored (or canary) traffic goes.
@@ -51,7 +57,7 @@ pub enum Secondary {
 }
 
 impl Case {
-    pub const ALL: [Case; 10] = [
+    pub const ALL: [Case; 11] = [
         Case::Plain64,
         Case::Plain256,
         Case::Canary,
@@ -62,6 +68,7 @@ impl Case {
         Case::FixedRate,
         Case::ShadowFixedRate,
         Case::SwapLoop,
+        Case::Grpc,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,11 +83,21 @@ impl Case {
             Case::FixedRate => "fixed-rate",
             Case::ShadowFixedRate => "shadow-fixed-rate",
             Case::SwapLoop => "swap-loop",
+            Case::Grpc => "grpc",
         }
     }
 
     pub fn connections(self) -> usize {
-        if self == Case::Plain256 { 256 } else { 64 }
+        match self {
+            Case::Plain256 => 256,
+            Case::Grpc => GRPC_CONNECTIONS,
+            _ => 64,
+        }
+    }
+
+    /// gRPC calls in flight per connection; `None` for HTTP cases.
+    pub fn grpc_streams(self) -> Option<usize> {
+        (self == Case::Grpc).then_some(GRPC_STREAMS)
     }
 
     /// The proxies a case runs, in the order of every round.
@@ -88,6 +105,8 @@ impl Case {
         match self {
             Case::Plain64 | Case::Plain256 | Case::FixedRate => &ProxyKind::ALL,
             Case::Canary | Case::SwapLoop => &[ProxyKind::Stagegate],
+            // nginx and haproxy are not set up for gRPC here.
+            Case::Grpc => &[ProxyKind::Direct, ProxyKind::Stagegate],
             _ => &[ProxyKind::Stagegate, ProxyKind::Nginx],
         }
     }
@@ -156,6 +175,7 @@ pub fn setup(ctx: &Context, case: Case, threads: usize) -> Setup {
     Setup {
         threads,
         primary: backends.primary,
+        grpc: (case == Case::Grpc).then_some(backends.grpc),
         secondary,
         shadow: case.shadow().is_some(),
         idle_priority: false,
@@ -222,6 +242,7 @@ fn closed_loop(ctx: &Context, case: Case, threads: usize) -> Result<CaseResult, 
         duration: ctx.settings.duration,
         rate: None,
         random_user: case == Case::Canary,
+        grpc_streams: case.grpc_streams(),
     };
     let series = interleave(ctx, case, &proxies, &load)?;
     Ok(CaseResult::new(case, series, notes))
@@ -332,6 +353,7 @@ fn reference_rps(
         duration: ctx.settings.duration,
         rate: None,
         random_user: false,
+        grpc_streams: None,
     };
     let generator = ctx.generator();
     if !ctx.settings.warmup.is_zero() {
@@ -372,6 +394,7 @@ fn fixed_rate(
         duration: ctx.settings.duration,
         rate: Some(rate),
         random_user: false,
+        grpc_streams: None,
     };
     let series = interleave(ctx, case, &proxies, &load)?;
     let mut result = CaseResult::new(case, series, notes);

@@ -10,6 +10,9 @@ pub struct Setup {
     /// stagegate `worker_threads`, nginx `worker_processes`, haproxy `nbthread`.
     pub threads: usize,
     pub primary: SocketAddr,
+    /// stagegate's production version's gRPC listener, when the case sends gRPC
+    /// (the `grpc` case; direct load goes there too).
+    pub grpc: Option<SocketAddr>,
     /// stagegate's staging version 2 (mirror and canary target); nginx's mirror.
     pub secondary: SocketAddr,
     /// Mirror every request to `secondary`.
@@ -38,7 +41,7 @@ pub fn stagegate_config(setup: &Setup, ports: &Ports, state_dir: &Path) -> Strin
         "[server]\nlisten = \"{}\"\nadmin_listen = \"{}\"\nworker_threads = {}\n\
          state_dir = {}\nrequest_timeout_ms = 30000\ndrain_timeout_ms = 1000\n{}\n\
          [[models]]\nname = \"m\"\n\n\
-         [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"http://{}\"]\n\n\
+         [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"http://{}\"]\n{}\n\
          [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"http://{}\"]\n",
         ports.listen,
         ports.admin,
@@ -50,6 +53,9 @@ pub fn stagegate_config(setup: &Setup, ports: &Ports, state_dir: &Path) -> Strin
             ""
         },
         setup.primary,
+        setup.grpc.map_or_else(String::new, |grpc| format!(
+            "grpc_endpoints = [\"http://{grpc}\"]\n"
+        )),
         setup.secondary,
     );
     if setup.shadow {
@@ -148,6 +154,7 @@ mod tests {
         Setup {
             threads: 2,
             primary: "127.0.0.1:7001".parse().unwrap(),
+            grpc: None,
             secondary: "127.0.0.1:7002".parse().unwrap(),
             shadow,
             idle_priority: false,
@@ -247,5 +254,18 @@ mod tests {
         assert_eq!(haproxy_maxconn(Some(20000)), 9900);
         assert_eq!(haproxy_maxconn(Some(1 << 20)), 100_000);
         assert_eq!(haproxy_maxconn(None), 100_000);
+    }
+
+    #[test]
+    fn the_grpc_case_gives_production_its_grpc_listener() {
+        let grpc = Setup {
+            grpc: Some("127.0.0.1:7003".parse().unwrap()),
+            ..setup(false, false)
+        };
+        let text = stagegate_config(&grpc, &ports(), Path::new("/tmp/s"));
+        assert!(text.contains("endpoints = [\"http://127.0.0.1:7001\"]\ngrpc_endpoints = [\"http://127.0.0.1:7003\"]"), "{text}");
+        stagegate::config::Config::parse(&text, "t").unwrap();
+        let plain = stagegate_config(&setup(false, false), &ports(), Path::new("/tmp/s"));
+        assert!(!plain.contains("grpc_endpoints"));
     }
 }

@@ -25,6 +25,9 @@ pub struct Load {
     pub rate: Option<f64>,
     /// A random `x-user-id` on every request.
     pub random_user: bool,
+    /// gRPC `ModelInfer` calls, this many in flight per connection, instead of
+    /// HTTP requests.
+    pub grpc_streams: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +157,9 @@ pub fn generator_args(target: SocketAddr, load: &Load) -> Vec<String> {
     if let Some(rate) = load.rate {
         args.extend(["--rate".to_string(), format!("{rate:.1}")]);
     }
+    if let Some(streams) = load.grpc_streams {
+        args.extend(["--grpc-streams".to_string(), streams.to_string()]);
+    }
     if load.random_user {
         args.extend(["--random-header".to_string(), USER_HEADER.to_string()]);
     }
@@ -215,6 +221,7 @@ mod tests {
             duration: Duration::from_secs(5),
             rate: None,
             random_user: false,
+            grpc_streams: None,
         };
         let args = generator_args(target, &closed).join(" ");
         assert_eq!(

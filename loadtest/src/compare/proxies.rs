@@ -136,7 +136,7 @@ pub fn start(
     pin: &Pinning,
 ) -> Result<RunningProxy, CompareError> {
     if kind == ProxyKind::Direct {
-        return Ok(RunningProxy::direct(setup.primary));
+        return Ok(RunningProxy::direct(setup.grpc.unwrap_or(setup.primary)));
     }
     let dir = tempfile::Builder::new()
         .prefix(&format!("loadtest-{kind}-"))

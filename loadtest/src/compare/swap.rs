@@ -35,6 +35,7 @@ pub fn run(ctx: &Context, threads: usize) -> Result<CaseResult, CompareError> {
         duration: ctx.settings.duration,
         rate: None,
         random_user: true,
+        grpc_streams: None,
     };
     let generator = ctx.generator();
     set_canary(admin, CANARY_WEIGHT)?;
