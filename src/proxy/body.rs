@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
-use crate::grpc::status::{grpc_status, http_equivalent};
+use crate::grpc::status::{Code, grpc_status, http_equivalent, put_status};
 use crate::routing::{EndpointGuard, VersionRoute};
 use crate::shadow::capture::Capture;
 use crate::telemetry::UpstreamErrorKind;
@@ -65,6 +65,10 @@ struct Streaming {
     armed: bool,
     /// Production's answer for shadow comparison, when this request was mirrored.
     capture: Option<Capture>,
+    /// A gRPC answer: a failure ends it with a status in trailers (what gRPC
+    /// clients read), not a reset stream. Set once those trailers are sent.
+    grpc: bool,
+    ended: bool,
 }
 
 impl ResponseBody {
@@ -103,6 +107,8 @@ impl ResponseBody {
             idle: None,
             armed: false,
             capture: None,
+            grpc: false,
+            ended: false,
         };
         ResponseBody {
             kind: Kind::Upstream { body, stream },
@@ -120,6 +126,13 @@ impl ResponseBody {
             if let Some(slot) = slot {
                 *slot = Some(permit);
             }
+        }
+    }
+
+    /// Makes a failure of this (gRPC) answer end it with a gRPC status.
+    pub fn ends_with_grpc_status(&mut self) {
+        if let Kind::Upstream { stream, .. } = &mut self.kind {
+            stream.grpc = true;
         }
     }
 
@@ -176,6 +189,22 @@ impl Streaming {
         }
     }
 
+    /// How a failed answer ends: an error (the stream or connection is reset),
+    /// or for gRPC the status a client reads, in trailers.
+    fn failure(&mut self, error: ProxyError) -> Result<Frame<Bytes>, ProxyError> {
+        if !self.grpc {
+            return Err(error);
+        }
+        self.ended = true;
+        let code = match error {
+            ProxyError::UpstreamBodyStalled { .. } => Code::DeadlineExceeded,
+            _ => Code::Unavailable,
+        };
+        let mut trailers = HeaderMap::new();
+        put_status(&mut trailers, code, &error.to_string());
+        Ok(Frame::trailers(trailers))
+    }
+
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<ProxyError> {
         let deadline = Instant::now() + self.idle_timeout;
         let idle = match &mut self.idle {
@@ -218,21 +247,32 @@ impl Body for ResponseBody {
                 Some(data) => Some(Ok(Frame::data(data))),
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
-            KindProj::Upstream { mut body, stream } => match body.as_mut().poll_frame(cx) {
-                Poll::Ready(frame) => {
-                    // Progress: the next wait gets a full idle period.
-                    stream.armed = false;
-                    stream.observe(frame.as_ref(), body.is_end_stream());
-                    Poll::Ready(frame.map(|f| f.map_err(ProxyError::UpstreamBody)))
-                }
-                Poll::Pending => stream.poll_idle(cx).map(|error| Some(Err(error))),
-            },
+            KindProj::Upstream { stream, .. } if stream.ended => Poll::Ready(None),
+            KindProj::Upstream { mut body, stream } => {
+                let failed = match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        // Progress: the next wait gets a full idle period.
+                        stream.armed = false;
+                        stream.observe(frame.as_ref(), body.is_end_stream());
+                        match frame {
+                            Some(Err(error)) => ProxyError::UpstreamBody(error),
+                            frame => {
+                                return Poll::Ready(
+                                    frame.map(|f| f.map_err(ProxyError::UpstreamBody)),
+                                );
+                            }
+                        }
+                    }
+                    Poll::Pending => ready!(stream.poll_idle(cx)),
+                };
+                Poll::Ready(Some(stream.failure(failed)))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Upstream { body, stream } => stream.ended || body.is_end_stream(),
             Kind::Local { body } => body.is_end_stream(),
             Kind::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
         }

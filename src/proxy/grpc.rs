@@ -225,6 +225,7 @@ impl GrpcProxy {
         );
         answered(&route, &mut parts.headers, status, started);
         let mut body = ResponseBody::upstream(body, guard, route, self.request_timeout);
+        body.ends_with_grpc_status();
         permits
             .into_iter()
             .flatten()
