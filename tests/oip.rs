@@ -73,14 +73,11 @@ fn config(servers: &Servers) -> String {
 async fn clients(
     kind: Clients,
     gateway: &common::TestGateway,
-    servers: &Servers,
+    servers: &'static Servers,
     model: &str,
 ) -> Value {
-    let direct = match kind {
-        Clients::Http => servers.production.http,
-        Clients::Grpc => servers.production.grpc,
-    };
     let (gateway, model) = (gateway.data_addr(), model.to_string());
+    let direct = &servers.production;
     tokio::task::spawn_blocking(move || run_clients(kind, gateway, direct, &model, REQUESTS))
         .await
         .expect("the clients ran")
@@ -112,7 +109,7 @@ async fn the_official_clients_get_through_the_gateway_what_they_get_from_the_ser
     let servers = servers();
     let gateway = common::gateway(&config(servers)).await;
     let report = clients(Clients::Http, &gateway, servers, "adder").await;
-    for client in ["tritonclient", "kserve"] {
+    for client in ["tritonclient", "kserve", "kserve_grpc"] {
         let (through, direct) = (&report["gateway"][client], &report["direct"][client]);
         for (check, got) in through.as_object().unwrap() {
             if check == "server_metadata" {
@@ -215,8 +212,9 @@ async fn shadow_comparison_agrees_for_a_close_candidate_in_every_encoding_and_no
     let gateway = common::gateway(&config(servers)).await;
     clients(Clients::Http, &gateway, servers, "adder").await;
     clients(Clients::Http, &gateway, servers, "drift").await;
-    // tritonclient's JSON and binary inferences and the kserve SDK's.
-    assert_close_agrees_and_drift_does_not(&gateway, 3 * REQUESTS as u64).await;
+    // tritonclient's JSON and binary inferences and the kserve SDK's over REST
+    // and gRPC.
+    assert_close_agrees_and_drift_does_not(&gateway, 4 * REQUESTS as u64).await;
 }
 
 /// The model's shadow report once `done` holds for it (the comparison thread

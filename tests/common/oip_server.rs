@@ -83,37 +83,36 @@ pub enum Clients {
     Grpc,
 }
 
-/// Runs `clients` against `gateway` and `direct` for `model`, and returns what
-/// they printed.
+/// Runs `clients` against `gateway` and the model server `direct` for `model`,
+/// and returns what they printed.
 pub fn run_clients(
     clients: Clients,
     gateway: SocketAddr,
-    direct: SocketAddr,
+    direct: &ModelServer,
     model: &str,
     requests: usize,
 ) -> serde_json::Value {
-    let script = match clients {
-        Clients::Http => "clients.py",
-        Clients::Grpc => "grpc_clients.py",
+    let (script, direct_args) = match clients {
+        // The kserve SDK's gRPC client runs in the HTTP script: it cannot share
+        // a process with tritonclient's gRPC client.
+        Clients::Http => (
+            "clients.py",
+            vec![
+                "--direct".to_string(),
+                direct.http.to_string(),
+                "--direct-grpc".to_string(),
+                direct.grpc.to_string(),
+            ],
+        ),
+        Clients::Grpc => (
+            "grpc_clients.py",
+            vec!["--direct".to_string(), direct.grpc.to_string()],
+        ),
     };
-    run_script(script, gateway, direct, model, requests)
-}
-
-fn run_script(
-    script: &str,
-    gateway: SocketAddr,
-    direct: SocketAddr,
-    model: &str,
-    requests: usize,
-) -> serde_json::Value {
     let output = Command::new(python())
         .arg(workspace().join("tests/oip").join(script))
-        .args([
-            "--gateway",
-            &gateway.to_string(),
-            "--direct",
-            &direct.to_string(),
-        ])
+        .args(["--gateway", &gateway.to_string()])
+        .args(direct_args)
         .args(["--model", model, "--requests", &requests.to_string()])
         .output()
         .expect("python runs");

@@ -9,4 +9,5 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--direct", required=True, help="HOST:PORT of the model server")
     parser.add_argument("--model", required=True)
     parser.add_argument("--requests", type=int, default=5)
+    parser.add_argument("--direct-grpc", help="HOST:PORT of the model server's gRPC listener")
     return parser.parse_args()

@@ -13,7 +13,7 @@ import json
 import numpy as np
 from cli import parse_args
 import tritonclient.http as triton_http
-from kserve import InferenceRESTClient, RESTConfig
+from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 
@@ -69,14 +69,39 @@ async def kserve_checks(address: str, model: str, requests: int) -> dict:
     return results
 
 
+async def kserve_grpc_checks(address: str, model: str, requests: int) -> dict:
+    client = InferenceGRPCClient(address, retries=0, timeout=20)
+    results = {
+        "server_live": await client.is_server_live(),
+        "server_ready": await client.is_server_ready(),
+        "model_ready": await client.is_model_ready(model),
+    }
+    answers = []
+    for i in range(requests):
+        x = tensor(i)
+        infer_input = InferInput(name="x", shape=list(x.shape), datatype="FP32")
+        infer_input.set_data_from_numpy(x)
+        request = InferRequest(model_name=model, infer_inputs=[infer_input], request_id=str(i))
+        response = await client.infer(request)
+        answers.append(response.outputs[0].as_numpy().tolist())
+    results["infer"] = answers
+    await client.close()
+    return results
+
+
 def main():
     args = parse_args()
     report = {}
-    for side, address in (("gateway", args.gateway), ("direct", args.direct)):
+    gateway_grpc = args.gateway if args.direct_grpc else None
+    sides = (("gateway", args.gateway, gateway_grpc), ("direct", args.direct, args.direct_grpc))
+    for side, address, grpc_address in sides:
         report[side] = {
             "tritonclient": triton_checks(address, args.model, args.requests),
             "kserve": asyncio.run(kserve_checks(address, args.model, args.requests)),
         }
+        if grpc_address:
+            checks = kserve_grpc_checks(grpc_address, args.model, args.requests)
+            report[side]["kserve_grpc"] = asyncio.run(checks)
     print(json.dumps(report))
 
 
