@@ -6,6 +6,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,21 +19,33 @@ use stagegate::grpc::frame::{PREFIX, framed};
 use stagegate::grpc::status::{Code, grpc_status, put_status};
 use stagegate::grpc::wire::{self, Writer};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 const STREAM: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
 /// A model server that answers each message of a call with one naming
-/// `server` and echoing the message's `id` (field 3), after `delay`.
+/// `server` and echoing the message's `id` (field 3), after `delay`; `received`
+/// is notified of each message as it arrives.
 async fn model_server(server: &'static str, delay: Duration) -> SocketAddr {
+    model_server_telling(server, delay, Arc::new(Notify::new())).await
+}
+
+async fn model_server_telling(
+    server: &'static str,
+    delay: Duration,
+    received: Arc<Notify>,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
+            let received = Arc::clone(&received);
             tokio::spawn(async move {
-                let service =
-                    service_fn(move |request: Request<Incoming>| answer(request, server, delay));
+                let service = service_fn(move |request: Request<Incoming>| {
+                    answer(request, server, delay, Arc::clone(&received))
+                });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -62,6 +75,7 @@ async fn answer(
     request: Request<Incoming>,
     server: &'static str,
     delay: Duration,
+    received: Arc<Notify>,
 ) -> Result<Response<Frames>, Infallible> {
     let (sender, receiver) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
@@ -80,6 +94,7 @@ async fn answer(
                     break;
                 }
                 let message: Vec<u8> = pending.drain(..PREFIX + length).skip(PREFIX).collect();
+                received.notify_one();
                 let id = wire::last_string(&message, 3)
                     .unwrap()
                     .unwrap_or("")
@@ -211,26 +226,18 @@ async fn a_streaming_call_is_routed_by_its_first_message_and_flows_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_model_server_is_deadline_exceeded_and_an_overloaded_gateway_unavailable() {
-    let slow = model_server("v1", Duration::from_secs(30)).await;
+    let received = Arc::new(Notify::new());
+    let slow = model_server_telling("v1", Duration::from_secs(30), Arc::clone(&received)).await;
     let server = "request_timeout_ms = 200\nmax_concurrent_requests = 1";
     let gateway = common::gateway(&config(server, slow, slow, "")).await;
     let addr = gateway.data_addr();
     let first =
         tokio::spawn(async move { call(addr, INFER, &[request_message("m", "1")], &[]).await });
-    // While the first call holds the only slot, a second is refused at once.
-    let mut refused = None;
-    for _ in 0..200 {
-        let outcome = call(addr, INFER, &[request_message("m", "2")], &[]).await;
-        if outcome.status == Some(Code::Unavailable) {
-            refused = Some(outcome);
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert!(
-        refused.is_some(),
-        "a second call was never refused as overload"
-    );
+    // Once the first call is at the model server, holding the only slot, a
+    // second is refused at once.
+    received.notified().await;
+    let second = call(addr, INFER, &[request_message("m", "2")], &[]).await;
+    assert_eq!(second.status, Some(Code::Unavailable), "{second:?}");
     let first = first.await.unwrap();
     assert_eq!(first.status, Some(Code::DeadlineExceeded), "{first:?}");
     let metrics = common::metrics(&gateway).await;
@@ -241,9 +248,8 @@ async fn a_slow_model_server_is_deadline_exceeded_and_an_overloaded_gateway_unav
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
     };
-    // Refused calls count as unrouted 503s; a stalled one as answered by version
-    // 1, then as its upstream timing out (which the gates also see). (A call
-    // sent before the first held its slot may have stalled too.)
+    // The refused call counts as an unrouted 503; the stalled one as answered by
+    // version 1, then as its upstream timing out (which the gates also see).
     assert!(
         value("stagegate_requests_total{model=\"\",version=\"\",stage=\"\",code=\"5xx\"}") >= 1.0
     );
@@ -293,4 +299,31 @@ async fn a_canary_splits_grpc_calls_by_sticky_metadata() {
         *seen.entry(first.answers[0].0.clone()).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "both versions take calls at 50%: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_message_past_the_body_budget_is_resource_exhausted() {
+    let production = model_server("v1", Duration::ZERO).await;
+    let gateway = common::gateway(&config(
+        "max_buffered_body_bytes = 64",
+        production,
+        production,
+        "",
+    ))
+    .await;
+    let large = framed(&Writer::new().string(1, "m").bytes(7, &[0u8; 256]).finish());
+    let outcome = call(gateway.data_addr(), INFER, &[large], &[]).await;
+    assert_eq!(outcome.status, Some(Code::ResourceExhausted), "{outcome:?}");
+    let small = call(
+        gateway.data_addr(),
+        INFER,
+        &[request_message("m", "1")],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        small.status,
+        Some(Code::Ok),
+        "the budget is given back: {small:?}"
+    );
 }

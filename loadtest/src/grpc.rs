@@ -181,7 +181,16 @@ pub async fn run(load: GrpcLoad) -> Result<Report, LoadError> {
                     }
                     let outcome =
                         timeout_at(sent + timeout, one_call(&mut sender, &uri, &call)).await;
-                    if sent < measured_from {
+                    let measured = sent >= measured_from;
+                    if let Ok(Err(ErrorKind::Connect)) = outcome {
+                        // The connection is gone: every further call would fail
+                        // at once, so this worker stops instead of spinning.
+                        if measured {
+                            recorder.error(ErrorKind::Connect);
+                        }
+                        return Ok(recorder);
+                    }
+                    if !measured {
                         continue;
                     }
                     match outcome {

@@ -105,10 +105,12 @@ pub fn percent_encode(message: &str) -> String {
 }
 
 /// The `grpc-status` in `headers` (trailers, or the head of a trailers-only
-/// answer), if there is one; codes the gateway does not tell apart are `Internal`.
+/// answer), if there is one; one that is not a status is `Unknown`.
 pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
-    let value: u8 = headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()?;
-    Some(Code::from_u8(value))
+    let value = headers.get(GRPC_STATUS)?;
+    // A status that is not a number is UNKNOWN, as gRPC reads it.
+    let code = value.to_str().ok().and_then(|v| v.parse::<u8>().ok());
+    Some(code.map_or(Code::Unknown, Code::from_u8))
 }
 
 /// The HTTP status a gRPC outcome counts as in the metrics and the rollout
@@ -159,6 +161,9 @@ mod tests {
         let mut trailers = HeaderMap::new();
         put_status(&mut trailers, Code::NotFound, "gone");
         assert_eq!(grpc_status(&trailers), Some(Code::NotFound));
+        trailers.insert(GRPC_STATUS, HeaderValue::from_static("x"));
+        assert_eq!(grpc_status(&trailers), Some(Code::Unknown));
+        assert_eq!(grpc_status(&HeaderMap::new()), None);
     }
 
     #[test]

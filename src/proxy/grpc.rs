@@ -33,7 +33,8 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, Version};
 
 use super::ResponseBody;
 use super::grpc_call::{
-    Call, MODEL_INFER, Refused, call_of, deadline, first_message, model_named, refusal_of_route,
+    Call, FirstMessage, MODEL_INFER, Refused, call_of, deadline, first_message, model_named,
+    refusal_of_route,
 };
 use super::headers::prepare_upstream_request;
 use super::respond::answered;
@@ -46,6 +47,7 @@ use crate::routing::{self, Router, ServedStage, VersionRoute};
 use crate::shadow::{ModelShadow, ShadowService};
 use crate::upstream::UpstreamError;
 use crate::upstream::admission::{Admission, Permit};
+use crate::upstream::budget::BodyBudget;
 use crate::upstream::client::{UpstreamClient, record_health};
 use crate::upstream::health::EjectionPolicy;
 use crate::upstream::request_body::RequestBody;
@@ -53,6 +55,8 @@ use crate::upstream::request_body::RequestBody;
 /// The gRPC request path; one per gateway.
 pub struct GrpcProxy {
     router: Arc<Router>,
+    /// Holds what is read of a call before it is routed.
+    budget: Arc<BodyBudget>,
     shadow: Arc<ShadowService>,
     admission: Arc<Admission>,
     client: UpstreamClient,
@@ -66,11 +70,13 @@ impl GrpcProxy {
         router: Arc<Router>,
         shadow: Arc<ShadowService>,
         admission: Arc<Admission>,
+        budget: Arc<BodyBudget>,
         client: UpstreamClient,
         limits: &super::Limits,
     ) -> GrpcProxy {
         GrpcProxy {
             router,
+            budget,
             shadow,
             admission,
             client,
@@ -107,10 +113,21 @@ impl GrpcProxy {
         let permit = self.admit()?;
         let deadline = deadline(&inbound, self.request_timeout)?;
         let (mut parts, body) = inbound.request.into_parts();
-        let (first, rest) = first_message(body, self.max_body_bytes, deadline).await?;
+        let unary = parts.uri.path() == MODEL_INFER;
+        let read = first_message(
+            body,
+            self.max_body_bytes,
+            deadline,
+            unary,
+            self.budget.empty(),
+        );
+        let FirstMessage {
+            bytes: first,
+            held,
+            rest,
+        } = read.await?;
         let (name, version) = model_named(&parts, &first, self.max_body_bytes)?;
-        let unary_infer = rest.is_none() && parts.uri.path() == MODEL_INFER;
-        let (route, shadow) = self.route(&parts, &name, version.as_deref(), unary_infer)?;
+        let (route, shadow) = self.route(&parts, &name, version.as_deref(), unary)?;
         let version_permit = version_permit(&route)?;
         prepare(&mut parts, &inbound.peer);
         let capture = shadow
@@ -120,8 +137,8 @@ impl GrpcProxy {
                     .dispatch_grpc(mirror, &mut parts, &first, version.is_some())
             });
         let body = match rest {
-            None => RequestBody::whole(first, None),
-            Some(rest) => RequestBody::streamed(first, None, rest, usize::MAX, None).0,
+            None => RequestBody::whole(first, Some(held)),
+            Some(rest) => RequestBody::streamed(first, Some(held), rest, usize::MAX, None).0,
         };
         let request = Request::from_parts(parts, body);
         let permits = [Some(permit), version_permit];
@@ -129,7 +146,10 @@ impl GrpcProxy {
             .send(request, route, deadline, permits, inbound.started)
             .await?;
         if let Some(capture) = capture {
-            let capture = capture.start(answer.status().as_u16(), None);
+            // A trailers-only answer has its outcome in the head already.
+            let code = grpc_status(answer.headers()).unwrap_or(Code::Ok);
+            let status = http_equivalent(code, answer.status()).as_u16();
+            let capture = capture.start(status, None);
             answer.body_mut().capture(capture);
         }
         Ok(answer)
@@ -204,6 +224,15 @@ impl GrpcProxy {
             Err(_elapsed) => {
                 let waited =
                     deadline.saturating_duration_since(tokio::time::Instant::from_std(started));
+                // Only the gateway's own deadline says something of the server;
+                // a caller's shorter one does not.
+                if waited >= self.request_timeout {
+                    let timed_out: Result<http::Response<()>, _> = Err(UpstreamError::Timeout {
+                        endpoint: endpoint.url().to_string(),
+                        timeout: waited,
+                    });
+                    record_health(&endpoint, &timed_out, &self.ejection);
+                }
                 return Err(Refused::new(
                     Code::DeadlineExceeded,
                     format!("the model server did not answer within {waited:?}"),

@@ -20,6 +20,7 @@ use crate::grpc::status::Code;
 use crate::grpc::timeout::{self, GRPC_TIMEOUT};
 use crate::grpc::wire;
 use crate::routing::{RouteError, VersionRoute};
+use crate::upstream::budget::Reservation;
 
 pub const SERVICE: &str = "/inference.GRPCInferenceService/";
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -100,26 +101,33 @@ pub fn deadline(inbound: &Inbound, limit: Duration) -> Result<tokio::time::Insta
 }
 
 /// Reads the call's first message: its bytes (prefix included), and the rest
-/// of the body if it goes on (a streaming call).
+/// of the body if it goes on (a streaming call). A `unary` call is read to its
+/// end (clients may end the stream in a frame of its own), and a second
+/// message in it is refused.
 pub async fn first_message(
     mut body: Incoming,
     limit: usize,
     deadline: tokio::time::Instant,
-) -> Result<(Bytes, Option<Incoming>), Refused> {
+    unary: bool,
+    mut held: Reservation,
+) -> Result<FirstMessage, Refused> {
     let mut read = BytesMut::new();
     loop {
-        let length = frame::head(&read, limit).map_err(|e| {
-            let code = match e {
-                frame::FrameError::TooLarge { .. } => Code::ResourceExhausted,
-                _ => Code::InvalidArgument,
-            };
-            Refused::new(code, e.to_string())
-        })?;
-        if let Some(head) = length
-            && read.len() >= PREFIX + head.length
-        {
-            let rest = (!body.is_end_stream()).then_some(body);
-            return Ok((read.freeze(), rest));
+        let complete = message_length(&read, limit)?.is_some_and(|length| read.len() >= length);
+        if complete {
+            let one_message = message_length(&read, limit)? == Some(read.len());
+            if unary && !one_message {
+                let refused = "a unary call carries one message";
+                return Err(Refused::new(Code::InvalidArgument, refused));
+            }
+            if !unary || body.is_end_stream() {
+                let rest = (!body.is_end_stream()).then_some(body);
+                return Ok(FirstMessage {
+                    bytes: read.freeze(),
+                    held,
+                    rest,
+                });
+            }
         }
         let frame = tokio::time::timeout_at(deadline, body.frame())
             .await
@@ -132,6 +140,11 @@ pub async fn first_message(
         match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
+                    if !held.grow(data.len()) {
+                        let full = "the gateway's memory for request bodies \
+                                    (max_buffered_body_bytes) is full; retry later";
+                        return Err(Refused::new(Code::ResourceExhausted, full));
+                    }
                     read.extend_from_slice(data);
                 }
             }
@@ -141,6 +154,14 @@ pub async fn first_message(
                     format!("the call's body failed: {error}"),
                 ));
             }
+            // A unary call whose message was whole, ended by an empty frame.
+            None if complete => {
+                return Ok(FirstMessage {
+                    bytes: read.freeze(),
+                    held,
+                    rest: None,
+                });
+            }
             None => {
                 return Err(Refused::new(
                     Code::InvalidArgument,
@@ -149,6 +170,27 @@ pub async fn first_message(
             }
         }
     }
+}
+
+/// A call's first message as read: its bytes (prefix included, and whatever
+/// followed it in the same frames), their hold on the body budget, and the
+/// rest of a streaming call's body.
+pub struct FirstMessage {
+    pub bytes: Bytes,
+    pub held: Reservation,
+    pub rest: Option<Incoming>,
+}
+
+/// The length of the first message with its prefix, once the prefix is in.
+fn message_length(read: &[u8], limit: usize) -> Result<Option<usize>, Refused> {
+    let head = frame::head(read, limit).map_err(|e| {
+        let code = match e {
+            frame::FrameError::TooLarge { .. } => Code::ResourceExhausted,
+            _ => Code::InvalidArgument,
+        };
+        Refused::new(code, e.to_string())
+    })?;
+    Ok(head.map(|head| PREFIX + head.length))
 }
 
 /// The model (and version pin) the first message names.

@@ -69,6 +69,7 @@ impl Proxy {
             Arc::clone(&router),
             Arc::clone(&shadow),
             Arc::clone(&admission),
+            Arc::clone(&budget),
             UpstreamClient::new(PoolKind::Primary, limits.connect_timeout),
             &limits,
         );

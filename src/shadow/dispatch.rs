@@ -32,7 +32,7 @@ use super::report::{DropReason, ErrorKind};
 use super::runtime::ShadowRuntime;
 use super::worker::{CompareQueue, Job};
 use crate::config::ShadowThreads;
-use crate::grpc::status::{grpc_status, http_equivalent};
+use crate::grpc::status::{Code, grpc_status, http_equivalent};
 use crate::telemetry::ShadowResult;
 use crate::upstream::admission::Permit;
 use crate::upstream::budget::Reservation;
@@ -403,9 +403,13 @@ impl MirrorTask {
     }
 
     /// The status an answer is compared by: the HTTP status, or for gRPC the
-    /// HTTP status its `grpc-status` (in the trailers) stands for.
-    fn status_of(&self, http: StatusCode, trailers: Option<&HeaderMap>) -> u16 {
-        let code = self.grpc.then(|| trailers.and_then(grpc_status)).flatten();
+    /// HTTP status its `grpc-status` stands for (in the trailers, or in the head
+    /// of a trailers-only answer).
+    fn status_of(&self, http: StatusCode, head: Option<Code>, trailers: Option<&HeaderMap>) -> u16 {
+        let code = self
+            .grpc
+            .then(|| trailers.and_then(grpc_status).or(head))
+            .flatten();
         code.map_or(http, |code| http_equivalent(code, http))
             .as_u16()
     }
@@ -433,13 +437,14 @@ impl MirrorTask {
             }
             let response = sent.map_err(error_kind)?;
             let http_status = response.status();
+            let head_status = grpc_status(response.headers());
             let binary_header = response.headers().get(BINARY_HEADER_LENGTH).cloned();
             let body = Limited::new(response.into_body(), policy.max_body_bytes)
                 .collect()
                 .await;
             match body {
                 Ok(collected) => Ok(Outcome::Answered(Answered {
-                    status: self.status_of(http_status, collected.trailers()),
+                    status: self.status_of(http_status, head_status, collected.trailers()),
                     binary_header,
                     body: collected.to_bytes(),
                     latency: started.elapsed(),

@@ -35,6 +35,8 @@ impl ShadowService {
         pinned: bool,
     ) -> Option<CaptureSender> {
         let Mirror { shadow, targets } = mirror;
+        // Before the mirrors copy the headers, so both sides carry the same id.
+        let request_id = request_id(parts);
         let encoding = parts
             .headers
             .get("grpc-encoding")
@@ -72,7 +74,6 @@ impl ShadowService {
         if requests.is_empty() {
             return None;
         }
-        let request_id = request_id(parts);
         let (sender, receiver) = capture::channel(limit, Instant::now());
         let task = self.task(shadow, request_id, parts.uri.path(), true);
         self.submit(task, requests, None, receiver)

@@ -92,8 +92,10 @@ impl UpstreamClient {
     }
 }
 
-/// How often an idle HTTP/2 connection is pinged, and how long a ping may take
-/// before the connection is given up: a vanished server is noticed between calls.
+/// How often a connection with calls open is pinged, and how long a ping may
+/// take before the connection is given up: a server that vanished mid-call is
+/// noticed. Idle connections are not pinged (gRPC servers answer pings without
+/// calls by closing the connection); a dead idle one fails its next call.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// `uri` (origin form) on `endpoint`: HTTP/2 sends scheme and authority as
