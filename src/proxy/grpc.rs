@@ -45,12 +45,12 @@ use crate::grpc::status::{Code, grpc_status, http_equivalent, put_status, traile
 use crate::grpc::wire::Writer;
 use crate::routing::{self, Router, ServedStage, VersionRoute};
 use crate::shadow::{ModelShadow, ShadowService};
-use crate::upstream::UpstreamError;
 use crate::upstream::admission::{Admission, Permit};
 use crate::upstream::budget::BodyBudget;
 use crate::upstream::client::{UpstreamClient, record_health};
 use crate::upstream::health::EjectionPolicy;
 use crate::upstream::request_body::RequestBody;
+use crate::upstream::{Endpoint, UpstreamError};
 
 /// The gRPC request path; one per gateway.
 pub struct GrpcProxy {
@@ -129,6 +129,9 @@ impl GrpcProxy {
         let (name, version) = model_named(&parts, &first, self.max_body_bytes)?;
         let (route, shadow) = self.route(&parts, &name, version.as_deref(), unary)?;
         let version_permit = version_permit(&route)?;
+        // Picked before any mirror goes out: a call with nowhere to go is not
+        // mirrored either.
+        let endpoint = pick(&route)?;
         prepare(&mut parts, &inbound.peer);
         let capture = shadow
             .and_then(|shadow| shadow.sample(&parts.method, first.len(), self.shadow.cpu()))
@@ -143,7 +146,7 @@ impl GrpcProxy {
         let request = Request::from_parts(parts, body);
         let permits = [Some(permit), version_permit];
         let mut answer = self
-            .send(request, route, deadline, permits, inbound.started)
+            .send(request, endpoint, route, deadline, permits, inbound.started)
             .await?;
         if let Some(capture) = capture {
             // A trailers-only answer has its outcome in the head already.
@@ -188,31 +191,12 @@ impl GrpcProxy {
     async fn send(
         &self,
         request: Request<RequestBody>,
+        endpoint: Arc<Endpoint>,
         route: Arc<VersionRoute>,
         deadline: tokio::time::Instant,
         permits: [Option<Permit>; 2],
         started: Instant,
     ) -> Result<Answer, Refused> {
-        let endpoint = match route.pick_grpc_endpoint() {
-            Some(endpoint) => Arc::clone(endpoint),
-            None if route.grpc_endpoints().is_empty() => {
-                return Err(Refused::new(Code::Unavailable, format!(
-                    "version {} of model {} has no grpc_endpoints: configure its gRPC listener to call it over gRPC",
-                    route.version(), route.model()
-                )).on(&route));
-            }
-            None => {
-                return Err(Refused::new(
-                    Code::Unavailable,
-                    format!(
-                        "every gRPC endpoint of version {} of model {} is ejected after failures",
-                        route.version(),
-                        route.model()
-                    ),
-                )
-                .on(&route));
-            }
-        };
         let guard = endpoint.begin();
         let sent = tokio::time::timeout_at(
             deadline,
@@ -305,6 +289,30 @@ impl GrpcProxy {
             None => self.router.telemetry().unrouted().record(status),
         }
         answer
+    }
+}
+
+/// The gRPC endpoint the call goes to, or why there is none.
+fn pick(route: &Arc<VersionRoute>) -> Result<Arc<Endpoint>, Refused> {
+    match route.pick_grpc_endpoint() {
+        Some(endpoint) => Ok(Arc::clone(endpoint)),
+        None if route.grpc_endpoints().is_empty() => {
+            Err(Refused::new(Code::Unavailable, format!(
+                "version {} of model {} has no grpc_endpoints: configure its gRPC listener to call it over gRPC",
+                route.version(), route.model()
+            )).on(route))
+        }
+        None => {
+            Err(Refused::new(
+                Code::Unavailable,
+                format!(
+                    "every gRPC endpoint of version {} of model {} is ejected after failures",
+                    route.version(),
+                    route.model()
+                ),
+            )
+            .on(route))
+        }
     }
 }
 
