@@ -29,19 +29,10 @@ pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// A `ModelInferRequest` for `model` with about `bytes` of raw FP32 input.
 pub fn infer_request(model: &str, bytes: usize) -> Bytes {
-    let values = bytes / 4;
-    let mut input = Writer::new();
-    input
-        .string(1, "x")
-        .string(2, "FP32")
-        .varint(3, 1)
-        .varint(3, values as u64);
-    let raw: Vec<u8> = (0..values)
-        .flat_map(|i| (i as f32 / 100.0).to_le_bytes())
-        .collect();
+    let (tensor, raw) = fp32_tensor("x", bytes, 100.0);
     let message = Writer::new()
         .string(1, model)
-        .bytes(5, &input.finish())
+        .bytes(5, &tensor)
         .bytes(7, &raw)
         .finish();
     Bytes::from(framed(&message))
@@ -49,23 +40,30 @@ pub fn infer_request(model: &str, bytes: usize) -> Bytes {
 
 /// A `ModelInferResponse` with about `bytes` of raw FP32 output.
 pub fn infer_response(bytes: usize) -> Bytes {
-    let values = bytes / 4;
-    let mut output = Writer::new();
-    output
-        .string(1, "scores")
-        .string(2, "FP32")
-        .varint(3, 1)
-        .varint(3, values as u64);
-    let raw: Vec<u8> = (0..values)
-        .flat_map(|i| (i as f32 / 7.0).to_le_bytes())
-        .collect();
+    let (tensor, raw) = fp32_tensor("scores", bytes, 7.0);
     let message = Writer::new()
         .string(1, "m")
         .string(2, "1")
-        .bytes(5, &output.finish())
+        .bytes(5, &tensor)
         .bytes(6, &raw)
         .finish();
     Bytes::from(framed(&message))
+}
+
+/// An FP32 tensor `name` of shape `[1, n]` (its metadata message) and its raw
+/// data, about `bytes` long, values `i / scale`.
+fn fp32_tensor(name: &str, bytes: usize, scale: f32) -> (Vec<u8>, Vec<u8>) {
+    let values = bytes / 4;
+    let tensor = Writer::new()
+        .string(1, name)
+        .string(2, "FP32")
+        .varint(3, 1)
+        .varint(3, values as u64)
+        .finish();
+    let raw = (0..values)
+        .flat_map(|i| (i as f32 / scale).to_le_bytes())
+        .collect();
+    (tensor, raw)
 }
 
 /// Serves `listener` until the task is dropped: every call gets `answer` and
