@@ -24,7 +24,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::proxy::{Handler, json_error};
+use crate::proxy::{Handler, json_error, method_not_allowed};
 use crate::registry::Published;
 use crate::registry::Registry;
 use crate::rollout::RolloutReadings;
@@ -148,19 +148,6 @@ impl Handler for Admin {
     fn local_response(&self, response: Response<Bytes>) -> Response<Full<Bytes>> {
         response.map(Full::new)
     }
-}
-
-fn method_not_allowed(allowed: &'static str) -> Response<Bytes> {
-    let message = format!("only {allowed} is allowed here");
-    let mut response = json_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &message,
-        "method_not_allowed",
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allowed));
-    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Bytes> {

@@ -108,6 +108,20 @@ pub fn json_error(status: StatusCode, message: &str, code: &str) -> Response<Byt
     )
 }
 
+/// 405 `method_not_allowed`, with `Allow: allowed` (e.g. `"GET"`, `"GET, HEAD"`).
+pub fn method_not_allowed(allowed: &'static str) -> Response<Bytes> {
+    let message = format!("only {allowed} is allowed here");
+    let mut response = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &message,
+        "method_not_allowed",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allowed));
+    response
+}
+
 /// A JSON response with `value` as its body.
 pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Bytes> {
     let body =

@@ -20,7 +20,7 @@
 //! | overload, no production version, no (healthy) gRPC endpoint, model server unreachable | `UNAVAILABLE` |
 //! | the request deadline passed | `DEADLINE_EXCEEDED` |
 //! | no or a malformed first message, bad pins | `INVALID_ARGUMENT` |
-//! | a first message over `max_body_bytes` | `RESOURCE_EXHAUSTED` |
+//! | a first message over `max_body_bytes`, or past the body budget | `RESOURCE_EXHAUSTED` |
 //! | a call other than the inference service's model and server calls | `UNIMPLEMENTED` |
 
 use std::sync::Arc;
@@ -254,6 +254,7 @@ impl GrpcProxy {
                 let (status, _) = call.answer(&table);
                 Writer::new().bool(1, status == StatusCode::OK).finish()
             }
+            // The model list has no gRPC form; only Metadata gets here.
             ServerCall::Metadata | ServerCall::ModelList => {
                 let mut writer = Writer::new();
                 writer.string(1, SERVER_NAME).string(2, SERVER_VERSION);

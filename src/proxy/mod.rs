@@ -27,7 +27,7 @@ pub mod server_calls;
 mod stack;
 
 pub use body::ResponseBody;
-pub use error::{ProxyError, json_error, json_response};
+pub use error::{ProxyError, json_error, json_response, method_not_allowed};
 pub use handler::Proxy;
 pub use respond::{X_STAGEGATE_MODEL, X_STAGEGATE_STAGE, X_STAGEGATE_VERSION};
 pub use server::{Drained, Handler, serve};

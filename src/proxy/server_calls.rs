@@ -11,18 +11,17 @@
 //!
 //! `HEAD` is answered like `GET`; other methods get 405.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::ALLOW;
-use http::{HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::json;
 use tower::{Layer, Service};
 
 use super::ResponseBody;
-use super::error::{json_error, json_response};
+use super::error::{json_response, method_not_allowed};
 use super::stack::{Answer, Inbound, Refusal, Step, always_ready};
 use crate::routing::{Router, RoutingTable};
-use std::sync::Arc;
 
 /// The server name and version `GET /v2` gives.
 pub const SERVER_NAME: &str = "stagegate";
@@ -130,18 +129,7 @@ impl<S> ServerCalls<S> {
                 let (status, body) = call.answer(&self.router.load());
                 json_response(status, &body)
             }
-            _ => {
-                let message = format!("{method} is not allowed here; use GET");
-                let mut refused = json_error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    &message,
-                    "method_not_allowed",
-                );
-                refused
-                    .headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-                refused
-            }
+            _ => method_not_allowed("GET, HEAD"),
         };
         response.map(ResponseBody::local)
     }

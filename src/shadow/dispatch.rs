@@ -210,8 +210,8 @@ impl ShadowService {
                 // The production request's URI was built from the same path, so
                 // a failure here is not expected; it drops the mirror all the same.
                 let uri = endpoint.as_ref().and_then(|e| {
-                    let repinned = repinned(original, &version.version, repin)?;
-                    upstream_uri(e.endpoint(), repinned.as_ref().unwrap_or(original), strip).ok()
+                    let uri = mirror_uri(original, &version.version, repin)?;
+                    upstream_uri(e.endpoint(), &uri, strip).ok()
                 });
                 match (endpoint, uri) {
                     (Some(endpoint), Some(uri)) => Some((index, permit, endpoint, uri)),
@@ -246,14 +246,14 @@ impl ShadowService {
 }
 
 /// The client's URI with its version pin naming `version` instead, if it pins
-/// one (`Some(None)` if it pins none); `None` if the rewritten URI is invalid.
-fn repinned(original: &Uri, version: &str, repin: Repin) -> Option<Option<Uri>> {
-    let Some(path_and_query) = original.path_and_query() else {
-        return Some(None);
-    };
-    match repin(path_and_query.as_str(), version) {
-        Some(repinned) => Uri::try_from(repinned).ok().map(Some),
-        None => Some(None),
+/// one; `None` if the rewritten URI is invalid.
+fn mirror_uri(original: &Uri, version: &str, repin: Repin) -> Option<Uri> {
+    let repinned = original
+        .path_and_query()
+        .and_then(|pq| repin(pq.as_str(), version));
+    match repinned {
+        Some(repinned) => Uri::try_from(repinned).ok(),
+        None => Some(original.clone()),
     }
 }
 

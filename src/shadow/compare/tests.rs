@@ -402,3 +402,37 @@ fn a_malformed_binary_answer_is_a_difference_on_its_side() {
     assert_eq!(paths(&v), ["$body"]);
     assert!(v.differences[0].detail.starts_with("shadow: "), "{v:?}");
 }
+
+#[test]
+fn grpc_answers_compare_as_tensors_and_trailers_only_errors_by_status() {
+    use crate::grpc::frame::framed;
+    use crate::grpc::wire::Writer;
+    let answer = |version: &str, value: f32| {
+        let output = Writer::new()
+            .string(1, "sum")
+            .string(2, "FP32")
+            .varint(3, 1)
+            .finish();
+        let message = Writer::new()
+            .string(2, version)
+            .bytes(5, &output)
+            .bytes(6, &value.to_le_bytes())
+            .finish();
+        framed(&message)
+    };
+    let c = comparator(CompareMode::Oip, |_| {});
+    let (production, same, drifted) = (answer("1", 1.5), answer("2", 1.5), answer("2", 2.5));
+    assert!(
+        c.compare(Answer::grpc(200, &production), Answer::grpc(200, &same))
+            .matched
+    );
+    let v = c.compare(Answer::grpc(200, &production), Answer::grpc(200, &drifted));
+    assert_eq!(paths(&v), ["outputs.sum.data[0]"]);
+    // Trailers-only errors have no message; their statuses decide.
+    assert!(
+        c.compare(Answer::grpc(400, b""), Answer::grpc(400, b""))
+            .matched
+    );
+    let v = c.compare(Answer::grpc(400, b""), Answer::grpc(500, b""));
+    assert_eq!(paths(&v), ["$status"]);
+}
