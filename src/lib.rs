@@ -46,6 +46,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod gateway;
 pub mod grpc;
+pub mod llm;
 pub mod proxy;
 pub mod registry;
 pub mod rollout;
