@@ -47,11 +47,11 @@ fn scan_and_rewrite(c: &mut Criterion, body: &[u8], quotes: bool) {
     let quoted = if quotes { ", 60 quotes" } else { "" };
     let mut group = c.benchmark_group(format!("llm body of {} bytes{quoted}", body.len()));
     group.bench_function("scan for model, user, stream", |b| {
-        b.iter(|| scan(black_box(&body)).map(|f| f.model.len()))
+        b.iter(|| scan(black_box(body)).map(|f| f.model.len()))
     });
     group.bench_function("scan and rewrite model", |b| {
         b.iter(|| {
-            let fields = scan(black_box(&body)).ok()?;
+            let fields = scan(black_box(body)).ok()?;
             let to = Rewrite {
                 model: Some("meta-llama/Llama-3.1-8B-Instruct"),
                 request_usage: false,
@@ -60,7 +60,7 @@ fn scan_and_rewrite(c: &mut Criterion, body: &[u8], quotes: bool) {
         })
     });
     group.bench_function("serde_json decode (for comparison)", |b| {
-        b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).map(|v| v["model"].is_string()))
+        b.iter(|| serde_json::from_slice::<Value>(black_box(body)).map(|v| v["model"].is_string()))
     });
     group.finish();
 }
