@@ -23,6 +23,7 @@ fn record(revision: u64) -> Record {
         reason: "journal append benchmark".into(),
         endpoints: vec![],
         grpc_endpoints: vec![],
+        upstream_model: None,
         also: vec![],
         shadow: None,
         canary: None,

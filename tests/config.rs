@@ -505,3 +505,22 @@ fn grpc_endpoints_are_optional_urls_checked_like_endpoints() {
         ],
     );
 }
+
+#[test]
+fn an_upstream_model_is_an_optional_served_name() {
+    let text = "[[models]]\nname = \"chat\"\n[[models.versions]]\nversion = \"1\"\nstage = \"production\"\n\
+        endpoints = [\"http://h:8000\"]\nupstream_model = \"meta-llama/Llama-3.1-8B-Instruct\"\n\
+        [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"http://h2:8000\"]\n";
+    let config = Config::parse(text, "t").unwrap();
+    let versions = &config.models[0].versions;
+    assert_eq!(
+        versions[0].upstream_model.as_ref().unwrap().as_str(),
+        "meta-llama/Llama-3.1-8B-Instruct"
+    );
+    assert!(versions[1].upstream_model.is_none(), "optional");
+    let bad = text.replace("meta-llama/Llama-3.1-8B-Instruct", "");
+    assert_exactly(
+        &field_errors(&bad),
+        &["models[0].versions[0].upstream_model: a served model name has 1-256 characters, not 0"],
+    );
+}

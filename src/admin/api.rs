@@ -42,6 +42,8 @@ struct RegisterBody {
     #[serde(default)]
     grpc_endpoints: Vec<String>,
     #[serde(default)]
+    upstream_model: Option<String>,
+    #[serde(default)]
     reason: String,
 }
 
@@ -103,6 +105,7 @@ impl Api {
                     version: body.version,
                     endpoints: body.endpoints,
                     grpc_endpoints: body.grpc_endpoints,
+                    upstream_model: body.upstream_model,
                     reason: body.reason,
                 };
                 self.change_from(request, None, command, caller, StatusCode::CREATED)

@@ -47,7 +47,8 @@ pub fn model(served: &Served, name: &str) -> Option<Value> {
             let endpoints: Vec<String> = v.endpoints.iter().map(ToString::to_string).collect();
             let grpc: Vec<String> = v.grpc_endpoints.iter().map(ToString::to_string).collect();
             json!({ "version": v.version, "stage": v.stage, "endpoints": endpoints,
-                    "grpc_endpoints": grpc, "stage_owner": owner })
+                    "grpc_endpoints": grpc, "upstream_model": v.upstream_model,
+                    "stage_owner": owner })
         })
         .collect();
     let current = model.production().map(|v| v.version.as_str());

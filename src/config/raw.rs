@@ -143,6 +143,7 @@ pub struct RawVersion {
     #[serde(default)]
     pub grpc_endpoints: Vec<String>,
     pub max_concurrent_requests: Option<u64>,
+    pub upstream_model: Option<String>,
 }
 
 /// A version id written as a string or an integer (`"3"` or `3`).

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use super::raw::{RawConfig, RawModel, RawVersion};
 use super::{Config, FieldError, defaults, registry, server};
-use crate::vocab::names::is_valid_identifier;
+use crate::vocab::names::{ServedModelName, is_valid_identifier};
 use crate::vocab::policy::{CompareMode, ComparePolicy, ShadowPolicy, StickyPolicy, default_plan};
 use crate::vocab::rollout::{GateLimit, Gates, OnFailure, Plan};
 use crate::vocab::{
@@ -327,6 +327,11 @@ fn validate_version(raw: &RawVersion, path: &str, errors: &mut Errors) -> Option
             "must be greater than 0",
         );
     }
+    let upstream_model = raw.upstream_model.as_deref().and_then(|name| {
+        ServedModelName::parse(name)
+            .map_err(|message| errors.push(format!("{path}.upstream_model"), message))
+            .ok()
+    });
     Some(VersionSpec {
         version: raw.version.clone(),
         stage: stage?,
@@ -335,6 +340,7 @@ fn validate_version(raw: &RawVersion, path: &str, errors: &mut Errors) -> Option
         max_concurrent_requests: raw
             .max_concurrent_requests
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        upstream_model,
     })
 }
 

@@ -15,6 +15,9 @@ pub enum Command {
         endpoints: Vec<String>,
         /// Where the version answers gRPC, if it does.
         grpc_endpoints: Vec<String>,
+        /// The name its server serves it under (OpenAI's `model`), if not the
+        /// model's own.
+        upstream_model: Option<String>,
         reason: String,
     },
     Transition {

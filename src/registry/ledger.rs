@@ -77,6 +77,9 @@ pub struct LedgerVersion {
     /// gRPC endpoints given at registration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grpc_endpoints: Vec<String>,
+    /// Served model name given at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_model: Option<String>,
 }
 
 /// A record that does not follow the ledger's last one.
@@ -107,6 +110,7 @@ impl Ledger {
                     stage,
                     endpoints: Vec::new(),
                     grpc_endpoints: Vec::new(),
+                    upstream_model: None,
                 });
             entry.stage = stage;
         }
@@ -115,6 +119,7 @@ impl Ledger {
         {
             entry.endpoints.clone_from(&record.endpoints);
             entry.grpc_endpoints.clone_from(&record.grpc_endpoints);
+            entry.upstream_model.clone_from(&record.upstream_model);
         }
         if let Some(shadow) = &record.shadow {
             model.shadow = Some(shadow.clone());
@@ -235,6 +240,7 @@ mod tests {
                 vec![]
             },
             grpc_endpoints: vec![],
+            upstream_model: None,
             also,
         })
     }

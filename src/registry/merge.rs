@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use super::ledger::Ledger;
 use super::{EndpointUrl, ModelSpec, ShadowPolicy, Stage, StickyPolicy, VersionSpec, default_plan};
 use crate::config::defaults;
+use crate::vocab::ServedModelName;
 
 /// The served models, and what the operator should know about how they were made.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,12 +85,23 @@ fn merge_model(config: &ModelSpec, ledger: &Ledger, warnings: &mut Vec<String>) 
             ));
         }
         let grpc_endpoints = parse_endpoints(&config.name, id, &journal.grpc_endpoints, warnings);
+        let upstream_model = journal.upstream_model.as_deref().and_then(|name| {
+            ServedModelName::parse(name)
+                .map_err(|e| {
+                    warnings.push(format!(
+                        "model {:?} version {id:?}: journal's upstream_model ignored: {e}",
+                        config.name
+                    ));
+                })
+                .ok()
+        });
         versions.push(VersionSpec {
             version: id.clone(),
             stage: journal.stage,
             endpoints,
             grpc_endpoints,
             max_concurrent_requests: None,
+            upstream_model,
         });
     }
     keep_one_production(&config.name, &mut versions, ledger, warnings);
@@ -198,6 +210,7 @@ mod tests {
                 reason: String::new(),
                 endpoints: vec![],
                 grpc_endpoints: Vec::new(),
+                upstream_model: None,
                 also: vec![Move {
                     version: archived.into(),
                     from: Stage::Production,

@@ -63,6 +63,9 @@ pub struct Record {
     /// gRPC endpoints of a registered version (HTTP/2 cleartext).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grpc_endpoints: Vec<String>,
+    /// The served model name of a registered version, if not the model's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_model: Option<String>,
     /// Other versions moved by the same change (the production version a
     /// promotion or rollback archives).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -162,6 +165,7 @@ mod tests {
             reason: "shadow agreement 99.7%".into(),
             endpoints: vec![],
             grpc_endpoints: Vec::new(),
+            upstream_model: None,
             also: vec![Move {
                 version: "2".into(),
                 from: Stage::Production,

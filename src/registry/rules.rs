@@ -17,6 +17,7 @@ use super::ledger::Ledger;
 use super::record::{Action, Move, Observation, Record, now};
 use super::rollout_rules;
 use super::{EndpointUrl, ModelSpec, ShadowPolicy, Stage, is_valid_identifier};
+use crate::vocab::ServedModelName;
 
 /// The record `command` becomes, stamped with the next revision, or why it is refused.
 pub fn plan(
@@ -31,12 +32,16 @@ pub fn plan(
             version,
             endpoints,
             grpc_endpoints,
+            upstream_model,
             reason,
         } => register(
             find(models, model)?,
             version,
-            endpoints,
-            grpc_endpoints,
+            Serving {
+                endpoints,
+                grpc_endpoints,
+                upstream_model: upstream_model.as_deref(),
+            },
             reason,
         )?,
         Command::Transition {
@@ -159,6 +164,7 @@ fn draft(
         reason: reason.to_string(),
         endpoints: Vec::new(),
         grpc_endpoints: Vec::new(),
+        upstream_model: None,
         also: Vec::new(),
         shadow: None,
         canary: None,
@@ -207,13 +213,24 @@ fn observe(
     Ok(record)
 }
 
+/// Where and under which name a version being registered is served.
+struct Serving<'a> {
+    endpoints: &'a [String],
+    grpc_endpoints: &'a [String],
+    upstream_model: Option<&'a str>,
+}
+
 fn register(
     model: &ModelSpec,
     version: &str,
-    endpoints: &[String],
-    grpc_endpoints: &[String],
+    serving: Serving<'_>,
     reason: &str,
 ) -> Result<Record, RegistryError> {
+    let Serving {
+        endpoints,
+        grpc_endpoints,
+        upstream_model,
+    } = serving;
     if !is_valid_identifier(version) {
         return Err(RegistryError::Invalid {
             field: "version",
@@ -234,6 +251,13 @@ fn register(
     }
     let parsed = validate_endpoints("endpoints", endpoints)?;
     let grpc = validate_endpoints("grpc_endpoints", grpc_endpoints)?;
+    let upstream_model = upstream_model
+        .map(ServedModelName::parse)
+        .transpose()
+        .map_err(|message| RegistryError::Invalid {
+            field: "upstream_model",
+            message,
+        })?;
     let mut record = draft(
         Action::Register,
         model,
@@ -244,6 +268,7 @@ fn register(
     );
     record.endpoints = parsed.iter().map(EndpointUrl::to_string).collect();
     record.grpc_endpoints = grpc.iter().map(EndpointUrl::to_string).collect();
+    record.upstream_model = upstream_model.map(String::from);
     Ok(record)
 }
 

@@ -147,6 +147,7 @@ fn registration_lands_in_staging_and_checks_its_input() {
         version: version.into(),
         endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
         grpc_endpoints: vec![],
+        upstream_model: None,
         reason: String::new(),
     };
     let record = plan(
@@ -182,12 +183,13 @@ fn registration_lands_in_staging_and_checks_its_input() {
 }
 
 #[test]
-fn grpc_endpoints_are_registered_beside_the_http_ones_and_checked() {
+fn grpc_endpoints_and_the_upstream_model_are_registered_beside_the_http_ones_and_checked() {
     let register = |grpc: &[&str]| Command::Register {
         model: "m".into(),
         version: "5".into(),
         endpoints: vec!["http://v5:8000".into()],
         grpc_endpoints: grpc.iter().map(|e| e.to_string()).collect(),
+        upstream_model: Some("meta-llama/Llama-3.1-8B-Instruct".into()),
         reason: String::new(),
     };
     let record = plan(
@@ -198,6 +200,10 @@ fn grpc_endpoints_are_registered_beside_the_http_ones_and_checked() {
     )
     .unwrap();
     assert_eq!(record.grpc_endpoints, ["http://v5:8001"]);
+    assert_eq!(
+        record.upstream_model.as_deref(),
+        Some("meta-llama/Llama-3.1-8B-Instruct")
+    );
     let mut ledger = Ledger::default();
     ledger
         .apply(Arc::new(Record {
@@ -209,11 +215,27 @@ fn grpc_endpoints_are_registered_beside_the_http_ones_and_checked() {
         ledger.model("m").unwrap().versions["5"].grpc_endpoints,
         ["http://v5:8001"]
     );
+    assert_eq!(
+        ledger.model("m").unwrap().versions["5"]
+            .upstream_model
+            .as_deref(),
+        Some("meta-llama/Llama-3.1-8B-Instruct")
+    );
     for bad in [&["ftp://x"][..], &["http://a:1", "http://a:1"]] {
         let refused = plan(&models(), &Ledger::default(), &register(bad), "t").unwrap_err();
         assert_eq!(refused.code(), "invalid_request", "{bad:?}");
         assert!(refused.to_string().contains("grpc_endpoints"), "{refused}");
     }
+    let unservable = Command::Register {
+        model: "m".into(),
+        version: "6".into(),
+        endpoints: vec!["http://v6:8000".into()],
+        grpc_endpoints: vec![],
+        upstream_model: Some("two\nlines".into()),
+        reason: String::new(),
+    };
+    let refused = plan(&models(), &Ledger::default(), &unservable, "t").unwrap_err();
+    assert!(refused.to_string().contains("upstream_model"), "{refused}");
 }
 
 #[test]

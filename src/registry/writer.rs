@@ -342,6 +342,7 @@ impl Task {
                     reason: "first seen in the config".to_string(),
                     endpoints: Vec::new(),
                     grpc_endpoints: Vec::new(),
+                    upstream_model: None,
                     also: Vec::new(),
                     shadow: None,
                     canary: None,

@@ -230,6 +230,7 @@ fn register(inputs: &Inputs, version: &str, reason: String) -> Option<Command> {
         endpoints,
         // MLflow tags name HTTP endpoints only, for now.
         grpc_endpoints: Vec::new(),
+        upstream_model: inputs.view.upstream_model(version),
         reason,
     })
 }

@@ -314,6 +314,7 @@ fn an_alias_moved_to_a_running_candidate_does_not_start_a_second_rollout() {
         version: "2".into(),
         endpoints: vec!["http://v2:8080".into()],
         grpc_endpoints: vec![],
+        upstream_model: None,
         reason: String::new(),
     });
     let plan = world.model().rollout_defaults.clone();
@@ -371,6 +372,7 @@ fn a_version_registered_by_hand_is_not_retired() {
         version: "9".into(),
         endpoints: vec!["http://v9:8080".into()],
         grpc_endpoints: vec![],
+        upstream_model: None,
         reason: String::new(),
     });
     assert_eq!(world.settle(), Vec::<String>::new());

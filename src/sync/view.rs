@@ -132,4 +132,15 @@ impl ModelView {
         }
         Ok(endpoints)
     }
+
+    /// The name the version's server serves it under, from its
+    /// [`UPSTREAM_MODEL_TAG`] tag (checked when it is registered).
+    pub fn upstream_model(&self, version: &str) -> Option<String> {
+        let found = self.versions.get(version)?;
+        found.tags.get(UPSTREAM_MODEL_TAG).cloned()
+    }
 }
+
+/// The MLflow version tag naming the model a version's OpenAI-compatible
+/// server serves it under (its `upstream_model`).
+pub const UPSTREAM_MODEL_TAG: &str = "stagegate.upstream_model";

@@ -10,7 +10,8 @@
 //!   rollout plans and their gates; [`evidence`]: what a gate read;
 //! - [`path`]: the JSON paths of comparison policies ([`PathPattern`]).
 //! - [`names`]: HTTP methods and header names of policies ([`MethodName`],
-//!   [`HeaderNameText`]), and ids as header values.
+//!   [`HeaderNameText`]), ids as header values, and the model name a server
+//!   serves a version under ([`ServedModelName`]).
 
 pub mod endpoint;
 pub mod evidence;
@@ -22,5 +23,5 @@ pub mod rollout;
 
 pub use endpoint::{EndpointUrl, EndpointUrlError};
 pub use model::{ModelSpec, Stage, VersionSpec};
-pub use names::{HeaderNameText, MethodName, id_header_value};
+pub use names::{HeaderNameText, MethodName, ServedModelName, id_header_value};
 pub use path::{JsonPath, PathPattern, Step};

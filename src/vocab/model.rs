@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::endpoint::EndpointUrl;
+use super::names::ServedModelName;
 use super::policy::{ShadowPolicy, StickyPolicy};
 use super::rollout::{Canary, Plan, Rollout};
 
@@ -84,6 +85,9 @@ pub struct VersionSpec {
     pub grpc_endpoints: Vec<EndpointUrl>,
     /// Requests this version may serve at once (on top of the gateway's limit).
     pub max_concurrent_requests: Option<usize>,
+    /// The name its server serves it under, written into an OpenAI-style
+    /// request's `model` (`None`: the model's own name, as the client gave it).
+    pub upstream_model: Option<ServedModelName>,
 }
 
 impl ModelSpec {

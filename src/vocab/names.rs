@@ -153,3 +153,51 @@ mod tests {
         assert_eq!(id_header_value("a b\n%"), "a%20b%0A%25");
     }
 }
+
+/// The name a model server serves a version under (OpenAI's `model`, e.g.
+/// `meta-llama/Llama-3.1-8B-Instruct`): 1-256 characters, none of them control
+/// characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ServedModelName(String);
+
+impl ServedModelName {
+    pub const MAX_LEN: usize = 256;
+
+    pub fn parse(text: &str) -> Result<ServedModelName, String> {
+        if text.is_empty() || text.chars().count() > Self::MAX_LEN {
+            return Err(format!(
+                "a served model name has 1-{} characters, not {}",
+                Self::MAX_LEN,
+                text.chars().count()
+            ));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(format!("{text:?} holds a control character"));
+        }
+        Ok(ServedModelName(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ServedModelName {
+    type Error = String;
+    fn try_from(text: String) -> Result<ServedModelName, String> {
+        ServedModelName::parse(&text)
+    }
+}
+
+impl From<ServedModelName> for String {
+    fn from(name: ServedModelName) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for ServedModelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

@@ -20,6 +20,7 @@ fn record(revision: u64, version: &str) -> Record {
         reason: String::new(),
         endpoints: vec![format!("http://v{version}:1")],
         grpc_endpoints: vec![format!("http://v{version}:2")],
+        upstream_model: None,
         also: vec![],
         shadow: None,
         canary: None,
