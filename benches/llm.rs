@@ -47,7 +47,7 @@ fn scan_and_rewrite(c: &mut Criterion, body: &[u8], quotes: bool) {
     let quoted = if quotes { ", 60 quotes" } else { "" };
     let mut group = c.benchmark_group(format!("llm body of {} bytes{quoted}", body.len()));
     group.bench_function("scan for model, user, stream", |b| {
-        b.iter(|| scan(black_box(body)).map(|f| f.model.len()))
+        b.iter(|| scan(black_box(body)).map(|f| f.model_span.len()))
     });
     group.bench_function("scan and rewrite model", |b| {
         b.iter(|| {

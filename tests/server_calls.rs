@@ -36,7 +36,13 @@ async fn live_ready_metadata_and_model_list_are_answered_by_the_gateway() {
         serde_json::json!(["binary_tensor_data"])
     );
     let models = get(&base, "/v1/models").await;
-    assert_eq!(models.json(), serde_json::json!({"models": ["fraud"]}));
+    // KServe V1's list and OpenAI's, in one answer.
+    assert_eq!(
+        models.json(),
+        serde_json::json!({"models": ["fraud"], "object": "list", "data": [
+            {"id": "fraud", "object": "model", "created": 0, "owned_by": "stagegate"}
+        ]})
+    );
     assert!(
         production.received().is_empty(),
         "no server-level call reaches a model server"

@@ -30,6 +30,10 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
     pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
     pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+    /// A generation may queue and think before its first byte...
+    pub const LLM_FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
+    /// ...and then streams for as long as it needs, but never stalls this long.
+    pub const LLM_IDLE_TIMEOUT_MS: u64 = 30_000;
     pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
     pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
     pub const MAX_BUFFERED_BODY_BYTES: u64 = 256 * 1024 * 1024;
@@ -124,6 +128,10 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// OpenAI-compatible calls: the wait for the answer's head (instead of
+    /// `request_timeout`), and the longest gap in its body.
+    pub llm_first_byte_timeout: Duration,
+    pub llm_idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_body_bytes: usize,
     /// Request-body bytes held in memory at once, gateway-wide: read ahead of

@@ -63,6 +63,8 @@ pub struct RawServer {
     pub header_read_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    pub llm_first_byte_timeout_ms: Option<u64>,
+    pub llm_idle_timeout_ms: Option<u64>,
     pub drain_timeout_ms: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub max_buffered_body_bytes: Option<u64>,
@@ -91,6 +93,7 @@ pub struct RawModel {
 pub struct RawCanary {
     pub sticky_header: Option<String>,
     pub sticky_cookie: Option<String>,
+    pub sticky_openai_user: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -63,6 +63,16 @@ pub(super) fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerCon
         defaults::REQUEST_TIMEOUT_MS,
         "server.request_timeout_ms",
     );
+    let llm_first_byte_timeout = millis(
+        raw.llm_first_byte_timeout_ms,
+        defaults::LLM_FIRST_BYTE_TIMEOUT_MS,
+        "server.llm_first_byte_timeout_ms",
+    );
+    let llm_idle_timeout = millis(
+        raw.llm_idle_timeout_ms,
+        defaults::LLM_IDLE_TIMEOUT_MS,
+        "server.llm_idle_timeout_ms",
+    );
     let drain_timeout = millis(
         raw.drain_timeout_ms,
         defaults::DRAIN_TIMEOUT_MS,
@@ -109,6 +119,8 @@ pub(super) fn validate_server(raw: &RawServer, errors: &mut Errors) -> ServerCon
             header_read_timeout,
             connect_timeout,
             request_timeout,
+            llm_first_byte_timeout,
+            llm_idle_timeout,
             drain_timeout,
             max_body_bytes: usize_or_max(max_body_bytes),
             max_buffered_body_bytes: usize_or_max(max_buffered_body_bytes),

@@ -158,7 +158,11 @@ fn validate_sticky(raw: &RawModel, path: &str, errors: &mut Errors) -> StickyPol
             "is not a cookie name",
         );
     }
-    StickyPolicy { header, cookie }
+    StickyPolicy {
+        header,
+        cookie,
+        openai_user: canary.and_then(|c| c.sticky_openai_user).unwrap_or(false),
+    }
 }
 
 fn validate_rollout(raw: &RawModel, path: &str, errors: &mut Errors) -> Plan {

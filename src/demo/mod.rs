@@ -2,6 +2,7 @@
 //! archived, one in production, one in staging) and a gateway in front of them,
 //! configured from an embedded config.
 
+pub mod llm_model;
 mod model;
 pub mod scenario;
 
@@ -184,8 +185,9 @@ impl Demo {
     }
 }
 
-async fn spawn_model_server(
-    model: DemoModel,
+/// Serves `model` on an ephemeral loopback port until `shutdown`; its port.
+pub async fn spawn_model_server(
+    model: impl crate::proxy::Handler,
     shutdown: CancellationToken,
 ) -> Result<u16, DemoError> {
     let listener = TcpListener::bind(("127.0.0.1", 0))
@@ -199,6 +201,8 @@ async fn spawn_model_server(
         header_read_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
+        llm_first_byte_timeout: Duration::from_secs(5),
+        llm_idle_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(1),
         max_body_bytes: 1 << 20,
         max_buffered_body_bytes: 64 << 20,

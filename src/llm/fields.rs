@@ -46,14 +46,15 @@ impl FieldError {
     }
 }
 
-/// The fields found, as positions in the body and the values read from them.
+/// The fields found, as positions in the body (so they travel with it without
+/// borrowing it) and the values read from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fields<'b> {
+pub struct Fields {
     /// The `model` value, quotes included (what a rewrite replaces).
     pub model_span: Range<usize>,
-    pub model: Cow<'b, str>,
+    pub model: Text,
     /// OpenAI's end-user id, a sticky key for canaries.
-    pub user: Option<Cow<'b, str>>,
+    pub user: Option<Text>,
     pub stream: bool,
     /// The `stream_options` object, braces included.
     pub stream_options: Option<Range<usize>>,
@@ -61,8 +62,31 @@ pub struct Fields<'b> {
     pub first_key_at: usize,
 }
 
+/// A string value of the body: where it is, or, when it has escapes, its
+/// decoded text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    /// The contents between its quotes, valid UTF-8 without escapes.
+    Span(Range<usize>),
+    Decoded(Box<str>),
+}
+
+impl Text {
+    /// The text, read from the `body` it was found in.
+    pub fn get<'a>(&'a self, body: &'a [u8]) -> &'a str {
+        match self {
+            // Checked when scanned; a different body yields "".
+            Text::Span(span) => body
+                .get(span.clone())
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .unwrap_or_default(),
+            Text::Decoded(text) => text,
+        }
+    }
+}
+
 /// Reads the fields of `body`.
-pub fn scan(body: &[u8]) -> Result<Fields<'_>, FieldError> {
+pub fn scan(body: &[u8]) -> Result<Fields, FieldError> {
     let mut s = Scanner { body, at: 0 };
     s.skip_ws();
     if s.peek() != Some(b'{') {
@@ -115,9 +139,9 @@ pub fn asks_for_usage(body: &[u8], stream_options: &Range<usize>) -> bool {
 const MAX_DEPTH: u32 = 128;
 
 #[derive(Default)]
-struct Found<'b> {
-    model: Option<(Range<usize>, Cow<'b, str>)>,
-    user: Option<Cow<'b, str>>,
+struct Found {
+    model: Option<(Range<usize>, Text)>,
+    user: Option<Text>,
     stream: Option<bool>,
     stream_options: Option<Range<usize>>,
 }
@@ -145,7 +169,7 @@ impl<'b> Scanner<'b> {
     }
 
     /// One `"key": value` of the top-level object.
-    fn member(&mut self, found: &mut Found<'b>) -> Result<(), FieldError> {
+    fn member(&mut self, found: &mut Found) -> Result<(), FieldError> {
         self.skip_ws();
         if self.peek() != Some(b'"') {
             return Err(FieldError::Malformed(self.at));
@@ -162,10 +186,10 @@ impl<'b> Scanner<'b> {
         let raw = &self.body[span.clone()];
         match decoded(&self.body[key], start)?.as_ref() {
             "model" => {
-                let name = string_value(raw, "model", start)?;
+                let name = string_value(raw, &span, "model")?;
                 set(&mut found.model, (span, name), "model")
             }
-            "user" => set(&mut found.user, string_value(raw, "user", start)?, "user"),
+            "user" => set(&mut found.user, string_value(raw, &span, "user")?, "user"),
             "stream" => {
                 let stream = match raw {
                     b"true" => true,
@@ -282,16 +306,15 @@ fn set<T>(slot: &mut Option<T>, value: T, field: &'static str) -> Result<(), Fie
     Ok(())
 }
 
-/// A string value (quotes included in `raw`), decoded.
-fn string_value<'b>(
-    raw: &'b [u8],
-    field: &'static str,
-    at: usize,
-) -> Result<Cow<'b, str>, FieldError> {
-    match raw {
-        [b'"', contents @ .., b'"'] => decoded(contents, at),
-        _ => Err(FieldError::NotAString(field)),
-    }
+/// A string value (`raw`, quotes included, found at `span`) as [`Text`].
+fn string_value(raw: &[u8], span: &Range<usize>, field: &'static str) -> Result<Text, FieldError> {
+    let [b'"', contents @ .., b'"'] = raw else {
+        return Err(FieldError::NotAString(field));
+    };
+    Ok(match decoded(contents, span.start)? {
+        Cow::Borrowed(_) => Text::Span(span.start + 1..span.end - 1),
+        Cow::Owned(text) => Text::Decoded(text.into_boxed_str()),
+    })
 }
 
 /// A string's contents (between its quotes) as text: borrowed unless it has

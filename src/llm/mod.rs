@@ -7,8 +7,41 @@
 pub mod fields;
 pub mod rewrite;
 
-pub use fields::{FieldError, Fields, scan};
+pub use fields::{FieldError, Fields, Text, scan};
 pub use rewrite::{Rewrite, rewrite};
+
+use bytes::Bytes;
+
+/// An OpenAI-style request read whole: the call, its body as the client sent
+/// it, and the fields found in it.
+#[derive(Debug, Clone)]
+pub struct LlmCall {
+    pub call: Call,
+    pub body: Bytes,
+    pub fields: Fields,
+}
+
+impl LlmCall {
+    /// The model name as the client wrote it (a pin included).
+    pub fn model(&self) -> &str {
+        self.fields.model.get(&self.body)
+    }
+
+    /// OpenAI's end-user id, if the request gives one.
+    pub fn user(&self) -> Option<&str> {
+        self.fields.user.as_ref().map(|user| user.get(&self.body))
+    }
+
+    /// The body for a server that serves the version as `served`, asking for a
+    /// final usage event if `request_usage`; `None` when the client's body does.
+    pub fn body_for(&self, served: &str, request_usage: bool) -> Option<(Bytes, bool)> {
+        let to = Rewrite {
+            model: Some(served),
+            request_usage,
+        };
+        rewrite(&self.body, &self.fields, to)
+    }
+}
 
 /// The OpenAI-compatible calls routed by the body's `model`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,9 +21,9 @@ pub struct Rewrite<'a> {
 
 /// The body as `rewrite` says, and whether a usage event was asked for that the
 /// client had not asked for; `None` when nothing changes.
-pub fn rewrite(body: &[u8], fields: &Fields<'_>, rewrite: Rewrite<'_>) -> Option<(Bytes, bool)> {
+pub fn rewrite(body: &[u8], fields: &Fields, rewrite: Rewrite<'_>) -> Option<(Bytes, bool)> {
     let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(2);
-    if let Some(name) = rewrite.model.filter(|name| *name != fields.model) {
+    if let Some(name) = rewrite.model.filter(|name| *name != fields.model.get(body)) {
         edits.push((fields.model_span.clone(), quoted(name)));
     }
     let usage_added = rewrite.request_usage && fields.stream && !asks_usage(body, fields);
@@ -46,7 +46,7 @@ pub fn rewrite(body: &[u8], fields: &Fields<'_>, rewrite: Rewrite<'_>) -> Option
     Some((out.freeze(), usage_added))
 }
 
-fn asks_usage(body: &[u8], fields: &Fields<'_>) -> bool {
+fn asks_usage(body: &[u8], fields: &Fields) -> bool {
     fields
         .stream_options
         .as_ref()
@@ -55,7 +55,7 @@ fn asks_usage(body: &[u8], fields: &Fields<'_>) -> bool {
 
 /// `include_usage: true` set in the request's `stream_options`, or the object
 /// added as its first field.
-fn usage_edit(body: &[u8], fields: &Fields<'_>) -> (Range<usize>, Vec<u8>) {
+fn usage_edit(body: &[u8], fields: &Fields) -> (Range<usize>, Vec<u8>) {
     let existing = fields.stream_options.as_ref().and_then(|span| {
         let mut options: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(body.get(span.clone())?).ok()?;

@@ -24,10 +24,22 @@ pub enum ProxyError {
     VersionOverloaded { limit: usize },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error(
+        "the gateway's body budget (server.max_buffered_body_bytes = {limit}) has no room for this body, which must be read whole to be routed; retry later"
+    )]
+    BodyBudgetFull { limit: usize },
     #[error("request headers exceed the limit of {limit} bytes")]
     HeadersTooLarge { limit: usize },
     #[error("{0}")]
     BadRequest(String),
+    #[error("only {0} is allowed here")]
+    MethodNotAllowed(&'static str),
+    /// A body the gateway reads to route by, whose `field` is wrong.
+    #[error("{message}")]
+    BadField {
+        field: Option<&'static str>,
+        message: String,
+    },
     #[error(
         "request has both Transfer-Encoding and Content-Length; refused as a possible request smuggling attempt"
     )]
@@ -48,10 +60,14 @@ impl ProxyError {
             ProxyError::Route(e) => e.status(),
             ProxyError::Overloaded { .. }
             | ProxyError::VersionOverloaded { .. }
-            | ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::NoHealthyEndpoint { .. }
+            | ProxyError::BodyBudgetFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::BadRequest(_) | ProxyError::ConflictingFraming => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_)
+            | ProxyError::BadField { .. }
+            | ProxyError::ConflictingFraming => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(
                 UpstreamError::Unreachable { .. } | UpstreamError::Failed { .. },
@@ -67,11 +83,15 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::Route(e) => e.code(),
-            ProxyError::Overloaded { .. } | ProxyError::VersionOverloaded { .. } => "overloaded",
+            ProxyError::Overloaded { .. }
+            | ProxyError::VersionOverloaded { .. }
+            | ProxyError::BodyBudgetFull { .. } => "overloaded",
             ProxyError::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::BadRequest(_) | ProxyError::ConflictingFraming => "bad_request",
+            ProxyError::BadField { .. } => "invalid_body",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::ClientTimeout(_) => "client_timeout",
             ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             ProxyError::Upstream(
@@ -96,7 +116,41 @@ impl ProxyError {
 
     /// The JSON error response for this error.
     pub fn to_response(&self) -> Response<Bytes> {
-        json_error(self.status(), &self.to_string(), self.code())
+        match self {
+            ProxyError::MethodNotAllowed(allowed) => method_not_allowed(allowed),
+            _ => json_error(self.status(), &self.to_string(), self.code()),
+        }
+    }
+
+    /// The error response in OpenAI's shape, for the OpenAI-compatible paths:
+    /// `{"error": {"message", "type", "param", "code"}}`, so that the `openai`
+    /// SDKs raise their usual exceptions with a readable message.
+    pub fn to_openai_response(&self) -> Response<Bytes> {
+        let status = self.status();
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            500.. => "server_error",
+            _ => "invalid_request_error",
+        };
+        let (param, code) = match self {
+            ProxyError::BadField { field, .. } => (*field, self.code()),
+            // OpenAI's own code for a model it does not serve.
+            ProxyError::Route(RouteError::UnknownModel(_)) => (Some("model"), "model_not_found"),
+            ProxyError::Route(_) => (Some("model"), self.code()),
+            _ => (None, self.code()),
+        };
+        let body = serde_json::json!({ "error": {
+            "message": self.to_string(), "type": kind, "param": param, "code": code,
+        }});
+        let mut response = json_response(status, &body);
+        if let ProxyError::MethodNotAllowed(allowed) = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        }
+        response
     }
 }
 

@@ -31,21 +31,32 @@ use crate::upstream::request_body::{BodyStage, Progress};
 
 pub struct Forward {
     client: UpstreamClient,
-    request_timeout: Duration,
+    timeouts: Timeouts,
     max_body_bytes: usize,
     ejection: EjectionPolicy,
+}
+
+/// How long the model server may take: for the answer's head and between the
+/// frames of its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub request: Duration,
+    /// An OpenAI-compatible call: a generation takes long to start and as long
+    /// as it needs to stream, so its limits are its own.
+    pub llm_first_byte: Duration,
+    pub llm_idle: Duration,
 }
 
 impl Forward {
     pub fn new(
         client: UpstreamClient,
-        request_timeout: Duration,
+        timeouts: Timeouts,
         max_body_bytes: usize,
         ejection: EjectionPolicy,
     ) -> Forward {
         Forward {
             client,
-            request_timeout,
+            timeouts,
             max_body_bytes,
             ejection,
         }
@@ -58,10 +69,15 @@ impl Forward {
             target: Target { endpoint, uri },
             started,
             route,
+            llm,
             ..
         } = routed;
         parts.uri = uri;
-        let deadline = Instant::from_std(started + self.request_timeout);
+        let (head_timeout, idle_timeout) = match llm {
+            Some(_) => (self.timeouts.llm_first_byte, self.timeouts.llm_idle),
+            None => (self.timeouts.request, self.timeouts.request),
+        };
+        let deadline = Instant::from_std(started + head_timeout);
         let request = Request::from_parts(parts, body);
         let send: Sending<'_> =
             Box::pin(self.client.send(Arc::clone(endpoint.endpoint()), request));
@@ -73,6 +89,8 @@ impl Forward {
                 route,
                 progress,
                 started,
+                head_timeout,
+                idle_timeout,
             }),
         }
     }
@@ -84,11 +102,13 @@ impl Forward {
             route,
             progress,
             started,
+            head_timeout,
+            idle_timeout,
         } = waiting;
         let result = sent.unwrap_or_else(|_elapsed| {
             Err(UpstreamError::Timeout {
                 endpoint: endpoint.endpoint().url().to_string(),
-                timeout: self.request_timeout,
+                timeout: head_timeout,
             })
         });
         if result.is_err()
@@ -104,7 +124,7 @@ impl Forward {
         };
         strip_hop_by_hop(&mut parts.headers);
         answered(&route, &mut parts.headers, parts.status, started);
-        let body = ResponseBody::upstream(body, endpoint, route, self.request_timeout);
+        let body = ResponseBody::upstream(body, endpoint, route, idle_timeout);
         Ok(Answer::from_parts(parts, body))
     }
 
@@ -117,7 +137,7 @@ impl Forward {
             BodyStage::ClientFailed => Some(ProxyError::BadRequest(
                 "request body could not be read: the client stopped sending it".to_string(),
             )),
-            BodyStage::WaitingForClient => Some(ProxyError::ClientTimeout(self.request_timeout)),
+            BodyStage::WaitingForClient => Some(ProxyError::ClientTimeout(self.timeouts.request)),
             BodyStage::Sending | BodyStage::Complete => None,
         }
     }
@@ -152,6 +172,8 @@ struct Waiting {
     route: Arc<VersionRoute>,
     progress: Option<Arc<Progress>>,
     started: std::time::Instant,
+    head_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 pin_project! {

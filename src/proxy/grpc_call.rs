@@ -231,6 +231,7 @@ pub fn refusal_of_route(error: RouteError) -> Refused {
         RouteError::ArchivedVersion { .. } | RouteError::ArchivedStage(_) => Code::PermissionDenied,
         RouteError::NoProductionVersion(_) => Code::Unavailable,
         RouteError::InvalidPin { .. }
+        | RouteError::EmptyNamePin(_)
         | RouteError::ConflictingPins(_)
         | RouteError::UnplainPath(_)
         | RouteError::NestedModelPath(_) => Code::InvalidArgument,

@@ -12,9 +12,10 @@ use tower::{Service, ServiceBuilder};
 
 use super::admit::{Admit, AdmitLayer};
 use super::balance::{Balance, BalanceLayer};
-use super::forward::Forward;
+use super::forward::{Forward, Timeouts};
 use super::grpc::GrpcProxy;
 use super::grpc_call::is_grpc;
+use super::llm_body::{LlmBody, LlmBodyLayer};
 use super::mirror::{Mirror, MirrorLayer};
 use super::read_ahead::{ReadAhead, ReadAheadLayer};
 use super::respond::{Respond, RespondLayer};
@@ -32,7 +33,7 @@ use crate::upstream::client::UpstreamClient;
 use crate::upstream::pool::PoolKind;
 
 /// The request path, outermost service first.
-type Stack = Respond<ServerCalls<Admit<Route<ReadAhead<Balance<Mirror<Forward>>>>>>>;
+type Stack = Respond<ServerCalls<Admit<LlmBody<Route<ReadAhead<Balance<Mirror<Forward>>>>>>>>;
 
 /// The data plane's shared state; one per gateway, behind an `Arc`.
 pub struct Proxy {
@@ -77,6 +78,11 @@ impl Proxy {
             .layer(RespondLayer::new(Arc::clone(&router)))
             .layer(ServerCallsLayer::new(Arc::clone(&router)))
             .layer(AdmitLayer::new(admission))
+            .layer(LlmBodyLayer::new(
+                Arc::clone(&budget),
+                limits.max_body_bytes,
+                limits.request_timeout,
+            ))
             .layer(RouteLayer::new(
                 Arc::clone(&router),
                 limits.max_header_bytes,
@@ -90,7 +96,11 @@ impl Proxy {
             .layer(MirrorLayer::new(shadow, budget, limits.max_body_bytes))
             .service(Forward::new(
                 UpstreamClient::new(PoolKind::Primary, limits.connect_timeout),
-                limits.request_timeout,
+                Timeouts {
+                    request: limits.request_timeout,
+                    llm_first_byte: limits.llm_first_byte_timeout,
+                    llm_idle: limits.llm_idle_timeout,
+                },
                 limits.max_body_bytes,
                 limits.ejection,
             ));

@@ -16,10 +16,11 @@ use tower::{Layer, Service};
 
 use super::read_ahead::Ahead;
 use super::stack::{Answer, Attach, Refusal, Routed, Step, Target, always_ready};
+use crate::llm::LlmCall;
 use crate::routing;
 use crate::shadow::capture::CaptureSender;
 use crate::shadow::compare::binary::HEADER_LENGTH as BINARY_HEADER_LENGTH;
-use crate::shadow::{self, DropReason, MirrorBody, ShadowService};
+use crate::shadow::{self, DropReason, MirrorBody, MirrorRewrite, ShadowService};
 use crate::upstream::budget::BodyBudget;
 use crate::upstream::request_body::{BodyCopy, Progress, RequestBody};
 
@@ -85,18 +86,18 @@ impl<S> Mirror<S> {
             return (routed.with_body(self.unmirrored(ahead)), None);
         };
         let handing_over = Instant::now();
-        let (outgoing, mirror) = self.bodies(ahead, mirror);
+        let (outgoing, mirror) = self.bodies(ahead, mirror, routed.llm.as_deref());
         let capture = mirror.and_then(|(mirror, body)| {
             // Taken out for the call (an empty URI costs nothing), put back after.
             let uri = std::mem::take(&mut routed.parts.uri);
-            let capture = self.shadow.dispatch(
-                mirror,
-                &mut routed.parts,
-                &uri,
-                routed.strip,
-                body,
-                routing::path::repin,
-            );
+            let rewrite = MirrorRewrite {
+                strip: routed.strip,
+                repin: routing::path::repin,
+                llm: routed.llm.clone(),
+            };
+            let capture = self
+                .shadow
+                .dispatch(mirror, &mut routed.parts, &uri, body, rewrite);
             routed.parts.uri = uri;
             capture
         });
@@ -125,17 +126,21 @@ impl<S> Mirror<S> {
 
     /// The body to forward, and the mirror with the body it sends. A mirror
     /// whose body the budget has no room for is dropped.
+    /// An OpenAI-style call's mirrors are rewritten from the client's body
+    /// (`llm`), not from production's rewritten one.
     fn bodies(
         &self,
         ahead: Ahead,
         mirror: shadow::Mirror,
+        llm: Option<&LlmCall>,
     ) -> (Outgoing, Option<(shadow::Mirror, MirrorBody)>) {
         match ahead {
             Ahead::Whole { bytes, held } => {
+                let mirrored = llm.map_or(&bytes, |call| &call.body).clone();
                 let mut mirror_held = self.budget.empty();
-                let mirror = if mirror_held.grow(bytes.len()) {
+                let mirror = if mirror_held.grow(mirrored.len()) {
                     let body = MirrorBody::Whole {
-                        bytes: bytes.clone(),
+                        bytes: mirrored,
                         held: mirror_held,
                     };
                     Some((mirror, body))

@@ -18,6 +18,7 @@ mod grpc;
 mod grpc_call;
 mod handler;
 pub mod headers;
+mod llm_body;
 mod mirror;
 mod read_ahead;
 mod respond;

@@ -23,7 +23,8 @@ use tokio::time::{Duration, Instant, timeout_at};
 use tower::{Layer, Service};
 
 use super::ProxyError;
-use super::stack::{Answer, Refusal, Routed, always_ready};
+use super::stack::{Answer, ClientBody, Refusal, Routed, always_ready};
+use crate::llm::LlmCall;
 use crate::upstream::budget::{BodyBudget, Reservation};
 
 /// How much of a body is read before it is forwarded (nginx's
@@ -100,7 +101,7 @@ pub struct ReadAhead<S> {
     next: S,
 }
 
-impl<'a, S> Service<Routed<Incoming>> for &'a ReadAhead<S>
+impl<'a, S> Service<Routed<ClientBody>> for &'a ReadAhead<S>
 where
     &'a S: Service<Routed<Ahead>, Response = Answer, Error = Refusal>,
 {
@@ -112,10 +113,23 @@ where
         always_ready(cx)
     }
 
-    fn call(&mut self, routed: Routed<Incoming>) -> Self::Future {
+    fn call(&mut self, routed: Routed<ClientBody>) -> Self::Future {
         let this: &'a ReadAhead<S> = self;
         let (body, routed) = routed.take_body();
         let mut next = &this.next;
+        let body = match body {
+            ClientBody::Unread(body) => body,
+            // Read whole already, to be routed.
+            ClientBody::Read { bytes, held }
+            | ClientBody::Call {
+                call: LlmCall { body: bytes, .. },
+                held,
+            } => {
+                return Reading::Calling {
+                    next: next.call(routed.with_body(Ahead::Whole { bytes, held })),
+                };
+            }
+        };
         if body.is_end_stream() {
             let ahead = Ahead::Whole {
                 bytes: Bytes::new(),
@@ -184,14 +198,78 @@ where
 }
 
 /// The limits of one read-ahead.
-struct Reader<'a> {
-    budget: &'a Arc<BodyBudget>,
-    max_body_bytes: usize,
-    deadline: Instant,
-    request_timeout: Duration,
+pub struct Reader<'a> {
+    pub budget: &'a Arc<BodyBudget>,
+    pub max_body_bytes: usize,
+    pub deadline: Instant,
+    pub request_timeout: Duration,
 }
 
 impl Reader<'_> {
+    /// Reads all of `body`, up to `max_body_bytes`, held in the body budget: a
+    /// body that must be read whole to be routed. One the budget has no room
+    /// for is refused, since it cannot be streamed instead.
+    pub async fn read_whole(
+        &self,
+        mut body: Incoming,
+    ) -> Result<(Bytes, Option<Reservation>), ProxyError> {
+        let too_large = ProxyError::BodyTooLarge {
+            limit: self.max_body_bytes,
+        };
+        if body.size_hint().lower() > self.max_body_bytes as u64 {
+            return Err(too_large);
+        }
+        let no_room = ProxyError::BodyBudgetFull {
+            limit: self.budget.limit(),
+        };
+        let mut held = self.budget.empty();
+        let expected = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+        if !held.grow(expected) {
+            return Err(no_room);
+        }
+        let mut head = Head::default();
+        while !body.is_end_stream() {
+            let Some(data) = self.next_data(&mut body).await? else {
+                break;
+            };
+            let len = head.len() + data.len();
+            if len > self.max_body_bytes {
+                return Err(too_large);
+            }
+            if len > held.bytes() && !held.grow(len - held.bytes()) {
+                return Err(no_room);
+            }
+            head.push(data);
+        }
+        let bytes = head.into_bytes();
+        let held = held.shrunk_to(bytes.len());
+        Ok((bytes, held))
+    }
+
+    /// The body's next data before the deadline; `None` at its end (trailers,
+    /// which are not forwarded, are skipped).
+    async fn next_data(&self, body: &mut Incoming) -> Result<Option<Bytes>, ProxyError> {
+        loop {
+            let frame = match timeout_at(self.deadline, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_elapsed) => return Err(ProxyError::ClientTimeout(self.request_timeout)),
+            };
+            match frame {
+                None => return Ok(None),
+                Some(Err(error)) => {
+                    return Err(ProxyError::BadRequest(format!(
+                        "request body could not be read: {error}"
+                    )));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads `body` up to [`READ_AHEAD`] bytes or its end, whichever is first.
     pub async fn read(&self, mut body: Incoming) -> Result<Ahead, ProxyError> {
         if body.is_end_stream() {
@@ -225,22 +303,8 @@ impl Reader<'_> {
             if head.len() >= READ_AHEAD {
                 return Ok(head.partial(held, body));
             }
-            let frame = match timeout_at(self.deadline, body.frame()).await {
-                Ok(frame) => frame,
-                Err(_elapsed) => return Err(ProxyError::ClientTimeout(self.request_timeout)),
-            };
-            let data = match frame {
-                None => return Ok(head.whole(held)),
-                Some(Err(error)) => {
-                    return Err(ProxyError::BadRequest(format!(
-                        "request body could not be read: {error}"
-                    )));
-                }
-                // Request trailers are not forwarded.
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => data,
-                    Err(_trailers) => continue,
-                },
+            let Some(data) = self.next_data(&mut body).await? else {
+                return Ok(head.whole(held));
             };
             let len = head.len() + data.len();
             if len > self.max_body_bytes {

@@ -17,6 +17,7 @@ use tower::{Layer, Service};
 
 use super::ResponseBody;
 use super::stack::{Answer, Inbound, Refusal};
+use crate::llm;
 use crate::routing::{Router, VersionRoute};
 
 pub const X_STAGEGATE_MODEL: HeaderName = HeaderName::from_static("x-stagegate-model");
@@ -64,11 +65,13 @@ where
     fn call(&mut self, inbound: Inbound) -> Self::Future {
         let this: &'a Respond<S> = self;
         let started = inbound.started;
+        let openai = llm::Call::of_path(inbound.request.uri().path()).is_some();
         let mut next = &this.next;
         Responding {
             next: next.call(inbound),
             router: &this.router,
             started,
+            openai,
         }
     }
 }
@@ -79,6 +82,8 @@ pin_project! {
         next: F,
         router: &'a Router,
         started: Instant,
+        // Refusals on the OpenAI-compatible paths are written in OpenAI's shape.
+        openai: bool,
     }
 }
 
@@ -92,16 +97,20 @@ where
         let this = self.project();
         let answer = match ready!(this.next.poll(cx)) {
             Ok(answer) => answer,
-            Err(refusal) => refused(this.router, refusal, *this.started),
+            Err(refusal) => refused(this.router, refusal, *this.started, *this.openai),
         };
         Poll::Ready(Ok(answer))
     }
 }
 
 /// The JSON answer to a refusal, counted.
-fn refused(router: &Router, refusal: Refusal, started: Instant) -> Answer {
+fn refused(router: &Router, refusal: Refusal, started: Instant, openai: bool) -> Answer {
     let Refusal { error, route } = refusal;
-    let (mut parts, body) = error.to_response().into_parts();
+    let response = match openai {
+        true => error.to_openai_response(),
+        false => error.to_response(),
+    };
+    let (mut parts, body) = response.into_parts();
     match route {
         Some(route) => {
             if let Some(kind) = error.upstream_kind() {

@@ -11,11 +11,15 @@ use std::task::{Context, Poll};
 use http::HeaderMap;
 use tower::{Layer, Service};
 
+use http::HeaderValue;
+use http::header::CONTENT_LENGTH;
+
 use super::ProxyError;
-use super::stack::{Answer, Inbound, Refusal, Routed, Step, always_ready};
-use crate::routing::{self, Router, ServedStage};
+use super::stack::{Answer, ClientBody, Inbound, Refusal, Routed, Step, always_ready};
+use crate::llm::LlmCall;
+use crate::routing::{self, Resolved, RouteError, Router, RoutingTable, ServedStage, VersionRoute};
 use crate::upstream::admission::Permit;
-use hyper::body::Incoming;
+use crate::upstream::budget::Reservation;
 
 pub struct RouteLayer {
     router: Arc<Router>,
@@ -51,7 +55,10 @@ pub struct Route<S> {
 
 impl<S> Route<S> {
     /// The routed request and the version's admission slot, if it has a limit.
-    fn route(&self, inbound: Inbound) -> Result<(Routed<Incoming>, Option<Permit>), Refusal> {
+    fn route(
+        &self,
+        inbound: Inbound<ClientBody>,
+    ) -> Result<(Routed<ClientBody>, Option<Permit>), Refusal> {
         let Inbound {
             request,
             peer,
@@ -59,8 +66,16 @@ impl<S> Route<S> {
         } = inbound;
         check_header_size(request.headers(), self.max_header_bytes).map_err(Refusal::unrouted)?;
         let table = self.router.load();
-        let resolved = routing::resolve(&table, request.uri().path(), request.headers())
-            .map_err(|e| Refusal::unrouted(e.into()))?;
+        let (mut parts, body) = request.into_parts();
+        let read = match &body {
+            ClientBody::Call { call, .. } => Some(call),
+            ClientBody::Unread(_) | ClientBody::Read { .. } => None,
+        };
+        let resolved = match read {
+            Some(call) => resolve_llm(&table, call, &parts.headers),
+            None => routing::resolve(&table, parts.uri.path(), &parts.headers),
+        }
+        .map_err(|e| Refusal::unrouted(e.into()))?;
         let route = Arc::clone(resolved.route);
         let version_permit = match &route.admission {
             Some(admission) => match admission.try_admit() {
@@ -80,7 +95,14 @@ impl<S> Route<S> {
         // answer incomplete for a comparison.
         let mirrored =
             route.stage() == ServedStage::Production && shadow.is_active() && !resolved.status_call;
-        let (parts, body) = request.into_parts();
+        let (body, llm) = match body {
+            ClientBody::Call { call, held } => {
+                let (body, call) = for_version(call, held, &route, &mut parts.headers)
+                    .map_err(|e| Refusal::on(Arc::clone(&route), e))?;
+                (body, Some(call))
+            }
+            other => (other, None),
+        };
         let routed = Routed {
             parts,
             body,
@@ -90,24 +112,25 @@ impl<S> Route<S> {
             route,
             strip: resolved.strip,
             shadow: mirrored.then(|| Arc::clone(shadow)),
+            llm,
         };
         Ok((routed, version_permit))
     }
 }
 
-impl<'a, S> Service<Inbound> for &'a Route<S>
+impl<'a, S> Service<Inbound<ClientBody>> for &'a Route<S>
 where
-    &'a S: Service<Routed<Incoming>, Response = Answer, Error = Refusal>,
+    &'a S: Service<Routed<ClientBody>, Response = Answer, Error = Refusal>,
 {
     type Response = Answer;
     type Error = Refusal;
-    type Future = Step<<&'a S as Service<Routed<Incoming>>>::Future, Option<Permit>>;
+    type Future = Step<<&'a S as Service<Routed<ClientBody>>>::Future, Option<Permit>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
         always_ready(cx)
     }
 
-    fn call(&mut self, inbound: Inbound) -> Self::Future {
+    fn call(&mut self, inbound: Inbound<ClientBody>) -> Self::Future {
         let this: &'a Route<S> = self;
         match this.route(inbound) {
             Ok((routed, version_permit)) => {
@@ -117,6 +140,51 @@ where
             Err(refusal) => Step::refused(refusal),
         }
     }
+}
+
+/// Resolves an OpenAI-style call by the model its body names.
+fn resolve_llm<'t>(
+    table: &'t RoutingTable,
+    call: &LlmCall,
+    headers: &HeaderMap,
+) -> Result<Resolved<'t>, RouteError> {
+    let (model, route) = routing::resolve_named(table, call.model(), headers, call.user())?;
+    Ok(Resolved {
+        model,
+        route,
+        strip: 0,
+        status_call: false,
+    })
+}
+
+/// The call's body for the version chosen: its `model` set to the name the
+/// version is served under when that differs from what the client wrote (a pin
+/// in the name always does), `Content-Length` to match. The client's body is
+/// kept with the call, for mirrors to be rewritten from, so the rewritten copy
+/// is held in the budget beside it.
+fn for_version(
+    call: LlmCall,
+    mut held: Option<Reservation>,
+    route: &VersionRoute,
+    headers: &mut HeaderMap,
+) -> Result<(ClientBody, Arc<LlmCall>), ProxyError> {
+    let bytes = match call.body_for(route.served_model(), false) {
+        None => call.body.clone(),
+        Some((rewritten, _)) => {
+            if let Some(held) = held.as_mut()
+                && !held.grow(rewritten.len())
+            {
+                return Err(ProxyError::BodyBudgetFull {
+                    limit: held.budget_limit(),
+                });
+            }
+            if headers.contains_key(CONTENT_LENGTH) {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+            }
+            rewritten
+        }
+    };
+    Ok((ClientBody::Read { bytes, held }, Arc::new(call)))
 }
 
 /// hyper bounds the header buffer; this applies the configured limit exactly, on

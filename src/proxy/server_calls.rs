@@ -7,7 +7,7 @@
 //! | `GET /v2/health/live` | 200 `{"live": true}` while the gateway serves |
 //! | `GET /v2/health/ready` | 200 `{"ready": true}` when every model with a production version can take a request (an endpoint not ejected, or past its back-off); else 503 `{"ready": false, "unready_models": [...]}` |
 //! | `GET /v2` | server metadata: `name`, `version`, `extensions` |
-//! | `GET /v1/models` | KServe V1's model list, `{"models": [...]}`: every model routed |
+//! | `GET /v1/models` | every model routed, as KServe V1's list (`{"models": [...]}`) and OpenAI's (`{"object": "list", "data": [{"id", "object": "model", ...}]}`) in one answer |
 //!
 //! `HEAD` is answered like `GET`; other methods get 405.
 
@@ -67,9 +67,20 @@ impl ServerCall {
                 StatusCode::OK,
                 json!({ "name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS }),
             ),
-            ServerCall::ModelList => (StatusCode::OK, json!({ "models": table.model_names() })),
+            ServerCall::ModelList => (StatusCode::OK, model_list(&table.model_names())),
         }
     }
+}
+
+/// `GET /v1/models` is both KServe V1's model list and OpenAI's: one answer
+/// carries both, `models` for KServe's clients and `object`/`data` for
+/// OpenAI's, each ignoring the other's fields.
+fn model_list(names: &[&str]) -> serde_json::Value {
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| json!({ "id": name, "object": "model", "created": 0, "owned_by": SERVER_NAME }))
+        .collect();
+    json!({ "object": "list", "data": data, "models": names })
 }
 
 pub struct ServerCallsLayer {

@@ -44,24 +44,46 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use super::{ProxyError, ResponseBody};
+use crate::llm::LlmCall;
 use crate::routing::{EndpointGuard, VersionRoute};
 use crate::shadow::ModelShadow;
+use crate::upstream::budget::Reservation;
 
 /// What every service of the stack answers.
 pub type Answer = Response<ResponseBody>;
 
-/// A request as the stack receives it.
-pub struct Inbound {
-    pub request: Request<Incoming>,
+/// A request as the stack receives it; once an OpenAI-style call's body has
+/// been read to route by it, with a [`ClientBody`].
+pub struct Inbound<B = Incoming> {
+    pub request: Request<B>,
     /// The client's IP address as a header value.
     pub peer: HeaderValue,
     pub started: Instant,
+}
+
+/// A request's body as routing gets it and passes it on.
+pub enum ClientBody {
+    /// Still with the client (read ahead later, or streamed).
+    Unread(Incoming),
+    /// An OpenAI-style call's body, read whole to route by the `model` it
+    /// names; `held` reserves its bytes in the body budget.
+    Call {
+        call: LlmCall,
+        held: Option<Reservation>,
+    },
+    /// Read whole: the bytes to forward (a call's body, rewritten for the
+    /// version chosen) and their reservation.
+    Read {
+        bytes: Bytes,
+        held: Option<Reservation>,
+    },
 }
 
 /// Why a request was not forwarded, and the route it had, if it got one.
@@ -98,6 +120,9 @@ pub struct Routed<B, T = ()> {
     pub strip: usize,
     /// The model's mirroring, when this request may be mirrored.
     pub shadow: Option<Arc<ModelShadow>>,
+    /// An OpenAI-style call as the client sent it (its body may be rewritten
+    /// for the version's served model name; mirrors are rewritten from this).
+    pub llm: Option<Arc<LlmCall>>,
 }
 
 /// The endpoint a request goes to, and the URI it is sent at there.
@@ -118,6 +143,7 @@ impl<B, T> Routed<B, T> {
             route,
             strip,
             shadow,
+            llm,
         } = self;
         let rest = Routed {
             parts,
@@ -128,6 +154,7 @@ impl<B, T> Routed<B, T> {
             route,
             strip,
             shadow,
+            llm,
         };
         (body, rest)
     }
@@ -145,6 +172,7 @@ impl<T> Routed<(), T> {
             route: self.route,
             strip: self.strip,
             shadow: self.shadow,
+            llm: self.llm,
         }
     }
 }
@@ -161,6 +189,7 @@ impl<B> Routed<B> {
             route: self.route,
             strip: self.strip,
             shadow: self.shadow,
+            llm: self.llm,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The canary split: which requests a canary version answers.
 //!
-//! A request's sticky key (a header, or a cookie) is hashed with the canary's salt
+//! A request's sticky key (a header, a cookie, or an OpenAI-style call's
+//! `user`, in that order) is hashed with the canary's salt
 //! into one of 10,000 buckets; buckets below `weight * 100` go to the candidate.
 //! The same key always lands in the same bucket while the canary lasts, so it sees
 //! the same version at a given weight, and raising the weight only adds buckets:
@@ -27,6 +28,9 @@ pub struct CanarySplit {
     salt: u64,
     header: Option<HeaderName>,
     cookie: Option<String>,
+    /// Whether an OpenAI-style call's `user` is a key, after the header and
+    /// the cookie.
+    openai_user: bool,
 }
 
 impl CanarySplit {
@@ -37,12 +41,17 @@ impl CanarySplit {
             salt: canary.salt,
             header: sticky.header.as_ref().map(|h| h.name().clone()),
             cookie: sticky.cookie.clone(),
+            openai_user: sticky.openai_user,
         }
     }
 
-    /// Whether this request goes to the canary.
-    pub fn chooses_canary(&self, headers: &HeaderMap) -> bool {
-        let bucket = match self.sticky_key(headers) {
+    /// Whether this request goes to the canary; `user` is an OpenAI-style
+    /// call's end-user id, if it gives one.
+    pub fn chooses_canary(&self, headers: &HeaderMap, user: Option<&[u8]>) -> bool {
+        let key = self
+            .sticky_key(headers)
+            .or(user.filter(|_| self.openai_user));
+        let bucket = match key {
             Some(key) => bucket(self.salt, key),
             None => rand::random_range(0..BUCKETS),
         };

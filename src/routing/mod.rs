@@ -20,6 +20,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 pub use crate::upstream::{Endpoint, EndpointGuard};
 pub use table::{ModelRoutes, RouteHeaders, RoutingTable, VersionRoute};
 
+use crate::llm::ModelRef;
 use crate::telemetry::Telemetry;
 use crate::vocab::{ModelSpec, Stage};
 
@@ -67,6 +68,8 @@ pub enum RouteError {
     NoProductionVersion(String),
     #[error("invalid {header} header: {value:?}")]
     InvalidPin { header: &'static str, value: String },
+    #[error("model {0:?} has nothing after its '@' (write model@stage or model@version)")]
+    EmptyNamePin(String),
     #[error("conflicting pins: {0}")]
     ConflictingPins(String),
     #[error(
@@ -89,6 +92,7 @@ impl RouteError {
             }
             RouteError::NoProductionVersion(_) => StatusCode::SERVICE_UNAVAILABLE,
             RouteError::InvalidPin { .. }
+            | RouteError::EmptyNamePin(_)
             | RouteError::ConflictingPins(_)
             | RouteError::UnplainPath(_)
             | RouteError::NestedModelPath(_) => StatusCode::BAD_REQUEST,
@@ -104,7 +108,7 @@ impl RouteError {
             RouteError::ArchivedVersion { .. } | RouteError::ArchivedStage(_) => "archived_version",
             RouteError::NoVersionInStage { .. } => "no_version_in_stage",
             RouteError::NoProductionVersion(_) => "no_production_version",
-            RouteError::InvalidPin { .. } => "invalid_pin",
+            RouteError::InvalidPin { .. } | RouteError::EmptyNamePin(_) => "invalid_pin",
             RouteError::ConflictingPins(_) => "conflicting_pins",
             RouteError::UnplainPath(_) | RouteError::NestedModelPath(_) => "invalid_path",
         }
@@ -157,7 +161,44 @@ pub fn resolve_model<'t>(
         .model(name)
         .ok_or_else(|| RouteError::UnknownModel(name.to_string()))?;
     let version = pinned_version(version, headers)?;
-    let route = choose(model, name, version, pinned_stage(headers)?, headers)?;
+    let route = choose(model, name, version, pinned_stage(headers)?, headers, None)?;
+    Ok((model, route))
+}
+
+/// Chooses the version route for an OpenAI-style call from the model name the
+/// client wrote (`chat`, or pinned: `chat@staging`, `chat@7`; a stage name
+/// after the `@` pins the stage, anything else a version), the pin headers,
+/// and `user` (OpenAI's end-user id) as a sticky key where the model's canary
+/// takes it.
+pub fn resolve_named<'t>(
+    table: &'t RoutingTable,
+    name: &str,
+    headers: &HeaderMap,
+    user: Option<&str>,
+) -> Result<(&'t ModelRoutes, &'t Arc<VersionRoute>), RouteError> {
+    let named = ModelRef::parse(name);
+    let model = table
+        .model(named.model)
+        .ok_or_else(|| RouteError::UnknownModel(named.model.to_string()))?;
+    let (version, stage) = match named.pin {
+        None => (None, None),
+        Some("") => return Err(RouteError::EmptyNamePin(name.to_string())),
+        Some(pin) => match pin.parse::<Stage>() {
+            Ok(stage) => (None, Some(stage)),
+            Err(_) => (Some(pin), None),
+        },
+    };
+    let version = pinned_version(version, headers)?;
+    let stage = match (stage, pinned_stage(headers)?) {
+        (Some(named), Some(header)) if named != header => {
+            return Err(RouteError::ConflictingPins(format!(
+                "the model name pins {named} but x-stagegate-stage pins {header}"
+            )));
+        }
+        (named, header) => named.or(header),
+    };
+    let key = user.map(str::as_bytes);
+    let route = choose(model, named.model, version, stage, headers, key)?;
     Ok((model, route))
 }
 
@@ -168,6 +209,7 @@ fn choose<'t>(
     version: Option<&str>,
     stage: Option<Stage>,
     headers: &HeaderMap,
+    user: Option<&[u8]>,
 ) -> Result<&'t Arc<VersionRoute>, RouteError> {
     match (version, stage) {
         (Some(version), stage) => {
@@ -184,7 +226,7 @@ fn choose<'t>(
         }
         (None, Some(stage)) => by_stage(model, name, stage),
         (None, None) => match model.canary() {
-            Some(split) if split.chooses_canary(headers) => Ok(&split.route),
+            Some(split) if split.chooses_canary(headers, user) => Ok(&split.route),
             _ => model
                 .production()
                 .ok_or_else(|| RouteError::NoProductionVersion(name.to_string())),
@@ -199,7 +241,7 @@ fn pinned_version<'a>(
     let from_header = header_str(headers, &PIN_VERSION)?;
     match (from_path, from_header) {
         (Some(path), Some(header)) if path != header => Err(RouteError::ConflictingPins(format!(
-            "the path pins version {path:?} but x-stagegate-version pins {header:?}"
+            "the request pins version {path:?} but x-stagegate-version pins {header:?}"
         ))),
         (path, header) => Ok(path.or(header)),
     }

@@ -9,7 +9,7 @@ use http::HeaderValue;
 use super::ServedStage;
 use crate::shadow::{ModelShadow, StagingTarget};
 use crate::upstream::{self, Endpoint};
-use crate::vocab::{EndpointUrl, ModelSpec, Stage, VersionSpec};
+use crate::vocab::{EndpointUrl, ModelSpec, ServedModelName, Stage, VersionSpec};
 
 use super::canary::CanarySplit;
 use super::stats::RouteStats;
@@ -62,6 +62,9 @@ pub struct VersionRoute {
     endpoints: Vec<Arc<Endpoint>>,
     /// Where the version answers gRPC; empty if it does not.
     grpc_endpoints: Vec<Arc<Endpoint>>,
+    /// The name its server serves it under (OpenAI's `model`), if not the
+    /// model's own.
+    upstream_model: Option<ServedModelName>,
     pub metrics: RouteMetrics,
     pub headers: RouteHeaders,
     /// Live measurements, carried across tables for the same version and stage.
@@ -209,6 +212,7 @@ impl ModelRoutes {
                 VersionRoute::new(&model.name, &spec.version, stage, eps, telemetry, stats);
             route.admission = admission;
             route.grpc_endpoints = grpc;
+            route.upstream_model.clone_from(&spec.upstream_model);
             Arc::new(route)
         };
         let production = versions_in(model, Stage::Production)
@@ -234,6 +238,7 @@ impl ModelRoutes {
                 version: route.version(),
                 endpoints: &route.endpoints,
                 grpc_endpoints: &route.grpc_endpoints,
+                upstream_model: route.upstream_model.as_ref(),
             })
             .collect();
         let shadow = ModelShadow::build(
@@ -310,6 +315,7 @@ impl VersionRoute {
             stage,
             endpoints,
             grpc_endpoints: Vec::new(),
+            upstream_model: None,
             stats,
             admission: None,
             metrics: telemetry.route_metrics(model, version, stage.as_str()),
@@ -341,6 +347,14 @@ impl VersionRoute {
     /// ejected), or `None` when every endpoint is ejected.
     pub fn pick_endpoint(&self) -> Option<&Arc<Endpoint>> {
         upstream::pick(&self.endpoints)
+    }
+
+    /// The model name an OpenAI-style request to this version is sent with:
+    /// its served name, or the model's own.
+    pub fn served_model(&self) -> &str {
+        self.upstream_model
+            .as_ref()
+            .map_or(&self.model, ServedModelName::as_str)
     }
 
     pub fn grpc_endpoints(&self) -> &[Arc<Endpoint>] {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderName, HeaderValue};
+use http::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -33,6 +33,7 @@ use super::runtime::ShadowRuntime;
 use super::worker::{CompareQueue, Job};
 use crate::config::ShadowThreads;
 use crate::grpc::status::{Code, grpc_status, http_equivalent};
+use crate::llm::{LlmCall, ModelRef};
 use crate::telemetry::ShadowResult;
 use crate::upstream::admission::Permit;
 use crate::upstream::budget::Reservation;
@@ -115,6 +116,7 @@ impl ShadowService {
             primary_wait: self.primary_wait,
             ejection: self.ejection,
             grpc,
+            llm: None,
         }
     }
 
@@ -196,10 +198,10 @@ impl ShadowService {
         mirror: Mirror,
         parts: &mut Parts,
         original: &Uri,
-        strip: usize,
         body: MirrorBody,
-        repin: Repin,
+        rewrite: MirrorRewrite,
     ) -> Option<CaptureSender> {
+        let MirrorRewrite { strip, repin, llm } = rewrite;
         let shadow = mirror.shadow;
         let reachable: Vec<_> = mirror
             .targets
@@ -239,7 +241,8 @@ impl ShadowService {
                 (index, permit, (request, endpoint))
             })
             .collect();
-        let task = self.task(shadow, request_id, original.path(), false);
+        let mut task = self.task(shadow, request_id, original.path(), false);
+        task.llm = llm;
         self.submit(task, requests, Some(body), receiver)
             .then_some(sender)
     }
@@ -255,6 +258,16 @@ fn mirror_uri(original: &Uri, version: &str, repin: Repin) -> Option<Uri> {
         Some(repinned) => Uri::try_from(repinned).ok(),
         None => Some(original.clone()),
     }
+}
+
+/// How each mirror differs from the production request, besides its endpoint.
+pub struct MirrorRewrite {
+    /// Leading path bytes the model server does not see.
+    pub strip: usize,
+    pub repin: Repin,
+    /// An OpenAI-style call, whose `model` each mirror names its version's
+    /// served name in.
+    pub llm: Option<Arc<LlmCall>>,
 }
 
 /// Rewrites a request's path and query to pin `version` instead of the one it
@@ -306,6 +319,9 @@ pub(super) struct MirrorTask {
     pub(super) ejection: EjectionPolicy,
     /// Mirrors of a gRPC call: sent over HTTP/2, answers read as gRPC.
     pub(super) grpc: bool,
+    /// An OpenAI-style call, whose body each mirror gets rewritten for its
+    /// version's served model name (and asking for a final usage event).
+    pub(super) llm: Option<Arc<LlmCall>>,
 }
 
 impl MirrorTask {
@@ -332,8 +348,12 @@ impl MirrorTask {
                 }
             };
             _held = Some(held);
-            for (_, _, (request, _)) in &mut requests {
-                *request.body_mut() = RequestBody::whole(bytes.clone(), None);
+            for (index, _, (request, _)) in &mut requests {
+                let body = match &self.llm {
+                    Some(call) => self.llm_body(call, *index, request.headers_mut()),
+                    None => bytes.clone(),
+                };
+                *request.body_mut() = RequestBody::whole(body, None);
             }
         }
         let (outcomes, _permits) = self.exchange_all(requests).await;
@@ -389,6 +409,20 @@ impl MirrorTask {
         (outcomes, permits)
     }
 
+    /// An OpenAI-style call's body for the staging version at `index`, with
+    /// `Content-Length` to match.
+    fn llm_body(&self, call: &LlmCall, index: usize, headers: &mut HeaderMap) -> Bytes {
+        let model = ModelRef::parse(call.model()).model;
+        let served = self.shadow.versions[index].served_model(model);
+        let Some((body, _)) = call.body_for(served, true) else {
+            return call.body.clone();
+        };
+        if headers.contains_key(CONTENT_LENGTH) {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        body
+    }
+
     fn clone_for(&self) -> MirrorTask {
         MirrorTask {
             shadow: Arc::clone(&self.shadow),
@@ -399,6 +433,7 @@ impl MirrorTask {
             primary_wait: self.primary_wait,
             ejection: self.ejection,
             grpc: self.grpc,
+            llm: self.llm.clone(),
         }
     }
 

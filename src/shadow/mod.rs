@@ -30,14 +30,14 @@ use std::sync::Arc;
 use http::Method;
 
 pub use compare::{Answer, Comparator, Verdict};
-pub use dispatch::{Mirror, MirrorBody, ShadowService, X_STAGEGATE_SHADOW};
+pub use dispatch::{Mirror, MirrorBody, MirrorRewrite, ShadowService, X_STAGEGATE_SHADOW};
 pub use report::{Agreement, DropReason, VersionReport};
 
 use crate::telemetry::{ShadowMetrics, ShadowResult, Telemetry};
 use crate::upstream::admission::{Admission, Permit};
 use crate::upstream::{self, Endpoint};
-use crate::vocab::ModelSpec;
 use crate::vocab::policy::ShadowPolicy;
+use crate::vocab::{ModelSpec, ServedModelName};
 use cpu_share::CpuShare;
 
 /// A model's mirroring, as one routing table sees it.
@@ -56,6 +56,7 @@ pub struct StagingTarget<'a> {
     pub version: &'a str,
     pub endpoints: &'a [Arc<Endpoint>],
     pub grpc_endpoints: &'a [Arc<Endpoint>],
+    pub upstream_model: Option<&'a ServedModelName>,
 }
 
 /// One staging version: its endpoints, report and metrics, and whether the
@@ -64,6 +65,8 @@ pub struct ShadowVersion {
     pub version: String,
     endpoints: Vec<Arc<Endpoint>>,
     grpc_endpoints: Vec<Arc<Endpoint>>,
+    /// The name its server serves it under, for mirrored OpenAI-style calls.
+    upstream_model: Option<ServedModelName>,
     pub report: Arc<VersionReport>,
     pub metrics: ShadowMetrics,
     pub targeted: bool,
@@ -73,6 +76,14 @@ impl ShadowVersion {
     /// The endpoint the next mirror goes to, or `None` when every one is ejected.
     pub fn pick_endpoint(&self) -> Option<&Arc<Endpoint>> {
         upstream::pick(&self.endpoints)
+    }
+
+    /// The model name a mirrored OpenAI-style call is sent with: its served
+    /// name, or `model` (the model's own).
+    pub fn served_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.upstream_model
+            .as_ref()
+            .map_or(model, ServedModelName::as_str)
     }
 
     /// Likewise among its gRPC endpoints, for mirrors of gRPC calls.
@@ -118,6 +129,7 @@ impl ModelShadow {
                     version: target.version.to_string(),
                     endpoints: target.endpoints.to_vec(),
                     grpc_endpoints: target.grpc_endpoints.to_vec(),
+                    upstream_model: target.upstream_model.cloned(),
                     report,
                     metrics: telemetry.shadow_metrics(&model.name, target.version),
                     targeted: policy.versions.is_empty()

@@ -101,6 +101,11 @@ impl Reservation {
         fits
     }
 
+    /// The limit of the budget it is held in.
+    pub fn budget_limit(&self) -> usize {
+        self.budget.limit()
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

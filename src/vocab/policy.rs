@@ -210,6 +210,10 @@ pub struct StickyPolicy {
     pub header: Option<HeaderNameText>,
     /// Cookie holding the key, when the header is absent.
     pub cookie: Option<String>,
+    /// An OpenAI-style call's `user` (its end-user id) is the key when neither
+    /// the header nor the cookie gives one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub openai_user: bool,
 }
 
 /// `predictions[*]`, built directly: a constant need not be parsed.

@@ -1,0 +1,409 @@
+//! OpenAI-compatible calls through the gateway, against the demo LLM (which
+//! answers only for the model name it serves): routing by the body's `model`,
+//! pins in the name, the served-name rewrite, OpenAI-shaped refusals, sticky
+//! canaries by `user`, streamed answers passed through event by event (held,
+//! cancelled, stalled), and mirrors rewritten for the staging version.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{admin, client, send};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use stagegate::demo::llm_model::{DemoLlm, Voice};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// A demo LLM on a loopback port, serving `served`.
+struct Llm {
+    url: String,
+    received: Arc<std::sync::Mutex<Vec<Value>>>,
+    cancelled: Arc<std::sync::atomic::AtomicUsize>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Llm {
+    async fn start(model: DemoLlm) -> Llm {
+        let stop = CancellationToken::new();
+        let (received, cancelled) = (Arc::clone(&model.received), Arc::clone(&model.cancelled));
+        let port = stagegate::demo::spawn_model_server(model, stop.clone())
+            .await
+            .unwrap();
+        Llm {
+            url: format!("http://127.0.0.1:{port}"),
+            received,
+            cancelled,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Model `chat`: version 1 in production served as `llama-prod`, version 2 in
+/// staging served as `llama-next`; `server` and `model` go into `[server]` and
+/// after the versions.
+fn config(server: &str, production: &Llm, staging: &Llm, model: &str) -> String {
+    format!(
+        "[server]\n{server}\n[[models]]\nname = \"chat\"\n\
+         [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-prod\"\n\
+         [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-next\"\n{model}\n",
+        production.url, staging.url
+    )
+}
+
+async fn chat(base: &str, body: Value, headers: &[(&str, &str)]) -> common::Answer {
+    let url = format!("{base}/v1/chat/completions");
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    send(&client(), Method::POST, &url, &all, &body.to_string()).await
+}
+
+fn ask(model: &str) -> Value {
+    json!({ "model": model, "messages": [{ "role": "user", "content": "what does stagegate do" }] })
+}
+
+#[tokio::test]
+async fn calls_are_routed_by_the_model_they_name_and_sent_with_the_served_name() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Reworded)).await;
+    let gateway = common::gateway(&config("", &production, &staging, "")).await;
+    let base = format!("http://{}", gateway.data_addr());
+    for (name, version) in [
+        ("chat", "1"),
+        ("chat@production", "1"),
+        ("chat@staging", "2"),
+        ("chat@2", "2"),
+        ("chat@1", "1"),
+    ] {
+        let answer = chat(&base, ask(name), &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{name}: {:?}", answer.body);
+        assert_eq!(answer.header("x-stagegate-version"), version, "{name}");
+        let served = if version == "1" {
+            "llama-prod"
+        } else {
+            "llama-next"
+        };
+        // The answer keeps the server's own `model`.
+        assert_eq!(answer.json()["model"], served, "{name}");
+    }
+    let sent = production.received();
+    assert!(
+        sent.iter().all(|body| body["model"] == "llama-prod"),
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent[0]["messages"],
+        ask("chat")["messages"],
+        "the rest of the body is the client's"
+    );
+    let pinned = chat(&base, ask("chat"), &[("x-stagegate-stage", "staging")]).await;
+    assert_eq!(pinned.header("x-stagegate-version"), "2");
+    let completion = send(
+        &client(),
+        Method::POST,
+        &format!("{base}/v1/completions"),
+        &[],
+        &json!({ "model": "chat@staging", "prompt": "hello there" }).to_string(),
+    )
+    .await;
+    assert_eq!(completion.json()["object"], "text_completion");
+    assert_eq!(completion.header("x-stagegate-version"), "2");
+}
+
+#[tokio::test]
+async fn refusals_on_the_openai_paths_are_in_openai_shape_and_name_the_field() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Plain)).await;
+    let gateway =
+        common::gateway(&config("max_body_bytes = 4096", &production, &staging, "")).await;
+    let base = format!("http://{}", gateway.data_addr());
+    let url = format!("{base}/v1/chat/completions");
+    let post = |body: String| {
+        let url = url.clone();
+        async move { send(&client(), Method::POST, &url, &[], &body).await }
+    };
+    let cases = [
+        (
+            ask("nope").to_string(),
+            404,
+            "model_not_found",
+            Some("model"),
+        ),
+        (
+            ask("chat@9").to_string(),
+            404,
+            "unknown_version",
+            Some("model"),
+        ),
+        (ask("chat@").to_string(), 400, "invalid_pin", Some("model")),
+        (
+            ask("chat@archived").to_string(),
+            403,
+            "archived_version",
+            Some("model"),
+        ),
+        ("model=chat".to_string(), 400, "invalid_body", None),
+        (
+            json!({ "messages": [] }).to_string(),
+            400,
+            "invalid_body",
+            Some("model"),
+        ),
+        (
+            json!({ "model": 7 }).to_string(),
+            400,
+            "invalid_body",
+            Some("model"),
+        ),
+        (
+            r#"{"model":"chat","model":"x"}"#.to_string(),
+            400,
+            "invalid_body",
+            Some("model"),
+        ),
+        (
+            json!({ "model": "chat", "stream": "yes" }).to_string(),
+            400,
+            "invalid_body",
+            Some("stream"),
+        ),
+        (
+            json!({ "model": "chat", "pad": "x".repeat(5000) }).to_string(),
+            413,
+            "body_too_large",
+            None,
+        ),
+    ];
+    for (body, status, code, param) in cases {
+        let answer = post(body.clone()).await;
+        assert_eq!(
+            answer.status.as_u16(),
+            status,
+            "{body:.60}: {:?}",
+            answer.body
+        );
+        let error = &answer.json()["error"];
+        assert_eq!(error["code"], code, "{body:.60}");
+        assert_eq!(error["param"], json!(param), "{body:.60}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(error["type"].is_string());
+    }
+    let conflicting = chat(&base, ask("chat@1"), &[("x-stagegate-version", "2")]).await;
+    assert_eq!(conflicting.json()["error"]["code"], "conflicting_pins");
+    let get = send(&client(), Method::GET, &url, &[], "").await;
+    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(get.header("allow"), "POST");
+    assert!(
+        production.received().is_empty(),
+        "nothing refused reaches a model server"
+    );
+    let models = send(
+        &client(),
+        Method::GET,
+        &format!("{base}/v1/models"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(models.json()["data"][0]["id"], "chat");
+}
+
+#[tokio::test]
+async fn a_sticky_canary_can_key_on_the_body_user() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Plain)).await;
+    let canary = "[models.canary]\nsticky_openai_user = true";
+    let gateway = common::gateway(&config("", &production, &staging, canary)).await;
+    let answer = admin(
+        &gateway,
+        Method::POST,
+        "/api/v1/models/chat/canary",
+        Some(json!({ "version": "2", "weight": 50 })),
+    )
+    .await;
+    assert!(answer.status.is_success(), "{:?}", answer.body);
+    let base = format!("http://{}", gateway.data_addr());
+    let mut seen = std::collections::BTreeMap::new();
+    for user in 0..40 {
+        let mut body = ask("chat");
+        body["user"] = json!(format!("user-{user}"));
+        let first = chat(&base, body.clone(), &[]).await;
+        let again = chat(&base, body, &[]).await;
+        let version = first.header("x-stagegate-version").to_string();
+        assert_eq!(
+            version,
+            again.header("x-stagegate-version"),
+            "user {user} is sticky"
+        );
+        *seen.entry(version).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both versions answer at 50%: {seen:?}");
+    assert!(
+        staging
+            .received()
+            .iter()
+            .all(|b| b["model"] == "llama-next")
+    );
+}
+
+/// Sends a streamed chat call and answers its response, its body unread.
+async fn stream(base: &str) -> http::Response<hyper::body::Incoming> {
+    let mut body = ask("chat");
+    body["stream"] = json!(true);
+    let request = Request::post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client().request(request))
+        .await
+        .expect("an answer head")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+}
+
+/// The next server-sent event's data, read frame by frame.
+async fn next_event(body: &mut hyper::body::Incoming, pending: &mut String) -> Option<String> {
+    loop {
+        if let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            return Some(event.trim().trim_start_matches("data: ").to_string());
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event within 10 s")?
+            .ok()?;
+        if let Ok(data) = frame.into_data() {
+            pending.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_pass_through_as_they_come_and_a_client_going_away_cancels_the_generation() {
+    let hold = Arc::new(Semaphore::new(0));
+    let mut model = DemoLlm::new("llama-prod", Voice::Plain);
+    model.hold = Some(Arc::clone(&hold));
+    let production = Llm::start(model).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Plain)).await;
+    let gateway = common::gateway(&config("", &production, &staging, "")).await;
+    let base = format!("http://{}", gateway.data_addr());
+
+    let response = stream(&base).await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let mut pending = String::new();
+    // The server withholds every event after the first until released.
+    let first: Value =
+        serde_json::from_str(&next_event(&mut body, &mut pending).await.unwrap()).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    hold.add_permits(1000);
+    let mut text = String::new();
+    while let Some(event) = next_event(&mut body, &mut pending).await {
+        if event == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(&event).unwrap();
+        assert!(
+            chunk.get("usage").is_none(),
+            "no usage event the client did not ask for"
+        );
+        text.push_str(
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or(""),
+        );
+    }
+    assert!(text.starts_with("Stagegate routes each request"), "{text}");
+
+    // A client that goes away mid-stream: the server's generation is cancelled.
+    let held = Arc::new(Semaphore::new(0));
+    let mut model = DemoLlm::new("llama-prod", Voice::Plain);
+    model.hold = Some(Arc::clone(&held));
+    let production = Llm::start(model).await;
+    let gateway = common::gateway(&config("", &production, &staging, "")).await;
+    let base = format!("http://{}", gateway.data_addr());
+    let mut body = stream(&base).await.into_body();
+    next_event(&mut body, &mut String::new()).await.unwrap();
+    drop(body);
+    held.add_permits(1000);
+    wait_until(
+        || production.cancelled.load(Ordering::SeqCst) == 1,
+        "the generation is cancelled",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_past_the_idle_timeout_is_reset() {
+    let mut model = DemoLlm::new("llama-prod", Voice::Plain);
+    // Never released: the stream stalls after its first event.
+    model.hold = Some(Arc::new(Semaphore::new(0)));
+    let production = Llm::start(model).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Plain)).await;
+    let server = "llm_idle_timeout_ms = 200\nrequest_timeout_ms = 60000";
+    let gateway = common::gateway(&config(server, &production, &staging, "")).await;
+    let base = format!("http://{}", gateway.data_addr());
+    let mut body = stream(&base).await.into_body();
+    let mut pending = String::new();
+    next_event(&mut body, &mut pending).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the stall is ended well before request_timeout_ms");
+    assert!(
+        matches!(end, Some(Err(_))),
+        "ended with an error, not a clean end: {end:?}"
+    );
+    wait_until(
+        || production.cancelled.load(Ordering::SeqCst) == 1,
+        "the generation is cancelled",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mirrors_go_to_the_staging_version_with_its_served_name_and_ask_for_usage() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Reworded)).await;
+    let shadow = "[models.shadow]\npercent = 100.0";
+    let gateway = common::gateway(&config("", &production, &staging, shadow)).await;
+    let base = format!("http://{}", gateway.data_addr());
+    let mut body = stream(&base).await.into_body();
+    let mut pending = String::new();
+    while let Some(event) = next_event(&mut body, &mut pending).await {
+        if event == "[DONE]" {
+            break;
+        }
+    }
+    wait_until(|| !staging.received().is_empty(), "the mirror arrives").await;
+    let mirrored = &staging.received()[0];
+    assert_eq!(mirrored["model"], "llama-next");
+    assert_eq!(mirrored["stream_options"]["include_usage"], true);
+    assert_eq!(mirrored["messages"], ask("chat")["messages"]);
+    let sent = &production.received()[0];
+    assert_eq!(sent["model"], "llama-prod");
+    assert!(
+        sent.get("stream_options").is_none(),
+        "production gets the client's request"
+    );
+}
+
+/// Polls `done` until it holds, for at most 10 s.
+async fn wait_until(done: impl Fn() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
