@@ -407,3 +407,68 @@ async fn wait_until(done: impl Fn() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_gets_through_the_gateway_what_it_gets_directly() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Plain)).await;
+    let gateway = common::gateway(&config("", &production, &staging, "")).await;
+    let python = common::child::installed("target/llm-venv/bin/python", "The openai SDK");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llm/sdk_clients.py");
+    let (gateway_url, direct_url) = (
+        format!("http://{}", gateway.data_addr()),
+        production.url.clone(),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args(["--gateway", &gateway_url, "--direct", &direct_url])
+            .args(["--model", "chat", "--served", "llama-prod"])
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "sdk_clients.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The gateway lists the models it routes; everything else is the server's.
+    assert_eq!(seen["gateway"]["models"], json!(["chat"]));
+    assert_eq!(seen["direct"]["models"], json!(["llama-prod"]));
+    seen["gateway"]["models"] = Value::Null;
+    seen["direct"]["models"] = Value::Null;
+    assert_eq!(seen["gateway"], seen["direct"]);
+    let direct = &seen["direct"];
+    assert!(
+        direct["stream"]["chunks"].as_u64().unwrap() > 10,
+        "{direct}"
+    );
+    assert_eq!(
+        direct["stream"]["text"],
+        direct["chat"]["choices"][0]["message"]["content"]
+    );
+    assert_eq!(
+        direct["stream_usage"]["completion_tokens"],
+        direct["chat"]["usage"]["completion_tokens"]
+    );
+    assert_eq!(direct["tool_call"]["function"]["name"], "weather");
+    assert_eq!(direct["embeddings"]["data"].as_array().unwrap().len(), 2);
+    let refusals = &seen["refusals"];
+    for (case, class, status, code) in [
+        ("unknown_model", "NotFoundError", 404, "model_not_found"),
+        ("empty_pin", "BadRequestError", 400, "invalid_pin"),
+        (
+            "archived_stage",
+            "PermissionDeniedError",
+            403,
+            "archived_version",
+        ),
+    ] {
+        assert_eq!(refusals[case]["class"], class, "{case}: {}", refusals[case]);
+        assert_eq!(refusals[case]["status"], status, "{case}");
+        assert_eq!(refusals[case]["code"], code, "{case}");
+    }
+}

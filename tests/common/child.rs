@@ -92,3 +92,33 @@ pub fn answers_ok(addr: SocketAddr, path: &str) -> bool {
     let _ = stream.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
 }
+
+/// `relative` (a file in a virtual environment under `target/`), once
+/// `scripts/install-test-deps` has installed it; the script runs at most once
+/// per test binary (it does nothing once everything is installed). Panics
+/// saying how to install `what` when that fails.
+pub fn installed(relative: &str, what: &str) -> std::path::PathBuf {
+    static INSTALL: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let workspace = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = workspace.join("scripts/install-test-deps");
+    let ran = INSTALL.get_or_init(|| match Command::new(&script).status() {
+        Ok(status) if status.success() => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let path = workspace.join(relative);
+    match ran {
+        Ok(()) if path.exists() => path,
+        outcome => panic!(
+            "{what} is needed by these tests and could not be installed ({outcome:?}, {} {}).\n\
+             Install it with: {} (it creates the virtual environments under target/ and \
+             pip-installs the pinned packages there).",
+            path.display(),
+            if path.exists() {
+                "exists"
+            } else {
+                "is missing"
+            },
+            script.display()
+        ),
+    }
+}

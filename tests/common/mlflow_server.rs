@@ -114,23 +114,6 @@ pub fn mlflow_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("STAGEGATE_MLFLOW") {
         return PathBuf::from(path);
     }
-    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            let bin = workspace().join("target/test-venv/bin/mlflow");
-            // The script does nothing once MLflow is installed.
-            let script = workspace().join("scripts/install-test-deps");
-            let status = Command::new(&script).status();
-            match status {
-                Ok(status) if status.success() && bin.exists() => bin,
-                other => panic!(
-                    "MLflow is needed by these tests and could not be installed ({other:?}).\n\
-                     Install it with: {}\n\
-                     (it creates target/test-venv and runs pip install mlflow there), or set \
-                     STAGEGATE_MLFLOW to an mlflow executable.",
-                    script.display()
-                ),
-            }
-        })
-        .clone()
+    // Or set STAGEGATE_MLFLOW to an mlflow executable.
+    crate::common::child::installed("target/test-venv/bin/mlflow", "MLflow")
 }

@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::common::child::{free_port, kill_group, spawn_for_the_binary, wait_until_ok};
+use crate::common::child::{free_port, installed, kill_group, spawn_for_the_binary, wait_until_ok};
 
 /// KServe imports a lot; a cold start on a busy machine takes a while.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -140,21 +140,8 @@ fn workspace() -> PathBuf {
 
 /// The test environment's Python, installed now if it is missing.
 pub fn python() -> PathBuf {
-    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            let python = workspace().join("target/oip-venv/bin/python");
-            // The script does nothing once everything is installed.
-            let script = workspace().join("scripts/install-test-deps");
-            match Command::new(&script).status() {
-                Ok(status) if status.success() && python.exists() => python,
-                other => panic!(
-                    "KServe and the inference clients are needed by these tests and could not \
-                     be installed ({other:?}).\nInstall them with: {}\n(it creates \
-                     target/oip-venv and runs pip install kserve tritonclient[http,grpc] there).",
-                    script.display()
-                ),
-            }
-        })
-        .clone()
+    installed(
+        "target/oip-venv/bin/python",
+        "KServe with tritonclient[http,grpc]",
+    )
 }
