@@ -390,10 +390,50 @@ async fn mirrors_go_to_the_staging_version_with_its_served_name_and_ask_for_usag
     assert_eq!(mirrored["messages"], ask("chat")["messages"]);
     let sent = &production.received()[0];
     assert_eq!(sent["model"], "llama-prod");
+}
+
+#[tokio::test]
+async fn streamed_answers_are_measured_and_the_usage_event_asked_for_is_left_out() {
+    let mut model = DemoLlm::new("llama-prod", Voice::Plain);
+    model.token_delay = Duration::from_millis(2);
+    let production = Llm::start(model).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Plain)).await;
+    let gateway = common::gateway(&config("", &production, &staging, "")).await;
+    let base = format!("http://{}", gateway.data_addr());
+    let mut body = stream(&base).await.into_body();
+    let (mut pending, mut events) = (String::new(), Vec::new());
+    while let Some(event) = next_event(&mut body, &mut pending).await {
+        events.push(event);
+    }
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     assert!(
-        sent.get("stream_options").is_none(),
-        "production gets the client's request"
+        events.iter().all(|e| !e.contains("\"usage\"")),
+        "the client did not ask for usage: {events:?}"
     );
+    // The gateway asked for it, to count tokens.
+    let sent = &production.received()[0];
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    let words = DemoLlm::new("llama-prod", Voice::Plain)
+        .words("what does stagegate do")
+        .len();
+    let metrics = common::metrics(&gateway).await;
+    let labels = "model=\"chat\",version=\"1\",stage=\"production\"";
+    for line in [
+        format!("stagegate_llm_time_to_first_token_seconds_count{{{labels}}} 1"),
+        format!("stagegate_llm_time_per_output_token_seconds_count{{{labels}}} 1"),
+        format!("stagegate_llm_tokens_total{{{labels},direction=\"output\"}} {words}"),
+        format!("stagegate_llm_tokens_total{{{labels},direction=\"input\"}} 4"),
+        format!("stagegate_llm_finish_reasons_total{{{labels},reason=\"stop\"}} 1"),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+    // A whole answer counts its tokens and finish reason too.
+    let mut limited = ask("chat");
+    limited["max_tokens"] = json!(3);
+    assert_eq!(chat(&base, limited, &[]).await.status, StatusCode::OK);
+    let metrics = common::metrics(&gateway).await;
+    let length = format!("stagegate_llm_finish_reasons_total{{{labels},reason=\"length\"}} 1");
+    assert!(metrics.contains(&length), "{length} not in:\n{metrics}");
 }
 
 /// Polls `done` until it holds, for at most 10 s.

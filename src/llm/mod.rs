@@ -2,8 +2,10 @@
 //! Ollama, Triton's OpenAI frontend), independent of the rest of the crate: the
 //! calls ([`Call`]), the request body's few fields the gateway routes by
 //! ([`fields`]) and rewriting them for a version's served model name
-//! ([`rewrite`]), and the model name with a version pin in it ([`ModelRef`]).
+//! ([`rewrite`]), the model name with a version pin in it ([`ModelRef`]), and
+//! what a streamed or whole answer says of itself ([`events`]).
 
+pub mod events;
 pub mod fields;
 pub mod rewrite;
 

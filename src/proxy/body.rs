@@ -21,6 +21,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
+use super::llm_meter::LlmMeter;
 use crate::grpc::status::{Code, grpc_status, http_equivalent, put_status};
 use crate::routing::{EndpointGuard, VersionRoute};
 use crate::shadow::capture::Capture;
@@ -65,6 +66,8 @@ struct Streaming {
     armed: bool,
     /// Production's answer for shadow comparison, when this request was mirrored.
     capture: Option<Capture>,
+    /// The measurements of an OpenAI-style answer.
+    llm: Option<Box<LlmMeter>>,
     /// A gRPC answer: a failure ends it with a status in trailers (what gRPC
     /// clients read), not a reset stream. Set once those trailers are sent.
     grpc: bool,
@@ -107,6 +110,7 @@ impl ResponseBody {
             idle: None,
             armed: false,
             capture: None,
+            llm: None,
             grpc: false,
             ended: false,
         };
@@ -136,6 +140,13 @@ impl ResponseBody {
         }
     }
 
+    /// Measures this OpenAI-style answer as it streams.
+    pub fn meter_llm(&mut self, meter: LlmMeter) {
+        if let Kind::Upstream { stream, .. } = &mut self.kind {
+            stream.llm = Some(Box::new(meter));
+        }
+    }
+
     /// Feeds production's answer to the shadow comparison as it streams.
     pub fn capture(&mut self, mut capture: Capture) {
         if let Kind::Upstream { body, stream } = &mut self.kind {
@@ -148,7 +159,53 @@ impl ResponseBody {
     }
 }
 
+/// What metering made of a frame.
+enum Metered {
+    Pass(Option<Result<Frame<Bytes>, ProxyError>>),
+    /// An empty data frame (an empty chunk must not be sent).
+    Nothing,
+}
+
 impl Streaming {
+    /// Passes a frame through the LLM meter, if the answer has one; records it
+    /// once the answer has ended.
+    fn metered(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+        ended: bool,
+    ) -> Metered {
+        let Some(meter) = self.llm.as_mut() else {
+            return Metered::Pass(frame.map(|f| f.map_err(ProxyError::UpstreamBody)));
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let pass = meter.frame(data);
+                    if ended {
+                        meter.finish(&self.route);
+                    }
+                    match (pass.is_empty(), ended) {
+                        (true, false) => return Metered::Nothing,
+                        (true, true) => None,
+                        (false, _) => Some(Ok(Frame::data(pass))),
+                    }
+                }
+                Err(trailers) => {
+                    if ended {
+                        meter.finish(&self.route);
+                    }
+                    Some(Ok(trailers))
+                }
+            },
+            None => {
+                meter.finish(&self.route);
+                None
+            }
+            Some(Err(error)) => Some(Err(ProxyError::UpstreamBody(error))),
+        };
+        Metered::Pass(frame)
+    }
+
     /// Feeds the capture and counts upstream failures. hyper stops polling once
     /// `is_end_stream` is true, so the capture finishes on the last data frame too.
     fn observe(&mut self, frame: Option<&Result<Frame<Bytes>, hyper::Error>>, ended: bool) {
@@ -248,25 +305,26 @@ impl Body for ResponseBody {
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
             KindProj::Upstream { stream, .. } if stream.ended => Poll::Ready(None),
-            KindProj::Upstream { mut body, stream } => {
+            KindProj::Upstream { mut body, stream } => loop {
                 let failed = match body.as_mut().poll_frame(cx) {
                     Poll::Ready(frame) => {
                         // Progress: the next wait gets a full idle period.
                         stream.armed = false;
-                        stream.observe(frame.as_ref(), body.is_end_stream());
+                        let ended = body.is_end_stream();
+                        stream.observe(frame.as_ref(), ended);
                         match frame {
                             Some(Err(error)) => ProxyError::UpstreamBody(error),
-                            frame => {
-                                return Poll::Ready(
-                                    frame.map(|f| f.map_err(ProxyError::UpstreamBody)),
-                                );
-                            }
+                            frame => match stream.metered(frame, ended) {
+                                // All of it held back or left out: read on.
+                                Metered::Nothing => continue,
+                                Metered::Pass(frame) => return Poll::Ready(frame),
+                            },
                         }
                     }
                     Poll::Pending => ready!(stream.poll_idle(cx)),
                 };
-                Poll::Ready(Some(stream.failure(failed)))
-            }
+                return Poll::Ready(Some(stream.failure(failed)));
+            },
         }
     }
 

@@ -18,6 +18,7 @@ use tokio::time::{Instant, Timeout, timeout_at};
 use tower::Service;
 
 use super::headers::strip_hop_by_hop;
+use super::llm_meter::LlmMeter;
 use super::mirror::Outgoing;
 use super::respond::answered;
 use super::stack::{Answer, Refusal, Routed, Target, always_ready};
@@ -77,6 +78,7 @@ impl Forward {
             Some(_) => (self.timeouts.llm_first_byte, self.timeouts.llm_idle),
             None => (self.timeouts.request, self.timeouts.request),
         };
+        let llm_usage_added = llm.map(|l| l.usage_added);
         let deadline = Instant::from_std(started + head_timeout);
         let request = Request::from_parts(parts, body);
         let send: Sending<'_> =
@@ -91,6 +93,7 @@ impl Forward {
                 started,
                 head_timeout,
                 idle_timeout,
+                llm_usage_added,
             }),
         }
     }
@@ -104,6 +107,7 @@ impl Forward {
             started,
             head_timeout,
             idle_timeout,
+            llm_usage_added,
         } = waiting;
         let result = sent.unwrap_or_else(|_elapsed| {
             Err(UpstreamError::Timeout {
@@ -124,7 +128,13 @@ impl Forward {
         };
         strip_hop_by_hop(&mut parts.headers);
         answered(&route, &mut parts.headers, parts.status, started);
-        let body = ResponseBody::upstream(body, endpoint, route, idle_timeout);
+        let meter = llm_usage_added
+            .filter(|_| parts.status.is_success())
+            .map(|strip| LlmMeter::new(started, is_event_stream(&parts.headers), strip));
+        let mut body = ResponseBody::upstream(body, endpoint, route, idle_timeout);
+        if let Some(meter) = meter {
+            body.meter_llm(meter);
+        }
         Ok(Answer::from_parts(parts, body))
     }
 
@@ -174,6 +184,16 @@ struct Waiting {
     started: std::time::Instant,
     head_timeout: Duration,
     idle_timeout: Duration,
+    /// An OpenAI-style call: whether the gateway asked for its usage event.
+    llm_usage_added: Option<bool>,
+}
+
+/// Whether an answer streams as server-sent events.
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
 }
 
 pin_project! {

@@ -86,14 +86,14 @@ impl<S> Mirror<S> {
             return (routed.with_body(self.unmirrored(ahead)), None);
         };
         let handing_over = Instant::now();
-        let (outgoing, mirror) = self.bodies(ahead, mirror, routed.llm.as_deref());
+        let (outgoing, mirror) = self.bodies(ahead, mirror, routed.llm.as_ref().map(|l| &*l.call));
         let capture = mirror.and_then(|(mirror, body)| {
             // Taken out for the call (an empty URI costs nothing), put back after.
             let uri = std::mem::take(&mut routed.parts.uri);
             let rewrite = MirrorRewrite {
                 strip: routed.strip,
                 repin: routing::path::repin,
-                llm: routed.llm.clone(),
+                llm: routed.llm.as_ref().map(|l| Arc::clone(&l.call)),
             };
             let capture = self
                 .shadow

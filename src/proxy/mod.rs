@@ -19,6 +19,7 @@ mod grpc_call;
 mod handler;
 pub mod headers;
 mod llm_body;
+mod llm_meter;
 mod mirror;
 mod read_ahead;
 mod respond;

@@ -15,7 +15,7 @@ use http::HeaderValue;
 use http::header::CONTENT_LENGTH;
 
 use super::ProxyError;
-use super::stack::{Answer, ClientBody, Inbound, Refusal, Routed, Step, always_ready};
+use super::stack::{Answer, ClientBody, Inbound, LlmRoute, Refusal, Routed, Step, always_ready};
 use crate::llm::LlmCall;
 use crate::routing::{self, Resolved, RouteError, Router, RoutingTable, ServedStage, VersionRoute};
 use crate::upstream::admission::Permit;
@@ -159,7 +159,8 @@ fn resolve_llm<'t>(
 
 /// The call's body for the version chosen: its `model` set to the name the
 /// version is served under when that differs from what the client wrote (a pin
-/// in the name always does), `Content-Length` to match. The client's body is
+/// in the name always does), a streamed call asking for the final usage event
+/// (to count tokens), `Content-Length` to match. The client's body is
 /// kept with the call, for mirrors to be rewritten from, so the rewritten copy
 /// is held in the budget beside it.
 fn for_version(
@@ -167,10 +168,12 @@ fn for_version(
     mut held: Option<Reservation>,
     route: &VersionRoute,
     headers: &mut HeaderMap,
-) -> Result<(ClientBody, Arc<LlmCall>), ProxyError> {
-    let bytes = match call.body_for(route.served_model(), false) {
+) -> Result<(ClientBody, LlmRoute), ProxyError> {
+    let mut usage_added = false;
+    let bytes = match call.body_for(route.served_model(), true) {
         None => call.body.clone(),
-        Some((rewritten, _)) => {
+        Some((rewritten, added)) => {
+            usage_added = added;
             if let Some(held) = held.as_mut()
                 && !held.grow(rewritten.len())
             {
@@ -184,7 +187,11 @@ fn for_version(
             rewritten
         }
     };
-    Ok((ClientBody::Read { bytes, held }, Arc::new(call)))
+    let call = Arc::new(call);
+    Ok((
+        ClientBody::Read { bytes, held },
+        LlmRoute { call, usage_added },
+    ))
 }
 
 /// hyper bounds the header buffer; this applies the configured limit exactly, on

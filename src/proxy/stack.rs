@@ -120,9 +120,18 @@ pub struct Routed<B, T = ()> {
     pub strip: usize,
     /// The model's mirroring, when this request may be mirrored.
     pub shadow: Option<Arc<ModelShadow>>,
-    /// An OpenAI-style call as the client sent it (its body may be rewritten
-    /// for the version's served model name; mirrors are rewritten from this).
-    pub llm: Option<Arc<LlmCall>>,
+    /// An OpenAI-style call (its body may be rewritten for the version's
+    /// served model name; mirrors are rewritten from the client's).
+    pub llm: Option<LlmRoute>,
+}
+
+/// An OpenAI-style call on its way.
+pub struct LlmRoute {
+    /// As the client sent it.
+    pub call: Arc<LlmCall>,
+    /// The gateway asked for the final usage event, to count tokens; the
+    /// client did not, so it is left out of the answer.
+    pub usage_added: bool,
 }
 
 /// The endpoint a request goes to, and the URI it is sent at there.

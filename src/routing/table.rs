@@ -2,7 +2,7 @@
 
 use crate::vocab::id_header_value;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderValue;
 
@@ -13,6 +13,7 @@ use crate::vocab::{EndpointUrl, ModelSpec, ServedModelName, Stage, VersionSpec};
 
 use super::canary::CanarySplit;
 use super::stats::RouteStats;
+use crate::telemetry::llm::LlmMetrics;
 use crate::telemetry::{RouteMetrics, Telemetry};
 use crate::upstream::admission::Admission;
 use crate::upstream::pool::PoolKind;
@@ -66,6 +67,10 @@ pub struct VersionRoute {
     /// model's own.
     upstream_model: Option<ServedModelName>,
     pub metrics: RouteMetrics,
+    /// Resolved on the route's first OpenAI-style answer (once per table), so
+    /// that models that serve none show no LLM series.
+    llm_metrics: OnceLock<LlmMetrics>,
+    telemetry: Telemetry,
     pub headers: RouteHeaders,
     /// Live measurements, carried across tables for the same version and stage.
     pub stats: Arc<RouteStats>,
@@ -316,6 +321,8 @@ impl VersionRoute {
             endpoints,
             grpc_endpoints: Vec::new(),
             upstream_model: None,
+            llm_metrics: OnceLock::new(),
+            telemetry: telemetry.clone(),
             stats,
             admission: None,
             metrics: telemetry.route_metrics(model, version, stage.as_str()),
@@ -347,6 +354,14 @@ impl VersionRoute {
     /// ejected), or `None` when every endpoint is ejected.
     pub fn pick_endpoint(&self) -> Option<&Arc<Endpoint>> {
         upstream::pick(&self.endpoints)
+    }
+
+    /// The handles of this route's LLM measurements.
+    pub fn llm_metrics(&self) -> &LlmMetrics {
+        self.llm_metrics.get_or_init(|| {
+            self.telemetry
+                .llm_metrics(&self.model, &self.version, self.stage.as_str())
+        })
     }
 
     /// The model name an OpenAI-style request to this version is sent with:

@@ -6,6 +6,7 @@
 //! Handles are resolved once, when a routing table is built ([`RouteMetrics`]);
 //! the request path only increments them.
 
+pub mod llm;
 mod sampled;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,6 +42,11 @@ pub mod names {
     pub const BUFFERED_BODY_BYTES_PEAK: &str = "stagegate_buffered_body_bytes_peak";
     pub const BUFFERED_BODY_BYTES_LIMIT: &str = "stagegate_buffered_body_bytes_limit";
     pub const BODY_BUDGET_REFUSALS_TOTAL: &str = "stagegate_body_budget_refusals_total";
+    pub const LLM_TIME_TO_FIRST_TOKEN_SECONDS: &str = "stagegate_llm_time_to_first_token_seconds";
+    pub const LLM_TIME_PER_OUTPUT_TOKEN_SECONDS: &str =
+        "stagegate_llm_time_per_output_token_seconds";
+    pub const LLM_TOKENS_TOTAL: &str = "stagegate_llm_tokens_total";
+    pub const LLM_FINISH_REASONS_TOTAL: &str = "stagegate_llm_finish_reasons_total";
 }
 
 pub use sampled::BodyBudgetMetrics;
@@ -469,6 +475,7 @@ fn describe(recorder: &PrometheusRecorder) {
         "1 for the phase a model's rollout is in, 0 for the others.".into(),
     );
     sampled::describe(recorder);
+    llm::describe(recorder);
     recorder.describe_histogram(
         names::REQUEST_DURATION_SECONDS.into(),
         Some(Unit::Seconds),
