@@ -512,3 +512,68 @@ async fn the_openai_sdk_gets_through_the_gateway_what_it_gets_directly() {
         assert_eq!(refusals[case]["code"], code, "{case}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_report_tells_a_close_streamed_candidate_from_one_that_rambles() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let close = Llm::start(DemoLlm::new("llama-close", Voice::Reworded)).await;
+    let rambling = Llm::start(DemoLlm::new("llama-long", Voice::Rambling)).await;
+    let text = format!(
+        "[[models]]\nname = \"chat\"\n\
+         [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-prod\"\n\
+         [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-close\"\n\
+         [[models.versions]]\nversion = \"3\"\nstage = \"staging\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-long\"\n\
+         [models.shadow]\npercent = 100.0\n[models.compare]\nmode = \"llm\"\n",
+        production.url, close.url, rambling.url
+    );
+    let gateway = common::gateway(&text).await;
+    let base = format!("http://{}", gateway.data_addr());
+    let requests = 5;
+    for _ in 0..requests {
+        let mut body = stream(&base).await.into_body();
+        let mut pending = String::new();
+        while next_event(&mut body, &mut pending).await.is_some() {}
+    }
+    let report = |version: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let answer = admin(gateway, Method::GET, "/api/v1/models/chat/shadow", None).await;
+            let versions = answer.json()["versions"].clone();
+            versions
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["version"] == version)
+                .cloned()
+                .unwrap()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while report("2").await["compared"] != requests || report("3").await["compared"] != requests {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "comparisons: {} / {}",
+            report("2").await,
+            report("3").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let close = report("2").await;
+    assert_eq!(close["matched"], requests, "{close}");
+    let p50 = close["llm"]["similarity"]["p50"].as_f64().unwrap();
+    assert!((0.8..1.0).contains(&p50), "a few words differ: {close}");
+    let long = report("3").await;
+    assert_eq!(long["matched"], 0, "{long}");
+    let paths: Vec<&str> = long["top_mismatch_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["path"].as_str())
+        .collect();
+    assert!(paths.contains(&"$length"), "{long}");
+    let tokens = &long["llm"]["output_tokens"];
+    assert!(
+        tokens["shadow"]["p50"].as_u64() > tokens["primary"]["p50"].as_u64(),
+        "{long}"
+    );
+}

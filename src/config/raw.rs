@@ -132,6 +132,11 @@ pub struct RawCompare {
     pub rel_tol: Option<f64>,
     pub ignore: Option<Vec<String>>,
     pub label_path: Option<String>,
+    pub text: Option<String>,
+    pub min_similarity: Option<f64>,
+    pub json_output: Option<bool>,
+    pub max_length_ratio: Option<f64>,
+    pub min_cosine: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,10 +4,12 @@
 
 use std::collections::HashSet;
 
-use super::raw::{RawConfig, RawModel, RawVersion};
+use super::raw::{RawCompare, RawConfig, RawModel, RawVersion};
 use super::{Config, FieldError, defaults, registry, server};
 use crate::vocab::names::{ServedModelName, is_valid_identifier};
-use crate::vocab::policy::{CompareMode, ComparePolicy, ShadowPolicy, StickyPolicy, default_plan};
+use crate::vocab::policy::{
+    CompareMode, ComparePolicy, LlmCompare, ShadowPolicy, StickyPolicy, TextMatch, default_plan,
+};
 use crate::vocab::rollout::{GateLimit, Gates, OnFailure, Plan};
 use crate::vocab::{
     EndpointUrl, HeaderNameText, MethodName, ModelSpec, PathPattern, Stage, VersionSpec,
@@ -222,6 +224,38 @@ fn parsed<T>(
     texts.iter().map(parse).collect()
 }
 
+/// `[models.compare]`'s settings for `llm` mode (their ranges are checked with
+/// the rest of the policy).
+fn validate_llm_compare(
+    compare: Option<&RawCompare>,
+    path: &str,
+    errors: &mut Errors,
+) -> LlmCompare {
+    let defaults = LlmCompare::default();
+    let Some(compare) = compare else {
+        return defaults;
+    };
+    let text = match compare.text.as_deref() {
+        None => defaults.text,
+        Some("exact") => TextMatch::Exact,
+        Some("similarity") => TextMatch::Similarity,
+        Some(other) => {
+            let message = format!("unknown text rule {other:?} (expected exact or similarity)");
+            errors.push(format!("{path}.compare.text"), message);
+            defaults.text
+        }
+    };
+    LlmCompare {
+        text,
+        min_similarity: compare.min_similarity.unwrap_or(defaults.min_similarity),
+        json_output: compare.json_output.unwrap_or(defaults.json_output),
+        max_length_ratio: compare
+            .max_length_ratio
+            .unwrap_or(defaults.max_length_ratio),
+        min_cosine: compare.min_cosine.unwrap_or(defaults.min_cosine),
+    }
+}
+
 /// `[models.shadow]` and `[models.compare]`. A `[models.shadow]` section turns
 /// mirroring on (percent 100 unless it says otherwise).
 fn validate_shadow(raw: &RawModel, path: &str, errors: &mut Errors) -> ShadowPolicy {
@@ -233,7 +267,9 @@ fn validate_shadow(raw: &RawModel, path: &str, errors: &mut Errors) -> ShadowPol
         .map_or(Ok(defaults.compare.mode), |mode| {
             serde_json::from_value::<CompareMode>(serde_json::Value::String(mode.to_string()))
                 .map_err(|_| {
-                    format!("unknown mode {mode:?} (expected json, oip, label, status or bytes)")
+                    format!(
+                        "unknown mode {mode:?} (expected json, oip, label, status, bytes or llm)"
+                    )
                 })
         });
     let policy = ShadowPolicy {
@@ -282,6 +318,7 @@ fn validate_shadow(raw: &RawModel, path: &str, errors: &mut Errors) -> ShadowPol
                     errors.push(format!("{path}.compare"), message);
                     defaults.compare.label_path
                 }),
+            llm: validate_llm_compare(compare, path, errors),
         },
     };
     if let Err(message) = mode {

@@ -5,6 +5,7 @@
 //! ([`rewrite`]), the model name with a version pin in it ([`ModelRef`]), and
 //! what a streamed or whole answer says of itself ([`events`]).
 
+pub mod answer;
 pub mod events;
 pub mod fields;
 pub mod rewrite;

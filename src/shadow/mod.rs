@@ -21,6 +21,7 @@ pub mod compare;
 pub mod cpu_share;
 mod dispatch;
 mod grpc_mirror;
+mod llm_report;
 pub mod report;
 mod runtime;
 mod worker;

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::compare::Verdict;
+use super::llm_report::LlmDetails;
 use crate::vocab::path::{Display, normalized};
 
 /// Mismatch samples kept, newest last.
@@ -118,6 +119,8 @@ struct Details {
     paths: HashMap<String, u64>,
     samples: VecDeque<Sample>,
     window: [Bucket; WINDOW_BUCKETS],
+    /// Once an `llm` comparison was made.
+    llm: Option<LlmDetails>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -252,6 +255,7 @@ impl VersionReport {
                 "primary": percentiles(&details.primary_latency),
                 "shadow": percentiles(&details.shadow_latency),
             },
+            "llm": details.llm.as_ref().map(LlmDetails::to_json),
             "top_mismatch_paths": top,
             "samples": details.samples,
         })
@@ -281,12 +285,16 @@ impl Details {
             paths: HashMap::new(),
             samples: VecDeque::with_capacity(SAMPLES),
             window: [Bucket::default(); WINDOW_BUCKETS],
+            llm: None,
         }
     }
 
     fn record(&mut self, c: &Compared<'_>) {
         self.compared += 1;
         self.matched += u64::from(c.verdict.matched);
+        if let Some(facts) = &c.verdict.llm {
+            self.llm.get_or_insert_with(LlmDetails::new).record(facts);
+        }
         let (agreed, total) = c
             .verdict
             .labels
@@ -435,6 +443,7 @@ mod tests {
             difference_count: differences.len(),
             differences,
             labels: None,
+            llm: None,
         }
     }
 

@@ -65,6 +65,49 @@ pub struct ComparePolicy {
     pub ignore: Vec<PathPattern>,
     /// Where the labels are, for `label` mode: e.g. `predictions[*]`.
     pub label_path: PathPattern,
+    /// How `llm` mode compares generated answers.
+    #[serde(default)]
+    pub llm: LlmCompare,
+}
+
+/// `llm` mode's rules for generated answers (OpenAI-style chat completions,
+/// completions, responses, embeddings). The finish reason, the tool calls'
+/// names and the output length ratio are always compared.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmCompare {
+    pub text: TextMatch,
+    /// `similarity`: the least ROUGE-L F1 (over words) that agrees.
+    pub min_similarity: f64,
+    /// Where production's text (or a tool call's arguments) is JSON, compare
+    /// both as JSON by the `json` rules (tolerances, `ignore`).
+    pub json_output: bool,
+    /// The longer output over the shorter, in words, at most.
+    pub max_length_ratio: f64,
+    /// Embeddings: the least cosine similarity of each pair of vectors.
+    pub min_cosine: f64,
+}
+
+/// How generated texts are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextMatch {
+    /// Equal once runs of whitespace are one space and the ends trimmed.
+    Exact,
+    /// ROUGE-L F1 over words at least `min_similarity`.
+    Similarity,
+}
+
+impl Default for LlmCompare {
+    fn default() -> LlmCompare {
+        LlmCompare {
+            text: TextMatch::Similarity,
+            min_similarity: 0.8,
+            json_output: false,
+            max_length_ratio: 2.0,
+            min_cosine: 0.99,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +123,8 @@ pub enum CompareMode {
     Status,
     /// Exact bodies.
     Bytes,
+    /// Generated answers of OpenAI-style calls, by [`LlmCompare`]'s rules.
+    Llm,
 }
 
 impl fmt::Display for CompareMode {
@@ -90,6 +135,7 @@ impl fmt::Display for CompareMode {
             CompareMode::Label => "label",
             CompareMode::Status => "status",
             CompareMode::Bytes => "bytes",
+            CompareMode::Llm => "llm",
         };
         f.write_str(name)
     }
@@ -118,6 +164,7 @@ impl Default for ComparePolicy {
             rel_tol: defaults::REL_TOL,
             ignore: Vec::new(),
             label_path: default_label_path(),
+            llm: LlmCompare::default(),
         }
     }
 }
@@ -196,6 +243,26 @@ impl ComparePolicy {
         ] {
             if !(value >= 0.0 && value.is_finite()) {
                 problems.push((field, format!("must be a finite number >= 0, got {value}")));
+            }
+        }
+        let llm = &self.llm;
+        for (field, value, range) in [
+            ("compare.min_similarity", llm.min_similarity, 0.0..=1.0),
+            ("compare.min_cosine", llm.min_cosine, -1.0..=1.0),
+            (
+                "compare.max_length_ratio",
+                llm.max_length_ratio,
+                1.0..=f64::MAX,
+            ),
+        ] {
+            if !range.contains(&value) {
+                let (low, high) = (range.start(), range.end());
+                let bound = if *high == f64::MAX {
+                    format!(">= {low}")
+                } else {
+                    format!("between {low} and {high}")
+                };
+                problems.push((field, format!("must be {bound}, got {value}")));
             }
         }
         problems

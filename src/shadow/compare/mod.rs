@@ -12,12 +12,14 @@ pub mod binary;
 mod grpc_answer;
 mod json;
 mod label;
+pub mod llm;
 mod oip;
 
 use serde_json::Value;
 
 use crate::vocab::path::{JsonPath, Step};
-use crate::vocab::policy::{CompareMode, ComparePolicy};
+use crate::vocab::policy::{CompareMode, ComparePolicy, LlmCompare};
+pub use llm::LlmFacts;
 
 /// Differences kept per comparison; past this only the count grows.
 pub const MAX_DIFFERENCES: usize = 32;
@@ -75,6 +77,8 @@ pub struct Verdict {
     pub difference_count: usize,
     /// `label` mode: (labels that agree, labels compared).
     pub labels: Option<(u64, u64)>,
+    /// `llm` mode: the similarity and token counts measured.
+    pub llm: Option<LlmFacts>,
 }
 
 /// A compiled [`ComparePolicy`].
@@ -85,6 +89,7 @@ pub struct Comparator {
     rel_tol: f64,
     ignore: Vec<JsonPath>,
     label_path: JsonPath,
+    llm: LlmCompare,
 }
 
 /// Collects differences up to the cap.
@@ -115,16 +120,17 @@ impl Comparator {
             rel_tol: policy.rel_tol,
             ignore: policy.ignore.iter().map(|p| p.path().clone()).collect(),
             label_path: policy.label_path.path().clone(),
+            llm: policy.llm,
         }
     }
 
     pub fn compare(&self, primary: Answer<'_>, shadow: Answer<'_>) -> Verdict {
-        // Identical answers agree in every mode; only `label` needs to parse them
-        // anyway, to count the labels.
+        // Identical answers agree in every mode; only `label` and `llm` need to
+        // parse them anyway, to count the labels and measure the answers.
         if primary.status == shadow.status
             && primary.body == shadow.body
             && primary.binary_header == shadow.binary_header
-            && self.mode != CompareMode::Label
+            && !matches!(self.mode, CompareMode::Label | CompareMode::Llm)
         {
             return Verdict {
                 matched: true,
@@ -136,8 +142,15 @@ impl Comparator {
             let detail = format!("status {} vs {}", primary.status, shadow.status);
             findings.add(&[Step::Key("$status".into())], detail);
         }
+        let mut llm = None;
         let labels = match self.mode {
             CompareMode::Status => None,
+            // Error answers are compared by their status alone.
+            CompareMode::Llm if primary.status >= 400 || shadow.status >= 400 => None,
+            CompareMode::Llm => {
+                llm = Some(llm::compare(self, primary.body, shadow.body, &mut findings));
+                None
+            }
             CompareMode::Bytes => {
                 compare_bytes(primary.body, shadow.body, &mut findings);
                 None
@@ -164,6 +177,7 @@ impl Comparator {
             differences: findings.kept,
             difference_count: findings.count,
             labels,
+            llm,
         }
     }
 
