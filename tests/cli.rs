@@ -24,7 +24,7 @@ fn check_accepts_the_example_config() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
-    assert!(String::from_utf8_lossy(&output.stdout).contains("ok (1 models, 3 versions)"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok (2 models, 5 versions)"));
 }
 
 #[test]

@@ -83,3 +83,64 @@ async fn the_rollout_scenarios_end_as_they_say() {
         demo.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_llm_answers_whole_and_streamed_and_its_candidate_is_compared() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let demo = stagegate::demo::start(any, any).await.unwrap();
+    let base = format!("http://{}", demo.gateway.data_addr());
+    let url = format!("{base}/v1/chat/completions");
+    assert!(
+        demo.instructions().contains(&url),
+        "{}",
+        demo.instructions()
+    );
+    let ask = |model: &str, stream: bool| {
+        serde_json::json!({ "model": model, "stream": stream,
+            "messages": [{ "role": "user", "content": "what does stagegate do" }] })
+        .to_string()
+    };
+    let json = [("content-type", "application/json")];
+    let send = |body: String| {
+        let url = url.clone();
+        async move { common::send(&common::client(), http::Method::POST, &url, &json, &body).await }
+    };
+    let whole = send(ask("chat", false)).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(whole.header("x-stagegate-version"), "1");
+    let text = whole.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let streamed = send(ask("chat", true)).await;
+    let body = String::from_utf8(streamed.body.to_vec()).unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert!(
+        body.matches("data: ").count() > 10,
+        "one event per word: {body}"
+    );
+    let staging = send(ask("chat@staging", false)).await;
+    let reworded = staging.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(text, reworded, "the candidate words it differently");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let report = common::admin(
+            &demo.gateway,
+            http::Method::GET,
+            "/api/v1/models/chat/shadow",
+            None,
+        )
+        .await;
+        let version = report.json()["versions"][0].clone();
+        if version["compared"] == 2 {
+            assert_eq!(version["matched"], 2, "close enough by ROUGE-L: {version}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{version}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    demo.shutdown().await;
+}

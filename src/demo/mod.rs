@@ -1,6 +1,8 @@
 //! `stagegate demo`: three versions of a small model served in-process (one
-//! archived, one in production, one in staging) and a gateway in front of them,
-//! configured from an embedded config.
+//! archived, one in production, one in staging), two of a small OpenAI-compatible
+//! LLM ([`llm_model`]: production, and a staging version that words its answers a
+//! little differently), and a gateway in front of them, configured from an
+//! embedded config.
 
 pub mod llm_model;
 mod model;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use llm_model::{DemoLlm, Voice};
 pub use model::DemoModel;
 
 use crate::config::{Config, ConfigError};
@@ -58,6 +61,31 @@ name = "fraud"
   mode = "json"
   rel_tol = 0.015
   ignore = ["model_version", "id"]
+
+# An OpenAI-compatible LLM: version 2's text differs from version 1's in a few words.
+[[models]]
+name = "chat"
+
+  [[models.versions]]
+  version = "1"
+  stage = "production"
+  endpoints = ["http://127.0.0.1:{llm1}"]
+  upstream_model = "demo-llm-1"
+
+  [[models.versions]]
+  version = "2"
+  stage = "staging"
+  endpoints = ["http://127.0.0.1:{llm2}"]
+  upstream_model = "demo-llm-2"
+
+  [models.canary]
+  sticky_openai_user = true
+
+  [models.shadow]
+  percent = 100.0
+
+  [models.compare]
+  mode = "llm"
 "#;
 
 /// The versions the demo serves: (version, weight drift).
@@ -101,6 +129,16 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr) -> Result<Demo,
         failing.push((version.to_string(), Arc::clone(&model.failing)));
         ports.push(spawn_model_server(model, model_servers.clone()).await?);
     }
+    let mut llm_ports = Vec::with_capacity(2);
+    for (served, voice) in [
+        ("demo-llm-1", Voice::Plain),
+        ("demo-llm-2", Voice::Reworded),
+    ] {
+        let mut model = DemoLlm::new(served, voice);
+        // Slow enough to watch a streamed answer arrive word by word.
+        model.token_delay = Duration::from_millis(40);
+        llm_ports.push(spawn_model_server(model, model_servers.clone()).await?);
+    }
     let state_dir = tempfile::Builder::new()
         .prefix("stagegate-demo-")
         .tempdir()
@@ -114,7 +152,9 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr) -> Result<Demo,
         .replace("{admin_listen}", &admin_listen.to_string())
         .replace("{v1}", &ports[0].to_string())
         .replace("{v2}", &ports[1].to_string())
-        .replace("{v3}", &ports[2].to_string());
+        .replace("{v3}", &ports[2].to_string())
+        .replace("{llm1}", &llm_ports[0].to_string())
+        .replace("{llm2}", &llm_ports[1].to_string());
     let config = Config::parse(&text, "embedded demo config")?;
     let gateway = gateway::start(&config).await?;
     Ok(Demo {
@@ -153,6 +193,7 @@ impl Demo {
         let ctl = format!("{program} ctl --admin http://{admin}");
         let v1 = r#"'{"instances": [[0.2, 1.5, 3.0]]}'"#;
         let v2 = r#"'{"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP64", "data": [0.2, 1.5, 3.0]}]}'"#;
+        let llm = llm_instructions(&data.to_string(), &ctl);
         format!(
             "stagegate demo: gateway on http://{data}, admin on http://{admin}\n\
              model \"fraud\": version 1 archived, version 2 in production, version 3 in staging\n\n\
@@ -177,12 +218,36 @@ impl Demo {
              Or hand the promotion to a rollout (canary steps with gates; see --scenario):\n  \
              {ctl} rollout start fraud 3 --steps 10,50,100 --step-interval-s 5 --min-requests 20\n  \
              {ctl} rollout status fraud\n\
+             {llm}\
              Metrics and health:\n  \
              curl -s http://{admin}/metrics | grep ^stagegate_\n  \
              curl -s http://{admin}/readyz\n\n\
              Ctrl-C stops the demo.\n"
         )
     }
+}
+
+/// The LLM part of the instructions.
+fn llm_instructions(data: &str, ctl: &str) -> String {
+    let chat = |model: &str, stream: bool| {
+        format!(
+            "'{{\"model\": \"{model}\", \"stream\": {stream}, \"messages\": [{{\"role\": \"user\", \"content\": \"what does stagegate do\"}}]}}'"
+        )
+    };
+    let url = format!("http://{data}/v1/chat/completions");
+    let json = "-H 'content-type: application/json'";
+    format!(
+        "model \"chat\" (OpenAI-compatible): version 1 in production, version 2 in staging\n\
+         A chat completion, then the same streamed event by event (-N), then pinned to staging:\n  \
+         curl -s {url} {json} -d {whole}\n  \
+         curl -sN {url} {json} -d {streamed}\n  \
+         curl -s {url} {json} -d {pinned}\n\
+         Every answer is mirrored to version 2 and compared as generated text (ROUGE-L):\n  \
+         {ctl} shadow chat\n",
+        whole = chat("chat", false),
+        streamed = chat("chat", true),
+        pinned = chat("chat@staging", false),
+    )
 }
 
 /// Serves `model` on an ephemeral loopback port until `shutdown`; its port.
