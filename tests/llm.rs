@@ -577,3 +577,84 @@ async fn the_shadow_report_tells_a_close_streamed_candidate_from_one_that_ramble
         "{long}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_gated_on_time_to_first_token_rolls_back_a_candidate_slow_to_start() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let mut slow = DemoLlm::new("llama-next", Voice::Plain);
+    // Its answer head comes at once; only its first token is late, so only the
+    // time-to-first-token gate can see it.
+    slow.first_token_delay = Duration::from_millis(40);
+    let candidate = Llm::start(slow).await;
+    let canary = "[models.canary]\nsticky_openai_user = true";
+    let gateway = common::gateway(&config("", &production, &candidate, canary)).await;
+    let plan = json!({
+        "candidate": "2", "steps": [50, 100], "step_interval_s": 0.3,
+        "max_step_duration_s": 25.0, "min_requests": 20,
+        "max_error_rate": "off", "max_p99_ratio": "off", "max_latency_increase": "off",
+        "max_ttft_p99_ratio": 2.0,
+    });
+    let started = admin(
+        &gateway,
+        Method::POST,
+        "/api/v1/models/chat/rollout",
+        Some(plan),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.body);
+    let stop = CancellationToken::new();
+    let base = format!("http://{}", gateway.data_addr());
+    let clients: Vec<_> = (0..8)
+        .map(|client_id| {
+            let (stop, base) = (stop.clone(), base.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.is_cancelled() {
+                    let mut body = ask("chat");
+                    body["stream"] = json!(true);
+                    body["user"] = json!(format!("user-{client_id}-{n}"));
+                    n += 1;
+                    let request = Request::post(format!("{base}/v1/chat/completions"))
+                        .body(Full::new(Bytes::from(body.to_string())))
+                        .unwrap();
+                    if let Ok(response) = client().request(request).await {
+                        let _ = response.into_body().collect().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status = admin(&gateway, Method::GET, "/api/v1/models/chat/rollout", None)
+            .await
+            .json();
+        if status["phase"] == "rolled_back" {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never rolled back: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.cancel();
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(
+        status["rollout"]["failed_gate"]["gate"], "ttft_p99_ratio",
+        "{status}"
+    );
+    assert!(
+        status["rollout"]["failed_gate"]["reading"]
+            .as_f64()
+            .unwrap()
+            > 2.0,
+        "{status}"
+    );
+    let model = admin(&gateway, Method::GET, "/api/v1/models/chat", None)
+        .await
+        .json();
+    assert_eq!(model["production"], "1", "production untouched");
+}

@@ -34,6 +34,8 @@ pub struct RolloutBody {
     pub max_p99_ratio: Option<GateLimit>,
     pub max_latency_increase: Option<GateLimit>,
     pub latency_quantile: Option<f64>,
+    pub max_ttft_p99_ratio: Option<GateLimit>,
+    pub max_tpot_p99_ratio: Option<GateLimit>,
     pub min_shadow_agreement: Option<f64>,
     pub min_shadow_compared: Option<u64>,
     pub on_failure: Option<OnFailure>,
@@ -65,6 +67,8 @@ impl RolloutBody {
         gates.max_p99_ratio = set(self.max_p99_ratio, gates.max_p99_ratio);
         gates.max_latency_increase = set(self.max_latency_increase, gates.max_latency_increase);
         gates.latency_quantile = self.latency_quantile.unwrap_or(gates.latency_quantile);
+        gates.max_ttft_p99_ratio = set(self.max_ttft_p99_ratio, gates.max_ttft_p99_ratio);
+        gates.max_tpot_p99_ratio = set(self.max_tpot_p99_ratio, gates.max_tpot_p99_ratio);
         gates.min_shadow_agreement = self.min_shadow_agreement.or(gates.min_shadow_agreement);
         gates.min_shadow_compared = self
             .min_shadow_compared

@@ -108,6 +108,8 @@ pub struct RawRollout {
     pub max_p99_ratio: Option<GateLimit>,
     pub max_latency_increase: Option<GateLimit>,
     pub latency_quantile: Option<f64>,
+    pub max_ttft_p99_ratio: Option<GateLimit>,
+    pub max_tpot_p99_ratio: Option<GateLimit>,
     pub min_shadow_agreement: Option<f64>,
     pub min_shadow_compared: Option<u64>,
     pub on_failure: Option<String>,

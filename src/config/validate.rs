@@ -203,6 +203,12 @@ fn validate_rollout(raw: &RawModel, path: &str, errors: &mut Errors) -> Plan {
             latency_quantile: r
                 .latency_quantile
                 .unwrap_or(defaults.gates.latency_quantile),
+            max_ttft_p99_ratio: r
+                .max_ttft_p99_ratio
+                .map_or(defaults.gates.max_ttft_p99_ratio, GateLimit::limit),
+            max_tpot_p99_ratio: r
+                .max_tpot_p99_ratio
+                .map_or(defaults.gates.max_tpot_p99_ratio, GateLimit::limit),
             min_shadow_agreement: r.min_shadow_agreement,
             min_shadow_compared: r
                 .min_shadow_compared

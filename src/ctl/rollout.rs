@@ -70,6 +70,13 @@ pub struct RolloutStart {
     /// The quantile --max-latency-increase is judged at (default 0.5).
     #[arg(long)]
     pub latency_quantile: Option<f64>,
+    /// OpenAI-style streamed answers: candidate p99 time to first token over
+    /// stable's at most this, or "off" (the default).
+    #[arg(long, value_parser = gate_limit)]
+    pub max_ttft_p99_ratio: Option<Value>,
+    /// Likewise the p99 time per output token.
+    #[arg(long, value_parser = gate_limit)]
+    pub max_tpot_p99_ratio: Option<Value>,
     #[arg(long)]
     pub min_shadow_agreement: Option<f64>,
     #[arg(long)]
@@ -112,6 +119,8 @@ pub(super) async fn rollout(
                 "max_p99_ratio": start.max_p99_ratio,
                 "max_latency_increase": start.max_latency_increase,
                 "latency_quantile": start.latency_quantile,
+                "max_ttft_p99_ratio": start.max_ttft_p99_ratio,
+                "max_tpot_p99_ratio": start.max_tpot_p99_ratio,
                 "min_shadow_agreement": start.min_shadow_agreement,
                 "min_shadow_compared": start.min_shadow_compared,
                 "on_failure": start.on_failure,

@@ -86,16 +86,24 @@ impl LlmMeter {
             Answer::Whole { .. } => Seen::default(),
         };
         if let Some(first) = self.first_content {
-            metrics
-                .time_to_first_token
-                .record(first.duration_since(self.started).as_secs_f64());
+            let to_first = first.duration_since(self.started);
+            metrics.time_to_first_token.record(to_first.as_secs_f64());
             let tokens = seen
                 .usage
                 .map_or(seen.content_events, |u| u.completion_tokens);
-            if let (Some(last), true) = (self.last_content, tokens > 1) {
-                let per_token = last.duration_since(first).as_secs_f64() / (tokens - 1) as f64;
-                metrics.time_per_output_token.record(per_token);
-            }
+            let per_token = match (self.last_content, tokens > 1) {
+                (Some(last), true) => {
+                    let per_token =
+                        last.duration_since(first) / u32::try_from(tokens - 1).unwrap_or(u32::MAX);
+                    metrics
+                        .time_per_output_token
+                        .record(per_token.as_secs_f64());
+                    Some(per_token)
+                }
+                _ => None,
+            };
+            // What the rollout gates judge.
+            route.stats.record_tokens(to_first, per_token);
         }
         if let Some(usage) = seen.usage {
             metrics.tokens(usage.prompt_tokens, usage.completion_tokens);

@@ -8,6 +8,8 @@
 //!   quantile, bounded by each side's order-statistic bounds (no assumption about
 //!   the latency distribution). Fails when the candidate is surely slower by more
 //!   than allowed; passes when it is surely not (non-inferiority).
+//! - `ttft_p99_ratio` and `tpot_p99_ratio`: the same ratio at p99, of OpenAI-
+//!   style streamed answers' time to the first token and per output token.
 //! - `shadow_agreement`: the share of shadow answers that agree. Passes when its
 //!   lower bound reaches `min_shadow_agreement`, fails when its upper bound is
 //!   below it.
@@ -39,6 +41,8 @@ impl Risk {
             gates.max_error_rate.is_some(),
             gates.max_p99_ratio.is_some(),
             gates.max_latency_increase.is_some(),
+            gates.max_ttft_p99_ratio.is_some(),
+            gates.max_tpot_p99_ratio.is_some(),
             gates.min_shadow_agreement.is_some(),
         ]
         .into_iter()

@@ -23,6 +23,8 @@ pub fn gates() -> Gates {
         max_p99_ratio: Some(1.5),
         max_latency_increase: None,
         latency_quantile: 0.5,
+        max_ttft_p99_ratio: None,
+        max_tpot_p99_ratio: None,
         min_shadow_agreement: None,
         min_shadow_compared: 50,
     }

@@ -174,6 +174,35 @@ fn step_readings(rollout: &Rollout, evidence: &Evidence<'_>) -> Vec<GateReading>
     for limit in limits.into_iter().flatten() {
         readings.push(gates::latency(limit, candidate, stable, min, risk));
     }
+    let token_limits = [
+        (
+            gates.max_ttft_p99_ratio,
+            "ttft_p99_ratio",
+            StatsSnapshot::time_to_first_token as fn(&StatsSnapshot) -> StatsSnapshot,
+        ),
+        (
+            gates.max_tpot_p99_ratio,
+            "tpot_p99_ratio",
+            StatsSnapshot::time_per_output_token,
+        ),
+    ];
+    for (max, gate, times) in token_limits {
+        if let Some(max) = max {
+            let limit = LatencyLimit {
+                gate,
+                quantile: 0.99,
+                max_ratio: max,
+                as_increase: false,
+            };
+            readings.push(gates::latency(
+                limit,
+                &times(candidate),
+                &times(stable),
+                min,
+                risk,
+            ));
+        }
+    }
     readings.extend(
         evidence
             .shadow

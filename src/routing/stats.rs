@@ -1,6 +1,8 @@
 //! [`RouteStats`]: what the data plane measured on a route (requests, errors, a
-//! latency histogram), kept in atomics so the request path never locks, and read
-//! by the rollout controller as snapshots to compare a canary with production.
+//! latency histogram, and for OpenAI-style streamed answers histograms of the
+//! time to the first token and per output token), kept in atomics so the
+//! request path never locks, and read by the rollout controller as snapshots to
+//! compare a canary with production.
 //!
 //! Latency buckets are log-linear: 32 sub-buckets per power of two (each at most
 //! 1/32 = 3.1% wide), from 1 µs to about 70 minutes, so the rollout gates' bounds
@@ -21,6 +23,8 @@ pub struct RouteStats {
     requests: AtomicU64,
     errors: AtomicU64,
     latency: [AtomicU64; BUCKETS],
+    time_to_first_token: [AtomicU64; BUCKETS],
+    time_per_output_token: [AtomicU64; BUCKETS],
 }
 
 /// Counts at one moment; subtract two to get what happened in between.
@@ -29,14 +33,19 @@ pub struct StatsSnapshot {
     pub requests: u64,
     pub errors: u64,
     latency: Vec<u64>,
+    time_to_first_token: Vec<u64>,
+    time_per_output_token: Vec<u64>,
 }
 
 impl Default for RouteStats {
     fn default() -> RouteStats {
+        let buckets = || std::array::from_fn(|_| AtomicU64::new(0));
         RouteStats {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: buckets(),
+            time_to_first_token: buckets(),
+            time_per_output_token: buckets(),
         }
     }
 }
@@ -59,15 +68,24 @@ impl RouteStats {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records a streamed answer's time to its first token and, when it had
+    /// more than one, per output token after it.
+    pub fn record_tokens(&self, first: Duration, per_token: Option<Duration>) {
+        self.time_to_first_token[bucket(first)].fetch_add(1, Ordering::Relaxed);
+        if let Some(per_token) = per_token {
+            self.time_per_output_token[bucket(per_token)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
+        let load =
+            |buckets: &[AtomicU64]| buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
         StatsSnapshot {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
-            latency: self
-                .latency
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
+            latency: load(&self.latency),
+            time_to_first_token: load(&self.time_to_first_token),
+            time_per_output_token: load(&self.time_per_output_token),
         }
     }
 }
@@ -79,8 +97,15 @@ impl Default for StatsSnapshot {
             requests: 0,
             errors: 0,
             latency: vec![0; BUCKETS],
+            time_to_first_token: vec![0; BUCKETS],
+            time_per_output_token: vec![0; BUCKETS],
         }
     }
+}
+
+/// Two histograms bucket by bucket.
+fn combined(a: &[u64], b: &[u64], f: impl Fn(u64, u64) -> u64) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect()
 }
 
 impl StatsSnapshot {
@@ -96,29 +121,44 @@ impl StatsSnapshot {
 
     /// Both snapshots' requests together.
     pub fn plus(&self, other: &StatsSnapshot) -> StatsSnapshot {
-        StatsSnapshot {
-            requests: self.requests + other.requests,
-            errors: self.errors + other.errors,
-            latency: self
-                .latency
-                .iter()
-                .zip(&other.latency)
-                .map(|(a, b)| a + b)
-                .collect(),
-        }
+        self.with(other, u64::saturating_add)
     }
 
     /// What happened between `earlier` and this snapshot.
     pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        self.with(earlier, u64::saturating_sub)
+    }
+
+    fn with(&self, other: &StatsSnapshot, f: impl Fn(u64, u64) -> u64 + Copy) -> StatsSnapshot {
         StatsSnapshot {
-            requests: self.requests.saturating_sub(earlier.requests),
-            errors: self.errors.saturating_sub(earlier.errors),
-            latency: self
-                .latency
-                .iter()
-                .zip(&earlier.latency)
-                .map(|(a, b)| a.saturating_sub(*b))
-                .collect(),
+            requests: f(self.requests, other.requests),
+            errors: f(self.errors, other.errors),
+            latency: combined(&self.latency, &other.latency, f),
+            time_to_first_token: combined(&self.time_to_first_token, &other.time_to_first_token, f),
+            time_per_output_token: combined(
+                &self.time_per_output_token,
+                &other.time_per_output_token,
+                f,
+            ),
+        }
+    }
+
+    /// The times to the first token as a snapshot of their own (one request
+    /// per streamed answer, none failed), for the latency gates to judge.
+    pub fn time_to_first_token(&self) -> StatsSnapshot {
+        StatsSnapshot::of_latencies(&self.time_to_first_token)
+    }
+
+    /// Likewise the times per output token.
+    pub fn time_per_output_token(&self) -> StatsSnapshot {
+        StatsSnapshot::of_latencies(&self.time_per_output_token)
+    }
+
+    fn of_latencies(buckets: &[u64]) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: buckets.iter().sum(),
+            latency: buckets.to_vec(),
+            ..StatsSnapshot::default()
         }
     }
 

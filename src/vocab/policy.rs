@@ -302,6 +302,10 @@ pub fn default_plan() -> Plan {
             max_p99_ratio: Some(defaults::MAX_P99_RATIO),
             max_latency_increase: Some(defaults::MAX_LATENCY_INCREASE),
             latency_quantile: DEFAULT_LATENCY_QUANTILE,
+            // Off unless asked for: only models serving streamed answers have
+            // anything for them to judge.
+            max_ttft_p99_ratio: None,
+            max_tpot_p99_ratio: None,
             min_shadow_agreement: None,
             min_shadow_compared: defaults::MIN_SHADOW_COMPARED,
         },

@@ -66,6 +66,13 @@ pub struct Gates {
     /// The quantile `max_latency_increase` is judged at (0.5: the median).
     #[serde(default = "default_latency_quantile")]
     pub latency_quantile: f64,
+    /// OpenAI-style streamed answers: candidate p99 time to first token over
+    /// stable's.
+    #[serde(default)]
+    pub max_ttft_p99_ratio: Option<f64>,
+    /// Likewise the p99 time per output token.
+    #[serde(default)]
+    pub max_tpot_p99_ratio: Option<f64>,
     /// Shadow agreement of the candidate before (and during) the canary.
     pub min_shadow_agreement: Option<f64>,
     /// Comparisons the agreement must rest on.
@@ -340,6 +347,8 @@ impl Plan {
             ("max_error_rate", gates.max_error_rate, " and at most 1"),
             ("max_p99_ratio", gates.max_p99_ratio, ""),
             ("max_latency_increase", gates.max_latency_increase, ""),
+            ("max_ttft_p99_ratio", gates.max_ttft_p99_ratio, ""),
+            ("max_tpot_p99_ratio", gates.max_tpot_p99_ratio, ""),
         ] {
             let at_most = if within.is_empty() {
                 f64::INFINITY

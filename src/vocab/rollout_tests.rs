@@ -14,6 +14,8 @@ fn plan(steps: Vec<f64>) -> Plan {
             max_p99_ratio: Some(1.5),
             max_latency_increase: None,
             latency_quantile: DEFAULT_LATENCY_QUANTILE,
+            max_ttft_p99_ratio: None,
+            max_tpot_p99_ratio: None,
             min_shadow_agreement: None,
             min_shadow_compared: 0,
         },
