@@ -18,6 +18,7 @@ pub mod parse;
 pub mod report;
 pub mod rollouts;
 pub mod schedule;
+pub mod sse;
 
 pub use backend::{BackendOptions, Mode};
 pub use load::{LoadError, LoadOptions, Stop};

@@ -19,7 +19,7 @@ use loadtest::compare::{self, CompareArgs};
 use loadtest::judge::{self, JudgeArgs};
 use loadtest::parse::{parse_duration, parse_fraction, parse_header, parse_rate};
 use loadtest::rollouts::{self, RolloutsArgs};
-use loadtest::{BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, grpc, load};
+use loadtest::{BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, grpc, load, sse};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -66,6 +66,12 @@ struct BackendArgs {
     /// answered with a `ModelInferResponse` of about --response-bytes.
     #[arg(long, conflicts_with_all = ["fail_rate", "mode"])]
     grpc: bool,
+    /// Serve streamed chat completions instead: every call is answered with
+    /// this many server-sent events, --sse-gap-ms apart, then `[DONE]`.
+    #[arg(long, conflicts_with_all = ["fail_rate", "mode", "grpc"])]
+    sse_events: Option<usize>,
+    #[arg(long, default_value_t = 5, requires = "sse_events")]
+    sse_gap_ms: u64,
     /// Runtime worker threads.
     #[arg(long, default_value = "1")]
     threads: NonZeroUsize,
@@ -119,6 +125,14 @@ struct RunArgs {
     /// The model the gRPC calls name.
     #[arg(long, default_value = "m", requires = "grpc_streams")]
     grpc_model: String,
+    /// Send streamed chat completions (`POST /v1/chat/completions` to the URL's
+    /// host and port, `"stream": true`) instead, each answer read to its end
+    /// and required to bring this many events; latency is to the first event.
+    #[arg(long, conflicts_with_all = ["rate", "requests", "random_headers", "body_file", "grpc_streams"])]
+    sse_events: Option<usize>,
+    /// The model the chat calls name.
+    #[arg(long, default_value = "m", requires = "sse_events")]
+    sse_model: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +212,13 @@ async fn backend_command(args: BackendArgs) -> Result<(), CliError> {
         .and_then(|()| stdout.flush())
         .map_err(CliError::Stdout)?;
     drop(stdout);
+    if let Some(events) = args.sse_events {
+        tokio::select! {
+            () = sse::serve(listener, events, Duration::from_millis(args.sse_gap_ms)) => {}
+            () = shutdown => {}
+        }
+        return Ok(());
+    }
     if args.grpc {
         tokio::select! {
             () = grpc::serve(
@@ -246,6 +267,9 @@ async fn run_command(args: RunArgs) -> Result<(), CliError> {
     if let Some(streams) = args.grpc_streams {
         return grpc_run_command(&args, streams.get()).await;
     }
+    if let Some(events) = args.sse_events {
+        return sse_run_command(&args, events).await;
+    }
     let body = match &args.body_file {
         Some(path) => Bytes::from(std::fs::read(path).map_err(|source| CliError::BodyFile {
             path: path.clone(),
@@ -276,14 +300,33 @@ async fn run_command(args: RunArgs) -> Result<(), CliError> {
     print_report(&report, args.json)
 }
 
-async fn grpc_run_command(args: &RunArgs, streams: usize) -> Result<(), CliError> {
-    let host = args.url.host().unwrap_or("127.0.0.1");
-    let port = args.url.port_u16().unwrap_or(80);
-    let addr = tokio::net::lookup_host((host, port))
+/// The address of the URL's host and port.
+async fn address_of(url: &http::Uri) -> Result<SocketAddr, LoadError> {
+    let host = url.host().unwrap_or("127.0.0.1");
+    let port = url.port_u16().unwrap_or(80);
+    tokio::net::lookup_host((host, port))
         .await
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| LoadError::NoAddress(format!("{host}:{port}")))?;
+        .ok_or_else(|| LoadError::NoAddress(format!("{host}:{port}")))
+}
+
+async fn sse_run_command(args: &RunArgs, events: usize) -> Result<(), CliError> {
+    let load = sse::SseLoad {
+        addr: address_of(&args.url).await?,
+        model: args.sse_model.clone(),
+        events,
+        connections: args.connections.get(),
+        duration: args.duration,
+        warmup: args.warmup,
+        timeout: args.timeout,
+    };
+    let report = sse::run(load).await?;
+    print_report(&report, args.json)
+}
+
+async fn grpc_run_command(args: &RunArgs, streams: usize) -> Result<(), CliError> {
+    let addr = address_of(&args.url).await?;
     let load = grpc::GrpcLoad {
         addr,
         model: args.grpc_model.clone(),

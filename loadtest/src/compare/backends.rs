@@ -25,6 +25,8 @@ pub struct Backends {
     pub refused: SocketAddr,
     /// Answers gRPC `ModelInfer` calls after 5 ms.
     pub grpc: SocketAddr,
+    /// Streams chat completions: 64 events, 5 ms apart.
+    pub llm: SocketAddr,
     _processes: Vec<ProcessGuard>,
 }
 
@@ -41,6 +43,11 @@ impl Backends {
         let slow = start("slow backend", &["--latency-ms", "50"])?;
         let hang = start("hanging backend", &["--mode", "hang"])?;
         let grpc = start("gRPC backend", &["--grpc", "--latency-ms", "5"])?;
+        let events = super::cases::LLM_EVENTS.to_string();
+        let llm = start(
+            "streaming LLM backend",
+            &["--sse-events", &events, "--sse-gap-ms", "5"],
+        )?;
         let refused = free_addr()?;
         Ok(Backends {
             primary,
@@ -49,6 +56,7 @@ impl Backends {
             hang,
             refused,
             grpc,
+            llm,
             _processes: processes,
         })
     }

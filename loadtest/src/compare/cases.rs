@@ -24,6 +24,8 @@ pub const CANARY_WEIGHT: u32 = 10;
 /// The `grpc` case: HTTP/2 connections, and calls in flight on each.
 const GRPC_CONNECTIONS: usize = 4;
 const GRPC_STREAMS: usize = 16;
+/// The `llm-stream` case: events per answer (the backend sends them 5 ms apart).
+pub const LLM_EVENTS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -45,6 +47,10 @@ pub enum Case {
     /// Unary gRPC `ModelInfer` calls, many streams on few HTTP/2 connections,
     /// to a backend that takes 5 ms per call (the backend is the limit).
     Grpc,
+    /// Streamed chat completions (OpenAI-style, routed by the body's
+    /// `model`): 64 events 5 ms apart per answer; latency is the time to the
+    /// first event, and events per second are 64 per request.
+    LlmStream,
 }
 
 /// Where a case's mirrored (or canary) traffic goes.
@@ -57,7 +63,7 @@ pub enum Secondary {
 }
 
 impl Case {
-    pub const ALL: [Case; 11] = [
+    pub const ALL: [Case; 12] = [
         Case::Plain64,
         Case::Plain256,
         Case::Canary,
@@ -69,6 +75,7 @@ impl Case {
         Case::ShadowFixedRate,
         Case::SwapLoop,
         Case::Grpc,
+        Case::LlmStream,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +91,7 @@ impl Case {
             Case::ShadowFixedRate => "shadow-fixed-rate",
             Case::SwapLoop => "swap-loop",
             Case::Grpc => "grpc",
+            Case::LlmStream => "llm-stream",
         }
     }
 
@@ -100,13 +108,18 @@ impl Case {
         (self == Case::Grpc).then_some(GRPC_STREAMS)
     }
 
+    /// Events per streamed answer, for the streamed LLM case.
+    pub fn sse_events(self) -> Option<usize> {
+        (self == Case::LlmStream).then_some(LLM_EVENTS)
+    }
+
     /// The proxies a case runs, in the order of every round.
     pub fn proxies(self) -> &'static [ProxyKind] {
         match self {
             Case::Plain64 | Case::Plain256 | Case::FixedRate => &ProxyKind::ALL,
             Case::Canary | Case::SwapLoop => &[ProxyKind::Stagegate],
             // nginx and haproxy are not set up for gRPC here.
-            Case::Grpc => &[ProxyKind::Direct, ProxyKind::Stagegate],
+            Case::Grpc | Case::LlmStream => &[ProxyKind::Direct, ProxyKind::Stagegate],
             _ => &[ProxyKind::Stagegate, ProxyKind::Nginx],
         }
     }
@@ -174,7 +187,12 @@ pub fn setup(ctx: &Context, case: Case, threads: usize) -> Setup {
     };
     Setup {
         threads,
-        primary: backends.primary,
+        // The streamed case's model serves chat completions.
+        primary: if case == Case::LlmStream {
+            backends.llm
+        } else {
+            backends.primary
+        },
         grpc: (case == Case::Grpc).then_some(backends.grpc),
         secondary,
         shadow: case.shadow().is_some(),
@@ -243,6 +261,7 @@ fn closed_loop(ctx: &Context, case: Case, threads: usize) -> Result<CaseResult, 
         rate: None,
         random_user: case == Case::Canary,
         grpc_streams: case.grpc_streams(),
+        sse_events: case.sse_events(),
     };
     let series = interleave(ctx, case, &proxies, &load)?;
     Ok(CaseResult::new(case, series, notes))
@@ -354,6 +373,7 @@ fn reference_rps(
         rate: None,
         random_user: false,
         grpc_streams: None,
+        sse_events: None,
     };
     let generator = ctx.generator();
     if !ctx.settings.warmup.is_zero() {
@@ -395,6 +415,7 @@ fn fixed_rate(
         rate: Some(rate),
         random_user: false,
         grpc_streams: None,
+        sse_events: None,
     };
     let series = interleave(ctx, case, &proxies, &load)?;
     let mut result = CaseResult::new(case, series, notes);

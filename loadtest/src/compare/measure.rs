@@ -28,6 +28,9 @@ pub struct Load {
     /// gRPC `ModelInfer` calls, this many in flight per connection, instead of
     /// HTTP requests.
     pub grpc_streams: Option<usize>,
+    /// Streamed chat calls whose answers bring this many events, instead of
+    /// plain HTTP requests (latency is then to the first event).
+    pub sse_events: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +163,9 @@ pub fn generator_args(target: SocketAddr, load: &Load) -> Vec<String> {
     if let Some(streams) = load.grpc_streams {
         args.extend(["--grpc-streams".to_string(), streams.to_string()]);
     }
+    if let Some(events) = load.sse_events {
+        args.extend(["--sse-events".to_string(), events.to_string()]);
+    }
     if load.random_user {
         args.extend(["--random-header".to_string(), USER_HEADER.to_string()]);
     }
@@ -222,6 +228,7 @@ mod tests {
             rate: None,
             random_user: false,
             grpc_streams: None,
+            sse_events: None,
         };
         let args = generator_args(target, &closed).join(" ");
         assert_eq!(

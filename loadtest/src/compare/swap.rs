@@ -36,6 +36,7 @@ pub fn run(ctx: &Context, threads: usize) -> Result<CaseResult, CompareError> {
         rate: None,
         random_user: true,
         grpc_streams: None,
+        sse_events: None,
     };
     let generator = ctx.generator();
     set_canary(admin, CANARY_WEIGHT)?;
