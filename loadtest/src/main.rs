@@ -34,7 +34,7 @@ enum Command {
     /// Run a fast fake model server until SIGINT or SIGTERM.
     Backend(BackendArgs),
     /// Send load to a URL and report throughput, latency and errors.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run stagegate, nginx and haproxy side by side on pinned cores and print a
     /// Markdown comparison.
     Compare(CompareArgs),
@@ -171,7 +171,7 @@ fn main() -> ExitCode {
         Command::Backend(args) => {
             runtime(args.threads).and_then(|rt| rt.block_on(backend_command(args)))
         }
-        Command::Run(args) => runtime(args.threads).and_then(|rt| rt.block_on(run_command(args))),
+        Command::Run(args) => runtime(args.threads).and_then(|rt| rt.block_on(run_command(*args))),
         Command::Compare(args) => compare::run(&args).map_err(CliError::Compare),
         Command::Judge(args) => judge::run(&args).map_err(CliError::Judge),
         Command::Rollouts(args) => rollouts::run(&args).map_err(CliError::Compare),
