@@ -658,3 +658,51 @@ async fn a_rollout_gated_on_time_to_first_token_rolls_back_a_candidate_slow_to_s
         .json();
     assert_eq!(model["production"], "1", "production untouched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_production_shows_its_agreement_with_itself_beside_the_candidate() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Rambling)).await;
+    let shadow =
+        "[models.shadow]\npercent = 100.0\nreplay_primary = true\n[models.compare]\nmode = \"llm\"";
+    let gateway = common::gateway(&config("", &production, &staging, shadow)).await;
+    let base = format!("http://{}", gateway.data_addr());
+    let requests = 4;
+    for _ in 0..requests {
+        assert_eq!(chat(&base, ask("chat"), &[]).await.status, StatusCode::OK);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let report = admin(&gateway, Method::GET, "/api/v1/models/chat/shadow", None)
+            .await
+            .json();
+        let done = |v: &Value| v["compared"] == requests;
+        if done(&report["production_replay"]) && done(&report["versions"][0]) {
+            break report;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{report}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let replay = &report["production_replay"];
+    assert_eq!(replay["replay_of_production"], true);
+    assert_eq!(replay["version"], "1");
+    assert_eq!(
+        replay["matched"], requests,
+        "a deterministic production agrees with itself: {replay}"
+    );
+    assert_eq!(
+        report["versions"][0]["matched"], 0,
+        "the rambling candidate does not"
+    );
+    assert_eq!(
+        production.received().len(),
+        2 * requests as usize,
+        "each request reached production twice"
+    );
+    assert!(
+        production
+            .received()
+            .iter()
+            .all(|b| b["model"] == "llama-prod")
+    );
+}

@@ -17,11 +17,14 @@ pub fn report(table: &RoutingTable, model: &str) -> Option<Value> {
             view
         })
         .collect();
+    // Production's agreement with itself, the staging versions' noise floor.
+    let replay = shadow.replay().map(|v| v.report.view());
     Some(json!({
         "model": model,
         "active": shadow.is_active(),
         "policy": shadow.policy(),
         "versions": versions,
+        "production_replay": replay,
     }))
 }
 
@@ -51,6 +54,11 @@ pub fn reset(table: &RoutingTable, model: &str, version: Option<&str>) -> Option
         return None;
     }
     chosen.iter().for_each(|v| v.report.reset());
+    if version.is_none()
+        && let Some(replay) = shadow.replay()
+    {
+        replay.report.reset();
+    }
     Some(chosen.iter().map(|v| v.version.clone()).collect())
 }
 

@@ -124,6 +124,7 @@ pub struct RawShadow {
     pub max_in_flight: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub methods: Option<Vec<String>>,
+    pub replay_primary: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

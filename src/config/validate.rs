@@ -326,6 +326,7 @@ fn validate_shadow(raw: &RawModel, path: &str, errors: &mut Errors) -> ShadowPol
                 }),
             llm: validate_llm_compare(compare, path, errors),
         },
+        replay_primary: shadow.and_then(|s| s.replay_primary).unwrap_or(false),
     };
     if let Err(message) = mode {
         errors.push(format!("{path}.compare.mode"), message);

@@ -246,9 +246,16 @@ impl ModelRoutes {
                 upstream_model: route.upstream_model.as_ref(),
             })
             .collect();
+        let replayed = production.as_ref().map(|route| StagingTarget {
+            version: route.version(),
+            endpoints: &route.endpoints,
+            grpc_endpoints: &route.grpc_endpoints,
+            upstream_model: route.upstream_model.as_ref(),
+        });
         let shadow = ModelShadow::build(
             model,
             &targets,
+            replayed,
             previous.map(|p| p.shadow.as_ref()),
             telemetry,
         );

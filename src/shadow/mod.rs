@@ -47,7 +47,9 @@ pub struct ModelShadow {
     methods: Vec<Method>,
     comparator: Arc<Comparator>,
     in_flight: Arc<Admission>,
+    /// The staging versions, then, with `replay_primary`, production replayed.
     versions: Vec<ShadowVersion>,
+    staging: usize,
     /// The production version the reports compare against.
     production: Option<String>,
 }
@@ -71,6 +73,8 @@ pub struct ShadowVersion {
     pub report: Arc<VersionReport>,
     pub metrics: ShadowMetrics,
     pub targeted: bool,
+    /// The production version itself, sent each sampled request again.
+    pub replay: bool,
 }
 
 impl ShadowVersion {
@@ -98,9 +102,11 @@ impl ModelShadow {
     /// in-flight budget carry over from `previous` for versions that were staging
     /// there too; a version that (re)enters staging starts a fresh report, and so
     /// does every version when production or the comparator changes.
+    /// `production` is replayed when the policy says `replay_primary`.
     pub fn build(
         model: &ModelSpec,
         staging: &[StagingTarget<'_>],
+        production_target: Option<StagingTarget<'_>>,
         previous: Option<&ModelShadow>,
         telemetry: &Telemetry,
     ) -> ModelShadow {
@@ -117,27 +123,38 @@ impl ModelShadow {
         // when either changes, counting starts over.
         let comparable =
             previous.filter(|p| p.production == production && p.policy.compare == policy.compare);
-        let versions = staging
-            .iter()
-            .map(|target| {
-                let report = comparable
-                    .and_then(|p| p.versions.iter().find(|v| v.version == target.version))
-                    .map_or_else(
-                        || Arc::new(VersionReport::new(&model.name, target.version)),
-                        |v| Arc::clone(&v.report),
-                    );
-                ShadowVersion {
-                    version: target.version.to_string(),
-                    endpoints: target.endpoints.to_vec(),
-                    grpc_endpoints: target.grpc_endpoints.to_vec(),
-                    upstream_model: target.upstream_model.cloned(),
-                    report,
-                    metrics: telemetry.shadow_metrics(&model.name, target.version),
-                    targeted: policy.versions.is_empty()
-                        || policy.versions.iter().any(|v| v == target.version),
-                }
-            })
-            .collect();
+        let version = |target: &StagingTarget<'_>, replay: bool| {
+            let report = comparable
+                .and_then(|p| {
+                    p.versions
+                        .iter()
+                        .find(|v| v.version == target.version && v.replay == replay)
+                })
+                .map_or_else(
+                    || {
+                        let report = VersionReport::new(&model.name, target.version);
+                        Arc::new(if replay { report.replaying() } else { report })
+                    },
+                    |v| Arc::clone(&v.report),
+                );
+            ShadowVersion {
+                version: target.version.to_string(),
+                endpoints: target.endpoints.to_vec(),
+                grpc_endpoints: target.grpc_endpoints.to_vec(),
+                upstream_model: target.upstream_model.cloned(),
+                report,
+                metrics: telemetry.shadow_metrics(&model.name, target.version),
+                targeted: replay
+                    || policy.versions.is_empty()
+                    || policy.versions.iter().any(|v| v == target.version),
+                replay,
+            }
+        };
+        let mut versions: Vec<ShadowVersion> = staging.iter().map(|t| version(t, false)).collect();
+        let staging_count = versions.len();
+        if let Some(target) = production_target.filter(|_| policy.replay_primary) {
+            versions.push(version(&target, true));
+        }
         let methods = policy.methods.iter().map(|m| m.method().clone()).collect();
         ModelShadow {
             policy,
@@ -145,6 +162,7 @@ impl ModelShadow {
             comparator: Arc::new(comparator),
             in_flight,
             versions,
+            staging: staging_count,
             production,
         }
     }
@@ -160,11 +178,16 @@ impl ModelShadow {
 
     /// Every staging version, mirrored to or not.
     pub fn versions(&self) -> &[ShadowVersion] {
-        &self.versions
+        &self.versions[..self.staging]
+    }
+
+    /// Production replayed (`replay_primary`): its agreement with itself.
+    pub fn replay(&self) -> Option<&ShadowVersion> {
+        self.versions.get(self.staging)
     }
 
     pub fn report(&self, version: &str) -> Option<&Arc<VersionReport>> {
-        self.versions
+        self.versions()
             .iter()
             .find(|v| v.version == version)
             .map(|v| &v.report)

@@ -100,6 +100,8 @@ impl ErrorKind {
 pub struct VersionReport {
     model: String,
     version: String,
+    /// The report of production replayed against itself.
+    replay: bool,
     mirrored: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     errors: [AtomicU64; ErrorKind::ALL.len()],
@@ -178,10 +180,19 @@ impl VersionReport {
         VersionReport {
             model: model.to_string(),
             version: version.to_string(),
+            replay: false,
             mirrored: AtomicU64::new(0),
             dropped: Default::default(),
             errors: Default::default(),
             details: Mutex::new(Details::new()),
+        }
+    }
+
+    /// This report as production's replayed against itself.
+    pub fn replaying(self) -> VersionReport {
+        VersionReport {
+            replay: true,
+            ..self
         }
     }
 
@@ -242,6 +253,7 @@ impl VersionReport {
         serde_json::json!({
             "model": self.model,
             "version": self.version,
+            "replay_of_production": self.replay,
             "since": humantime::format_rfc3339_seconds(details.since).to_string(),
             "mirrored": self.mirrored.load(Ordering::Relaxed),
             "compared": details.compared,

@@ -51,6 +51,11 @@ pub struct ShadowPolicy {
     /// HTTP methods that are mirrored.
     pub methods: Vec<MethodName>,
     pub compare: ComparePolicy,
+    /// Send each sampled request to production a second time and compare the
+    /// two production answers too: the noise floor the staging versions'
+    /// agreement is read against (a sampled LLM generation differs from itself).
+    #[serde(default)]
+    pub replay_primary: bool,
 }
 
 /// How a staging version's answer is compared with production's.
@@ -152,6 +157,7 @@ impl Default for ShadowPolicy {
             max_body_bytes: defaults::MAX_BODY_BYTES,
             methods: defaults::METHODS.to_vec(),
             compare: ComparePolicy::default(),
+            replay_primary: false,
         }
     }
 }
@@ -362,6 +368,7 @@ mod tests {
                 rel_tol: f64::NAN,
                 ..ComparePolicy::default()
             },
+            replay_primary: false,
         };
         let fields: Vec<&str> = policy.problems().iter().map(|(field, _)| *field).collect();
         assert_eq!(
