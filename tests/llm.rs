@@ -517,7 +517,9 @@ async fn the_openai_sdk_gets_through_the_gateway_what_it_gets_directly() {
 async fn the_shadow_report_tells_a_close_streamed_candidate_from_one_that_rambles() {
     let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
     let close = Llm::start(DemoLlm::new("llama-close", Voice::Reworded)).await;
-    let rambling = Llm::start(DemoLlm::new("llama-long", Voice::Rambling)).await;
+    let mut slow_rambler = DemoLlm::new("llama-long", Voice::Rambling);
+    slow_rambler.first_token_delay = Duration::from_millis(20);
+    let rambling = Llm::start(slow_rambler).await;
     let text = format!(
         "[[models]]\nname = \"chat\"\n\
          [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-prod\"\n\
@@ -574,6 +576,13 @@ async fn the_shadow_report_tells_a_close_streamed_candidate_from_one_that_ramble
     let tokens = &long["llm"]["output_tokens"];
     assert!(
         tokens["shadow"]["p50"].as_u64() > tokens["primary"]["p50"].as_u64(),
+        "{long}"
+    );
+    let first = &long["llm"]["time_to_first_token_ms"];
+    assert!(first["shadow"]["p50"].as_f64().unwrap() >= 20.0, "{long}");
+    assert!(first["primary"]["p50"].as_f64().unwrap() < 20.0, "{long}");
+    assert!(
+        long["llm"]["time_per_output_token_ms"]["shadow"]["p50"].is_number(),
         "{long}"
     );
 }

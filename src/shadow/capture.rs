@@ -19,6 +19,9 @@ pub struct Captured {
     pub body: Option<Frames>,
     /// From the start of the request to the last byte.
     pub latency: Duration,
+    /// From the start of the request to the first body bytes (a streamed
+    /// answer's first event).
+    pub first_frame: Option<Duration>,
 }
 
 /// A body as the frames it arrived in.
@@ -60,6 +63,7 @@ pub struct Capture {
     size: usize,
     limit: usize,
     started: Instant,
+    first_frame: Option<Duration>,
     done: Option<oneshot::Sender<Captured>>,
 }
 
@@ -94,6 +98,7 @@ impl CaptureSender {
             size: 0,
             limit: self.limit,
             started: self.started,
+            first_frame: None,
             done: Some(self.sender),
         }
     }
@@ -101,6 +106,9 @@ impl CaptureSender {
 
 impl Capture {
     pub fn push(&mut self, data: &Bytes) {
+        if self.first_frame.is_none() && !data.is_empty() {
+            self.first_frame = Some(self.started.elapsed());
+        }
         self.size = self.size.saturating_add(data.len());
         if self.size <= self.limit {
             self.frames.push(data.clone());
@@ -127,6 +135,7 @@ impl Capture {
             binary_header: self.binary_header.take(),
             body,
             latency: self.started.elapsed(),
+            first_frame: self.first_frame,
         });
     }
 }

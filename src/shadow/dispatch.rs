@@ -150,6 +150,8 @@ struct Answered {
     binary_header: Option<HeaderValue>,
     body: Bytes,
     latency: Duration,
+    /// To the first body bytes (a streamed answer's first event).
+    first_frame: Option<Duration>,
 }
 
 enum Outcome {
@@ -474,7 +476,14 @@ impl MirrorTask {
             let http_status = response.status();
             let head_status = grpc_status(response.headers());
             let binary_header = response.headers().get(BINARY_HEADER_LENGTH).cloned();
+            let first_frame = std::sync::OnceLock::new();
             let body = Limited::new(response.into_body(), policy.max_body_bytes)
+                .map_frame(|frame| {
+                    if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                        first_frame.get_or_init(|| started.elapsed());
+                    }
+                    frame
+                })
                 .collect()
                 .await;
             match body {
@@ -483,6 +492,7 @@ impl MirrorTask {
                     binary_header,
                     body: collected.to_bytes(),
                     latency: started.elapsed(),
+                    first_frame: first_frame.get().copied(),
                 })),
                 Err(error) if error.is::<http_body_util::LengthLimitError>() => {
                     Ok(Outcome::TooLarge)
@@ -543,10 +553,12 @@ impl MirrorTask {
             primary_binary_header: primary.binary_header.clone(),
             primary_body,
             primary_latency: primary.latency,
+            primary_first_frame: primary.first_frame,
             shadow_status: answered.status,
             shadow_binary_header: answered.binary_header,
             shadow_body: answered.body,
             shadow_latency: answered.latency,
+            shadow_first_frame: answered.first_frame,
             grpc: self.grpc,
         };
         if !self.queue.submit(job) {

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::compare::Verdict;
-use super::llm_report::LlmDetails;
+use super::llm_report::{LlmDetails, Side};
 use crate::vocab::path::{Display, normalized};
 
 /// Mismatch samples kept, newest last.
@@ -141,6 +141,8 @@ pub struct Compared<'a> {
     pub shadow: &'a [u8],
     pub primary_latency: Duration,
     pub shadow_latency: Duration,
+    /// To each answer's first body bytes, production's then the shadow's.
+    pub first_frames: (Option<Duration>, Option<Duration>),
     pub verdict: &'a Verdict,
 }
 
@@ -305,7 +307,21 @@ impl Details {
         self.compared += 1;
         self.matched += u64::from(c.verdict.matched);
         if let Some(facts) = &c.verdict.llm {
-            self.llm.get_or_insert_with(LlmDetails::new).record(facts);
+            let sides = [
+                Side {
+                    first_frame: c.first_frames.0,
+                    whole: c.primary_latency,
+                    tokens: facts.primary_tokens,
+                },
+                Side {
+                    first_frame: c.first_frames.1,
+                    whole: c.shadow_latency,
+                    tokens: facts.shadow_tokens,
+                },
+            ];
+            self.llm
+                .get_or_insert_with(LlmDetails::new)
+                .record(facts, sides);
         }
         let (agreed, total) = c
             .verdict
@@ -467,6 +483,7 @@ mod tests {
             shadow: b"{}",
             primary_latency: Duration::from_millis(2),
             shadow_latency: Duration::from_millis(5),
+            first_frames: (None, None),
             verdict: v,
         }
     }

@@ -44,10 +44,12 @@ pub struct Job {
     pub primary_binary_header: Option<HeaderValue>,
     pub primary_body: Frames,
     pub primary_latency: Duration,
+    pub primary_first_frame: Option<Duration>,
     pub shadow_status: u16,
     pub shadow_binary_header: Option<HeaderValue>,
     pub shadow_body: Bytes,
     pub shadow_latency: Duration,
+    pub shadow_first_frame: Option<Duration>,
     /// Both answers are gRPC `ModelInferResponse` messages.
     pub grpc: bool,
 }
@@ -186,6 +188,7 @@ fn compare(job: Job) {
         shadow: &job.shadow_body,
         primary_latency: job.primary_latency,
         shadow_latency: job.shadow_latency,
+        first_frames: (job.primary_first_frame, job.shadow_first_frame),
         verdict: &verdict,
     });
 }
