@@ -715,3 +715,44 @@ async fn replaying_production_shows_its_agreement_with_itself_beside_the_candida
             .all(|b| b["model"] == "llama-prod")
     );
 }
+
+#[tokio::test]
+async fn a_version_registered_with_an_upstream_model_is_sent_its_name() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Plain)).await;
+    let third = Llm::start(DemoLlm::new("llama-3", Voice::Plain)).await;
+    let gateway = common::gateway(&config("", &production, &staging, "")).await;
+    let register = json!({ "version": "3", "endpoints": [third.url], "upstream_model": "llama-3" });
+    let answer = admin(
+        &gateway,
+        Method::POST,
+        "/api/v1/models/chat/versions",
+        Some(register),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+    let base = format!("http://{}", gateway.data_addr());
+    let pinned = chat(&base, ask("chat@3"), &[]).await;
+    assert_eq!(pinned.status, StatusCode::OK, "{:?}", pinned.body);
+    assert_eq!(pinned.json()["model"], "llama-3");
+    let model = admin(&gateway, Method::GET, "/api/v1/models/chat", None)
+        .await
+        .json();
+    let three = model["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "3")
+        .cloned();
+    assert_eq!(three.unwrap()["upstream_model"], "llama-3");
+    let bad = json!({ "version": "4", "endpoints": [third.url], "upstream_model": "" });
+    let refused = admin(
+        &gateway,
+        Method::POST,
+        "/api/v1/models/chat/versions",
+        Some(bad),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&refused.body).contains("upstream_model"));
+}
