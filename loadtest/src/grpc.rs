@@ -18,11 +18,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use stagegate::grpc::frame::framed;
 use stagegate::grpc::status::{Code, grpc_status, put_status};
 use stagegate::grpc::wire::Writer;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
 
-use crate::load::LoadError;
+use crate::load::{LoadError, closed_loop_report, connect_tcp, refused};
 use crate::report::{ErrorKind, Recorder, Report};
 
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -200,30 +200,16 @@ pub async fn run(load: GrpcLoad) -> Result<Report, LoadError> {
             });
         }
     }
-    let mut recorded = Recorder::new()?;
-    while let Some(joined) = workers.join_next().await {
-        recorded.merge(&joined??)?;
-    }
-    Ok(Report {
-        recorded,
-        duration: load.duration,
-        connections: load.connections,
-        rate: None,
-    })
+    closed_loop_report(workers, load.duration, load.connections).await
 }
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, LoadError> {
-    let refused = |e: &dyn std::fmt::Display| LoadError::Connect {
-        addr: addr.to_string(),
-        message: e.to_string(),
-    };
-    let stream = TcpStream::connect(addr).await.map_err(|e| refused(&e))?;
-    let _ = stream.set_nodelay(true);
+    let stream = connect_tcp(addr).await?;
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| refused(&e))?;
+        .map_err(|e| refused(addr, &e))?;
     tokio::spawn(connection);
     Ok(sender)
 }

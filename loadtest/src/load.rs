@@ -451,6 +451,43 @@ impl Worker {
     }
 }
 
+/// The recorders of a closed loop's workers merged into its report.
+pub(crate) async fn closed_loop_report(
+    mut workers: tokio::task::JoinSet<Result<Recorder, LoadError>>,
+    duration: std::time::Duration,
+    connections: usize,
+) -> Result<Report, LoadError> {
+    let mut recorded = Recorder::new()?;
+    while let Some(joined) = workers.join_next().await {
+        recorded.merge(&joined??)?;
+    }
+    Ok(Report {
+        recorded,
+        duration,
+        connections,
+        rate: None,
+    })
+}
+
+/// A TCP connection to `addr` with Nagle off, for a generator's client.
+pub(crate) async fn connect_tcp(
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpStream, LoadError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| refused(addr, &e))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The error of a connection to `addr` that could not be made.
+pub(crate) fn refused(addr: std::net::SocketAddr, error: &dyn std::fmt::Display) -> LoadError {
+    LoadError::Connect {
+        addr: addr.to_string(),
+        message: error.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,12 +20,12 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
 
-use crate::load::LoadError;
+use crate::load::{LoadError, closed_loop_report, connect_tcp, refused};
 use crate::report::{ErrorKind, Recorder, Report};
 
 pub const CHAT: &str = "/v1/chat/completions";
@@ -133,28 +133,14 @@ pub async fn run(load: SseLoad) -> Result<Report, LoadError> {
             }
         });
     }
-    let mut recorded = Recorder::new()?;
-    while let Some(joined) = workers.join_next().await {
-        recorded.merge(&joined??)?;
-    }
-    Ok(Report {
-        recorded,
-        duration: load.duration,
-        connections: load.connections,
-        rate: None,
-    })
+    closed_loop_report(workers, load.duration, load.connections).await
 }
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, LoadError> {
-    let refused = |e: &dyn std::fmt::Display| LoadError::Connect {
-        addr: addr.to_string(),
-        message: e.to_string(),
-    };
-    let stream = TcpStream::connect(addr).await.map_err(|e| refused(&e))?;
-    let _ = stream.set_nodelay(true);
+    let stream = connect_tcp(addr).await?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| refused(&e))?;
+        .map_err(|e| refused(addr, &e))?;
     tokio::spawn(connection);
     Ok(sender)
 }

@@ -17,7 +17,7 @@ use super::grpc::GrpcProxy;
 use super::grpc_call::is_grpc;
 use super::llm_body::{LlmBody, LlmBodyLayer};
 use super::mirror::{Mirror, MirrorLayer};
-use super::read_ahead::{ReadAhead, ReadAheadLayer};
+use super::read_ahead::{BodyLimits, ReadAhead, ReadAheadLayer};
 use super::respond::{Respond, RespondLayer};
 use super::route::{Route, RouteLayer};
 use super::server_calls::{ServerCalls, ServerCallsLayer};
@@ -74,24 +74,21 @@ impl Proxy {
             UpstreamClient::new(PoolKind::Primary, limits.connect_timeout),
             &limits,
         );
+        let body_limits = BodyLimits {
+            budget: Arc::clone(&budget),
+            max_body_bytes: limits.max_body_bytes,
+            request_timeout: limits.request_timeout,
+        };
         let stack = ServiceBuilder::new()
             .layer(RespondLayer::new(Arc::clone(&router)))
             .layer(ServerCallsLayer::new(Arc::clone(&router)))
             .layer(AdmitLayer::new(admission))
-            .layer(LlmBodyLayer::new(
-                Arc::clone(&budget),
-                limits.max_body_bytes,
-                limits.request_timeout,
-            ))
+            .layer(LlmBodyLayer::new(body_limits.clone()))
             .layer(RouteLayer::new(
                 Arc::clone(&router),
                 limits.max_header_bytes,
             ))
-            .layer(ReadAheadLayer::new(
-                Arc::clone(&budget),
-                limits.max_body_bytes,
-                limits.request_timeout,
-            ))
+            .layer(ReadAheadLayer::new(body_limits))
             .layer(BalanceLayer)
             .layer(MirrorLayer::new(shadow, budget, limits.max_body_bytes))
             .service(Forward::new(

@@ -10,39 +10,25 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use http::Method;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::ProxyError;
-use super::read_ahead::Reader;
+use super::read_ahead::BodyLimits;
 use super::stack::{Answer, ClientBody, Inbound, Refusal, always_ready};
 use crate::llm::{self, LlmCall};
-use crate::upstream::budget::BodyBudget;
 
 pub struct LlmBodyLayer {
-    budget: Arc<BodyBudget>,
-    max_body_bytes: usize,
-    request_timeout: Duration,
+    limits: BodyLimits,
 }
 
 impl LlmBodyLayer {
-    pub fn new(
-        budget: Arc<BodyBudget>,
-        max_body_bytes: usize,
-        request_timeout: Duration,
-    ) -> LlmBodyLayer {
-        LlmBodyLayer {
-            budget,
-            max_body_bytes,
-            request_timeout,
-        }
+    pub fn new(limits: BodyLimits) -> LlmBodyLayer {
+        LlmBodyLayer { limits }
     }
 }
 
@@ -51,48 +37,34 @@ impl<S> Layer<S> for LlmBodyLayer {
 
     fn layer(&self, next: S) -> LlmBody<S> {
         LlmBody {
-            budget: Arc::clone(&self.budget),
-            max_body_bytes: self.max_body_bytes,
-            request_timeout: self.request_timeout,
+            limits: self.limits.clone(),
             next,
         }
     }
 }
 
 pub struct LlmBody<S> {
-    budget: Arc<BodyBudget>,
-    max_body_bytes: usize,
-    request_timeout: Duration,
+    limits: BodyLimits,
     next: S,
 }
 
-/// What reading one call's body needs, owned by its future.
-struct Limits {
-    budget: Arc<BodyBudget>,
-    max_body_bytes: usize,
-    request_timeout: Duration,
-    started: Instant,
-}
-
-impl Limits {
-    /// Reads the call's body and finds its fields.
-    async fn read(self, call: llm::Call, body: Incoming) -> Result<ClientBody, ProxyError> {
-        let reader = Reader {
-            budget: &self.budget,
-            max_body_bytes: self.max_body_bytes,
-            deadline: self.started + self.request_timeout,
-            request_timeout: self.request_timeout,
-        };
-        let (body, held) = reader.read_whole(body).await?;
-        let fields = llm::scan(&body).map_err(|e| ProxyError::BadField {
-            field: e.field(),
-            message: e.to_string(),
-        })?;
-        Ok(ClientBody::Call {
-            call: LlmCall { call, body, fields },
-            held,
-        })
-    }
+/// Reads a call's body (with limits of its own, owned by the future) and
+/// finds its fields.
+async fn read(
+    limits: BodyLimits,
+    call: llm::Call,
+    body: Incoming,
+    started: std::time::Instant,
+) -> Result<ClientBody, ProxyError> {
+    let (body, held) = limits.reader(started).read_whole(body).await?;
+    let fields = llm::scan(&body).map_err(|e| ProxyError::BadField {
+        field: e.field(),
+        message: e.to_string(),
+    })?;
+    Ok(ClientBody::Call {
+        call: LlmCall { call, body, fields },
+        held,
+    })
 }
 
 impl<'a, S> Service<Inbound> for &'a LlmBody<S>
@@ -119,14 +91,11 @@ where
         let mut next = &this.next;
         match call {
             Some(call) if parts.method == Method::POST => {
-                let limits = Limits {
-                    budget: Arc::clone(&this.budget),
-                    max_body_bytes: this.max_body_bytes,
-                    request_timeout: this.request_timeout,
-                    started: Instant::from_std(started),
-                };
+                // One Arc clone per OpenAI-style call, so the boxed read owns
+                // what it needs.
+                let limits = this.limits.clone();
                 Reading::Body {
-                    read: Box::pin(limits.read(call, body)),
+                    read: Box::pin(read(limits, call, body, started)),
                     head: Some((parts, peer, started)),
                     next,
                 }

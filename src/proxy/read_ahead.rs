@@ -61,23 +61,34 @@ impl Ahead {
     }
 }
 
+/// What reading a request body is bounded by: the gateway's body budget,
+/// `max_body_bytes`, and the request's deadline.
+#[derive(Clone)]
+pub struct BodyLimits {
+    pub budget: Arc<BodyBudget>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl BodyLimits {
+    /// A reader of the body of a request that arrived at `started`.
+    pub fn reader(&self, started: std::time::Instant) -> Reader<'_> {
+        Reader {
+            budget: &self.budget,
+            max_body_bytes: self.max_body_bytes,
+            deadline: Instant::from_std(started + self.request_timeout),
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
 pub struct ReadAheadLayer {
-    budget: Arc<BodyBudget>,
-    max_body_bytes: usize,
-    request_timeout: Duration,
+    limits: BodyLimits,
 }
 
 impl ReadAheadLayer {
-    pub fn new(
-        budget: Arc<BodyBudget>,
-        max_body_bytes: usize,
-        request_timeout: Duration,
-    ) -> ReadAheadLayer {
-        ReadAheadLayer {
-            budget,
-            max_body_bytes,
-            request_timeout,
-        }
+    pub fn new(limits: BodyLimits) -> ReadAheadLayer {
+        ReadAheadLayer { limits }
     }
 }
 
@@ -86,18 +97,14 @@ impl<S> Layer<S> for ReadAheadLayer {
 
     fn layer(&self, next: S) -> ReadAhead<S> {
         ReadAhead {
-            budget: Arc::clone(&self.budget),
-            max_body_bytes: self.max_body_bytes,
-            request_timeout: self.request_timeout,
+            limits: self.limits.clone(),
             next,
         }
     }
 }
 
 pub struct ReadAhead<S> {
-    budget: Arc<BodyBudget>,
-    max_body_bytes: usize,
-    request_timeout: Duration,
+    limits: BodyLimits,
     next: S,
 }
 
@@ -139,12 +146,7 @@ where
                 next: next.call(routed.with_body(ahead)),
             };
         }
-        let reader = Reader {
-            budget: &this.budget,
-            max_body_bytes: this.max_body_bytes,
-            deadline: Instant::from_std(routed.started + this.request_timeout),
-            request_timeout: this.request_timeout,
-        };
+        let reader = this.limits.reader(routed.started);
         Reading::Body {
             read: Box::pin(async move { reader.read(body).await }),
             routed: Some(routed),
@@ -197,12 +199,12 @@ where
     }
 }
 
-/// The limits of one read-ahead.
+/// The limits of reading one request's body.
 pub struct Reader<'a> {
-    pub budget: &'a Arc<BodyBudget>,
-    pub max_body_bytes: usize,
-    pub deadline: Instant,
-    pub request_timeout: Duration,
+    budget: &'a Arc<BodyBudget>,
+    max_body_bytes: usize,
+    deadline: Instant,
+    request_timeout: Duration,
 }
 
 impl Reader<'_> {
