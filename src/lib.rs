@@ -8,7 +8,9 @@
 //! - [`vocab`]: the shared vocabulary, validated into types once: stages, models
 //!   and versions, endpoint URLs, policies, rollout plans, JSON paths, HTTP names.
 //!   Imports nothing of the crate. [`grpc`]: gRPC's wire format and statuses,
-//!   likewise on its own.
+//!   likewise on its own. [`llm`]: OpenAI-compatible calls, the body fields the
+//!   gateway routes by and rewrites, and what a streamed or whole answer says
+//!   of itself, likewise.
 //! - [`runtime`], [`telemetry`]: how Tokio runtimes are built; metric names, the
 //!   Prometheus recorder, per-route handles.
 //! - [`upstream`]: reaching model servers: endpoints with their connection pools
@@ -23,9 +25,10 @@
 //!   request path, the reports), [`proxy`] (hyper server for HTTP/1.1 and h2c,
 //!   connection limits, framing checks, graceful shutdown, and the request path
 //!   as a stack of tower services: respond, answer the protocol's server-level
-//!   calls, admit, route, read the body ahead, balance, mirror, forward through
-//!   [`upstream`]; gRPC calls are routed by the model their first message names
-//!   and forwarded over HTTP/2).
+//!   calls, admit, read an OpenAI-style call's body to route by its `model`,
+//!   route, read the body ahead, balance, mirror, forward through [`upstream`],
+//!   measuring LLM answers as they stream; gRPC calls are routed by the model
+//!   their first message names and forwarded over HTTP/2).
 //! - Control plane: [`registry`] (the transition rules, the durable journal and
 //!   snapshot, the single writer, and [`registry::Published`]: the catalog
 //!   published together with the table built from it), [`rollout`] (the

@@ -1,9 +1,10 @@
 //! The data plane: the listener, the hyper server (HTTP/1.1 and cleartext HTTP/2
 //! on one port), connection limits and framing checks, graceful shutdown, and
 //! the request path as a stack of tower services ([`stack`]: respond, server
-//! calls, admit, route, read ahead, balance, mirror, forward through
-//! [`crate::upstream`]); gRPC calls take a path of their own ([`grpc`]: routed
-//! by the model their first message names, over HTTP/2).
+//! calls, admit, read an OpenAI-style call's body, route, read ahead, balance,
+//! mirror, forward through [`crate::upstream`]); gRPC calls take a path of
+//! their own ([`grpc`]: routed by the model their first message names, over
+//! HTTP/2).
 
 mod admit;
 mod balance;

@@ -5,11 +5,12 @@
 //! | [`Respond`](super::respond::Respond) | turns every refusal into a JSON answer, counted on its route or as unrouted |
 //! | [`ServerCalls`](super::server_calls::ServerCalls) | the Open Inference Protocol's server-level calls (health, metadata, model list), answered by the gateway |
 //! | [`Admit`](super::admit::Admit) | gateway-wide admission: past `max_concurrent_requests`, 503 `overloaded` at once (load shedding) |
-//! | [`Route`](super::route::Route) | the header limit, resolution against the current table, the version's own admission |
+//! | [`LlmBody`](super::llm_body::LlmBody) | an OpenAI-style call's body, read whole under the body budget to route by its `model` |
+//! | [`Route`](super::route::Route) | the header limit, resolution against the current table (by path, or by an OpenAI-style call's `model`, rewritten for the version's served name), the version's own admission |
 //! | [`ReadAhead`](super::read_ahead::ReadAhead) | the body's first bytes, under the body budget, before the deadline (408 if the client is slow) |
 //! | [`Balance`](super::balance::Balance) | the endpoint, the URI there, the headers the model server (and any mirror) gets |
 //! | [`Mirror`](super::mirror::Mirror) | sampling for shadow testing, handing the mirror over, the body split for it |
-//! | [`Forward`](super::forward::Forward) | the model server's answer head before the deadline (504), the endpoint's health |
+//! | [`Forward`](super::forward::Forward) | the model server's answer head before the deadline (504), the endpoint's health; an OpenAI-style answer's measurements ([`super::llm_meter`]) |
 //!
 //! Each request type carries what the services above learnt: [`Inbound`], then
 //! [`Routed`] with its body as read so far and, once picked, its [`Target`]. Every service answers
