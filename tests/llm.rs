@@ -374,7 +374,13 @@ async fn mirrors_go_to_the_staging_version_with_its_served_name_and_ask_for_usag
     let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
     let staging = Llm::start(DemoLlm::new("llama-next", Voice::Reworded)).await;
     let shadow = "[models.shadow]\npercent = 100.0";
-    let gateway = common::gateway(&config("", &production, &staging, shadow)).await;
+    let gateway = common::gateway(&config(
+        "shadow_cpu_share = 2.0",
+        &production,
+        &staging,
+        shadow,
+    ))
+    .await;
     let base = format!("http://{}", gateway.data_addr());
     let mut body = stream(&base).await.into_body();
     let mut pending = String::new();
@@ -520,8 +526,9 @@ async fn the_shadow_report_tells_a_close_streamed_candidate_from_one_that_ramble
     let mut slow_rambler = DemoLlm::new("llama-long", Voice::Rambling);
     slow_rambler.first_token_delay = Duration::from_millis(20);
     let rambling = Llm::start(slow_rambler).await;
+    // Parallel tests keep the cores busy; a share this size drops no mirror.
     let text = format!(
-        "[[models]]\nname = \"chat\"\n\
+        "[server]\nshadow_cpu_share = 2.0\n[[models]]\nname = \"chat\"\n\
          [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-prod\"\n\
          [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-close\"\n\
          [[models.versions]]\nversion = \"3\"\nstage = \"staging\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-long\"\n\
@@ -674,7 +681,9 @@ async fn replaying_production_shows_its_agreement_with_itself_beside_the_candida
     let staging = Llm::start(DemoLlm::new("llama-next", Voice::Rambling)).await;
     let shadow =
         "[models.shadow]\npercent = 100.0\nreplay_primary = true\n[models.compare]\nmode = \"llm\"";
-    let gateway = common::gateway(&config("", &production, &staging, shadow)).await;
+    // Parallel tests keep the cores busy; a share this size drops no mirror.
+    let server = "shadow_cpu_share = 2.0";
+    let gateway = common::gateway(&config(server, &production, &staging, shadow)).await;
     let base = format!("http://{}", gateway.data_addr());
     let requests = 4;
     for _ in 0..requests {
