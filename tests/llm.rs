@@ -765,3 +765,22 @@ async fn a_version_registered_with_an_upstream_model_is_sent_its_name() {
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&refused.body).contains("upstream_model"));
 }
+
+#[tokio::test]
+async fn a_chunked_call_is_rewritten_and_sent_with_its_new_length() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Plain)).await;
+    let gateway = common::gateway(&config("", &production, &staging, "")).await;
+    let body = ask("chat@staging").to_string();
+    let (first, rest) = body.split_at(10);
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+         {:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+        first.len(),
+        rest.len()
+    );
+    let (answer, _) = common::raw_exchange(gateway.data_addr(), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("llama-next"), "{answer}");
+    assert_eq!(staging.received()[0]["model"], "llama-next");
+}
