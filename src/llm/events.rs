@@ -123,6 +123,16 @@ impl EventReader {
         }
     }
 
+    /// At the answer's end: the bytes held back after the last complete event
+    /// (only when usage events are left out; a stream that ends without a
+    /// blank line still reaches the client whole).
+    pub fn rest(&mut self) -> Bytes {
+        match self.strip_usage {
+            true => std::mem::take(&mut self.carry).freeze(),
+            false => Bytes::new(),
+        }
+    }
+
     /// Reads every complete event of `bytes`, carries the incomplete rest, and
     /// answers the spans of the events to pass on and where the whole ones end.
     fn events_in(&mut self, bytes: &[u8]) -> Whole {

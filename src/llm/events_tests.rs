@@ -95,3 +95,15 @@ fn a_whole_answer_gives_its_usage_and_finish_reason() {
     assert_eq!(whole_answer(responses).usage.unwrap().completion_tokens, 6);
     assert_eq!(whole_answer(b"not json"), Seen::default());
 }
+
+#[test]
+fn a_stream_ending_without_a_blank_line_is_passed_on_whole_at_its_end() {
+    let text = format!("{STREAM}{USAGE}data: [DONE]");
+    let mut reader = EventReader::new(true);
+    let mut passed = reader.read(Bytes::from(text)).pass.to_vec();
+    passed.extend_from_slice(&reader.rest());
+    assert_eq!(
+        String::from_utf8(passed).unwrap(),
+        format!("{STREAM}data: [DONE]")
+    );
+}

@@ -159,6 +159,15 @@ impl ResponseBody {
     }
 }
 
+/// `a` then `b` (a copy only when both have bytes).
+fn joined(a: Bytes, b: Bytes) -> Bytes {
+    match (a.is_empty(), b.is_empty()) {
+        (_, true) => a,
+        (true, false) => b,
+        (false, false) => [a, b].concat().into(),
+    }
+}
+
 /// What metering made of a frame.
 enum Metered {
     Pass(Option<Result<Frame<Bytes>, ProxyError>>),
@@ -180,8 +189,9 @@ impl Streaming {
         let frame = match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
-                    let pass = meter.frame(data);
+                    let mut pass = meter.frame(data);
                     if ended {
+                        pass = joined(pass, meter.rest());
                         meter.finish(&self.route);
                     }
                     match (pass.is_empty(), ended) {
@@ -198,8 +208,9 @@ impl Streaming {
                 }
             },
             None => {
+                let rest = meter.rest();
                 meter.finish(&self.route);
-                None
+                (!rest.is_empty()).then(|| Ok(Frame::data(rest)))
             }
             Some(Err(error)) => Some(Err(ProxyError::UpstreamBody(error))),
         };

@@ -72,6 +72,14 @@ impl LlmMeter {
         }
     }
 
+    /// At the answer's end: bytes held back that still go to the client.
+    pub fn rest(&mut self) -> Bytes {
+        match &mut self.answer {
+            Answer::Streamed(reader) => reader.rest(),
+            Answer::Whole { .. } => Bytes::new(),
+        }
+    }
+
     /// Records the answer on `route` once it has ended in full.
     pub fn finish(&mut self, route: &VersionRoute) {
         if std::mem::replace(&mut self.recorded, true) {
