@@ -784,3 +784,26 @@ async fn a_chunked_call_is_rewritten_and_sent_with_its_new_length() {
     assert!(answer.contains("llama-next"), "{answer}");
     assert_eq!(staging.received()[0]["model"], "llama-next");
 }
+
+#[tokio::test]
+async fn a_mirror_carries_its_own_length_when_production_was_rewritten_and_it_was_not() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    // Staging serves the model under its own name: its mirror is not rewritten.
+    let staging = Llm::start(DemoLlm::new("chat", Voice::Plain)).await;
+    let text = format!(
+        "[server]\nshadow_cpu_share = 2.0\n[[models]]\nname = \"chat\"\n\
+         [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-prod\"\n\
+         [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"{}\"]\n\
+         [models.shadow]\npercent = 100.0\n[models.compare]\nmode = \"status\"\n",
+        production.url, staging.url
+    );
+    let gateway = common::gateway(&text).await;
+    let base = format!("http://{}", gateway.data_addr());
+    assert_eq!(chat(&base, ask("chat"), &[]).await.status, StatusCode::OK);
+    wait_until(
+        || !staging.received().is_empty(),
+        "the mirror arrives whole",
+    )
+    .await;
+    assert_eq!(staging.received()[0]["model"], "chat");
+}

@@ -189,3 +189,18 @@ proptest! {
         let _ = scan(&body);
     }
 }
+
+#[test]
+fn unreadable_stream_options_are_left_alone_never_doubled() {
+    let body =
+        r#"{"model":"chat","stream":true,"stream_options":{"include_usage":true,"x":1e400}}"#;
+    let ask = Rewrite {
+        model: Some("served"),
+        request_usage: true,
+    };
+    let (out, usage_added) = rewrite(body.as_bytes(), &fields(body), ask).unwrap();
+    assert!(!usage_added);
+    let out = String::from_utf8(out.to_vec()).unwrap();
+    assert_eq!(out.matches("stream_options").count(), 1, "{out}");
+    assert_eq!(out, body.replace("\"chat\"", "\"served\""));
+}

@@ -26,10 +26,11 @@ pub fn rewrite(body: &[u8], fields: &Fields, rewrite: Rewrite<'_>) -> Option<(By
     if let Some(name) = rewrite.model.filter(|name| *name != fields.model.get(body)) {
         edits.push((fields.model_span.clone(), quoted(name)));
     }
-    let usage_added = rewrite.request_usage && fields.stream && !asks_usage(body, fields);
-    if usage_added {
-        edits.push(usage_edit(body, fields));
-    }
+    let usage_edit = (rewrite.request_usage && fields.stream && !asks_usage(body, fields))
+        .then(|| usage_edit(body, fields))
+        .flatten();
+    let usage_added = usage_edit.is_some();
+    edits.extend(usage_edit);
     if edits.is_empty() {
         return None;
     }
@@ -54,21 +55,19 @@ fn asks_usage(body: &[u8], fields: &Fields) -> bool {
 }
 
 /// `include_usage: true` set in the request's `stream_options`, or the object
-/// added as its first field.
-fn usage_edit(body: &[u8], fields: &Fields) -> (Range<usize>, Vec<u8>) {
-    let existing = fields.stream_options.as_ref().and_then(|span| {
-        let mut options: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(body.get(span.clone())?).ok()?;
-        options.insert("include_usage".into(), serde_json::Value::Bool(true));
-        Some((span.clone(), serde_json::to_vec(&options).ok()?))
-    });
-    existing.unwrap_or_else(|| {
+/// added as its first field when there is none. `None` when the request's own
+/// `stream_options` cannot be read: it is left as it is (a second one would
+/// be a duplicate key a server might read instead).
+fn usage_edit(body: &[u8], fields: &Fields) -> Option<(Range<usize>, Vec<u8>)> {
+    let Some(span) = fields.stream_options.as_ref() else {
         let at = fields.first_key_at;
-        (
-            at..at,
-            br#""stream_options":{"include_usage":true},"#.to_vec(),
-        )
-    })
+        let added = br#""stream_options":{"include_usage":true},"#.to_vec();
+        return Some((at..at, added));
+    };
+    let mut options: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body.get(span.clone())?).ok()?;
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    Some((span.clone(), serde_json::to_vec(&options).ok()?))
 }
 
 /// `text` as a JSON string.

@@ -349,6 +349,8 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
+            // Metering may leave bytes out: the server's length is not ours.
+            Kind::Upstream { stream, .. } if stream.llm.is_some() => SizeHint::default(),
             Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Local { body } => body.size_hint(),
             Kind::Trailed { data, .. } => {

@@ -131,6 +131,11 @@ impl Forward {
         let meter = llm_usage_added
             .filter(|_| parts.status.is_success())
             .map(|strip| LlmMeter::new(started, is_event_stream(&parts.headers), strip));
+        if llm_usage_added == Some(true) && meter.is_some() {
+            // Leaving the usage event out shortens the body: its length is
+            // no longer the server's.
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
         let mut body = ResponseBody::upstream(body, endpoint, route, idle_timeout);
         if let Some(meter) = meter {
             body.meter_llm(meter);

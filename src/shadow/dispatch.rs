@@ -416,9 +416,11 @@ impl MirrorTask {
     fn llm_body(&self, call: &LlmCall, index: usize, headers: &mut HeaderMap) -> Bytes {
         let model = ModelRef::parse(call.model()).model;
         let served = self.shadow.versions[index].served_model(model);
-        let Some((body, _)) = call.body_for(served, true) else {
-            return call.body.clone();
-        };
+        // The headers are production's, whose body may have been rewritten to
+        // another length: the mirror's length is always set from its own body.
+        let body = call
+            .body_for(served, true)
+            .map_or_else(|| call.body.clone(), |(body, _)| body);
         if headers.contains_key(CONTENT_LENGTH) {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
