@@ -1,6 +1,6 @@
 //! The vocabulary of OpenAI-compatible serving (vLLM, SGLang, TGI, llama.cpp,
 //! Ollama, Triton's OpenAI frontend), independent of the rest of the crate: the
-//! calls ([`Call`]), the request body's few fields the gateway routes by
+//! calls ([`is_call`]), the request body's few fields the gateway routes by
 //! ([`fields`]) and rewriting them for a version's served model name
 //! ([`rewrite`]), the model name with a version pin in it ([`ModelRef`]), and
 //! what a streamed or whole answer says of itself ([`events`]).
@@ -15,11 +15,10 @@ pub use rewrite::{Rewrite, rewrite};
 
 use bytes::Bytes;
 
-/// An OpenAI-style request read whole: the call, its body as the client sent
-/// it, and the fields found in it.
+/// An OpenAI-style request read whole: its body as the client sent it, and
+/// the fields found in it.
 #[derive(Debug, Clone)]
 pub struct LlmCall {
-    pub call: Call,
     pub body: Bytes,
     pub fields: Fields,
 }
@@ -46,35 +45,13 @@ impl LlmCall {
     }
 }
 
-/// The OpenAI-compatible calls routed by the body's `model`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Call {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-    Responses,
-}
-
-impl Call {
-    /// The call a `POST` to `path` makes, if it is one of them.
-    pub fn of_path(path: &str) -> Option<Call> {
-        match path {
-            "/v1/chat/completions" => Some(Call::ChatCompletions),
-            "/v1/completions" => Some(Call::Completions),
-            "/v1/embeddings" => Some(Call::Embeddings),
-            "/v1/responses" => Some(Call::Responses),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Call::ChatCompletions => "chat_completions",
-            Call::Completions => "completions",
-            Call::Embeddings => "embeddings",
-            Call::Responses => "responses",
-        }
-    }
+/// The OpenAI-compatible calls routed by the body's `model`: whether `path`
+/// is one of them.
+pub fn is_call(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/responses"
+    )
 }
 
 /// A model name as a client writes it: `chat`, or `chat@staging`, `chat@7`.

@@ -2,7 +2,8 @@
 //! `model` set to the served name of the version chosen, and, for a streamed
 //! request whose answer the gateway measures or compares, a final usage event
 //! asked for (`stream_options.include_usage`). Only the bytes of those values
-//! change; the rest of the body is copied as it came.
+//! change (a `stream_options` object is written anew, its keys in sorted
+//! order); the rest of the body is copied as it came.
 
 use std::ops::Range;
 

@@ -52,7 +52,6 @@ pub struct LlmBody<S> {
 /// finds its fields.
 async fn read(
     limits: BodyLimits,
-    call: llm::Call,
     body: Incoming,
     started: std::time::Instant,
 ) -> Result<ClientBody, ProxyError> {
@@ -62,7 +61,7 @@ async fn read(
         message: e.to_string(),
     })?;
     Ok(ClientBody::Call {
-        call: LlmCall { call, body, fields },
+        call: LlmCall { body, fields },
         held,
     })
 }
@@ -86,24 +85,24 @@ where
             peer,
             started,
         } = inbound;
-        let call = llm::Call::of_path(request.uri().path());
+        let is_call = llm::is_call(request.uri().path());
         let (parts, body) = request.into_parts();
         let mut next = &this.next;
-        match call {
-            Some(call) if parts.method == Method::POST => {
+        match (is_call, parts.method == Method::POST) {
+            (true, true) => {
                 // One Arc clone per OpenAI-style call, so the boxed read owns
                 // what it needs.
                 let limits = this.limits.clone();
                 Reading::Body {
-                    read: Box::pin(read(limits, call, body, started)),
+                    read: Box::pin(read(limits, body, started)),
                     head: Some((parts, peer, started)),
                     next,
                 }
             }
-            Some(_) => Reading::Refused {
+            (true, false) => Reading::Refused {
                 refusal: Some(Refusal::unrouted(ProxyError::MethodNotAllowed("POST"))),
             },
-            None => {
+            (false, _) => {
                 let request = http::Request::from_parts(parts, ClientBody::Unread(body));
                 Reading::Calling {
                     next: next.call(Inbound {

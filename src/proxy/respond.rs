@@ -65,7 +65,7 @@ where
     fn call(&mut self, inbound: Inbound) -> Self::Future {
         let this: &'a Respond<S> = self;
         let started = inbound.started;
-        let openai = llm::Call::of_path(inbound.request.uri().path()).is_some();
+        let openai = llm::is_call(inbound.request.uri().path());
         let mut next = &this.next;
         Responding {
             next: next.call(inbound),
