@@ -440,6 +440,20 @@ async fn streamed_answers_are_measured_and_the_usage_event_asked_for_is_left_out
     let metrics = common::metrics(&gateway).await;
     let length = format!("stagegate_llm_finish_reasons_total{{{labels},reason=\"length\"}} 1");
     assert!(metrics.contains(&length), "{length} not in:\n{metrics}");
+    // The responses API refuses stream_options (its stream ends with usage
+    // anyway), so none is added there.
+    let url = format!("{base}/v1/responses");
+    let asked = json!({ "model": "chat", "input": "hi", "stream": true }).to_string();
+    let json = [("content-type", "application/json")];
+    assert_eq!(
+        send(&client(), Method::POST, &url, &json, &asked)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let sent = production.received().last().cloned().unwrap();
+    assert_eq!(sent["input"], "hi");
+    assert!(sent.get("stream_options").is_none(), "{sent}");
 }
 
 /// Polls `done` until it holds, for at most 10 s.

@@ -9,7 +9,9 @@
 //! Events end with a blank line. An event split across frames is carried to
 //! the next frame; when usage events are left out, only whole events are
 //! passed on (the rest of a split one follows with the next frame), so a left
-//! out event is never half sent.
+//! out event is never half sent. An event longer than [`MAX_EVENT_BYTES`]
+//! is passed on unread as it comes (no OpenAI server sends one; the bound
+//! keeps a server that never ends an event from growing the carry).
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
@@ -56,6 +58,9 @@ impl FinishReason {
     }
 }
 
+/// The longest event read; the rest of a longer one passes unread.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
 /// Token counts a server reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub struct Usage {
@@ -80,6 +85,8 @@ pub struct EventReader {
     carry: BytesMut,
     /// Leave usage events out of what is passed on.
     strip_usage: bool,
+    /// Inside an event past [`MAX_EVENT_BYTES`]: passed on until it ends.
+    skipping: bool,
     pub seen: Seen,
 }
 
@@ -102,14 +109,23 @@ impl EventReader {
 
     pub fn read(&mut self, frame: Bytes) -> Read {
         let before = self.seen.content_events;
-        let pass = if self.carry.is_empty() {
-            let whole = self.events_in(&frame);
+        let pass = if self.skipping {
+            match event_end(&frame) {
+                Some(end) => {
+                    self.skipping = false;
+                    let whole = self.events_in(&frame, end);
+                    self.pass_on(frame, whole)
+                }
+                None => frame,
+            }
+        } else if self.carry.is_empty() {
+            let whole = self.events_in(&frame, 0);
             self.pass_on(frame, whole)
         } else {
             // Joined with the start carried over (a copy, only for split events).
             self.carry.extend_from_slice(&frame);
             let joined = std::mem::take(&mut self.carry).freeze();
-            let whole = self.events_in(&joined);
+            let whole = self.events_in(&joined, 0);
             match self.strip_usage {
                 // The carried start was held back, so it goes out now.
                 true => self.pass_on(joined, whole),
@@ -133,11 +149,11 @@ impl EventReader {
         }
     }
 
-    /// Reads every complete event of `bytes`, carries the incomplete rest, and
-    /// answers the spans of the events to pass on and where the whole ones end.
-    fn events_in(&mut self, bytes: &[u8]) -> Whole {
+    /// Reads every complete event of `bytes` from `start`, carries the
+    /// incomplete rest, and answers the spans of the events to leave out and
+    /// where the whole ones end (the bytes before `start` are passed on).
+    fn events_in(&mut self, bytes: &[u8], mut start: usize) -> Whole {
         let mut whole = Whole::default();
-        let mut start = 0;
         while let Some(end) = event_end(&bytes[start..]) {
             let event = &bytes[start..start + end];
             let usage_only = self.note(event);
@@ -146,8 +162,12 @@ impl EventReader {
             }
             start += end;
         }
-        whole.end = start;
-        if start < bytes.len() {
+        let unended = bytes.len() - start;
+        if unended > MAX_EVENT_BYTES {
+            self.skipping = true;
+            whole.end = bytes.len();
+        } else {
+            whole.end = start;
             self.carry.extend_from_slice(&bytes[start..]);
         }
         whole
@@ -175,32 +195,43 @@ impl EventReader {
 
     /// Takes note of one event; whether it is a usage event without choices.
     fn note(&mut self, event: &[u8]) -> bool {
-        if has(event, b"\"finish_reason\":\"") {
-            self.seen.finish_reason = finish_reason(event).or(self.seen.finish_reason);
+        if let Some(reason) = finish_reason(event) {
+            self.seen.finish_reason = Some(reason);
         }
         if has_content(event) {
             self.seen.content_events += 1;
         }
-        if !has(event, b"\"usage\":{") {
+        if !values_of(event, b"\"usage\"").any(|value| value.starts_with(b"{")) {
             return false;
         }
         let Some(data) = data_of(event) else {
             return false;
         };
-        #[derive(Deserialize)]
-        struct WithUsage {
-            usage: Option<Usage>,
-            #[serde(default)]
-            choices: Vec<serde::de::IgnoredAny>,
-        }
         match serde_json::from_slice::<WithUsage>(data) {
             Ok(parsed) => {
-                self.seen.usage = parsed.usage.or(self.seen.usage);
+                let usage = parsed.usage.or(parsed.response.and_then(|r| r.usage));
+                self.seen.usage = usage.or(self.seen.usage);
                 parsed.usage.is_some() && parsed.choices.is_empty()
             }
             Err(_) => false,
         }
     }
+}
+
+/// An event that may carry usage: chat and completions give it at the top
+/// level (with no choices when it was asked for by `include_usage`), the
+/// responses API in its `response.completed` event's response.
+#[derive(Deserialize)]
+struct WithUsage {
+    usage: Option<Usage>,
+    response: Option<ResponseUsage>,
+    #[serde(default)]
+    choices: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct ResponseUsage {
+    usage: Option<Usage>,
 }
 
 #[derive(Default)]
@@ -219,30 +250,55 @@ fn event_end(bytes: &[u8]) -> Option<usize> {
     }
 }
 
-fn has(haystack: &[u8], needle: &[u8]) -> bool {
-    memmem::find(haystack, needle).is_some()
+/// The values of `key` (written with its quotes) in `event`, each from its
+/// first byte to the event's end: JSON whitespace around the colon is allowed,
+/// so compact and pretty-printed servers read alike. The event is searched as
+/// text, not parsed; a key right after a backslash is inside a string and
+/// skipped.
+fn values_of<'e>(event: &'e [u8], key: &'static [u8]) -> impl Iterator<Item = &'e [u8]> + 'e {
+    memmem::find_iter(event, key).filter_map(move |at| {
+        if at > 0 && event[at - 1] == b'\\' {
+            return None;
+        }
+        let after = event[at + key.len()..].trim_ascii_start();
+        Some(after.strip_prefix(b":")?.trim_ascii_start())
+    })
 }
 
-/// Whether an event carries generated text or a tool call: a non-empty
-/// `content` or `text`, `tool_calls`, or a responses-API delta.
+/// The text of a JSON string value that has no escapes before its end quote
+/// (the values looked at here are names and reasons, not generated text).
+fn string_value(value: &[u8]) -> Option<&[u8]> {
+    let inner = value.strip_prefix(b"\"")?;
+    Some(&inner[..memchr::memchr(b'"', inner)?])
+}
+
+/// Whether an event carries generated text or a tool call: for the responses
+/// API, a text or arguments delta event; otherwise a non-empty `content` or
+/// `text`, or `tool_calls` with a call in it.
 fn has_content(event: &[u8]) -> bool {
-    let non_empty = |key: &[u8]| {
-        memmem::find_iter(event, key)
-            .any(|at| event.get(at + key.len()).is_some_and(|b| *b != b'"'))
-    };
-    non_empty(b"\"content\":\"")
-        || non_empty(b"\"text\":\"")
-        || has(event, b"\"tool_calls\":[{")
-        || has(event, b"\"type\":\"response.output_text.delta\"")
+    if let Some(kind) = values_of(event, b"\"type\"")
+        .filter_map(string_value)
+        .find(|kind| kind.starts_with(b"response."))
+    {
+        return matches!(
+            kind,
+            b"response.output_text.delta" | b"response.function_call_arguments.delta"
+        );
+    }
+    let non_empty_string = |value: &[u8]| value.starts_with(b"\"") && value.get(1) != Some(&b'"');
+    values_of(event, b"\"content\"").any(non_empty_string)
+        || values_of(event, b"\"text\"").any(non_empty_string)
+        || values_of(event, b"\"tool_calls\"").any(|value| {
+            value
+                .strip_prefix(b"[")
+                .is_some_and(|calls| calls.trim_ascii_start().starts_with(b"{"))
+        })
 }
 
-/// The `finish_reason` string of an event.
+/// The `finish_reason` of an event, if it gives one that is not null.
 fn finish_reason(event: &[u8]) -> Option<FinishReason> {
-    let key = b"\"finish_reason\":\"";
-    let at = memmem::find(event, key)? + key.len();
-    let len = memchr::memchr(b'"', &event[at..])?;
-    let text = std::str::from_utf8(&event[at..at + len]).ok()?;
-    Some(FinishReason::parse(text))
+    let text = values_of(event, b"\"finish_reason\"").find_map(string_value)?;
+    Some(FinishReason::parse(std::str::from_utf8(text).ok()?))
 }
 
 /// The data of an event's `data:` lines (one line, as OpenAI servers send).

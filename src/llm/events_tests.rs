@@ -107,3 +107,80 @@ fn a_stream_ending_without_a_blank_line_is_passed_on_whole_at_its_end() {
         format!("{STREAM}data: [DONE]")
     );
 }
+
+#[test]
+fn keys_spaced_as_pretty_printers_write_them_are_read() {
+    let text = concat!(
+        "data: {\"choices\": [{\"delta\": {\"content\" : \"Hi\"}, \"finish_reason\": null}]}\n\n",
+        "data: {\"choices\": [{\"delta\": {\"tool_calls\": [ {\"index\": 0}]}}]}\n\n",
+        "data: {\"choices\": [{\"delta\": {}, \"finish_reason\" :\"stop\"}]}\n\n",
+        "data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 2}}\n\n",
+    );
+    let (passed, seen, _) = read_in_pieces(text, &[], true);
+    assert_eq!(seen.content_events, 2);
+    assert_eq!(seen.finish_reason, Some(FinishReason::Stop));
+    assert_eq!(seen.usage.map(|u| u.completion_tokens), Some(2));
+    assert!(!passed.contains("usage"), "the usage event is left out");
+}
+
+#[test]
+fn keys_inside_generated_text_are_not_read_as_fields() {
+    let text = "data: {\"choices\":[{\"delta\":{\"content\":\"\"},\"finish_reason\":null,\"x\":\"say \\\"finish_reason\\\":\\\"length\\\"\"}]}\n\n";
+    let (_, seen, _) = read_in_pieces(text, &[], false);
+    assert_eq!(seen.content_events, 0);
+    assert_eq!(seen.finish_reason, None);
+}
+
+#[test]
+fn responses_api_events_count_deltas_and_read_usage_from_the_completed_response() {
+    let text = concat!(
+        "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"status\":\"in_progress\"}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\" there\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"Hi there\"}]}],\"usage\":{\"input_tokens\":4,\"output_tokens\":2}}}\n\n",
+    );
+    let (passed, seen, _) = read_in_pieces(text, &[], true);
+    assert_eq!(
+        seen.content_events, 2,
+        "the completed event's whole text is not a delta"
+    );
+    assert_eq!(
+        seen.usage,
+        Some(Usage {
+            prompt_tokens: 4,
+            completion_tokens: 2
+        })
+    );
+    assert_eq!(
+        passed, text,
+        "the completed event is not a usage-only event"
+    );
+}
+
+#[test]
+fn an_event_that_never_ends_is_passed_on_unread_and_reading_resumes_after_it() {
+    let long = format!("data: {}", "x".repeat(MAX_EVENT_BYTES + 10));
+    let after = format!("\n\n{USAGE}{DONE}");
+    for strip in [false, true] {
+        let mut reader = EventReader::new(strip);
+        let mut passed = Vec::new();
+        for piece in long.as_bytes().chunks(64 * 1024) {
+            passed.extend_from_slice(&reader.read(Bytes::copy_from_slice(piece)).pass);
+        }
+        assert!(
+            reader.carry.len() <= MAX_EVENT_BYTES,
+            "the carry stays bounded"
+        );
+        passed.extend_from_slice(&reader.read(Bytes::from(after.clone())).pass);
+        passed.extend_from_slice(&reader.rest());
+        let expected = match strip {
+            true => format!("{long}\n\n{DONE}"),
+            false => format!("{long}{after}"),
+        };
+        assert!(
+            passed == expected.as_bytes(),
+            "strip {strip}: passed on whole"
+        );
+        assert_eq!(reader.seen.usage.map(|u| u.completion_tokens), Some(2));
+    }
+}

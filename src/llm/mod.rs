@@ -15,10 +15,11 @@ pub use rewrite::{Rewrite, rewrite};
 
 use bytes::Bytes;
 
-/// An OpenAI-style request read whole: its body as the client sent it, and
-/// the fields found in it.
+/// An OpenAI-style request read whole: which call it is, its body as the
+/// client sent it, and the fields found in it.
 #[derive(Debug, Clone)]
 pub struct LlmCall {
+    pub api: Api,
     pub body: Bytes,
     pub fields: Fields,
 }
@@ -35,23 +36,49 @@ impl LlmCall {
     }
 
     /// The body for a server that serves the version as `served`, asking for a
-    /// final usage event if `request_usage`; `None` when the client's body does.
+    /// final usage event if `request_usage` and the call takes
+    /// `stream_options`; `None` when the client's body does.
     pub fn body_for(&self, served: &str, request_usage: bool) -> Option<(Bytes, bool)> {
         let to = Rewrite {
             model: Some(served),
-            request_usage,
+            request_usage: request_usage && self.api.takes_stream_options(),
         };
         rewrite(&self.body, &self.fields, to)
     }
 }
 
-/// The OpenAI-compatible calls routed by the body's `model`: whether `path`
-/// is one of them.
+/// The OpenAI-compatible calls routed by the body's `model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+}
+
+impl Api {
+    /// The call served at `path`, if it is one.
+    pub fn at(path: &str) -> Option<Api> {
+        match path {
+            "/v1/chat/completions" => Some(Api::ChatCompletions),
+            "/v1/completions" => Some(Api::Completions),
+            "/v1/embeddings" => Some(Api::Embeddings),
+            "/v1/responses" => Some(Api::Responses),
+            _ => None,
+        }
+    }
+
+    /// Whether a streamed answer's final usage event can be asked for with
+    /// `stream_options.include_usage` (the responses API always ends with
+    /// its usage and refuses the option; embeddings do not stream).
+    pub fn takes_stream_options(self) -> bool {
+        matches!(self, Api::ChatCompletions | Api::Completions)
+    }
+}
+
+/// Whether `path` is one of the OpenAI-compatible calls.
 pub fn is_call(path: &str) -> bool {
-    matches!(
-        path,
-        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/responses"
-    )
+    Api::at(path).is_some()
 }
 
 /// A model name as a client writes it: `chat`, or `chat@staging`, `chat@7`.

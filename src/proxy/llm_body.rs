@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 use super::ProxyError;
 use super::read_ahead::BodyLimits;
 use super::stack::{Answer, ClientBody, Inbound, Refusal, always_ready};
-use crate::llm::{self, LlmCall};
+use crate::llm::{self, Api, LlmCall};
 
 pub struct LlmBodyLayer {
     limits: BodyLimits,
@@ -51,6 +51,7 @@ pub struct LlmBody<S> {
 /// Reads a call's body (with limits of its own, owned by the future) and
 /// finds its fields.
 async fn read(
+    api: Api,
     limits: BodyLimits,
     body: Incoming,
     started: std::time::Instant,
@@ -61,7 +62,7 @@ async fn read(
         message: e.to_string(),
     })?;
     Ok(ClientBody::Call {
-        call: LlmCall { body, fields },
+        call: LlmCall { api, body, fields },
         held,
     })
 }
@@ -85,24 +86,24 @@ where
             peer,
             started,
         } = inbound;
-        let is_call = llm::is_call(request.uri().path());
+        let api = Api::at(request.uri().path());
         let (parts, body) = request.into_parts();
         let mut next = &this.next;
-        match (is_call, parts.method == Method::POST) {
-            (true, true) => {
+        match (api, parts.method == Method::POST) {
+            (Some(api), true) => {
                 // One Arc clone per OpenAI-style call, so the boxed read owns
                 // what it needs.
                 let limits = this.limits.clone();
                 Reading::Body {
-                    read: Box::pin(read(limits, body, started)),
+                    read: Box::pin(read(api, limits, body, started)),
                     head: Some((parts, peer, started)),
                     next,
                 }
             }
-            (true, false) => Reading::Refused {
+            (Some(_), false) => Reading::Refused {
                 refusal: Some(Refusal::unrouted(ProxyError::MethodNotAllowed("POST"))),
             },
-            (false, _) => {
+            (None, _) => {
                 let request = http::Request::from_parts(parts, ClientBody::Unread(body));
                 Reading::Calling {
                     next: next.call(Inbound {
