@@ -821,3 +821,57 @@ async fn a_mirror_carries_its_own_length_when_production_was_rewritten_and_it_wa
     .await;
     assert_eq!(staging.received()[0]["model"], "chat");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_generation_may_outlast_the_shadow_timeout_but_not_the_idle_limit() {
+    let production = Llm::start(DemoLlm::new("llama-prod", Voice::Plain)).await;
+    // Each event 10 ms after the last: the whole answer takes far longer than
+    // the shadow's 20 ms `timeout_ms`, each gap far less than the idle limit.
+    let mut slow = DemoLlm::new("llama-slow", Voice::Plain);
+    slow.token_delay = Duration::from_millis(10);
+    let slow = Llm::start(slow).await;
+    // Never sends past its first event.
+    let mut stalled = DemoLlm::new("llama-stalled", Voice::Plain);
+    stalled.hold = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    let stalled = Llm::start(stalled).await;
+    let text = format!(
+        "[server]\nshadow_cpu_share = 2.0\nllm_idle_timeout_ms = 300\n[[models]]\nname = \"chat\"\n\
+         [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-prod\"\n\
+         [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-slow\"\n\
+         [[models.versions]]\nversion = \"3\"\nstage = \"staging\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-stalled\"\n\
+         [models.shadow]\npercent = 100.0\ntimeout_ms = 20\n[models.compare]\nmode = \"llm\"\n",
+        production.url, slow.url, stalled.url
+    );
+    let gateway = common::gateway(&text).await;
+    let base = format!("http://{}", gateway.data_addr());
+    let mut body = stream(&base).await.into_body();
+    let mut pending = String::new();
+    while next_event(&mut body, &mut pending).await.is_some() {}
+    let report = |version: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let answer = admin(gateway, Method::GET, "/api/v1/models/chat/shadow", None).await;
+            let versions = answer.json()["versions"].clone();
+            let found = versions
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["version"] == version);
+            found.cloned().unwrap()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while report("2").await["compared"] != 1 || report("3").await["errors"]["timeout"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} / {}",
+            report("2").await,
+            report("3").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let slow = report("2").await;
+    assert_eq!(slow["matched"], 1, "{slow}");
+    assert_eq!(slow["errors"]["timeout"], 0, "{slow}");
+    assert_eq!(report("3").await["compared"], 0);
+}

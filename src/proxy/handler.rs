@@ -25,7 +25,7 @@ use super::stack::Inbound;
 use super::{Handler, Limits, ResponseBody};
 use crate::config::ShadowThreads;
 use crate::routing::Router;
-use crate::shadow::ShadowService;
+use crate::shadow::{MirrorTimeouts, ShadowService};
 use crate::telemetry::BodyBudgetMetrics;
 use crate::upstream::admission::Admission;
 use crate::upstream::budget::BodyBudget;
@@ -50,15 +50,19 @@ impl Proxy {
         limits: Limits,
         shadow_threads: ShadowThreads,
     ) -> std::io::Result<Proxy> {
-        // A mirror task waits for production's answer at most as long as production
-        // may take to give it.
-        let primary_wait = limits.request_timeout + limits.request_timeout;
+        let timeouts = MirrorTimeouts {
+            connect: limits.connect_timeout,
+            // A mirror task waits for production's answer at most as long as
+            // production may take to give it.
+            primary_wait: limits.request_timeout + limits.request_timeout,
+            llm_first_byte: limits.llm_first_byte_timeout,
+            llm_idle: limits.llm_idle_timeout,
+        };
         let shadow_router = Arc::clone(&router);
         let shadow = ShadowService::start(
             shadow_threads,
             move || shadow_router.load().reap_idle_connections(PoolKind::Shadow),
-            limits.connect_timeout,
-            primary_wait,
+            timeouts,
             limits.ejection,
         )?;
         let budget = BodyBudget::new(limits.max_buffered_body_bytes);

@@ -9,6 +9,8 @@
 //!   `Bytes`, or a streamed body's copy once it has ended); the client's response
 //!   never waits for them. [`grpc_mirror`]: the same for gRPC `ModelInfer`
 //!   calls, over HTTP/2, with a pinned `model_version` naming the staging version.
+//!   [`mirror_task`]: sends them, reads their answers within their time limits
+//!   and settles each pair.
 //! - [`capture`]: tees production's answer as it streams to the client.
 //! - [`runtime`]: the shadow threads; [`cpu_share`]: the share of CPU they may
 //!   use, past which mirrors are dropped.
@@ -22,6 +24,7 @@ pub mod cpu_share;
 mod dispatch;
 mod grpc_mirror;
 mod llm_report;
+mod mirror_task;
 pub mod report;
 mod runtime;
 mod worker;
@@ -32,6 +35,7 @@ use http::Method;
 
 pub use compare::{Answer, Comparator, Verdict};
 pub use dispatch::{Mirror, MirrorBody, MirrorRewrite, ShadowService, X_STAGEGATE_SHADOW};
+pub use mirror_task::MirrorTimeouts;
 pub use report::{Agreement, DropReason, VersionReport};
 
 use crate::telemetry::{ShadowMetrics, ShadowResult, Telemetry};
