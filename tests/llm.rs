@@ -875,3 +875,43 @@ async fn a_mirrored_generation_may_outlast_the_shadow_timeout_but_not_the_idle_l
     assert_eq!(slow["errors"]["timeout"], 0, "{slow}");
     assert_eq!(report("3").await["compared"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_rewritten_for_its_served_name_is_held_in_the_body_budget() {
+    let production = Llm::start(DemoLlm::new("chat", Voice::Plain)).await;
+    let staging = Llm::start(DemoLlm::new("llama-next", Voice::Plain)).await;
+    let body = ask("chat").to_string();
+    // Room for production's body and the mirror's hold on it, not for the
+    // mirror's copy rewritten to name `llama-next` (6 bytes longer).
+    let budget = 2 * body.len();
+    let text = format!(
+        "[server]\nshadow_cpu_share = 2.0\nmax_buffered_body_bytes = {budget}\n[[models]]\nname = \"chat\"\n\
+         [[models.versions]]\nversion = \"1\"\nstage = \"production\"\nendpoints = [\"{}\"]\n\
+         [[models.versions]]\nversion = \"2\"\nstage = \"staging\"\nendpoints = [\"{}\"]\nupstream_model = \"llama-next\"\n\
+         [models.shadow]\npercent = 100.0\n",
+        production.url, staging.url
+    );
+    let gateway = common::gateway(&text).await;
+    let base = format!("http://{}", gateway.data_addr());
+    assert_eq!(chat(&base, ask("chat"), &[]).await.status, StatusCode::OK);
+    let dropped = || {
+        let gateway = &gateway;
+        async move {
+            let answer = admin(gateway, Method::GET, "/api/v1/models/chat/shadow", None).await;
+            answer.json()["versions"][0]["dropped"]["body_budget"].clone()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dropped().await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not dropped: {}",
+            dropped().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        staging.received().is_empty(),
+        "nothing past the budget is sent"
+    );
+}

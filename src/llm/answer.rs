@@ -20,8 +20,14 @@ pub struct Generated {
     pub embeddings: Option<Vec<Vec<f64>>>,
 }
 
+/// The most tool calls of one answer assembled.
+pub const MAX_TOOL_CALLS: usize = 128;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolCall {
+    /// The server's index of the call in a streamed answer; in a whole one,
+    /// its position.
+    pub index: u64,
     pub name: String,
     pub arguments: String,
 }
@@ -63,8 +69,14 @@ fn read_whole(value: &Value) -> Generated {
         .or_else(|| choice["text"].as_str())
         .unwrap_or_default()
         .to_string();
-    for call in message["tool_calls"].as_array().into_iter().flatten() {
+    for (index, call) in message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         generated.tool_calls.push(ToolCall {
+            index: index as u64,
             name: text(&call["function"]["name"]),
             arguments: text(&call["function"]["arguments"]),
         });
@@ -84,6 +96,7 @@ fn responses_output(output: &[Value], generated: &mut Generated) {
                 }
             }
             Some("function_call") => generated.tool_calls.push(ToolCall {
+                index: generated.tool_calls.len() as u64,
                 name: text(&item["name"]),
                 arguments: text(&item["arguments"]),
             }),
@@ -138,13 +151,9 @@ fn read_event(event: &Value, generated: &mut Generated) {
         .or_else(|| choice["text"].as_str());
     generated.text.push_str(piece.unwrap_or_default());
     for call in delta["tool_calls"].as_array().into_iter().flatten() {
-        let index = call["index"].as_u64().unwrap_or(0) as usize;
-        if generated.tool_calls.len() <= index {
-            generated
-                .tool_calls
-                .resize_with(index + 1, ToolCall::default);
-        }
-        let assembled = &mut generated.tool_calls[index];
+        let Some(assembled) = tool_call(generated, call["index"].as_u64().unwrap_or(0)) else {
+            continue;
+        };
         if let Some(name) = call["function"]["name"].as_str() {
             assembled.name.push_str(name);
         }
@@ -152,6 +161,26 @@ fn read_event(event: &Value, generated: &mut Generated) {
             assembled.arguments.push_str(arguments);
         }
     }
+}
+
+/// The tool call a streamed piece with `index` belongs to, in the order the
+/// calls first appear (the index is the server's word, not a position: a
+/// huge one must not make room for that many calls); `None` past
+/// [`MAX_TOOL_CALLS`], whose pieces are left out.
+fn tool_call(generated: &mut Generated, index: u64) -> Option<&mut ToolCall> {
+    let calls = &mut generated.tool_calls;
+    let at = match calls.iter().position(|call| call.index == index) {
+        Some(at) => at,
+        None if calls.len() < MAX_TOOL_CALLS => {
+            calls.push(ToolCall {
+                index,
+                ..ToolCall::default()
+            });
+            calls.len() - 1
+        }
+        None => return None,
+    };
+    calls.get_mut(at)
 }
 
 fn usage_of(value: &Value) -> Option<Usage> {
@@ -194,6 +223,7 @@ mod tests {
         assert_eq!(
             generated.tool_calls,
             [ToolCall {
+                index: 0,
                 name: "weather".into(),
                 arguments: "{\"city\": 1}".into()
             }]
@@ -217,5 +247,28 @@ mod tests {
         assert_eq!(read_back.text, "Hey");
         assert_eq!(read_back.usage.unwrap().completion_tokens, 1);
         assert!(read(b"not an answer").is_none());
+    }
+
+    #[test]
+    fn tool_calls_are_kept_by_their_index_and_a_huge_index_makes_no_room() {
+        let piece = |index: u64, name: &str| {
+            format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"tool_calls\":[{{\"index\":{index},\"function\":{{\"name\":\"{name}\"}}}}]}}}}]}}\n\n"
+            )
+        };
+        let mut body = piece(u64::MAX, "far") + &piece(1, "b") + &piece(u64::MAX, "away");
+        for index in 2..(MAX_TOOL_CALLS as u64 + 10) {
+            body += &piece(index, "x");
+        }
+        let generated = read(body.as_bytes()).unwrap();
+        assert_eq!(generated.tool_calls.len(), MAX_TOOL_CALLS);
+        assert_eq!(generated.tool_calls[0].name, "faraway");
+        assert_eq!(
+            (
+                generated.tool_calls[1].index,
+                generated.tool_calls[1].name.as_str()
+            ),
+            (1, "b")
+        );
     }
 }

@@ -289,7 +289,10 @@ impl<'b> Scanner<'b> {
         let token = &self.body[start..self.at];
         let number = token
             .first()
-            .is_some_and(|b| *b == b'-' || b.is_ascii_digit());
+            .is_some_and(|b| *b == b'-' || b.is_ascii_digit())
+            && token
+                .iter()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
         if number || matches!(token, b"true" | b"false" | b"null") {
             Ok(())
         } else {
@@ -318,8 +321,11 @@ fn string_value(raw: &[u8], span: &Range<usize>, field: &'static str) -> Result<
 }
 
 /// A string's contents (between its quotes) as text: borrowed unless it has
-/// escapes.
+/// escapes. Control characters must be escaped, as JSON says.
 fn decoded(contents: &[u8], at: usize) -> Result<Cow<'_, str>, FieldError> {
+    if contents.iter().any(|b| *b < 0x20) {
+        return Err(FieldError::Malformed(at));
+    }
     if !contents.contains(&b'\\') {
         return std::str::from_utf8(contents)
             .map(Cow::Borrowed)

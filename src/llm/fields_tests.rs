@@ -76,6 +76,8 @@ fn what_is_not_one_json_object_is_refused() {
         r#"{"model":"a","x":tru}"#,
         r#"{"model":"a\"}"#,
         r#"{"model" "a"}"#,
+        r#"{"x":0"model","model":"a"}"#,
+        "{\"model\":\"a\tb\"}",
     ] {
         assert!(scan(body.as_bytes()).is_err(), "{body:?} was accepted");
     }

@@ -133,14 +133,20 @@ impl MirrorTask {
                     return;
                 }
             };
-            _held = Some(held);
-            for (index, _, (request, _)) in &mut requests {
+            let mut held = held;
+            requests.retain_mut(|(index, _permit, (request, _))| {
                 let body = match &self.llm {
-                    Some(call) => self.llm_body(call, *index, request.headers_mut()),
-                    None => bytes.clone(),
+                    Some(call) => self.llm_body(call, *index, request.headers_mut(), &mut held),
+                    None => Some(bytes.clone()),
+                };
+                let Some(body) = body else {
+                    super::dropped(&self.shadow.versions[*index], DropReason::BodyBudget);
+                    return false;
                 };
                 *request.body_mut() = RequestBody::whole(body, None);
-            }
+                true
+            });
+            _held = Some(held);
         }
         let (outcomes, _permits) = self.exchange_all(requests).await;
         let primary = wait_for(primary, self.timeouts.primary_wait).await;
@@ -196,19 +202,27 @@ impl MirrorTask {
     }
 
     /// An OpenAI-style call's body for the staging version at `index`, with
-    /// `Content-Length` to match.
-    fn llm_body(&self, call: &LlmCall, index: usize, headers: &mut HeaderMap) -> Bytes {
+    /// `Content-Length` to match; a rewritten copy is added to `held`, and
+    /// `None` when the body budget has no room for it.
+    fn llm_body(
+        &self,
+        call: &LlmCall,
+        index: usize,
+        headers: &mut HeaderMap,
+        held: &mut Reservation,
+    ) -> Option<Bytes> {
         let model = ModelRef::parse(call.model()).model;
         let served = self.shadow.versions[index].served_model(model);
+        let body = match call.body_for(served, true) {
+            Some((rewritten, _)) => held.grow(rewritten.len()).then_some(rewritten)?,
+            None => call.body.clone(),
+        };
         // The headers are production's, whose body may have been rewritten to
         // another length: the mirror's length is always set from its own body.
-        let body = call
-            .body_for(served, true)
-            .map_or_else(|| call.body.clone(), |(body, _)| body);
         if headers.contains_key(CONTENT_LENGTH) {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
-        body
+        Some(body)
     }
 
     fn clone_for(&self) -> MirrorTask {
