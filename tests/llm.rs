@@ -737,6 +737,12 @@ async fn replaying_production_shows_its_agreement_with_itself_beside_the_candida
             .iter()
             .all(|b| b["model"] == "llama-prod")
     );
+    // The replay's series are apart from the candidate's and production's.
+    let metrics = common::metrics(&gateway).await;
+    let replayed = format!(
+        "stagegate_shadow_comparisons_total{{model=\"chat\",version=\"replay:1\",result=\"match\"}} {requests}"
+    );
+    assert!(metrics.contains(&replayed), "{replayed} not in:\n{metrics}");
 }
 
 #[tokio::test]

@@ -141,13 +141,19 @@ impl ModelShadow {
                     },
                     |v| Arc::clone(&v.report),
                 );
+            // Production's replay has series of its own, apart from any
+            // staging version's.
+            let label = match replay {
+                true => format!("replay:{}", target.version),
+                false => target.version.to_string(),
+            };
             ShadowVersion {
                 version: target.version.to_string(),
                 endpoints: target.endpoints.to_vec(),
                 grpc_endpoints: target.grpc_endpoints.to_vec(),
                 upstream_model: target.upstream_model.cloned(),
                 report,
-                metrics: telemetry.shadow_metrics(&model.name, target.version),
+                metrics: telemetry.shadow_metrics(&model.name, &label),
                 targeted: replay
                     || policy.versions.is_empty()
                     || policy.versions.iter().any(|v| v == target.version),
