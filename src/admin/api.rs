@@ -3,6 +3,7 @@
 //! writer and are answered once durable and live.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -257,7 +258,13 @@ impl Api {
 
     fn models(&self) -> Response<Bytes> {
         let table = self.published.load();
-        json_response(StatusCode::OK, &views::models(&table))
+        let mut view = views::models(&table);
+        // The sync's state beside the catalog it feeds, so one read shows both.
+        view["registry_sync"] = self
+            .sync
+            .as_ref()
+            .map_or(Value::Null, |sync| sync.status().to_json(SystemTime::now()));
+        json_response(StatusCode::OK, &view)
     }
 
     fn model(&self, name: &str) -> Response<Bytes> {

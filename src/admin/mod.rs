@@ -1,6 +1,7 @@
 //! The admin listener: liveness (`/healthz`), readiness (`/readyz`), Prometheus
-//! metrics (`/metrics`), and the JSON admin API under `/api/v1` ([`api`]), guarded
-//! by bearer tokens ([`auth`]).
+//! metrics (`/metrics`), the JSON admin API under `/api/v1` ([`api`]), guarded
+//! by bearer tokens ([`auth`]), and the status page for people at `/` ([`page`]),
+//! which reads that API with the token the person gives it.
 //!
 //! Order of checks on `/api/v1`: authentication (401), then the path (404), then the
 //! method (405: changes are POST only, reads GET only). The one exception is the
@@ -8,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+mod page;
 mod registry;
 mod rollout;
 mod routes;
@@ -76,6 +78,12 @@ impl Admin {
         }
         if path == API_PREFIX || path.starts_with("/api/") {
             return self.api(request).await;
+        }
+        if let Some(file) = page::serve(path) {
+            return match *request.method() {
+                Method::GET => file,
+                _ => method_not_allowed("GET"),
+            };
         }
         match (request.method(), path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),

@@ -17,10 +17,20 @@ pub fn models(served: &Served) -> Value {
                 .iter()
                 .map(|v| json!({ "version": v.version, "stage": v.stage }))
                 .collect();
+            let canary = model
+                .canary
+                .as_ref()
+                .map(|c| json!({ "version": c.version, "weight": c.weight }));
+            let rollout = model.rollout.as_ref().map(|r| {
+                json!({ "id": r.id, "candidate": r.candidate, "phase": r.phase, "step": r.step,
+                        "steps": r.plan.steps.len() })
+            });
             json!({
                 "name": model.name,
                 "production": model.production().map(|v| &v.version),
                 "versions": versions,
+                "canary": canary,
+                "rollout": rollout,
             })
         })
         .collect();

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::compare::Verdict;
 use super::llm_report::{LlmDetails, Side};
-use crate::vocab::path::{Display, normalized};
+use crate::vocab::path::{Display, Step, normalized};
 
 /// Mismatch samples kept, newest last.
 pub const SAMPLES: usize = 20;
@@ -29,6 +29,13 @@ const SAMPLE_BODY_BYTES: usize = 1024;
 /// The agreement window used as a promotion gate: 30 buckets of 10 s.
 const WINDOW_BUCKETS: usize = 30;
 const BUCKET_SECS: u64 = 10;
+/// Agreement over time, as the status page plots it: the last hour per minute.
+const MINUTES: usize = 60;
+/// Quantiles at which the latency distributions are shown (a CDF's points).
+const CDF_QUANTILES: [f64; 24] = [
+    0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8,
+    0.85, 0.9, 0.95, 0.98, 0.99, 0.999, 1.0,
+];
 
 /// Why a request was not mirrored, or a pair not compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +127,8 @@ struct Details {
     shadow_latency: Histogram<u64>,
     paths: HashMap<String, u64>,
     samples: VecDeque<Sample>,
-    window: [Bucket; WINDOW_BUCKETS],
+    window: Ring<WINDOW_BUCKETS>,
+    minutes: Ring<MINUTES>,
     /// Once an `llm` comparison was made.
     llm: Option<LlmDetails>,
 }
@@ -131,6 +139,12 @@ struct Bucket {
     compared: u64,
     agreed: u64,
     total: u64,
+}
+
+/// Agreement counted per time slot of `secs`, the last `N` slots.
+struct Ring<const N: usize> {
+    secs: u64,
+    buckets: [Bucket; N],
 }
 
 /// One compared pair, for the report.
@@ -155,6 +169,10 @@ pub struct Sample {
     pub primary: String,
     pub shadow: String,
     pub differences: Vec<String>,
+    /// Each difference's place as JSON keys and indices (`null` for a wildcard),
+    /// so the status page marks what the comparator found, not every byte that
+    /// differs (ignored fields, numbers within tolerance).
+    pub difference_paths: Vec<Vec<serde_json::Value>>,
 }
 
 /// Agreement as a promotion gate reads it. In `label` mode agreement is per label,
@@ -269,6 +287,11 @@ impl VersionReport {
                 "primary": percentiles(&details.primary_latency),
                 "shadow": percentiles(&details.shadow_latency),
             },
+            "latency_cdf_ms": {
+                "primary": cdf(&details.primary_latency),
+                "shadow": cdf(&details.shadow_latency),
+            },
+            "agreement_per_minute": details.minutes.series(now_secs()),
             "llm": details.llm.as_ref().map(LlmDetails::to_json),
             "top_mismatch_paths": top,
             "samples": details.samples,
@@ -298,7 +321,8 @@ impl Details {
             shadow_latency: histogram(),
             paths: HashMap::new(),
             samples: VecDeque::with_capacity(SAMPLES),
-            window: [Bucket::default(); WINDOW_BUCKETS],
+            window: Ring::new(BUCKET_SECS),
+            minutes: Ring::new(60),
             llm: None,
         }
     }
@@ -340,7 +364,9 @@ impl Details {
         if total > 0 {
             self.units_agreed += agreed;
             self.units_judged += total;
-            self.bucket(now_secs(), agreed, total);
+            let now = now_secs();
+            self.window.add(now, agreed, total);
+            self.minutes.add(now, agreed, total);
         }
         if c.verdict.matched {
             return;
@@ -367,30 +393,17 @@ impl Details {
                 .iter()
                 .map(|d| format!("{}: {}", Display(&d.path), d.detail))
                 .collect(),
+            difference_paths: c
+                .verdict
+                .differences
+                .iter()
+                .map(|d| d.path.iter().map(step_json).collect())
+                .collect(),
         });
     }
 
-    fn bucket(&mut self, now: u64, agreed: u64, total: u64) {
-        let slot = now / BUCKET_SECS;
-        let bucket = &mut self.window[(slot % WINDOW_BUCKETS as u64) as usize];
-        if bucket.slot != slot {
-            *bucket = Bucket {
-                slot,
-                ..Bucket::default()
-            };
-        }
-        bucket.compared += 1;
-        bucket.agreed += agreed;
-        bucket.total += total;
-    }
-
     fn agreement(&self, now: u64) -> Agreement {
-        let current = now / BUCKET_SECS;
-        let live = self
-            .window
-            .iter()
-            .filter(|b| b.compared > 0 && b.slot + (WINDOW_BUCKETS as u64) > current);
-        let (compared, agreed, total) = live.fold((0, 0, 0), |(c, a, t), b| {
+        let (compared, agreed, total) = self.window.live(now).fold((0, 0, 0), |(c, a, t), b| {
             (c + b.compared, a + b.agreed, t + b.total)
         });
         let (all_agreed, all_total) = if self.labels_total > 0 {
@@ -414,6 +427,51 @@ impl Details {
     }
 }
 
+impl<const N: usize> Ring<N> {
+    fn new(secs: u64) -> Ring<N> {
+        Ring {
+            secs,
+            buckets: [Bucket::default(); N],
+        }
+    }
+
+    fn add(&mut self, now: u64, agreed: u64, total: u64) {
+        let slot = now / self.secs;
+        let bucket = &mut self.buckets[(slot % N as u64) as usize];
+        if bucket.slot != slot {
+            *bucket = Bucket {
+                slot,
+                ..Bucket::default()
+            };
+        }
+        bucket.compared += 1;
+        bucket.agreed += agreed;
+        bucket.total += total;
+    }
+
+    /// The slots of the last `N` with comparisons in them, in no order.
+    fn live(&self, now: u64) -> impl Iterator<Item = &Bucket> {
+        let current = now / self.secs;
+        self.buckets
+            .iter()
+            .filter(move |b| b.compared > 0 && b.slot + (N as u64) > current)
+    }
+
+    /// Each live slot's start, comparisons and agreement, oldest first.
+    fn series(&self, now: u64) -> serde_json::Value {
+        let mut live: Vec<&Bucket> = self.live(now).collect();
+        live.sort_by_key(|b| b.slot);
+        let points = live.into_iter().map(|b| {
+            serde_json::json!({
+                "start_ms": b.slot * self.secs * 1000,
+                "compared": b.compared,
+                "agreement": ratio(b.agreed, b.total),
+            })
+        });
+        points.collect()
+    }
+}
+
 fn ratio(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
@@ -430,6 +488,23 @@ fn percentiles(histogram: &Histogram<u64>) -> serde_json::Value {
     }
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     serde_json::json!({ "p50": ms(0.50), "p95": ms(0.95), "p99": ms(0.99) })
+}
+
+/// `[quantile, ms]` points of the distribution, or an empty list.
+fn cdf(histogram: &Histogram<u64>) -> serde_json::Value {
+    if histogram.is_empty() {
+        return serde_json::Value::Array(Vec::new());
+    }
+    let point = |&q: &f64| serde_json::json!([q, histogram.value_at_quantile(q) as f64 / 1000.0]);
+    CDF_QUANTILES.iter().map(point).collect()
+}
+
+fn step_json(step: &Step) -> serde_json::Value {
+    match step {
+        Step::Key(key) => serde_json::Value::from(key.as_str()),
+        Step::Index(index) => serde_json::Value::from(*index),
+        Step::AnyKey | Step::AnyIndex => serde_json::Value::Null,
+    }
 }
 
 fn trimmed(body: &[u8]) -> String {

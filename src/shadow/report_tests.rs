@@ -1,6 +1,5 @@
 use super::*;
 use crate::shadow::compare::Difference;
-use crate::vocab::path::Step;
 
 fn verdict(matched: bool, path: &str) -> Verdict {
     let differences = if matched {
@@ -69,6 +68,10 @@ fn counts_agreement_paths_and_samples() {
         view["samples"][0]["differences"][0],
         "predictions[3].score: 1 vs 2"
     );
+    assert_eq!(
+        view["samples"][0]["difference_paths"],
+        serde_json::json!([["predictions", 3, "score"]])
+    );
     assert!(view["latency_ms"]["shadow"]["p50"].as_f64().unwrap() >= 4.9);
 
     report.reset();
@@ -95,4 +98,48 @@ fn samples_and_windows_are_bounded() {
         (aged.compared, aged.window_compared),
         (SAMPLES as u64 + 5, 0)
     );
+}
+
+#[test]
+fn agreement_per_minute_keeps_the_last_hour_oldest_first() {
+    let mut minutes: Ring<MINUTES> = Ring::new(60);
+    let start = 1_800_000_000 / 60 * 60;
+    minutes.add(start, 1, 1);
+    minutes.add(start + 61, 0, 1);
+    minutes.add(start + 62, 1, 1);
+    let series = minutes.series(start + 120);
+    assert_eq!(
+        series,
+        serde_json::json!([
+            { "start_ms": start * 1000, "compared": 1, "agreement": 1.0 },
+            { "start_ms": (start + 60) * 1000, "compared": 2, "agreement": 0.5 },
+        ])
+    );
+    // An hour on, the first minute has left the series; the slot it shared is reused.
+    minutes.add(start + 3600, 0, 1);
+    let later = minutes.series(start + 3600);
+    let starts: Vec<u64> = later
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["start_ms"].as_u64().unwrap() / 1000)
+        .collect();
+    assert_eq!(starts, [start + 60, start + 3600]);
+}
+
+#[test]
+fn latency_distributions_are_shown_as_cdf_points() {
+    let report = VersionReport::new("m", "3");
+    assert_eq!(
+        report.view()["latency_cdf_ms"]["shadow"],
+        serde_json::json!([])
+    );
+    let good = verdict(true, "");
+    report.record(&compared(&good));
+    let view = report.view();
+    let points = view["latency_cdf_ms"]["shadow"].as_array().unwrap();
+    assert_eq!(points.len(), CDF_QUANTILES.len());
+    assert_eq!(points[0][0], 0.0);
+    assert!((points[0][1].as_f64().unwrap() - 5.0).abs() < 0.1);
+    assert_eq!(view["agreement_per_minute"][0]["compared"], 1);
 }

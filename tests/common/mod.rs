@@ -2,6 +2,7 @@
 //! ephemeral ports, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod child;
 pub mod process;
 pub mod traffic;
