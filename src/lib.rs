@@ -34,7 +34,7 @@
 //!   published together with the table built from it), [`rollout`] (the
 //!   controller that steps canaries through a plan while their confidence-bound
 //!   gates hold), [`sync`] (following MLflow), [`admin`] (`/healthz`, `/readyz`,
-//!   `/metrics`, the JSON admin API under `/api/v1`).
+//!   `/metrics`, the JSON admin API under `/api/v1`, and the status page at `/`).
 //! - [`gateway`] wires the parts together; [`ctl`] is `stagegate ctl`; [`demo`]
 //!   is `stagegate demo`; [`fuzzing`] holds the fuzz targets' entry points.
 //!

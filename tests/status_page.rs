@@ -4,6 +4,10 @@
 //! of its own while the test thread drives the browser.
 
 mod common;
+// Only the fake's start and versions are used here.
+#[allow(dead_code)]
+#[path = "common/fake_mlflow.rs"]
+mod fake_mlflow;
 
 use std::time::{Duration, Instant};
 
@@ -500,4 +504,37 @@ fn the_diff_and_weight_logic_give_what_the_page_shows() {
         json!(["90%", "98.7%", "100%", "–"])
     );
     no_console_errors(&page);
+}
+
+#[test]
+fn the_overview_shows_the_registry_sync_state() {
+    let runtime = Runtime::new().expect("a tokio runtime for the gateway");
+    let (gateway, _mlflow, _upstream) = runtime.block_on(async {
+        let mlflow = fake_mlflow::FakeMlflow::start().await;
+        let upstream = FakeUpstream::start("v1").await;
+        mlflow.add_version("fraud-detector", "1", &upstream.url());
+        mlflow.set_alias("fraud-detector", "champion", "1");
+        let config = format!(
+            "[registry]\nkind = \"mlflow\"\nurl = \"{}\"\npoll_interval_ms = 3600000\n\n\
+             [[models]]\nname = \"fraud\"\n[models.mlflow]\n\
+             registered_model = \"fraud-detector\"\non_production_change = \"promote\"\n",
+            mlflow.url()
+        );
+        let gateway = common::gateway(&config).await;
+        let synced = common::admin(&gateway, Method::POST, "/api/v1/registry/sync", None).await;
+        assert_eq!(synced.status, StatusCode::OK, "{:?}", synced.body);
+        (gateway, mlflow, upstream)
+    });
+    let browser = Browser::launch();
+    let page = browser.page(1280, 900);
+    page.navigate(&format!("http://{}/", gateway.admin_addr()));
+    page.wait_for(&exists(&chip_in("fraud", "1", "production")), SHOWN_WITHIN);
+    page.wait_for(&exists("#registry .verdict.pass"), SHOWN_WITHIN);
+    let registry = text_of(&page, "#registry");
+    for shown in ["mlflow", "ok", "fraud-detector", "champion"] {
+        assert!(registry.contains(shown), "{shown} in {registry}");
+    }
+    assert!(text_of(&page, "#status-line").contains("mlflow sync ok"));
+    no_console_errors(&page);
+    runtime.block_on(gateway.shutdown());
 }

@@ -460,7 +460,7 @@
       h('td', {}, m.error ?? m.waiting_for ?? 'in step')));
     return h('section', { class: 'card', id: 'registry' },
       h('h2', {}, `Registry sync: ${registry.kind} at ${registry.url}`),
-      h('p', {}, verdict(registry.state === 'ok' || registry.state === 'in_sync' ? 'pass' : registry.last_error ? 'fail' : 'wait', registry.state),
+      h('p', {}, verdict({ ok: 'pass', error: 'fail' }[registry.state] || 'wait', registry.state),
         ` last success ${registry.last_success ?? 'never'}`, registry.last_error ? ` · last error: ${registry.last_error}` : ''),
       table(['Model', 'Registered model', 'Follows', 'Registry says', 'Serving', 'State'], rows));
   }
