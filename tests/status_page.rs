@@ -193,7 +193,7 @@ fn a_mismatch_is_listed_with_both_answers_and_what_differs_marked() {
     let browser = Browser::launch();
     let page = browser.page(1280, 900);
     page.navigate(&format!("{}#/models/fraud", running.admin_url()));
-    let item = format!("#mismatches .mismatch[data-request-id=\"{request_id}\"]");
+    let item = format!(".mismatches .mismatch[data-request-id=\"{request_id}\"]");
     page.wait_for(&exists(&item), SHOWN_WITHIN);
 
     let marked = |side: &str| {
@@ -216,6 +216,25 @@ fn a_mismatch_is_listed_with_both_answers_and_what_differs_marked() {
     assert!(listed.contains("predictions[0]"), "{listed}");
     let pane = text_of(&page, &format!("{item} pre[aria-label=\"shadow answer\"]"));
     assert!(pane.contains("\"model_version\": \"3\""), "{pane}");
+
+    // A poll that brings new counts but no new mismatch redraws the counts and
+    // keeps the mismatch list as it was (its scroll, selection and focus).
+    page.eval("document.querySelector('[data-slot=\"mismatches-3\"]').__kept = true");
+    let before = text_of(&page, "[data-slot=\"shadow-3\"]");
+    running.predict(json!([[0.2, 1.5, 3.0]]));
+    running.wait_for_shadow("the agreeing pair", |v| v["compared"].as_u64() == Some(2));
+    page.wait_for(
+        &format!(
+            "document.querySelector('[data-slot=\"shadow-3\"]').innerText !== {}",
+            json!(before)
+        ),
+        SHOWN_WITHIN,
+    );
+    assert_eq!(
+        page.eval("document.querySelector('[data-slot=\"mismatches-3\"]').__kept === true"),
+        json!(true),
+        "the mismatch list was redrawn though its samples did not change"
+    );
     no_console_errors(&page);
 }
 
@@ -319,6 +338,32 @@ fn a_refused_action_shows_the_servers_message_and_actions_work_from_the_keyboard
     page.wait_for(
         "!document.getElementById('action-dialog').open",
         SHOWN_WITHIN,
+    );
+    // Focus goes back to the button that opened the dialog.
+    assert_eq!(
+        page.eval("document.activeElement.getAttribute('data-action')"),
+        json!("rollback")
+    );
+
+    // A weight left empty is refused in the page, not sent as 0 (which would
+    // end the canary).
+    page.click("#versions [data-action=\"canary\"]");
+    page.wait_for(
+        "document.getElementById('action-dialog').open",
+        SHOWN_WITHIN,
+    );
+    page.type_into("#field-weight", "");
+    page.click("#action-confirm");
+    page.wait_for(
+        "document.getElementById('action-error').textContent.includes('weight must be a number')",
+        SHOWN_WITHIN,
+    );
+    page.press_key("Escape");
+    let (_, rollout) = running.api(Method::GET, "/models/chat/rollout", Value::Null);
+    assert_eq!(
+        rollout["canary"],
+        Value::Null,
+        "no canary was set: {rollout}"
     );
 
     // And one that is accepted: version 3 to production, with its reason journaled.
@@ -500,8 +545,10 @@ fn the_diff_and_weight_logic_give_what_the_page_shows() {
         json!([["10:00", 10], ["10:01", 50], ["10:02", 100], ["10:03", 100]])
     );
     assert_eq!(
-        run("[sg.percent(0.9), sg.percent(0.987), sg.percent(1), sg.percent(null)]"),
-        json!(["90%", "98.7%", "100%", "–"])
+        run(
+            "[sg.percent(0.9), sg.percent(0.987), sg.percent(1), sg.percent(0.99971), sg.percent(null)]"
+        ),
+        json!(["90%", "98.7%", "100%", "99.97%", "–"])
     );
     no_console_errors(&page);
 }
@@ -537,4 +584,40 @@ fn the_overview_shows_the_registry_sync_state() {
     assert!(text_of(&page, "#status-line").contains("mlflow sync ok"));
     no_console_errors(&page);
     runtime.block_on(gateway.shutdown());
+}
+
+#[test]
+fn pages_from_elsewhere_cannot_call_the_admin_api() {
+    let running = Running::demo();
+    let admin = running.demo_ref().gateway.admin_addr();
+    let url = format!("http://{admin}/api/v1/models/fraud/rollback");
+    let call = |headers: &[(&str, &str)]| {
+        let answer = running.runtime.block_on(common::send(
+            &common::client(),
+            Method::POST,
+            &url,
+            headers,
+            r#"{"reason": "from a page"}"#,
+        ));
+        (answer.status, answer.code())
+    };
+    let forbidden = (StatusCode::FORBIDDEN, "cross_origin".to_string());
+    // A plain cross-site POST needs no preflight, so the browser would send it.
+    assert_eq!(call(&[("origin", "https://evil.example")]), forbidden);
+    assert_eq!(call(&[("origin", "null")]), forbidden);
+    // A DNS-rebinding page reaches the loopback listener by its own name.
+    let rebound = [
+        ("host", "evil.example:8081"),
+        ("origin", "http://evil.example:8081"),
+    ];
+    assert_eq!(
+        call(&rebound),
+        (StatusCode::FORBIDDEN, "not_loopback_host".to_string())
+    );
+    // The page itself, on its own origin, is answered (here: no earlier production).
+    let own = format!("http://{admin}");
+    assert_eq!(
+        call(&[("origin", &own)]),
+        (StatusCode::CONFLICT, "no_rollback_target".to_string())
+    );
 }

@@ -3,12 +3,15 @@
 //! by bearer tokens ([`auth`]), and the status page for people at `/` ([`page`]),
 //! which reads that API with the token the person gives it.
 //!
-//! Order of checks on `/api/v1`: authentication (401), then the path (404), then the
-//! method (405: changes are POST only, reads GET only). The one exception is the
+//! Order of checks on `/api/v1`: where the call comes from ([`origin`]: 403 for a
+//! page from another origin, or a tokenless API addressed by a non-loopback name),
+//! authentication (401), then the path (404), then the method (405: changes are
+//! POST only, reads GET only). The one exception is the
 //! registry webhook, which MLflow calls and authenticates by its signature.
 
 pub mod api;
 pub mod auth;
+mod origin;
 mod page;
 mod registry;
 mod rollout;
@@ -106,11 +109,11 @@ impl Admin {
     }
 
     async fn api(&self, request: Request<Incoming>) -> Response<Bytes> {
-        let Some(caller) = self
-            .tokens
-            .load()
-            .authenticate(request.headers().get(header::AUTHORIZATION))
-        else {
+        let tokens = self.tokens.load();
+        if let Err(refused) = origin::check(request.headers(), tokens.is_empty()) {
+            return json_error(StatusCode::FORBIDDEN, refused.message(), refused.code());
+        }
+        let Some(caller) = tokens.authenticate(request.headers().get(header::AUTHORIZATION)) else {
             let mut response = json_error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong admin token: send Authorization: Bearer <token>",

@@ -154,7 +154,7 @@
 
   // The canary weight over time, from the journal (newest first, as the API
   // pages it): [ms, percent] points of a step line that ends at `now`.
-  function weightSeries(entries, rolloutId, now) {
+  function weightSeries(entries, rolloutId, now, finished) {
     const points = [];
     entries.slice().reverse().forEach((entry) => {
       const time = Date.parse(entry.time);
@@ -163,13 +163,17 @@
         points.push([time, rolloutWeight(entry.rollout)]);
       }
     });
-    if (points.length > 0) points.push([now, points[points.length - 1][1]]);
+    if (points.length > 0 && !finished) points.push([now, points[points.length - 1][1]]);
     return points;
   }
 
+  // As the gateway's Rollout::weight: a paused rollout keeps its share only when
+  // it was held after progressing (else its candidate is out of traffic).
   function rolloutWeight(rollout) {
+    const step = rollout.plan.steps[rollout.step] ?? 0;
     switch (rollout.phase) {
-      case 'progressing': case 'paused': return rollout.plan.steps[rollout.step] ?? 0;
+      case 'progressing': return step;
+      case 'paused': return rollout.held && rollout.progressed ? step : 0;
       case 'succeeded': return 100;
       default: return 0;
     }
@@ -180,7 +184,10 @@
   function percent(ratio) {
     if (ratio === null || ratio === undefined) return '–';
     const value = ratio * 100;
-    return (Number.isInteger(value) || value >= 99.95 ? value.toFixed(0) : value.toFixed(1)) + '%';
+    if (Number.isInteger(value)) return value + '%';
+    // Never round a disagreement away: 99.97% is not 100%.
+    const shown = value.toFixed(1);
+    return (shown === '100.0' ? (Math.floor(value * 100) / 100).toFixed(2) : shown) + '%';
   }
 
   function number(value) {
@@ -236,14 +243,22 @@
   }
 
   function segmentsPre(segments, label) {
-    return h('pre', { 'aria-label': label },
+    return h('pre', { 'aria-label': label, role: 'region', tabindex: 0 },
       segments.map((seg) => (seg.diff ? h('mark', { class: 'diff' }, seg.text) : seg.text)));
   }
 
   function table(headers, rows, attrs) {
-    return h('div', { class: 'scroll' }, h('table', attrs || {},
+    return h('div', { class: 'scroll', role: 'region', tabindex: 0, 'aria-label': (attrs && attrs['aria-label']) || 'table' }, h('table', attrs || {},
       h('thead', {}, h('tr', {}, headers.map(header))),
       h('tbody', {}, rows)));
+  }
+
+  // Marks `node` as a part of the view that is redrawn only when `key` (what it
+  // shows) changes, so scroll positions, selections and focus inside it stay.
+  function slotted(name, key, node) {
+    node.setAttribute('data-slot', name);
+    node.setAttribute('data-slot-key', JSON.stringify(key));
+    return node;
   }
 
   // A column head: a label, or [label, class].
@@ -365,7 +380,7 @@
 
   function apiMessage(status, body) {
     if (body && typeof body.error === 'string') {
-      const fields = Array.isArray(body.errors) ? '\n' + body.errors.map((e) => `${e.field ?? ''}: ${e.message ?? JSON.stringify(e)}`).join('\n') : '';
+      const fields = Array.isArray(body.errors) ? '\n' + body.errors.map((e) => `${e.path ?? ''}: ${e.message ?? JSON.stringify(e)}`).join('\n') : '';
       return `${status} ${body.code ?? ''}: ${body.error}${fields}`;
     }
     if (body && body.error && typeof body.error.message === 'string') return `${status}: ${body.error.message}`;
@@ -424,7 +439,6 @@
     const parts = [`gateway ${data.ready}`, `routing revision ${rev.routing_revision}`,
       `registry revision ${rev.registry_revision}`];
     if (data.registry) parts.push(`${data.registry.kind} sync ${data.registry.state}`);
-    parts.push(`updated ${new Date().toLocaleTimeString('en-GB', { hour12: false })}`);
     return parts.join(' · ');
   }
 
@@ -446,10 +460,17 @@
     });
     return [
       h('h1', {}, 'Models'),
-      h('section', { class: 'card', id: 'overview' },
-        table(['Model', 'Production', 'Staging', 'Canary', 'Archived', 'Rollout'], rows)),
-      registryCard(data.registry),
+      slotted('overview', data.models.models, h('section', { class: 'card', id: 'overview' },
+        table(['Model', 'Production', 'Staging', 'Canary', 'Archived', 'Rollout'], rows, { 'aria-label': 'models' }))),
+      slotted('registry', steady(data.registry), registryCard(data.registry)),
     ];
+  }
+
+  // The sync's state without what changes on every read (ages, attempt times).
+  function steady(registry) {
+    if (!registry) return null;
+    const { last_success_age_s: _age, last_attempt: _attempt, ...rest } = registry;
+    return rest;
   }
 
   function registryCard(registry) {
@@ -469,10 +490,10 @@
     const { model, shadow, rollout, history } = data;
     return [
       h('h1', {}, `Model ${model.name}`),
-      versionsCard(model),
-      rolloutCard(model, rollout, history),
+      slotted('versions', model, versionsCard(model)),
+      slotted('rollout', [rollout, history.entries.filter((e) => e.rollout).length, minute()], rolloutCard(model, rollout, history)),
       shadowSection(model, shadow),
-      historyCard(history),
+      slotted('history', history.entries, historyCard(history)),
     ];
   }
 
@@ -481,7 +502,7 @@
       h('td', {}, chip(model.name, v.version, v.stage)),
       h('td', {}, v.stage),
       h('td', { class: 'mono hide-narrow' }, v.endpoints.join(' ')),
-      h('td', {}, h('button', { type: 'button', 'data-action': 'transition', 'data-version': v.version, 'data-key': `transition-${v.version}`, onclick: () => transitionAction(model, v) }, 'Change stage…'))));
+      h('td', {}, h('button', { type: 'button', 'data-action': 'transition', 'data-version': v.version, 'data-key': `transition-${v.version}`, 'aria-label': `Change the stage of v${v.version}`, onclick: () => transitionAction(model, v) }, 'Change stage…'))));
     const archived = model.versions.filter((v) => v.stage === 'archived');
     return h('section', { class: 'card', id: 'versions' },
       h('h2', {}, 'Versions'),
@@ -508,12 +529,12 @@
     if (r.reason) card.append(h('p', {}, 'Why: ', r.reason));
     const readings = status.readings;
     if (readings) {
-      card.append(h('p', { id: 'waiting-for' }, h('strong', {}, 'Waiting for: '), readings.waiting_for ?? 'nothing'));
+      card.append(h('p', { id: 'waiting-for' }, h('strong', {}, 'Waiting for: '), readings.waiting_for || 'nothing'));
       card.append(gatesTable(readings.gates || []));
     } else if (r.evidence && r.evidence.length) {
       card.append(h('h3', {}, 'Gates at the last decision'), gatesTable(r.evidence));
     }
-    const points = weightSeries(history.entries, r.id, Date.now());
+    const points = weightSeries(history.entries, r.id, Date.now(), final);
     card.append(h('h3', {}, 'Weight over time'), weightPlot(points, final && points.length ? points[points.length - 1][0] : Date.now()));
     if (!final) {
       const act = (action, label, cls) => h('button', { type: 'button', 'data-action': `rollout-${action}`, 'data-key': `rollout-${action}`, class: cls, onclick: () => rolloutAction(model, action) }, label);
@@ -536,23 +557,37 @@
 
   function shadowSection(model, shadow) {
     const section = h('section', { id: 'shadow' }, h('h2', {}, 'Shadow comparison'));
-    section.append(h('p', { class: 'meta' }, shadow.active
+    const replayAgreement = shadow.production_replay && shadow.production_replay.agreement;
+    const head = slotted('shadow-policy', [shadow.active, shadow.policy, replayAgreement, shadow.versions.length], h('div', {}));
+    section.append(head);
+    head.append(h('p', { class: 'meta' }, shadow.active
       ? `Mirroring ${number(shadow.policy.percent)}% of production traffic, compared as ${shadow.policy.compare.mode}.`
       : 'Not mirroring (no staging version, or shadow testing is off).'));
     if (shadow.production_replay) {
       const a = shadow.production_replay.agreement;
-      section.append(h('p', { class: 'meta' }, `Production against itself (the noise floor): ${percent(a.agreement)} of ${number(a.compared)}.`));
+      head.append(h('p', { class: 'meta' }, `Production against itself (the noise floor): ${percent(a.agreement)} of ${number(a.compared)}.`));
     }
-    if (!shadow.versions.length) section.append(h('p', { class: 'card' }, 'No staging version is mirrored.'));
+    if (!shadow.versions.length) head.append(h('p', { class: 'card' }, 'No staging version is mirrored.'));
     for (const v of shadow.versions) section.append(shadowCard(model, v));
     return section;
   }
 
   function shadowCard(model, v) {
+    const { samples, ...summary } = v;
+    return h('article', { class: 'card shadow-version', 'data-version': v.version },
+      slotted(`shadow-${v.version}`, [summary, model.production, minute()], shadowSummary(model, v)),
+      slotted(`mismatches-${v.version}`, [samples, showingAll.has(`${model.name}/${v.version}`)],
+        h('div', {}, h('h3', {}, 'Latest mismatches'), mismatches(model.name, v.version, samples))));
+  }
+
+  // The minute now: parts plotted against the clock are redrawn once a minute.
+  const minute = () => Math.floor(Date.now() / 60_000);
+
+  function shadowSummary(model, v) {
     const a = v.agreement;
     const dropped = Object.values(v.dropped).reduce((x, y) => x + y, 0);
     const errors = Object.values(v.errors).reduce((x, y) => x + y, 0);
-    const card = h('article', { class: 'card shadow-version', 'data-version': v.version },
+    const card = h('div', {},
       h('h3', {}, `v${v.version} against production v${model.production ?? '?'}`),
       h('p', {}, h('span', { class: 'big' }, percent(a.agreement)), ` agreement over ${number(a.compared)} comparisons since ${v.since}`,
         ` · last ${a.window_seconds} s: ${percent(a.window_agreement)} of ${number(a.window_compared)}`),
@@ -564,7 +599,6 @@
     card.append(h('h3', {}, 'Most disagreeing paths'), v.top_mismatch_paths.length
       ? table(['Path', 'count'], v.top_mismatch_paths.map((p) => h('tr', {}, h('td', { class: 'mono' }, p.path), h('td', { class: 'num' }, number(p.count)))))
       : h('p', { class: 'meta' }, 'None.'));
-    card.append(h('h3', {}, 'Latest mismatches'), mismatches(v.version, v.samples));
     return card;
   }
 
@@ -586,15 +620,16 @@
   const showingAll = new Set();
   const FEW_MISMATCHES = 3;
 
-  function mismatches(version, samples) {
-    const list = h('div', { id: 'mismatches' });
+  function mismatches(model, version, samples) {
+    const list = h('div', { class: 'mismatches' });
     if (!samples.length) { list.append(h('p', { class: 'meta' }, 'No mismatches.')); return list; }
     const newest = samples.slice().reverse();
-    const all = showingAll.has(version);
+    const which = `${model}/${version}`;
+    const all = showingAll.has(which);
     if (newest.length > FEW_MISMATCHES) {
       list.append(h('p', { class: 'meta' }, `${all ? newest.length : FEW_MISMATCHES} of the ${newest.length} kept shown `,
         h('button', { type: 'button', 'data-key': `mismatches-${version}`, 'aria-expanded': String(all),
-          onclick: () => { all ? showingAll.delete(version) : showingAll.add(version); shown = null; refresh(); } },
+          onclick: () => { all ? showingAll.delete(which) : showingAll.add(which); refresh(); } },
         all ? 'Show fewer' : 'Show all')));
     }
     for (const sample of all ? newest : newest.slice(0, FEW_MISMATCHES)) {
@@ -626,11 +661,16 @@
   // ---------------------------------------------------------------- actions
 
   const dialog = () => document.getElementById('action-dialog');
+  // The change the open dialog confirms, whether it is being sent, and the
+  // data-key of what opened it (focused again when the dialog closes).
   let pending = null;
+  let busy = false;
+  let opener = null;
 
   // Opens the confirmation for one change; `send(values, reason)` makes it.
   function confirmAction(title, summary, fields, send) {
     const d = dialog();
+    opener = document.activeElement && document.activeElement.getAttribute('data-key');
     document.getElementById('action-title').textContent = title;
     document.getElementById('action-summary').textContent = summary;
     document.getElementById('action-error').textContent = '';
@@ -654,23 +694,51 @@
 
   async function submitAction(event) {
     event.preventDefault();
-    if (!pending) return;
+    const job = pending;
+    if (!job || busy) return;
     const values = {};
-    for (const f of pending.fields) values[f.name] = document.getElementById('field-' + f.name).value;
+    for (const f of job.fields) values[f.name] = document.getElementById('field-' + f.name).value;
     const reason = document.getElementById('action-reason').value.trim();
-    const confirm = document.getElementById('action-confirm');
-    confirm.disabled = true;
+    setBusy(true);
     try {
-      await pending.send(values, reason);
-      pending = null;
-      dialog().close();
+      await job.send(values, reason);
+      if (pending === job) dialog().close();
       refresh();
     } catch (error) {
-      document.getElementById('action-error').textContent = error instanceof Unauthorized
-        ? 'The admin API refused the token: ' + error.message : error.message;
+      if (pending === job) {
+        document.getElementById('action-error').textContent = error instanceof Unauthorized
+          ? 'The admin API refused the token: ' + error.message : error.message;
+      }
     } finally {
-      confirm.disabled = false;
+      setBusy(false);
     }
+  }
+
+  // While a change is being sent the dialog stays open: closing it would hide
+  // the answer of a change that is still made.
+  function setBusy(value) {
+    busy = value;
+    document.getElementById('action-confirm').disabled = value;
+    document.getElementById('action-cancel').disabled = value;
+  }
+
+  function dialogClosed() {
+    pending = null;
+    refocus(opener);
+  }
+
+  function refocus(key) {
+    const again = key && document.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (again) again.focus();
+  }
+
+  // A number typed into a form, checked before it is sent.
+  function numberIn(text, what, lo, hi) {
+    const value = Number(text);
+    if (text.trim() === '' || !Number.isFinite(value) || value < lo || value > hi) {
+      throw new Error(`${what} must be a number from ${lo} to ${hi}, not ${JSON.stringify(text)}`);
+    }
+    return value;
   }
 
   const post = (path, body) => api(path, { method: 'POST', body });
@@ -699,7 +767,7 @@
       'The staging version takes this share of production traffic (sticky per user); 0 ends the canary.',
       [{ name: 'version', label: 'Version', options: staging.length ? staging : [''] },
         { name: 'weight', label: 'Weight (percent of production traffic)', type: 'number', value: '10', min: 0, max: 100, step: 'any' }],
-      (v, reason) => post(`${modelPath(model)}/canary`, { version: v.version, weight: Number(v.weight), reason }));
+      (v, reason) => post(`${modelPath(model)}/canary`, { version: v.version, weight: numberIn(v.weight, 'the weight', 0, 100), reason }));
   }
 
   function startRolloutAction(model) {
@@ -711,8 +779,8 @@
         { name: 'step_interval_s', label: 'Seconds per step', type: 'number', placeholder: 'default', min: 0, step: 'any' }],
       (v, reason) => {
         const body = { candidate: v.candidate, reason };
-        if (v.steps.trim()) body.steps = v.steps.split(',').map((x) => Number(x.trim()));
-        if (v.step_interval_s.trim()) body.step_interval_s = Number(v.step_interval_s);
+        if (v.steps.trim()) body.steps = v.steps.split(',').map((x) => numberIn(x, 'each step', 0, 100));
+        if (v.step_interval_s.trim()) body.step_interval_s = numberIn(v.step_interval_s, 'the seconds per step', 0, 86_400 * 7);
         return post(`${modelPath(model)}/rollout`, body);
       });
   }
@@ -732,60 +800,93 @@
   // ------------------------------------------------------------------- loop
 
   let timer = null;
-  let shown = null;
+  // Each refresh takes a number; an answer for an older one is not drawn, so a
+  // slow read can never paint a view the person has already left.
+  let generation = 0;
+  // Set when the view changes (another route, a token given): focus goes to it.
+  let focusView = false;
+
+  function setStatus(text) {
+    const live = document.getElementById('status-text');
+    // The live region is only touched when its meaning changes.
+    if (live.textContent !== text) live.textContent = text;
+  }
 
   function showTokenPrompt(message) {
     const prompt = document.getElementById('token-prompt');
-    document.getElementById('app').replaceChildren();
+    const app = document.getElementById('app');
+    app.replaceChildren();
+    app.dataset.skeleton = '';
     document.getElementById('crumbs').replaceChildren();
     document.getElementById('token-error').textContent = message;
-    document.getElementById('status-line').textContent = 'admin token needed';
-    shown = null;
+    document.getElementById('updated').textContent = '';
+    setStatus('admin token needed');
     if (prompt.hidden) {
       prompt.hidden = false;
       document.getElementById('token-input').focus();
     }
   }
 
-  // Redraws when what the API says changed, keeping keyboard focus where it was.
-  function draw(key, nodes, crumbs) {
-    if (key === shown) return;
-    shown = key;
+  // Draws the view: in full when its parts are not those on the page (another
+  // route, a version or rollout appeared), else only the parts whose data
+  // changed. Keyboard focus stays on the same control.
+  function draw(view, nodes, crumbs) {
+    const app = document.getElementById('app');
+    const fresh = document.createElement('div');
+    fresh.append(...nodes.flat());
+    const slots = [...fresh.querySelectorAll('[data-slot]')];
+    const skeleton = JSON.stringify([view, slots.map((el) => el.dataset.slot)]);
     const focused = document.activeElement && document.activeElement.getAttribute('data-key');
-    document.getElementById('app').replaceChildren(...nodes.flat());
-    document.getElementById('crumbs').replaceChildren(...crumbs);
-    if (focused) {
-      const again = document.querySelector(`[data-key="${CSS.escape(focused)}"]`);
-      if (again) again.focus();
+    if (app.dataset.skeleton !== skeleton) {
+      app.replaceChildren(...fresh.childNodes);
+      app.dataset.skeleton = skeleton;
+      document.getElementById('crumbs').replaceChildren(...crumbs);
+    } else {
+      for (const el of slots) {
+        const old = app.querySelector(`[data-slot="${CSS.escape(el.dataset.slot)}"]`);
+        if (old && old.dataset.slotKey !== el.dataset.slotKey) old.replaceWith(el);
+      }
+    }
+    if (focusView) {
+      focusView = false;
+      app.focus();
+    } else if (document.activeElement === document.body) {
+      refocus(focused);
     }
   }
 
-  async function render() {
+  async function render(mine) {
     const { model } = route();
-    if (model === null) {
-      const data = await loadOverview();
-      document.getElementById('status-line').textContent = statusLine(data);
-      draw(JSON.stringify(['overview', data.models]), overview(data), []);
-    } else {
-      const data = await loadModel(model);
-      document.getElementById('status-line').textContent = statusLine(data);
-      const key = JSON.stringify(['model', data.model, data.shadow, data.rollout, data.history]);
-      draw(key, modelView(data), [h('a', { href: '#/' }, 'all models'), ' / ', model]);
-    }
+    const data = model === null ? await loadOverview() : await loadModel(model);
+    if (mine !== generation) return;
+    setStatus(statusLine(data));
+    document.getElementById('updated').textContent = `· read ${new Date().toLocaleTimeString('en-GB', { hour12: false })}`;
+    if (model === null) draw('overview', overview(data), []);
+    else draw(`model/${model}`, modelView(data), [h('a', { href: '#/', 'data-key': 'crumb-all' }, 'all models'), ' / ', model]);
     document.getElementById('token-prompt').hidden = true;
   }
 
   async function refresh() {
+    const mine = ++generation;
     clearTimeout(timer);
     try {
-      await render();
+      await render(mine);
     } catch (error) {
+      if (mine !== generation) return;
       if (error instanceof Unauthorized) {
         showTokenPrompt(sessionStorage.getItem(TOKEN_KEY) ? 'That token was refused.' : '');
         return; // polled again once a token is given
       }
-      document.getElementById('status-line').textContent = `cannot read the admin API: ${error.message}`;
+      const { model } = route();
+      if (model !== null && error instanceof ApiError && error.status === 404) {
+        draw(`missing/${model}`, [h('h1', {}, `No model ${model}`), h('p', {}, error.message),
+          h('p', {}, h('a', { href: '#/', 'data-key': 'back' }, 'All models'))], []);
+      } else {
+        setStatus(`cannot read the admin API: ${error.message}`);
+      }
     }
+    if (mine !== generation) return;
+    clearTimeout(timer);
     timer = setTimeout(refresh, POLL_MS);
   }
 
@@ -794,11 +895,14 @@
       event.preventDefault();
       sessionStorage.setItem(TOKEN_KEY, document.getElementById('token-input').value.trim());
       document.getElementById('token-input').value = '';
+      focusView = true;
       refresh();
     });
     document.getElementById('action-form').addEventListener('submit', submitAction);
-    document.getElementById('action-cancel').addEventListener('click', () => { pending = null; dialog().close(); });
-    window.addEventListener('hashchange', () => { shown = null; refresh(); });
+    document.getElementById('action-cancel').addEventListener('click', () => { if (!busy) dialog().close(); });
+    dialog().addEventListener('cancel', (event) => { if (busy) event.preventDefault(); });
+    dialog().addEventListener('close', dialogClosed);
+    window.addEventListener('hashchange', () => { focusView = true; refresh(); });
     refresh();
   }
 
