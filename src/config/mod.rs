@@ -10,6 +10,7 @@
 mod raw;
 pub mod registry;
 mod server;
+pub mod store;
 mod validate;
 
 pub use raw::{optional_version_id, version_id};
@@ -52,6 +53,8 @@ pub struct Config {
     pub models: Vec<ModelSpec>,
     /// The external registry followed (`[registry]`), if any.
     pub registry: Option<registry::RegistrySource>,
+    /// Where control-plane state is kept (`[store]`).
+    pub store: store::StoreConfig,
     /// The file this came from, for reloads; `None` for in-memory configs.
     pub source: Option<PathBuf>,
 }
@@ -231,6 +234,7 @@ impl Config {
             ("server.state_dir", a.state_dir != b.state_dir),
             ("server limits and timeouts", a.limits != b.limits),
             ("registry and models.mlflow", self.registry != next.registry),
+            ("store", self.store != next.store),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

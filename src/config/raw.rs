@@ -16,8 +16,21 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     pub registry: Option<RawRegistry>,
+    pub store: Option<RawStore>,
     #[serde(default)]
     pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub dial_timeout_ms: Option<u64>,
+    pub lease_ttl_s: Option<u64>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::raw::{RawCompare, RawConfig, RawModel, RawVersion};
-use super::{Config, FieldError, defaults, registry, server};
+use super::{Config, FieldError, defaults, registry, server, store};
 use crate::vocab::names::{ServedModelName, is_valid_identifier};
 use crate::vocab::policy::{
     CompareMode, ComparePolicy, LlmCompare, ShadowPolicy, StickyPolicy, TextMatch, default_plan,
@@ -25,6 +25,10 @@ impl Errors {
             message: message.into(),
         });
     }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
@@ -33,12 +37,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let admin = server::validate_admin(&raw.admin, &mut errors);
     let models = validate_models(&raw.models, &mut errors);
     let registry = registry::validate_registry(raw.registry.as_ref(), &raw.models, &mut errors);
+    let store = store::validate_store(raw.store.as_ref(), &mut errors);
     if errors.0.is_empty() {
         Ok(Config {
             server,
             admin,
             models,
             registry,
+            store,
             source: None,
         })
     } else {
