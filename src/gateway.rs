@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::admin::auth::{AuthError, Tokens};
 use crate::config::Config;
+use crate::config::store::StoreConfig;
 use crate::proxy::{self, Drained, Proxy};
 use crate::registry::merge::merge;
-use crate::registry::store::{COMPACT_AFTER_RECORDS, FileStore, StoreError};
+use crate::registry::store::etcd::{self, EtcdClient, EtcdStore, Keys};
+use crate::registry::store::{COMPACT_AFTER_RECORDS, FileStore, Loaded, Store, StoreError};
 use crate::registry::{Catalog, Published, Registry, ReloadHook, Writer, WriterStop};
 use crate::rollout::{Controller, RolloutReadings};
 use crate::routing::Router;
@@ -67,6 +69,9 @@ pub struct RunningGateway {
     controller_stop: CancellationToken,
     sync: Option<(SyncHandle, JoinHandle<()>)>,
     sync_stop: CancellationToken,
+    /// With a shared store: the watch on the other replicas and the catch-ups it asks for.
+    following: Vec<JoinHandle<()>>,
+    following_stop: CancellationToken,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
     admin_shutdown: CancellationToken,
@@ -100,10 +105,8 @@ pub async fn start_on(
     tokens.check_exposure(admin_addr)?;
     let tokens = Arc::new(ArcSwap::from_pointee(tokens));
 
-    let state_dir = config.server.state_dir.clone();
-    let (store, loaded) = tokio::task::spawn_blocking(move || FileStore::open(&state_dir))
-        .await
-        .map_err(|e| GatewayError::Task(e.to_string()))??;
+    let opened = open_store(config).await?;
+    let (store, loaded) = (opened.store, opened.loaded);
     let merged = merge(&config.models, &loaded.ledger);
     for warning in loaded.warnings.iter().chain(&merged.warnings) {
         tracing::warn!("{warning}");
@@ -119,12 +122,17 @@ pub async fn start_on(
     let (registry, writer) = Registry::spawn(Writer {
         config: config.clone(),
         ledger,
-        store: Box::new(store),
+        store,
         published: Arc::clone(&published),
         probe_timeout: PROBE_TIMEOUT,
         reload_hook: Some(reload_tokens(Arc::clone(&tokens), admin_addr)),
         compact_after: COMPACT_AFTER_RECORDS,
     });
+    let following_stop = CancellationToken::new();
+    let following = opened
+        .follow
+        .map(|follow| start_following(follow, registry.clone(), following_stop.clone()))
+        .unwrap_or_default();
     let seeded = registry.seed().await?;
     if seeded > 0 {
         tracing::info!(seeded, "journaled the config's new versions");
@@ -195,6 +203,8 @@ pub async fn start_on(
         controller_stop,
         sync,
         sync_stop,
+        following,
+        following_stop,
         ready,
         shutdown,
         admin_shutdown,
@@ -249,10 +259,74 @@ impl RunningGateway {
         if let Some((_, task)) = self.sync {
             let _ = task.await;
         }
+        self.following_stop.cancel();
+        for task in self.following {
+            let _ = task.await;
+        }
         // Last, so the state directory's lock is free once this returns.
         self.writer.stop().await;
         drained
     }
+}
+
+/// The store the config names, with the state read from it.
+struct OpenedStore {
+    store: Box<dyn Store>,
+    loaded: Loaded,
+    /// For a shared store: what to watch, from which etcd revision.
+    follow: Option<(Arc<EtcdClient>, Keys, i64)>,
+}
+
+async fn open_store(config: &Config) -> Result<OpenedStore, GatewayError> {
+    match &config.store {
+        StoreConfig::File => {
+            let state_dir = config.server.state_dir.clone();
+            let (store, loaded) = tokio::task::spawn_blocking(move || FileStore::open(&state_dir))
+                .await
+                .map_err(|e| GatewayError::Task(e.to_string()))??;
+            Ok(OpenedStore {
+                store: Box::new(store),
+                loaded,
+                follow: None,
+            })
+        }
+        StoreConfig::Etcd(etcd) => {
+            let opened = EtcdStore::open(etcd).await?;
+            let follow = (
+                opened.store.client(),
+                opened.store.keys(),
+                opened.etcd_revision + 1,
+            );
+            Ok(OpenedStore {
+                store: Box::new(opened.store),
+                loaded: opened.loaded,
+                follow: Some(follow),
+            })
+        }
+    }
+}
+
+/// Watches the shared store and catches the writer up after every change
+/// another replica makes.
+fn start_following(
+    (client, keys, from): (Arc<EtcdClient>, Keys, i64),
+    registry: Registry,
+    stop: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let (changed, mut changes) = tokio::sync::mpsc::channel(1);
+    let watch = etcd::follow::spawn(client, keys, from, changed, stop.clone());
+    let catch_up = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                change = changes.recv() => if change.is_none() { return },
+            }
+            if let Err(error) = registry.catch_up().await {
+                tracing::warn!(%error, "cannot catch up with the other replicas yet");
+            }
+        }
+    });
+    vec![watch, catch_up]
 }
 
 /// SIGTERM or SIGINT. Installed before the gateway starts, so a signal that comes

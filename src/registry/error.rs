@@ -80,10 +80,13 @@ impl RegistryError {
             | RegistryError::NoConfigFile
             | RegistryError::Stale { .. } => StatusCode::CONFLICT,
             RegistryError::Reload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            RegistryError::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
+            RegistryError::Closed | RegistryError::Store(StoreError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RegistryError::Store(_) | RegistryError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            RegistryError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -102,6 +105,8 @@ impl RegistryError {
             RegistryError::Reload(_) => "invalid_config",
             RegistryError::NotReloadable(_) => "not_reloadable",
             RegistryError::NoConfigFile => "no_config_file",
+            RegistryError::Store(StoreError::Unavailable(_)) => "store_unavailable",
+            RegistryError::Store(StoreError::Conflict { .. }) => "conflict",
             RegistryError::Store(_) => "journal_failed",
             RegistryError::Stale { .. } => "stale_state",
             RegistryError::Closed => "shutting_down",

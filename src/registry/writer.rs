@@ -26,7 +26,7 @@ use super::rollout_rules::Decision;
 use super::rules::plan;
 #[cfg(doc)]
 use super::store::COMPACT_AFTER_RECORDS;
-use super::store::Store;
+use super::store::{Store, StoreError};
 use super::{Catalog, ModelSpec};
 use crate::config::Config;
 
@@ -59,13 +59,20 @@ enum Work {
     },
     Reload,
     Seed,
+    /// Another replica wrote to the shared store: read and apply it.
+    CatchUp,
 }
 
 enum Done {
     Changed(Arc<Record>),
     Reloaded(Reloaded),
     Seeded(usize),
+    CaughtUp(usize),
 }
+
+/// Appends refused because another replica journaled first, before a change
+/// gives up (each is followed by a catch-up and a fresh decision).
+const CONFLICT_RETRIES: usize = 8;
 
 struct Request {
     work: Work,
@@ -148,6 +155,15 @@ impl Registry {
         }
     }
 
+    /// Applies what other replicas wrote to the shared store since this one's
+    /// revision; returns how many records.
+    pub async fn catch_up(&self) -> Result<usize, RegistryError> {
+        match self.send(Work::CatchUp).await? {
+            Done::CaughtUp(count) => Ok(count),
+            _ => Err(RegistryError::Closed),
+        }
+    }
+
     /// Re-reads the config file; on any error the running state is unchanged.
     pub async fn reload(&self) -> Result<Reloaded, RegistryError> {
         match self.send(Work::Reload).await? {
@@ -215,46 +231,102 @@ impl Task {
                     command,
                     actor,
                     expected,
-                } => match expected.filter(|e| *e != self.ledger.revision) {
-                    Some(expected) => Err(RegistryError::Stale {
-                        expected,
-                        current: self.ledger.revision,
-                    }),
-                    None => self.change(&command, &actor).await.map(Done::Changed),
-                },
+                } => self
+                    .change(&command, &actor, expected)
+                    .await
+                    .map(Done::Changed),
                 Work::Reload => self.reload().await.map(Done::Reloaded),
                 Work::Seed => {
                     let models = self.models.clone();
                     self.seed(&models).await.map(Done::Seeded)
                 }
+                Work::CatchUp => self.catch_up().await.map(Done::CaughtUp),
             };
             // The caller may have gone; the change stands either way.
             let _ = request.reply.send(result);
         }
     }
 
+    /// Validates `command` against the newest state, journals and applies it.
+    /// When another replica journaled first, catches up and decides again (a
+    /// change decided at `expected` is refused instead: its basis is gone).
     async fn change(
         &mut self,
         command: &Command,
         actor: &str,
+        expected: Option<u64>,
     ) -> Result<Arc<Record>, RegistryError> {
-        let record = Arc::new(plan(&self.models, &self.ledger, command, actor)?);
-        if let Command::Rollback { force: false, .. } = command {
-            self.check_health(&record).await?;
+        for _ in 0..CONFLICT_RETRIES {
+            if let Some(expected) = expected.filter(|e| *e != self.ledger.revision) {
+                return Err(RegistryError::Stale {
+                    expected,
+                    current: self.ledger.revision,
+                });
+            }
+            let record = Arc::new(plan(&self.models, &self.ledger, command, actor)?);
+            if let Command::Rollback { force: false, .. } = command {
+                self.check_health(&record).await?;
+            }
+            match self.append(&record).await {
+                Err(RegistryError::Store(StoreError::Conflict { revision })) => {
+                    tracing::info!(
+                        revision,
+                        "another replica journaled first; deciding again on its state"
+                    );
+                    self.catch_up().await?;
+                }
+                appended => {
+                    appended?;
+                    self.applied(&record, command)?;
+                    self.compact_if_due().await;
+                    return Ok(record);
+                }
+            }
         }
-        self.with_store(
-            move |store, record| store.append(record),
-            Arc::clone(&record),
-        )
-        .await?;
+        Err(RegistryError::Store(StoreError::Conflict {
+            revision: self.ledger.revision + 1,
+        }))
+    }
+
+    async fn append(&self, record: &Arc<Record>) -> Result<(), RegistryError> {
+        self.with_store(|store, record| store.append(record), Arc::clone(record))
+            .await
+    }
+
+    /// Applies a journaled record and makes it live.
+    fn applied(&mut self, record: &Arc<Record>, command: &Command) -> Result<(), RegistryError> {
         Arc::make_mut(&mut self.ledger)
-            .apply(Arc::clone(&record))
+            .apply(Arc::clone(record))
             .map_err(|e| RegistryError::Internal(e.to_string()))?;
         self.models = merge(&self.config.models, &self.ledger).models;
         self.publish();
-        self.count(&record, command);
-        self.compact_if_due().await;
-        Ok(record)
+        self.count(record, command);
+        Ok(())
+    }
+
+    /// Reads what other replicas journaled after this one's revision and makes
+    /// it live; returns how many records were applied.
+    async fn catch_up(&mut self) -> Result<usize, RegistryError> {
+        let after = Arc::new(self.ledger.revision);
+        let caught = self
+            .with_store(|store, after| store.catch_up(*after), after)
+            .await?;
+        let mut ledger = match caught.snapshot {
+            Some(snapshot) => snapshot,
+            None => (*self.ledger).clone(),
+        };
+        let count = caught.records.len();
+        for record in caught.records {
+            ledger
+                .apply(Arc::new(record))
+                .map_err(|e| RegistryError::Internal(format!("catching up: {e}")))?;
+        }
+        if ledger.revision != self.ledger.revision {
+            self.ledger = Arc::new(ledger);
+            self.models = merge(&self.config.models, &self.ledger).models;
+            self.publish();
+        }
+        Ok(count)
     }
 
     async fn check_health(&self, record: &Record) -> Result<(), RegistryError> {
@@ -325,36 +397,46 @@ impl Task {
     /// config edit can change one without a record.
     async fn seed(&mut self, models: &[ModelSpec]) -> Result<usize, RegistryError> {
         let mut seeded = 0;
+        let mut conflicts = 0;
         for model in models {
             for version in &model.versions {
-                if self.ledger.stage(&model.name, &version.version).is_some() {
-                    continue;
+                // Another replica may seed the same version at the same time:
+                // whoever journals second catches up and finds it seeded.
+                while self.ledger.stage(&model.name, &version.version).is_none() {
+                    let record = Arc::new(Record {
+                        revision: self.ledger.revision + 1,
+                        time: now(),
+                        actor: "config".to_string(),
+                        action: Action::Seed,
+                        model: model.name.clone(),
+                        version: version.version.clone(),
+                        from: None,
+                        to: Some(version.stage),
+                        reason: "first seen in the config".to_string(),
+                        endpoints: Vec::new(),
+                        grpc_endpoints: Vec::new(),
+                        upstream_model: None,
+                        also: Vec::new(),
+                        shadow: None,
+                        canary: None,
+                        rollout: None,
+                        observed: None,
+                    });
+                    match self.append(&record).await {
+                        Err(RegistryError::Store(StoreError::Conflict { .. }))
+                            if conflicts < CONFLICT_RETRIES =>
+                        {
+                            conflicts += 1;
+                            self.catch_up().await?;
+                            continue;
+                        }
+                        appended => appended?,
+                    }
+                    Arc::make_mut(&mut self.ledger)
+                        .apply(record)
+                        .map_err(|e| RegistryError::Internal(e.to_string()))?;
+                    seeded += 1;
                 }
-                let record = Arc::new(Record {
-                    revision: self.ledger.revision + 1,
-                    time: now(),
-                    actor: "config".to_string(),
-                    action: Action::Seed,
-                    model: model.name.clone(),
-                    version: version.version.clone(),
-                    from: None,
-                    to: Some(version.stage),
-                    reason: "first seen in the config".to_string(),
-                    endpoints: Vec::new(),
-                    grpc_endpoints: Vec::new(),
-                    upstream_model: None,
-                    also: Vec::new(),
-                    shadow: None,
-                    canary: None,
-                    rollout: None,
-                    observed: None,
-                });
-                self.with_store(|store, record| store.append(record), Arc::clone(&record))
-                    .await?;
-                Arc::make_mut(&mut self.ledger)
-                    .apply(record)
-                    .map_err(|e| RegistryError::Internal(e.to_string()))?;
-                seeded += 1;
             }
         }
         if seeded > 0 {

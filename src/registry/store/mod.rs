@@ -1,9 +1,11 @@
 //! Durable control-plane state behind the [`Store`] trait: the journal of records
 //! and the snapshot it is compacted into. [`FileStore`] keeps them in a state
-//! directory; a networked store (etcd) can implement the same trait.
+//! directory for one process; [`EtcdStore`] in etcd, shared by every replica.
 
+pub mod etcd;
 mod file;
 
+pub use etcd::EtcdStore;
 pub use file::FileStore;
 
 use std::path::PathBuf;
@@ -24,6 +26,22 @@ pub trait Store: Send {
 
     /// Records appended since the last snapshot.
     fn records_since_snapshot(&self) -> usize;
+
+    /// What others wrote after journal revision `after` (a shared store; a
+    /// store with one writer has nothing). Called after an append was refused
+    /// with [`StoreError::Conflict`], to catch up before deciding again.
+    fn catch_up(&mut self, _after: u64) -> Result<CaughtUp, StoreError> {
+        Ok(CaughtUp::default())
+    }
+}
+
+/// What a shared store holds beyond a replica's ledger.
+#[derive(Debug, Default)]
+pub struct CaughtUp {
+    /// A snapshot newer than the ledger (the records it covers are gone):
+    /// replaces the ledger before `records` are applied.
+    pub snapshot: Option<Ledger>,
+    pub records: Vec<Record>,
 }
 
 /// What was on disk at start-up.
@@ -67,4 +85,10 @@ pub enum StoreError {
         "the journal could not be written and its end could not be repaired ({0}); restart stagegate to recover"
     )]
     Poisoned(String),
+    #[error("another replica journaled revision {revision} first")]
+    Conflict { revision: u64 },
+    #[error("{0}; the change was not made")]
+    Unavailable(String),
+    #[error("etcd holds an unreadable {what}: {message}")]
+    CorruptRecord { what: String, message: String },
 }

@@ -1,0 +1,313 @@
+//! Several replicas on one etcd (`[store] kind = "etcd"`), against a real etcd
+//! server: a change through one replica is served by the others, and changes
+//! racing through different replicas leave one production version and every
+//! acknowledged change in the history every replica shows.
+
+mod common;
+#[path = "common/etcd_server.rs"]
+mod etcd_server;
+
+use std::time::{Duration, Instant};
+
+use common::{FakeUpstream, TestGateway, admin};
+use etcd_server::EtcdServer;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// How long replicas may take to agree: a watch event and one read.
+const CONVERGED_WITHIN: Duration = Duration::from_secs(10);
+/// The replicas' bound on one etcd call.
+const DIAL_TIMEOUT_MS: u64 = 500;
+
+fn config(etcd: &EtcdServer, prefix: &str, upstreams: &[FakeUpstream]) -> String {
+    let mut text = format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\n\
+         dial_timeout_ms = {DIAL_TIMEOUT_MS}\n\n[[models]]\nname = \"fraud\"\n",
+        etcd.url()
+    );
+    let stages = ["production", "staging", "staging", "staging"];
+    for (i, upstream) in upstreams.iter().enumerate() {
+        text.push_str(&format!(
+            "[[models.versions]]\nversion = \"{}\"\nstage = \"{}\"\nendpoints = [\"{}\"]\n",
+            i + 1,
+            stages[i],
+            upstream.url()
+        ));
+    }
+    text
+}
+
+async fn upstreams(n: usize) -> Vec<FakeUpstream> {
+    let mut all = Vec::with_capacity(n);
+    for i in 1..=n {
+        all.push(FakeUpstream::start(&format!("v{i}")).await);
+    }
+    all
+}
+
+async fn replicas(config: &str, n: usize) -> Vec<TestGateway> {
+    let mut all = Vec::with_capacity(n);
+    for _ in 0..n {
+        all.push(common::gateway(config).await);
+    }
+    all
+}
+
+/// The stages `replica` serves, by version, and its journal revision.
+fn served(replica: &TestGateway) -> (Vec<(String, String)>, u64) {
+    let catalog = replica.published().load();
+    let catalog = catalog.catalog();
+    let model = catalog.model("fraud").expect("the model is served");
+    let stages = model
+        .versions
+        .iter()
+        .map(|v| (v.version.clone(), v.stage.as_str().to_string()))
+        .collect();
+    (stages, catalog.ledger.revision)
+}
+
+/// Waits until every replica serves what the first one does.
+async fn converged(replicas: &[TestGateway]) -> (Vec<(String, String)>, u64) {
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    loop {
+        let all: Vec<_> = replicas.iter().map(served).collect();
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            return all[0].clone();
+        }
+        assert!(Instant::now() < deadline, "replicas disagree: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn transition(replica: &TestGateway, version: &str, stage: &str) -> (StatusCode, Value) {
+    let path = format!("/api/v1/models/fraud/versions/{version}/transition");
+    let body = json!({ "stage": stage, "reason": format!("{stage} via a replica") });
+    let answer = admin(replica, Method::POST, &path, Some(body)).await;
+    (answer.status, answer.json())
+}
+
+async fn history(replica: &TestGateway) -> Vec<Value> {
+    let answer = admin(
+        replica,
+        Method::GET,
+        "/api/v1/models/fraud/history?limit=1000",
+        None,
+    )
+    .await;
+    answer.json()["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_replica_is_served_by_the_others() {
+    let etcd = EtcdServer::start();
+    let upstreams = upstreams(2).await;
+    let replicas = replicas(&config(&etcd, "/sg/follow", &upstreams), 3).await;
+    let (stages, revision) = converged(&replicas).await;
+    assert_eq!(
+        stages,
+        [
+            ("1".to_string(), "production".to_string()),
+            ("2".to_string(), "staging".to_string())
+        ]
+    );
+    assert_eq!(
+        revision, 2,
+        "each config version seeded once, by the first replica"
+    );
+
+    let (status, answer) = transition(&replicas[1], "2", "production").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (stages, revision) = converged(&replicas).await;
+    assert_eq!(
+        stages,
+        [
+            ("1".to_string(), "archived".to_string()),
+            ("2".to_string(), "production".to_string())
+        ]
+    );
+    assert_eq!(revision, 3);
+    // And the data plane of every replica routes to the new production version.
+    for replica in &replicas {
+        let url = common::infer_url(replica);
+        let answer = common::post(&url, &[]).await;
+        assert_eq!(answer.header("x-stagegate-version"), "2");
+    }
+    // A replica started later reads the whole state.
+    let late = common::gateway(&config(&etcd, "/sg/follow", &upstreams)).await;
+    assert_eq!(served(&late).1, 3);
+    for replica in replicas.into_iter().chain([late]) {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_changes_leave_one_production_version_and_every_acknowledged_change() {
+    let etcd = EtcdServer::start();
+    let upstreams = upstreams(4).await;
+    let replicas = replicas(&config(&etcd, "/sg/race", &upstreams), 2).await;
+    converged(&replicas).await;
+
+    let mut acknowledged = Vec::new();
+    for round in 0..15 {
+        // Two replicas promote different versions at the same instant.
+        let (a, b) = (["2", "3", "4"][round % 3], ["3", "4", "2"][round % 3]);
+        let (first, second) = tokio::join!(
+            transition(&replicas[0], a, "production"),
+            transition(&replicas[1], b, "production"),
+        );
+        for (status, answer) in [first, second] {
+            match status {
+                StatusCode::OK => acknowledged.push(answer["record"]["revision"].as_u64().unwrap()),
+                // Refused by the rules on the state the other made (already
+                // production, say): that is a refusal, not a loss.
+                StatusCode::CONFLICT => {}
+                other => panic!("{other}: {answer}"),
+            }
+        }
+        let (stages, _) = converged(&replicas).await;
+        let production: Vec<_> = stages.iter().filter(|(_, s)| s == "production").collect();
+        assert_eq!(production.len(), 1, "round {round}: {stages:?}");
+        // Put the archived versions back in staging for the next round.
+        for (version, stage) in stages {
+            if stage == "archived" {
+                let (status, answer) = transition(&replicas[round % 2], &version, "staging").await;
+                assert_eq!(status, StatusCode::OK, "{answer}");
+                acknowledged.push(answer["record"]["revision"].as_u64().unwrap());
+            }
+        }
+    }
+    let (_, revision) = converged(&replicas).await;
+    for replica in &replicas {
+        let revisions: Vec<u64> = history(replica)
+            .await
+            .iter()
+            .map(|e| e["revision"].as_u64().unwrap())
+            .collect();
+        assert_eq!(revisions.len() as u64, revision, "no gaps, no duplicates");
+        for acked in &acknowledged {
+            assert!(
+                revisions.contains(acked),
+                "acknowledged revision {acked} is in the history"
+            );
+        }
+    }
+    assert!(acknowledged.len() >= 15, "{acknowledged:?}");
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_replicas_journaling_the_same_revision_exactly_one_succeeds() {
+    use stagegate::config::store::StoreConfig;
+    use stagegate::registry::store::{EtcdStore, Store, StoreError};
+
+    let etcd = EtcdServer::start();
+    let upstreams = upstreams(2).await;
+    let text = config(&etcd, "/sg/cas", &upstreams);
+    let seeded = common::gateway(&text).await;
+    let revision = served(&seeded).1;
+    seeded.shutdown().await;
+
+    let parsed = stagegate::config::Config::parse(&text, "test").unwrap();
+    let StoreConfig::Etcd(etcd_config) = parsed.store else {
+        panic!("an etcd store")
+    };
+    let (mut a, mut b) = (
+        EtcdStore::open(&etcd_config).await.unwrap(),
+        EtcdStore::open(&etcd_config).await.unwrap(),
+    );
+    assert_eq!(a.loaded.ledger.revision, revision);
+    let history = a.loaded.ledger.model("fraud").unwrap().history.clone();
+    let mut record = (*history[history.len() - 1]).clone();
+    record.revision = revision + 1;
+    record.reason = "from A".into();
+    let mut other = record.clone();
+    other.reason = "from B".into();
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        (a.store.append(&record), b.store.append(&other), a, b)
+    })
+    .await
+    .map(|(x, y, a, b)| {
+        drop((a, b));
+        (x, y)
+    })
+    .unwrap();
+    assert!(first.is_ok(), "{first:?}");
+    assert!(
+        matches!(second, Err(StoreError::Conflict { revision: r }) if r == revision + 1),
+        "{second:?}"
+    );
+    // The one that lost reads the winner's record when it catches up.
+    let mut c = EtcdStore::open(&etcd_config).await.unwrap();
+    let caught = tokio::task::spawn_blocking(move || c.store.catch_up(revision))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(caught.records.len(), 1);
+    assert_eq!(caught.records[0].reason, "from A");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_the_data_plane_serves_and_writes_are_refused_quickly() {
+    let etcd = EtcdServer::start();
+    let upstreams = upstreams(2).await;
+    let replicas = replicas(&config(&etcd, "/sg/outage", &upstreams), 2).await;
+    converged(&replicas).await;
+
+    etcd.freeze();
+    let url = common::infer_url(&replicas[0]);
+    for _ in 0..50 {
+        let answer = common::post(&url, &[]).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "the data plane needs no etcd"
+        );
+        assert_eq!(answer.header("x-stagegate-version"), "1");
+    }
+    let started = Instant::now();
+    let (status, answer) = transition(&replicas[1], "2", "production").await;
+    let took = started.elapsed();
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")),
+        "{answer}"
+    );
+    // Refused within the dial timeout and a margin, never hanging.
+    assert!(
+        took < Duration::from_millis(DIAL_TIMEOUT_MS * 4),
+        "took {took:?}"
+    );
+    assert_eq!(
+        served(&replicas[1]).0[1].1,
+        "staging",
+        "nothing was applied"
+    );
+
+    etcd.thaw();
+    // The refused write may still land: its request was on its way when etcd
+    // froze, and etcd reads it when it wakes. Then the retry finds v2 in
+    // production already, which every replica shows.
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    loop {
+        let (status, answer) = transition(&replicas[1], "2", "production").await;
+        match (status, answer["code"].as_str()) {
+            (StatusCode::OK, _) | (StatusCode::CONFLICT, Some("already_in_stage")) => break,
+            _ => assert!(
+                Instant::now() < deadline,
+                "etcd did not come back: {answer}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (stages, _) = converged(&replicas).await;
+    assert_eq!(stages[1], ("2".to_string(), "production".to_string()));
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
