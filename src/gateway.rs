@@ -129,7 +129,8 @@ pub async fn start_on(
         compact_after: COMPACT_AFTER_RECORDS,
     });
     let following_stop = CancellationToken::new();
-    let following = opened
+    let opened_follow = opened.follow.clone();
+    let mut following = opened
         .follow
         .map(|follow| start_following(follow, registry.clone(), following_stop.clone()))
         .unwrap_or_default();
@@ -156,12 +157,30 @@ pub async fn start_on(
     // "draining" while in-flight requests finish.
     let admin_shutdown = CancellationToken::new();
     let readings = RolloutReadings::default();
-    let controller = Controller::new(
+    let mut controller = Controller::new(
         Arc::clone(&published),
         registry.clone(),
         readings.clone(),
         CONTROLLER_TICK,
     );
+    let mut store_up = None;
+    if let (Some((client, keys, _)), StoreConfig::Etcd(etcd)) = (&opened_follow, &config.store) {
+        let name = format!("{admin_addr}/{}", std::process::id());
+        let campaign = etcd::election::campaign(
+            Arc::clone(client),
+            keys.clone(),
+            etcd.lease_ttl,
+            name,
+            following_stop.clone(),
+        );
+        controller = controller.leading_while(campaign.leading);
+        following.push(campaign.task);
+        following.push(mirror_store_health(
+            campaign.store_up.clone(),
+            published.telemetry().clone(),
+        ));
+        store_up = Some(campaign.store_up);
+    }
     let controller_stop = CancellationToken::new();
     let controller = tokio::spawn(controller.run(controller_stop.clone()));
     // Started after seeding, so the sync reads a journal that owns every stage.
@@ -174,14 +193,17 @@ pub async fn start_on(
             sync_stop.clone(),
         )
     });
-    let admin_handler = Arc::new(Admin::new(
-        Arc::clone(&published),
-        registry.clone(),
-        readings,
-        Arc::clone(&ready),
-        tokens,
-        sync.as_ref().map(|(handle, _)| handle.clone()),
-    ));
+    let admin_handler = Arc::new(
+        Admin::new(
+            Arc::clone(&published),
+            registry.clone(),
+            readings,
+            Arc::clone(&ready),
+            tokens,
+            sync.as_ref().map(|(handle, _)| handle.clone()),
+        )
+        .with_store_health(store_up),
+    );
     let admin = tokio::spawn({
         let admin_shutdown = admin_shutdown.clone();
         async move { proxy::serve(admin, admin_handler, &limits, admin_shutdown).await }
@@ -327,6 +349,21 @@ fn start_following(
         }
     });
     vec![watch, catch_up]
+}
+
+/// Keeps `stagegate_store_up` in step with what the lease renewals find.
+fn mirror_store_health(
+    mut store_up: tokio::sync::watch::Receiver<bool>,
+    telemetry: Telemetry,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            telemetry.set_store_up(*store_up.borrow_and_update());
+            if store_up.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// SIGTERM or SIGINT. Installed before the gateway starts, so a signal that comes

@@ -7,6 +7,7 @@ mod common;
 #[path = "common/etcd_server.rs"]
 mod etcd_server;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{FakeUpstream, TestGateway, admin};
@@ -22,7 +23,7 @@ const DIAL_TIMEOUT_MS: u64 = 500;
 fn config(etcd: &EtcdServer, prefix: &str, upstreams: &[FakeUpstream]) -> String {
     let mut text = format!(
         "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\n\
-         dial_timeout_ms = {DIAL_TIMEOUT_MS}\n\n[[models]]\nname = \"fraud\"\n",
+         lease_ttl_s = 2\ndial_timeout_ms = {DIAL_TIMEOUT_MS}\n\n[[models]]\nname = \"fraud\"\n",
         etcd.url()
     );
     let stages = ["production", "staging", "staging", "staging"];
@@ -288,6 +289,23 @@ async fn without_etcd_the_data_plane_serves_and_writes_are_refused_quickly() {
         "staging",
         "nothing was applied"
     );
+    // Readiness stays up (the data plane serves) but says it is degraded.
+    let readyz = format!("http://{}/readyz", replicas[0].admin_addr());
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    loop {
+        let answer = common::send(&common::client(), Method::GET, &readyz, &[], "").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        if String::from_utf8_lossy(&answer.body).contains("degraded: etcd does not answer") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz never said degraded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        common::metrics(&replicas[0])
+            .await
+            .contains("stagegate_store_up 0")
+    );
 
     etcd.thaw();
     // The refused write may still land: its request was on its way when etcd
@@ -310,4 +328,129 @@ async fn without_etcd_the_data_plane_serves_and_writes_are_refused_quickly() {
     for replica in replicas {
         replica.shutdown().await;
     }
+}
+
+/// Whether `replica` runs the cluster's rollout controller, by its gauge.
+async fn leads(replica: &TestGateway) -> bool {
+    common::metrics(replica)
+        .await
+        .lines()
+        .any(|line| line == "stagegate_rollout_leader 1")
+}
+
+async fn rollout(replica: &TestGateway) -> Value {
+    admin(replica, Method::GET, "/api/v1/models/fraud/rollout", None)
+        .await
+        .json()
+}
+
+/// Waits until `done` holds for `replica`'s rollout status.
+async fn wait_rollout(replica: &TestGateway, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let status = rollout(replica).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_and_another_finishes_its_rollout_when_it_goes() {
+    let etcd = EtcdServer::start();
+    let upstreams = upstreams(2).await;
+    let text =
+        config(&etcd, "/sg/leader", &upstreams).replace("lease_ttl_s = 2", "lease_ttl_s = 1");
+    let replicas = replicas(&text, 2).await;
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    let leader = loop {
+        let leading = [leads(&replicas[0]).await, leads(&replicas[1]).await];
+        match leading {
+            [true, false] => break 0,
+            [false, true] => break 1,
+            [true, true] => panic!("two leaders"),
+            [false, false] => assert!(Instant::now() < deadline, "no leader"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let survivor = 1 - leader;
+
+    // Traffic to both replicas, then only to the survivor once the leader goes.
+    let targets = Arc::new(Mutex::new(vec![
+        common::infer_url(&replicas[0]),
+        common::infer_url(&replicas[1]),
+    ]));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn({
+        let (targets, stop) = (Arc::clone(&targets), stop.clone());
+        async move {
+            let client = common::client();
+            let mut n = 0usize;
+            while !stop.is_cancelled() {
+                let urls = targets.lock().unwrap().clone();
+                let url = &urls[n % urls.len()];
+                let user = format!("user-{n}");
+                common::send(&client, Method::POST, url, &[("x-user-id", &user)], "{}").await;
+                n += 1;
+            }
+        }
+    });
+    let plan = json!({
+        "candidate": "2", "steps": [20, 50, 100], "step_interval_s": 0.3,
+        "max_step_duration_s": 30.0, "min_requests": 20, "max_error_rate": 0.05,
+        "max_p99_ratio": "off", "max_latency_increase": "off", "reason": "leader test"
+    });
+    let started = admin(
+        &replicas[survivor],
+        Method::POST,
+        "/api/v1/models/fraud/rollout",
+        Some(plan),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.json());
+    wait_rollout(&replicas[survivor], "the second step", |s| {
+        s["step"].as_u64() >= Some(2)
+    })
+    .await;
+
+    *targets.lock().unwrap() = vec![common::infer_url(&replicas[survivor])];
+    let mut replicas = replicas;
+    let gone = replicas.remove(leader);
+    gone.shutdown().await;
+    let survivor = replicas.remove(0);
+    let done = wait_rollout(&survivor, "the rollout's end", |s| {
+        s["phase"] == "succeeded" || s["phase"] == "rolled_back"
+    })
+    .await;
+    assert_eq!(done["phase"], "succeeded", "{done:#}");
+    assert!(leads(&survivor).await, "the survivor took the lease");
+    stop.cancel();
+    let _ = traffic.await;
+
+    // Every step was decided once, in order, whoever decided it.
+    let steps: Vec<(u64, String)> = history(&survivor)
+        .await
+        .iter()
+        .rev()
+        .filter_map(|e| {
+            let r = &e["rollout"];
+            (e["action"] == "rollout").then(|| {
+                (
+                    r["step"].as_u64().unwrap(),
+                    r["phase"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect();
+    let mut unique = steps.clone();
+    unique.dedup();
+    assert_eq!(unique, steps, "a decision was applied twice: {steps:?}");
+    assert_eq!(
+        steps.last().map(|s| s.1.as_str()),
+        Some("succeeded"),
+        "{steps:?}"
+    );
+    survivor.shutdown().await;
 }

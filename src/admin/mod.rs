@@ -46,6 +46,8 @@ pub struct Admin {
     ready: Arc<AtomicBool>,
     tokens: Arc<ArcSwap<Tokens>>,
     sync: Option<SyncHandle>,
+    /// With a shared store: whether etcd answers (for `/readyz`).
+    store_up: Option<tokio::sync::watch::Receiver<bool>>,
     api: Api,
 }
 
@@ -67,7 +69,17 @@ impl Admin {
             ready,
             tokens,
             sync,
+            store_up: None,
         }
+    }
+
+    /// Makes `/readyz` say "degraded" while `store_up` is false.
+    pub fn with_store_health(
+        mut self,
+        store_up: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Admin {
+        self.store_up = store_up;
+        self
     }
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Bytes> {
@@ -137,7 +149,14 @@ impl Admin {
     }
 
     fn readiness(&self) -> Response<Bytes> {
-        if self.ready.load(Ordering::Acquire) {
+        let store_down = self.store_up.as_ref().is_some_and(|up| !*up.borrow());
+        if self.ready.load(Ordering::Acquire) && store_down {
+            // Still ready: the data plane serves the last table without etcd.
+            text(
+                StatusCode::OK,
+                "ready\ndegraded: etcd does not answer; serving the last routing table, changes are refused\n",
+            )
+        } else if self.ready.load(Ordering::Acquire) {
             text(StatusCode::OK, "ready\n")
         } else {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")

@@ -50,6 +50,13 @@ impl RolloutReadings {
             .cloned()
     }
 
+    fn clear(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     fn set(&self, model: &str, readings: Readings) {
         self.0
             .lock()
@@ -61,6 +68,8 @@ impl RolloutReadings {
 pub struct Controller {
     published: Arc<Published>,
     registry: Registry,
+    /// Whether this replica runs the cluster's controller (always, with one replica).
+    leading: tokio::sync::watch::Receiver<bool>,
     readings: RolloutReadings,
     windows: Windows,
     epoch: Instant,
@@ -77,11 +86,20 @@ impl Controller {
         Controller {
             published,
             registry,
+            // Alone, a replica always leads.
+            leading: tokio::sync::watch::channel(true).1,
             readings,
             windows: Windows::default(),
             epoch: Instant::now(),
             tick,
         }
+    }
+
+    /// Decides only while `leading` says this replica leads the cluster; as a
+    /// follower it measures nothing and its readings are cleared.
+    pub fn leading_while(mut self, leading: tokio::sync::watch::Receiver<bool>) -> Controller {
+        self.leading = leading;
+        self
     }
 
     /// Runs until `stop` is cancelled.
@@ -91,7 +109,17 @@ impl Controller {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = ticks.tick() => self.tick().await,
+                _ = ticks.tick() => {
+                    let leading = *self.leading.borrow();
+                    self.published.telemetry().set_rollout_leader(leading);
+                    if leading {
+                        self.tick().await;
+                    } else {
+                        // A new leader starts its windows afresh.
+                        self.windows = Windows::default();
+                        self.readings.clear();
+                    }
+                }
             }
         }
     }

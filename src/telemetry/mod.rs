@@ -33,6 +33,8 @@ pub mod names {
     pub const SHADOW_LATENCY_SECONDS: &str = "stagegate_shadow_latency_seconds";
     pub const CANARY_WEIGHT: &str = "stagegate_canary_weight";
     pub const ROLLOUT_PHASE: &str = "stagegate_rollout_phase";
+    pub const STORE_UP: &str = "stagegate_store_up";
+    pub const ROLLOUT_LEADER: &str = "stagegate_rollout_leader";
     pub const ROLLOUT_GATE_FAILURES_TOTAL: &str = "stagegate_rollout_gate_failures_total";
     pub const ROLLOUT_STEPS_TOTAL: &str = "stagegate_rollout_steps_total";
     pub const REGISTRY_SYNCS_TOTAL: &str = "stagegate_registry_syncs_total";
@@ -290,6 +292,24 @@ impl Telemetry {
         }
     }
 
+    /// Whether the shared store answered its last call (1) or not (0).
+    pub fn set_store_up(&self, up: bool) {
+        let gauge = self
+            .inner
+            .recorder
+            .register_gauge(&key(names::STORE_UP, &[]), &METADATA);
+        gauge.set(f64::from(u8::from(up)));
+    }
+
+    /// Whether this replica runs the cluster's rollout controller.
+    pub fn set_rollout_leader(&self, leader: bool) {
+        let gauge = self
+            .inner
+            .recorder
+            .register_gauge(&key(names::ROLLOUT_LEADER, &[]), &METADATA);
+        gauge.set(f64::from(u8::from(leader)));
+    }
+
     pub fn rollout_gate_failure(&self, model: &str, gate: &str) {
         let labels = [("model", model), ("gate", gate)];
         self.counter(names::ROLLOUT_GATE_FAILURES_TOTAL, &labels)
@@ -473,6 +493,16 @@ fn describe(recorder: &PrometheusRecorder) {
         names::ROLLOUT_PHASE.into(),
         None,
         "1 for the phase a model's rollout is in, 0 for the others.".into(),
+    );
+    recorder.describe_gauge(
+        names::STORE_UP.into(),
+        None,
+        "1 while the shared store (etcd) answers, 0 while it does not.".into(),
+    );
+    recorder.describe_gauge(
+        names::ROLLOUT_LEADER.into(),
+        None,
+        "1 on the replica that holds the cluster's lease and runs the rollout controller.".into(),
     );
     sampled::describe(recorder);
     llm::describe(recorder);

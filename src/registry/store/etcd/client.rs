@@ -128,6 +128,55 @@ impl EtcdClient {
         self.txn(compare, success).await
     }
 
+    /// Puts `key` bound to `lease` if it does not exist; whether it did.
+    pub async fn create_leased(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+    ) -> Result<bool, EtcdError> {
+        let compare = vec![json!({ "key": STANDARD.encode(key), "target": "CREATE",
+                                   "result": "EQUAL", "create_revision": "0" })];
+        let mut put = put(key, value);
+        put["request_put"]["lease"] = json!(lease.to_string());
+        Ok(self.txn(compare, vec![put]).await?.0)
+    }
+
+    /// A lease of `ttl`; its id.
+    pub async fn grant(&self, ttl: Duration) -> Result<i64, EtcdError> {
+        let body = json!({ "TTL": ttl.as_secs().max(1).to_string() });
+        let answer = self.call("lease grant", "/v3/lease/grant", body).await?;
+        number(&answer["ID"]).ok_or_else(|| EtcdError::Malformed("no ID".into(), "lease grant"))
+    }
+
+    /// Renews `lease`; the seconds it has left, 0 once it has expired.
+    pub async fn keep_alive(&self, lease: i64) -> Result<i64, EtcdError> {
+        let body = json!({ "ID": lease.to_string() });
+        let (_, response) = self
+            .send("lease keepalive", "/v3/lease/keepalive", &body)
+            .await?;
+        let mut answers = Watch {
+            body: response.into_body(),
+            carry: Vec::new(),
+        };
+        // The gateway streams one answer per request it relays: the first is ours.
+        let first = tokio::time::timeout(self.timeout, answers.next())
+            .await
+            .map_err(|_| {
+                EtcdError::Unreachable(format!("no keepalive answer within {:?}", self.timeout))
+            })??;
+        let result = first.as_ref().map(|a| &a["result"]);
+        Ok(result.and_then(|r| number(&r["TTL"])).unwrap_or(0))
+    }
+
+    /// Ends `lease` now (its keys go with it).
+    pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
+        let body = json!({ "ID": lease.to_string() });
+        self.call("lease revoke", "/v3/lease/revoke", body)
+            .await
+            .map(drop)
+    }
+
     async fn txn(
         &self,
         compare: Vec<Value>,

@@ -10,6 +10,7 @@
 //! ([`follow`]).
 
 mod client;
+pub mod election;
 pub mod follow;
 
 pub use client::{EtcdClient, EtcdError};
@@ -47,6 +48,11 @@ impl Keys {
 
     pub fn snapshot(&self) -> Vec<u8> {
         format!("{}/snapshot", self.prefix).into_bytes()
+    }
+
+    /// Held by the replica that runs the rollout controller.
+    pub fn leader(&self) -> Vec<u8> {
+        format!("{}/leader", self.prefix).into_bytes()
     }
 
     /// Every key of the cluster: `[prefix/, prefix0)`.
