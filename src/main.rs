@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use stagegate::config::store::StoreConfig;
 use stagegate::config::{Config, ConfigError, defaults};
 use stagegate::ctl::CtlArgs;
 use stagegate::demo;
 use stagegate::demo::scenario::Scenario;
 use stagegate::gateway::{self, GatewayError, ShutdownSignal};
+use stagegate::registry::store::{FileStore, etcd};
 
 /// mimalloc instead of the system allocator: each request allocates buffers,
 /// headers and futures of many sizes on every worker thread, which glibc serves from
@@ -44,6 +46,11 @@ enum Command {
     },
     /// Talk to a running gateway's admin API (token from STAGEGATE_ADMIN_TOKEN).
     Ctl(CtlArgs),
+    /// Manage the control-plane store.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Run demo model servers and a gateway in front of them.
     Demo {
         #[arg(long, default_value = defaults::LISTEN)]
@@ -53,6 +60,19 @@ enum Command {
         /// `rollout` and `bad-canary` drive demo traffic through a rollout and exit.
         #[arg(long, value_enum, default_value = "interactive")]
         scenario: Scenario,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Copy a file state directory into the config's (empty) etcd prefix.
+    Migrate {
+        /// The config whose `[store]` names the etcd cluster and prefix.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The state directory to copy (no gateway may be running on it).
+        #[arg(long)]
+        from_dir: PathBuf,
     },
 }
 
@@ -68,6 +88,43 @@ fn main() -> ExitCode {
             scenario,
         } => run_demo(listen, admin_listen, scenario),
         Command::Ctl(args) => ctl(&args),
+        Command::Store {
+            action: StoreAction::Migrate { config, from_dir },
+        } => migrate(&config, &from_dir),
+    }
+}
+
+fn migrate(path: &Path, from_dir: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => return config_failed(&error),
+    };
+    let StoreConfig::Etcd(etcd) = &config.store else {
+        return failed(&format!(
+            "{}: [store] is not kind = \"etcd\"; there is nothing to migrate into",
+            path.display()
+        ));
+    };
+    let loaded = match FileStore::open(from_dir) {
+        Ok((_, loaded)) => loaded,
+        Err(error) => return failed(&error.to_string()),
+    };
+    let runtime = match runtime(1) {
+        Ok(runtime) => runtime,
+        Err(error) => return failed(&format!("cannot start the runtime: {error}")),
+    };
+    match runtime.block_on(etcd::migrate(etcd, &loaded.ledger)) {
+        Ok(()) => {
+            println!(
+                "copied {} (revision {}, {} models) into etcd prefix {}",
+                from_dir.display(),
+                loaded.ledger.revision,
+                loaded.ledger.models.len(),
+                etcd.prefix
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => failed(&error.to_string()),
     }
 }
 

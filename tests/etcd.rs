@@ -454,3 +454,66 @@ async fn one_replica_leads_and_another_finishes_its_rollout_when_it_goes() {
     );
     survivor.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_migrates_into_an_empty_prefix_only() {
+    let etcd = EtcdServer::start();
+    let upstreams = upstreams(2).await;
+    let etcd_config = config(&etcd, "/sg/migrated", &upstreams);
+    // A file-store gateway with some history of its own.
+    let file_config = etcd_config[etcd_config.find("[[models]]").unwrap()..].to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let single = common::gateway_in(&file_config, dir.path()).await;
+    let answer = admin(
+        &single,
+        Method::POST,
+        "/api/v1/models/fraud/versions/2/transition",
+        Some(json!({ "stage": "production", "reason": "before the move" })),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    single.shutdown().await;
+
+    let config_file = dir.path().join("etcd.toml");
+    std::fs::write(&config_file, &etcd_config).unwrap();
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stagegate"))
+            .args(["store", "migrate", "--config"])
+            .arg(&config_file)
+            .arg("--from-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let first = migrate();
+    assert!(first.status.success(), "{first:?}");
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("revision 3"),
+        "{first:?}"
+    );
+    let again = migrate();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds"),
+        "{again:?}"
+    );
+
+    let replica = common::gateway(&etcd_config).await;
+    assert_eq!(
+        served(&replica),
+        (
+            vec![
+                ("1".to_string(), "archived".to_string()),
+                ("2".to_string(), "production".to_string())
+            ],
+            3
+        )
+    );
+    let reasons: Vec<Value> = history(&replica)
+        .await
+        .iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(reasons[0], "before the move", "{reasons:?}");
+    replica.shutdown().await;
+}

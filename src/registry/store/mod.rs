@@ -89,6 +89,10 @@ pub enum StoreError {
     Conflict { revision: u64 },
     #[error("{0}; the change was not made")]
     Unavailable(String),
+    #[error(
+        "etcd prefix {prefix} already holds {keys} key(s); migrate only into an empty prefix (or pick another store.prefix)"
+    )]
+    NotEmpty { prefix: String, keys: usize },
     #[error("etcd holds an unreadable {what}: {message}")]
     CorruptRecord { what: String, message: String },
 }

@@ -200,6 +200,35 @@ impl Store for EtcdStore {
     }
 }
 
+/// Copies `ledger` (a state directory's whole state, history included) into
+/// the configured prefix as its snapshot; refuses a prefix that holds anything.
+pub async fn migrate(config: &EtcdConfig, ledger: &Ledger) -> Result<(), StoreError> {
+    let client = EtcdClient::new(config);
+    let keys = Keys::new(&config.prefix);
+    let (start, end) = keys.range();
+    let (_, held) = client
+        .range(&start, Some(&end), 0)
+        .await
+        .map_err(unavailable)?;
+    if !held.is_empty() {
+        return Err(StoreError::NotEmpty {
+            prefix: config.prefix.clone(),
+            keys: held.len(),
+        });
+    }
+    let value = serde_json::to_vec(ledger).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    // Created only if still absent (a second migration racing this one loses).
+    let puts = [(keys.snapshot(), value)];
+    let (created, _) = client.create(&puts).await.map_err(unavailable)?;
+    if !created {
+        return Err(StoreError::NotEmpty {
+            prefix: config.prefix.clone(),
+            keys: 1,
+        });
+    }
+    Ok(())
+}
+
 struct State {
     snapshot: Option<Ledger>,
     snapshot_revision: i64,
