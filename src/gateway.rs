@@ -164,6 +164,8 @@ pub async fn start_on(
         CONTROLLER_TICK,
     );
     let mut store_up = None;
+    // Alone, a replica always leads.
+    let mut leading = tokio::sync::watch::channel(true).1;
     if let (Some((client, keys, _)), StoreConfig::Etcd(etcd)) = (&opened_follow, &config.store) {
         let name = format!("{admin_addr}/{}", std::process::id());
         let campaign = etcd::election::campaign(
@@ -173,6 +175,7 @@ pub async fn start_on(
             name,
             following_stop.clone(),
         );
+        leading = campaign.leading.clone();
         controller = controller.leading_while(campaign.leading);
         following.push(campaign.task);
         following.push(mirror_store_health(
@@ -190,6 +193,7 @@ pub async fn start_on(
             source,
             Arc::clone(&published),
             registry.clone(),
+            leading.clone(),
             sync_stop.clone(),
         )
     });

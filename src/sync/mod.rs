@@ -48,6 +48,8 @@ pub const ACTOR: &str = "mlflow";
 const JOURNAL_CHECK: Duration = Duration::from_millis(100);
 /// The first retry after a failure; it doubles up to the poll interval.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// How often a follower looks whether it has become the leader.
+const FOLLOWER_CHECK: Duration = Duration::from_millis(500);
 /// Changes (besides journaling what MLflow shows) one sync may make to one model
 /// before it stops and says so: this many, plus two per slot MLflow shows.
 const BASE_CHANGES_PER_SYNC: usize = 8;
@@ -112,14 +114,18 @@ pub struct Syncer {
     published: Arc<Published>,
     registry: Registry,
     status: Arc<ArcSwap<SyncStatus>>,
+    /// Only the cluster's leader polls MLflow and writes back (always true alone).
+    leading: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Syncer {
-    /// Starts the sync task; it runs until `stop`.
+    /// Starts the sync task; it runs until `stop`, and syncs only while
+    /// `leading` says this replica leads the cluster.
     pub fn spawn(
         source: RegistrySource,
         published: Arc<Published>,
         registry: Registry,
+        leading: tokio::sync::watch::Receiver<bool>,
         stop: CancellationToken,
     ) -> (SyncHandle, tokio::task::JoinHandle<()>) {
         let status = SyncStatus {
@@ -151,6 +157,7 @@ impl Syncer {
             published,
             registry,
             status,
+            leading,
         };
         (handle, tokio::spawn(syncer.run(inbox, stop)))
     }
@@ -184,6 +191,15 @@ impl Syncer {
             while let Ok(request) = inbox.try_recv() {
                 waiters.extend(request);
             }
+            if !*self.leading.borrow() {
+                // The leader syncs; this replica follows its records.
+                self.set_following();
+                for waiter in waiters {
+                    let _ = waiter.send(());
+                }
+                next_poll = Instant::now() + self.source.poll_interval.min(FOLLOWER_CHECK);
+                continue;
+            }
             // A sync waiting on a slow MLflow must not hold up a shutdown.
             let ok = tokio::select! {
                 biased;
@@ -203,6 +219,14 @@ impl Syncer {
                 wait
             };
             next_poll = Instant::now() + wait;
+        }
+    }
+
+    fn set_following(&self) {
+        if self.status.load().state != "following" {
+            let mut status = (*self.status.load_full()).clone();
+            status.state = "following";
+            self.status.store(Arc::new(status));
         }
     }
 
