@@ -517,3 +517,46 @@ async fn a_state_directory_migrates_into_an_empty_prefix_only() {
     assert_eq!(reasons[0], "before the move", "{reasons:?}");
     replica.shutdown().await;
 }
+
+/// The convergence figure in the README: from a change's 2xx on replica A to
+/// the new routing table on replica B. A measurement, not a check:
+/// `cargo test --release --test etcd -- --ignored convergence --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it by name"]
+async fn convergence() {
+    let etcd = EtcdServer::start();
+    let upstreams = upstreams(3).await;
+    let replicas = replicas(&config(&etcd, "/sg/converge", &upstreams), 2).await;
+    converged(&replicas).await;
+    let mut delays = Vec::new();
+    for round in 0..200 {
+        let version = ["2", "3"][round % 2];
+        let stage = if round % 4 < 2 {
+            "production"
+        } else {
+            "staging"
+        };
+        let (status, answer) = transition(&replicas[0], version, stage).await;
+        let acked = Instant::now();
+        if status != StatusCode::OK {
+            continue;
+        }
+        let revision = answer["record"]["revision"].as_u64().unwrap();
+        while replicas[1].published().load().catalog().ledger.revision < revision {
+            tokio::task::yield_now().await;
+        }
+        delays.push(acked.elapsed());
+    }
+    delays.sort();
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
+    println!(
+        "convergence over {} changes: p50 {:?}, p99 {:?}, max {:?}",
+        delays.len(),
+        at(0.5),
+        at(0.99),
+        delays[delays.len() - 1]
+    );
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
