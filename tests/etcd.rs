@@ -22,9 +22,9 @@ const DIAL_TIMEOUT_MS: u64 = 500;
 
 fn config(etcd: &EtcdServer, prefix: &str, upstreams: &[FakeUpstream]) -> String {
     let mut text = format!(
-        "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\n\
+        "[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\n\
          lease_ttl_s = 2\ndial_timeout_ms = {DIAL_TIMEOUT_MS}\n\n[[models]]\nname = \"fraud\"\n",
-        etcd.url()
+        etcd.urls()
     );
     let stages = ["production", "staging", "staging", "staging"];
     for (i, upstream) in upstreams.iter().enumerate() {
@@ -556,6 +556,47 @@ async fn convergence() {
         at(0.99),
         delays[delays.len() - 1]
     );
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_of_three_members_changes_nothing_and_losing_two_refuses_writes() {
+    let mut etcd = EtcdServer::cluster(3);
+    let upstreams = upstreams(3).await;
+    let replicas = replicas(&config(&etcd, "/sg/quorum", &upstreams), 2).await;
+    converged(&replicas).await;
+
+    // The member the replicas talk to first goes: the others still have quorum.
+    etcd.kill(0);
+    let (status, answer) = transition(&replicas[0], "2", "production").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (stages, _) = converged(&replicas).await;
+    assert_eq!(stages[1], ("2".to_string(), "production".to_string()));
+
+    // One of three left: no quorum. Predictions are served, writes refused in time.
+    etcd.kill(1);
+    let url = common::infer_url(&replicas[1]);
+    for _ in 0..20 {
+        let answer = common::post(&url, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("x-stagegate-version"), "2");
+    }
+    let started = Instant::now();
+    let (status, answer) = transition(&replicas[1], "3", "production").await;
+    let took = started.elapsed();
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")),
+        "{answer}"
+    );
+    assert!(
+        took < Duration::from_millis(DIAL_TIMEOUT_MS * 4),
+        "took {took:?}"
+    );
+    let (stages, _) = converged(&replicas).await;
+    assert_eq!(stages[1], ("2".to_string(), "production".to_string()));
     for replica in replicas {
         replica.shutdown().await;
     }

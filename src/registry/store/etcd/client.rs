@@ -6,7 +6,8 @@
 //! numbers as strings, as proto3's JSON mapping has them).
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -60,7 +61,12 @@ pub struct EtcdClient {
     auth: Option<(String, crate::config::registry::Secret)>,
     /// The token `auth/authenticate` gave, while it is good.
     token: Mutex<Option<String>>,
+    /// The endpoint that answered last, tried first.
+    preferred: AtomicUsize,
 }
+
+/// The least time an endpoint gets before the next is tried.
+const MIN_SHARE: Duration = Duration::from_millis(100);
 
 impl EtcdClient {
     pub fn new(config: &EtcdConfig) -> EtcdClient {
@@ -73,6 +79,7 @@ impl EtcdClient {
             timeout: config.dial_timeout,
             auth: config.auth.clone(),
             token: Mutex::new(None),
+            preferred: AtomicUsize::new(0),
         }
     }
 
@@ -237,7 +244,10 @@ impl EtcdClient {
         Ok(answer)
     }
 
-    /// Sends to the first endpoint that answers within the timeout.
+    /// Sends to the first endpoint that answers, starting with the one that
+    /// answered last. All of it within the dial timeout: each endpoint gets a
+    /// share of it, so one hung member cannot use it all up, and a write etcd
+    /// cannot take is refused in time whatever the number of members.
     async fn send(
         &self,
         what: &'static str,
@@ -245,13 +255,26 @@ impl EtcdClient {
         body: &Value,
     ) -> Result<(String, http::Response<Incoming>), EtcdError> {
         let token = self.token(what).await?;
+        let deadline = Instant::now() + self.timeout;
+        let count = self.endpoints.len();
+        let share = (self.timeout / u32::try_from(count).unwrap_or(u32::MAX)).max(MIN_SHARE);
+        let first = self.preferred.load(Ordering::Relaxed);
         let mut failures = Vec::new();
-        for endpoint in &self.endpoints {
+        for index in (0..count).map(|k| (first + k) % count) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let endpoint = &self.endpoints[index];
             let request = request(endpoint, path, body, token.as_deref());
-            match tokio::time::timeout(self.timeout, self.http.request(request)).await {
-                Ok(Ok(response)) => return Ok((endpoint.to_string(), response)),
+            let wait = share.min(left);
+            match tokio::time::timeout(wait, self.http.request(request)).await {
+                Ok(Ok(response)) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok((endpoint.to_string(), response));
+                }
                 Ok(Err(error)) => failures.push(format!("{endpoint}: {error}")),
-                Err(_) => failures.push(format!("{endpoint}: no answer within {:?}", self.timeout)),
+                Err(_) => failures.push(format!("{endpoint}: no answer within {wait:?}")),
             }
         }
         Err(EtcdError::Unreachable(failures.join("; ")))
