@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod changes;
 pub mod child;
 pub mod process;
 pub mod traffic;
