@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::admin::auth::{AuthError, Tokens};
+use crate::cluster;
 use crate::config::Config;
 use crate::config::store::StoreConfig;
 use crate::proxy::{self, Drained, Proxy};
@@ -21,7 +22,7 @@ use crate::registry::merge::merge;
 use crate::registry::store::etcd::{self, EtcdClient, EtcdStore, Keys};
 use crate::registry::store::{COMPACT_AFTER_RECORDS, FileStore, Loaded, Store, StoreError};
 use crate::registry::{Catalog, Published, Registry, ReloadHook, Writer, WriterStop};
-use crate::rollout::{Controller, RolloutReadings};
+use crate::rollout::{Controller, RemoteStats, RolloutReadings};
 use crate::routing::Router;
 use crate::sync::{SyncHandle, Syncer};
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
@@ -167,16 +168,28 @@ pub async fn start_on(
     // Alone, a replica always leads.
     let mut leading = tokio::sync::watch::channel(true).1;
     if let (Some((client, keys, _)), StoreConfig::Etcd(etcd)) = (&opened_follow, &config.store) {
-        let name = format!("{admin_addr}/{}", std::process::id());
+        let name = format!("{admin_addr}-{}", std::process::id());
         let campaign = etcd::election::campaign(
             Arc::clone(client),
             keys.clone(),
             etcd.lease_ttl,
-            name,
+            name.clone(),
             following_stop.clone(),
         );
         leading = campaign.leading.clone();
-        controller = controller.leading_while(campaign.leading);
+        let remote = RemoteStats::default();
+        let exchange = cluster::Exchange {
+            client: Arc::clone(client),
+            keys: keys.clone(),
+            replica: name.clone(),
+            lease: campaign.lease.clone(),
+            published: Arc::clone(&published),
+            remote: remote.clone(),
+        };
+        following.push(cluster::spawn(exchange, following_stop.clone()));
+        controller = controller
+            .leading_while(campaign.leading)
+            .with_remote(remote);
         following.push(campaign.task);
         following.push(mirror_store_health(
             campaign.store_up.clone(),

@@ -30,11 +30,13 @@
 //!   measuring LLM answers as they stream; gRPC calls are routed by the model
 //!   their first message names and forwarded over HTTP/2).
 //! - Control plane: [`registry`] (the transition rules, the durable journal and
-//!   snapshot, the single writer, and [`registry::Published`]: the catalog
-//!   published together with the table built from it), [`rollout`] (the
-//!   controller that steps canaries through a plan while their confidence-bound
-//!   gates hold), [`sync`] (following MLflow), [`admin`] (`/healthz`, `/readyz`,
-//!   `/metrics`, the JSON admin API under `/api/v1`, and the status page at `/`).
+//!   snapshot in a state directory or in etcd, the single writer, and
+//!   [`registry::Published`]: the catalog published together with the table
+//!   built from it), [`rollout`] (the controller that steps canaries through a
+//!   plan while their confidence-bound gates hold), [`sync`] (following MLflow),
+//!   [`admin`] (`/healthz`, `/readyz`, `/metrics`, the JSON admin API under
+//!   `/api/v1`, and the status page at `/`), and above them [`cluster`]
+//!   (replicas on one etcd sharing their measurements with the leader).
 //! - [`gateway`] wires the parts together; [`ctl`] is `stagegate ctl`; [`demo`]
 //!   is `stagegate demo`; [`fuzzing`] holds the fuzz targets' entry points.
 //!
@@ -43,6 +45,7 @@
 //! state.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod demo;

@@ -717,3 +717,70 @@ async fn every_acknowledged_change_survives_kill_9_of_any_replica() {
 async fn soak_every_acknowledged_change_survives_kill_9_of_any_replica() {
     replica_crash_rounds(500).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_failing_only_on_a_follower_is_rolled_back_by_the_leader() {
+    let etcd = EtcdServer::start();
+    let production = FakeUpstream::start("v1").await;
+    let failing = FakeUpstream::with("v2", common::Behaviour::Status(500)).await;
+    let text = config(&etcd, "/sg/merged", &[production, failing]);
+    let replicas = replicas(&text, 2).await;
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    let follower = loop {
+        match [leads(&replicas[0]).await, leads(&replicas[1]).await] {
+            [true, false] => break 1,
+            [false, true] => break 0,
+            other => assert!(Instant::now() < deadline, "no single leader: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let plan = json!({
+        "candidate": "2", "steps": [50, 100], "step_interval_s": 0.3,
+        "max_step_duration_s": 600.0, "min_requests": 20, "max_error_rate": 0.05,
+        "max_p99_ratio": "off", "max_latency_increase": "off", "reason": "merged gates"
+    });
+    let started = admin(
+        &replicas[follower],
+        Method::POST,
+        "/api/v1/models/fraud/rollout",
+        Some(plan),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.json());
+    // Only the follower serves traffic: the leader's own counts stay at zero.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn({
+        let (url, stop) = (common::infer_url(&replicas[follower]), stop.clone());
+        async move {
+            let client = common::client();
+            let mut n = 0usize;
+            while !stop.is_cancelled() {
+                let user = format!("user-{n}");
+                common::send(&client, Method::POST, &url, &[("x-user-id", &user)], "{}").await;
+                n += 1;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let done = loop {
+        // The leader must stay the leader: its own counts are zero, so only the
+        // follower's, merged in, can fail the candidate.
+        assert!(leads(&replicas[1 - follower]).await, "leadership moved");
+        let status = rollout(&replicas[follower]).await;
+        if status["phase"] == "rolled_back" || status["phase"] == "succeeded" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no decision: {status:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.cancel();
+    let _ = traffic.await;
+    assert_eq!(done["phase"], "rolled_back", "{done:#}");
+    assert_eq!(
+        done["rollout"]["failed_gate"]["gate"], "error_rate",
+        "rolled back by the error gate on the follower's errors: {done:#}"
+    );
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}

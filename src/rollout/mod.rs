@@ -11,10 +11,12 @@
 //! - [`confidence`]: bounds that stay valid however often they are looked at;
 //! - [`gates`]: each gate's pass, fail or wait, with its interval;
 //! - [`step`]: what a look decides (advance, fail, hold);
-//! - [`window`]: where each window began, with the clock passed in.
+//! - [`window`]: where each window began, with the clock passed in;
+//! - [`remote`]: the other replicas' counts, added to this one's.
 
 pub mod confidence;
 pub mod gates;
+pub mod remote;
 #[cfg(test)]
 mod samples;
 pub mod step;
@@ -31,6 +33,7 @@ use crate::registry::Published;
 use crate::registry::{Command, Decision, Registry, Rollout, failure_reason};
 use crate::routing::stats::StatsSnapshot;
 use crate::routing::{ModelRoutes, ServedStage};
+pub use remote::RemoteStats;
 pub use step::Readings;
 use window::{Counters, Windows};
 
@@ -70,6 +73,8 @@ pub struct Controller {
     registry: Registry,
     /// Whether this replica runs the cluster's controller (always, with one replica).
     leading: tokio::sync::watch::Receiver<bool>,
+    /// What the other replicas measured (nothing, with one replica).
+    remote: RemoteStats,
     readings: RolloutReadings,
     windows: Windows,
     epoch: Instant,
@@ -88,6 +93,7 @@ impl Controller {
             registry,
             // Alone, a replica always leads.
             leading: tokio::sync::watch::channel(true).1,
+            remote: RemoteStats::default(),
             readings,
             windows: Windows::default(),
             epoch: Instant::now(),
@@ -99,6 +105,12 @@ impl Controller {
     /// follower it measures nothing and its readings are cleared.
     pub fn leading_while(mut self, leading: tokio::sync::watch::Receiver<bool>) -> Controller {
         self.leading = leading;
+        self
+    }
+
+    /// Judges on this replica's counts plus the other replicas' (`remote`).
+    pub fn with_remote(mut self, remote: RemoteStats) -> Controller {
+        self.remote = remote;
         self
     }
 
@@ -151,7 +163,10 @@ impl Controller {
             let Some(rollout) = model.rollout.as_ref().filter(|r| !r.phase.is_final()) else {
                 // No rollout: keep production's record for the next one.
                 if let Some(production) = routes.production() {
-                    let stats = || production.stats.snapshot();
+                    let route =
+                        route_key(&model.name, production.version(), ServedStage::Production);
+                    let remote = &self.remote;
+                    let stats = || remote.merged(&route, production.stats.snapshot());
                     self.windows
                         .remember(&model.name, production.version(), now, stats);
                 }
@@ -187,9 +202,10 @@ impl Controller {
     ) -> (Option<Decision>, Readings) {
         // A route that does not exist (yet) has served nothing.
         let snapshot = |stage: ServedStage, version: &str| -> StatsSnapshot {
-            routes
+            let local = routes
                 .route(version, stage)
-                .map_or_else(StatsSnapshot::default, |r| r.stats.snapshot())
+                .map_or_else(StatsSnapshot::default, |r| r.stats.snapshot());
+            self.remote.merged(&route_key(model, version, stage), local)
         };
         let candidate = snapshot(ServedStage::Canary, &rollout.candidate);
         let stable_version = routes.production().map_or("", |p| p.version());
@@ -205,6 +221,14 @@ impl Controller {
         };
         self.windows.look(model, rollout, now, &counters)
     }
+}
+
+pub fn route_key(model: &str, version: &str, stage: ServedStage) -> remote::RouteKey {
+    (
+        model.to_string(),
+        version.to_string(),
+        stage.as_str().to_string(),
+    )
 }
 
 /// The journal's reason for a controller decision.

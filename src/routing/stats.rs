@@ -109,6 +109,40 @@ fn combined(a: &[u64], b: &[u64], f: impl Fn(u64, u64) -> u64) -> Vec<u64> {
 }
 
 impl StatsSnapshot {
+    /// As JSON for other replicas: the counts, and each histogram's non-zero
+    /// buckets as `[index, count]` pairs.
+    pub fn to_json(&self) -> serde_json::Value {
+        let sparse = |buckets: &[u64]| -> Vec<[u64; 2]> {
+            let counted = buckets.iter().enumerate().filter(|(_, n)| **n > 0);
+            counted.map(|(i, n)| [i as u64, *n]).collect()
+        };
+        serde_json::json!({
+            "requests": self.requests, "errors": self.errors,
+            "latency": sparse(&self.latency),
+            "time_to_first_token": sparse(&self.time_to_first_token),
+            "time_per_output_token": sparse(&self.time_per_output_token),
+        })
+    }
+
+    /// What [`StatsSnapshot::to_json`] wrote, or `None` for anything else.
+    pub fn from_json(value: &serde_json::Value) -> Option<StatsSnapshot> {
+        let dense = |field: &str| -> Option<Vec<u64>> {
+            let mut buckets = vec![0; BUCKETS];
+            for pair in value[field].as_array()? {
+                let index = usize::try_from(pair[0].as_u64()?).ok()?;
+                *buckets.get_mut(index)? = pair[1].as_u64()?;
+            }
+            Some(buckets)
+        };
+        Some(StatsSnapshot {
+            requests: value["requests"].as_u64()?,
+            errors: value["errors"].as_u64()?,
+            latency: dense("latency")?,
+            time_to_first_token: dense("time_to_first_token")?,
+            time_per_output_token: dense("time_per_output_token")?,
+        })
+    }
+
     /// Adds one request, as [`RouteStats::record`] does (for simulations).
     pub fn record(&mut self, error: bool, elapsed: Duration) {
         self.requests += 1;
@@ -216,6 +250,24 @@ fn edges(index: usize) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn snapshots_travel_as_sparse_json() {
+        let mut snapshot = StatsSnapshot::default();
+        snapshot.record(false, Duration::from_millis(3));
+        snapshot.record(false, Duration::from_millis(300));
+        snapshot.record(true, Duration::from_millis(1));
+        let json = snapshot.to_json();
+        assert_eq!(json["latency"].as_array().unwrap().len(), 2);
+        assert_eq!(StatsSnapshot::from_json(&json), Some(snapshot));
+        assert_eq!(
+            StatsSnapshot::from_json(&serde_json::json!({"requests": 1})),
+            None
+        );
+        let past_the_end = serde_json::json!({ "requests": 1, "errors": 0,
+            "latency": [[BUCKETS, 1]], "time_to_first_token": [], "time_per_output_token": [] });
+        assert_eq!(StatsSnapshot::from_json(&past_the_end), None);
+    }
+
     use super::*;
 
     #[test]

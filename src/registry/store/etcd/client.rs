@@ -149,6 +149,13 @@ impl EtcdClient {
         Ok(self.txn(compare, vec![put]).await?.0)
     }
 
+    /// Puts `key` bound to `lease` (it goes when the lease does).
+    pub async fn put_leased(&self, key: &[u8], value: &[u8], lease: i64) -> Result<(), EtcdError> {
+        let mut body = put(key, value)["request_put"].take();
+        body["lease"] = json!(lease.to_string());
+        self.call("put", "/v3/kv/put", body).await.map(drop)
+    }
+
     /// A lease of `ttl`; its id.
     pub async fn grant(&self, ttl: Duration) -> Result<i64, EtcdError> {
         let body = json!({ "TTL": ttl.as_secs().max(1).to_string() });

@@ -21,6 +21,8 @@ use super::client::EtcdClient;
 pub struct Campaign {
     pub leading: watch::Receiver<bool>,
     pub store_up: watch::Receiver<bool>,
+    /// The replica's lease while it has one (its published keys are bound to it).
+    pub lease: watch::Receiver<Option<i64>>,
     pub task: JoinHandle<()>,
 }
 
@@ -34,11 +36,13 @@ pub fn campaign(
 ) -> Campaign {
     let (leading, leading_rx) = watch::channel(false);
     let (store_up, store_up_rx) = watch::channel(true);
+    let (lease_tx, lease_rx) = watch::channel(None);
     let task = tokio::spawn(async move {
         let mut lease = None;
         let signals = Signals {
             leading: &leading,
             store_up: &store_up,
+            lease: &lease_tx,
         };
         tokio::select! {
             () = stop.cancelled() => {}
@@ -53,6 +57,7 @@ pub fn campaign(
     Campaign {
         leading: leading_rx,
         store_up: store_up_rx,
+        lease: lease_rx,
         task,
     }
 }
@@ -60,6 +65,7 @@ pub fn campaign(
 struct Signals<'a> {
     leading: &'a watch::Sender<bool>,
     store_up: &'a watch::Sender<bool>,
+    lease: &'a watch::Sender<Option<i64>>,
 }
 
 async fn run(
@@ -88,6 +94,7 @@ async fn run(
                     up(true);
                     renewed = Instant::now();
                     *held = Some(lease);
+                    let _ = signals.lease.send(Some(lease));
                     lease
                 }
                 Err(error) => {
@@ -107,6 +114,7 @@ async fn run(
             Ok(_) => {
                 // Expired: whatever it held is gone; start again.
                 *held = None;
+                let _ = signals.lease.send(None);
                 let _ = leading.send(false);
                 continue;
             }
@@ -116,7 +124,19 @@ async fn run(
             }
         }
         if renewed.elapsed() > ttl * 2 / 3 {
-            let _ = leading.send(false);
+            // Step down, and let the lease (and the leader key bound to it) go,
+            // so that this replica or another can campaign afresh.
+            if leading.send_replace(false) {
+                tracing::warn!(
+                    replica = name,
+                    "stepping down: the lease was not renewed in time"
+                );
+            }
+            if let Some(lease) = held.take() {
+                let _ = signals.lease.send(None);
+                let _ = client.revoke(lease).await;
+            }
+            continue;
         } else if !*leading.borrow() {
             match client
                 .create_leased(&keys.leader(), name.as_bytes(), lease)

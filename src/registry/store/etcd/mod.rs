@@ -55,6 +55,19 @@ impl Keys {
         format!("{}/leader", self.prefix).into_bytes()
     }
 
+    /// Where `replica` publishes what it measured (bound to its lease).
+    pub fn measurements(&self, replica: &str) -> Vec<u8> {
+        format!("{}/measurements/{replica}", self.prefix).into_bytes()
+    }
+
+    /// Every replica's measurements: `[prefix/measurements/, prefix/measurements0)`.
+    pub fn all_measurements(&self) -> (Vec<u8>, Vec<u8>) {
+        (
+            format!("{}/measurements/", self.prefix).into_bytes(),
+            format!("{}/measurements0", self.prefix).into_bytes(),
+        )
+    }
+
     /// Every key of the cluster: `[prefix/, prefix0)`.
     pub fn range(&self) -> (Vec<u8>, Vec<u8>) {
         (
