@@ -6,6 +6,10 @@
 mod common;
 #[path = "common/etcd_server.rs"]
 mod etcd_server;
+// Only the fake's start, versions and aliases are used here.
+#[allow(dead_code)]
+#[path = "common/fake_mlflow.rs"]
+mod fake_mlflow;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -783,4 +787,81 @@ async fn a_candidate_failing_only_on_a_follower_is_rolled_back_by_the_leader() {
     for replica in replicas {
         replica.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_follows_mlflow_and_every_replica_serves_what_it_applied() {
+    let etcd = EtcdServer::start();
+    let mlflow = fake_mlflow::FakeMlflow::start().await;
+    let (v1, v2) = (
+        FakeUpstream::start("v1").await,
+        FakeUpstream::start("v2").await,
+    );
+    mlflow.add_version("fraud-detector", "1", &v1.url());
+    mlflow.add_version("fraud-detector", "2", &v2.url());
+    mlflow.set_alias("fraud-detector", "champion", "1");
+    let text = format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"/sg/mlflow\"\n\
+         lease_ttl_s = 2\ndial_timeout_ms = {DIAL_TIMEOUT_MS}\n\
+         [registry]\nkind = \"mlflow\"\nurl = \"{}\"\npoll_interval_ms = 100\n\n\
+         [[models]]\nname = \"fraud\"\n[models.mlflow]\nregistered_model = \"fraud-detector\"\n\
+         on_production_change = \"promote\"\n",
+        etcd.urls(),
+        mlflow.url()
+    );
+    let replicas = replicas(&text, 2).await;
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    loop {
+        let states = [
+            sync_state(&replicas[0]).await,
+            sync_state(&replicas[1]).await,
+        ];
+        let mut sorted = states.clone();
+        sorted.sort();
+        if sorted == ["following", "ok"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sync states: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let serving = |replica: &TestGateway| {
+        let catalog = replica.published().load();
+        let model = catalog.catalog().model("fraud").cloned();
+        model.and_then(|m| m.production().map(|v| v.version.clone()))
+    };
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    while replicas.iter().any(|r| serving(r).as_deref() != Some("1")) {
+        assert!(
+            Instant::now() < deadline,
+            "version 1 never served everywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // MLflow moves the champion: the leader applies it once, both serve it.
+    mlflow.set_alias("fraud-detector", "champion", "2");
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    while replicas.iter().any(|r| serving(r).as_deref() != Some("2")) {
+        assert!(
+            Instant::now() < deadline,
+            "version 2 never served everywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entries = history(&replicas[0]).await;
+    let promotions = entries
+        .iter()
+        .filter(|e| e["version"] == "2" && e["to"] == "production")
+        .count();
+    assert_eq!(promotions, 1, "{entries:#?}");
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+async fn sync_state(replica: &TestGateway) -> String {
+    let status = admin(replica, Method::GET, "/api/v1/registry", None)
+        .await
+        .json();
+    status["state"].as_str().unwrap_or_default().to_string()
 }
