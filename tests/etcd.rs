@@ -93,20 +93,6 @@ async fn transition(replica: &TestGateway, version: &str, stage: &str) -> (Statu
     (answer.status, answer.json())
 }
 
-async fn history(replica: &TestGateway) -> Vec<Value> {
-    let answer = admin(
-        replica,
-        Method::GET,
-        "/api/v1/models/fraud/history?limit=1000",
-        None,
-    )
-    .await;
-    answer.json()["entries"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_replica_is_served_by_the_others() {
     let etcd = EtcdServer::start();
@@ -188,7 +174,7 @@ async fn racing_changes_leave_one_production_version_and_every_acknowledged_chan
     }
     let (_, revision) = converged(&replicas).await;
     for replica in &replicas {
-        let revisions: Vec<u64> = history(replica)
+        let revisions: Vec<u64> = common::history(replica)
             .await
             .iter()
             .map(|e| e["revision"].as_u64().unwrap())
@@ -267,29 +253,7 @@ async fn without_etcd_the_data_plane_serves_and_writes_are_refused_quickly() {
     converged(&replicas).await;
 
     etcd.freeze();
-    let url = common::infer_url(&replicas[0]);
-    for _ in 0..50 {
-        let answer = common::post(&url, &[]).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::OK,
-            "the data plane needs no etcd"
-        );
-        assert_eq!(answer.header("x-stagegate-version"), "1");
-    }
-    let started = Instant::now();
-    let (status, answer) = transition(&replicas[1], "2", "production").await;
-    let took = started.elapsed();
-    assert_eq!(
-        (status, answer["code"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")),
-        "{answer}"
-    );
-    // Refused within the dial timeout and a margin, never hanging.
-    assert!(
-        took < Duration::from_millis(DIAL_TIMEOUT_MS * 4),
-        "took {took:?}"
-    );
+    serves_but_refuses_writes(&replicas[0], &replicas[1], "1", "2").await;
     assert_eq!(
         served(&replicas[1]).0[1].1,
         "staging",
@@ -436,7 +400,7 @@ async fn one_replica_leads_and_another_finishes_its_rollout_when_it_goes() {
     let _ = traffic.await;
 
     // Every step was decided once, in order, whoever decided it.
-    let steps: Vec<(u64, String)> = history(&survivor)
+    let steps: Vec<(u64, String)> = common::history(&survivor)
         .await
         .iter()
         .rev()
@@ -515,7 +479,7 @@ async fn a_state_directory_migrates_into_an_empty_prefix_only() {
             3
         )
     );
-    let reasons: Vec<Value> = history(&replica)
+    let reasons: Vec<Value> = common::history(&replica)
         .await
         .iter()
         .map(|e| e["reason"].clone())
@@ -583,24 +547,7 @@ async fn losing_one_of_three_members_changes_nothing_and_losing_two_refuses_writ
 
     // One of three left: no quorum. Predictions are served, writes refused in time.
     etcd.kill(1);
-    let url = common::infer_url(&replicas[1]);
-    for _ in 0..20 {
-        let answer = common::post(&url, &[]).await;
-        assert_eq!(answer.status, StatusCode::OK);
-        assert_eq!(answer.header("x-stagegate-version"), "2");
-    }
-    let started = Instant::now();
-    let (status, answer) = transition(&replicas[1], "3", "production").await;
-    let took = started.elapsed();
-    assert_eq!(
-        (status, answer["code"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")),
-        "{answer}"
-    );
-    assert!(
-        took < Duration::from_millis(DIAL_TIMEOUT_MS * 4),
-        "took {took:?}"
-    );
+    serves_but_refuses_writes(&replicas[1], &replicas[1], "2", "3").await;
     let (stages, _) = converged(&replicas).await;
     assert_eq!(stages[1], ("2".to_string(), "production".to_string()));
     for replica in replicas {
@@ -848,7 +795,7 @@ async fn only_the_leader_follows_mlflow_and_every_replica_serves_what_it_applied
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let entries = history(&replicas[0]).await;
+    let entries = common::history(&replicas[0]).await;
     let promotions = entries
         .iter()
         .filter(|e| e["version"] == "2" && e["to"] == "production")
@@ -864,4 +811,35 @@ async fn sync_state(replica: &TestGateway) -> String {
         .await
         .json();
     status["state"].as_str().unwrap_or_default().to_string()
+}
+
+/// Without etcd: `reader` still answers predictions from `serving`, and a
+/// promotion of `promoted` through `writer` is refused with 503 in time.
+async fn serves_but_refuses_writes(
+    reader: &TestGateway,
+    writer: &TestGateway,
+    serving: &str,
+    promoted: &str,
+) {
+    let url = common::infer_url(reader);
+    for _ in 0..20 {
+        let answer = common::post(&url, &[]).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "the data plane needs no etcd"
+        );
+        assert_eq!(answer.header("x-stagegate-version"), serving);
+    }
+    let started = Instant::now();
+    let (status, answer) = transition(writer, promoted, "production").await;
+    let took = started.elapsed();
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")),
+        "{answer}"
+    );
+    // Refused within the dial timeout and a margin, never hanging.
+    let bound = Duration::from_millis(DIAL_TIMEOUT_MS * 4);
+    assert!(took < bound, "took {took:?}");
 }

@@ -41,20 +41,6 @@ async fn sync(gateway: &TestGateway) -> Value {
     answer.json()
 }
 
-async fn history(gateway: &TestGateway) -> Vec<Value> {
-    let answer = admin(
-        gateway,
-        Method::GET,
-        "/api/v1/models/fraud/history?limit=100",
-        None,
-    )
-    .await;
-    answer.json()["entries"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 async fn serving(gateway: &TestGateway) -> Value {
     let answer = admin(gateway, Method::GET, "/api/v1/models/fraud", None).await;
     answer.json()["production"].clone()
@@ -117,7 +103,7 @@ async fn a_500_in_the_middle_of_a_sync_changes_nothing_and_the_next_sync_applies
     let gateway = common::gateway(&config(&mlflow)).await;
     sync(&gateway).await;
     assert_eq!(serving(&gateway).await, "1");
-    let before = history(&gateway).await.len();
+    let before = common::history(&gateway).await.len();
 
     mlflow.set_alias(MODEL, "champion", "3");
     mlflow.with(|s| {
@@ -131,7 +117,11 @@ async fn a_500_in_the_middle_of_a_sync_changes_nothing_and_the_next_sync_applies
         error.contains("500") && error.contains("database is locked"),
         "{error}"
     );
-    assert_eq!(history(&gateway).await.len(), before, "nothing journaled");
+    assert_eq!(
+        common::history(&gateway).await.len(),
+        before,
+        "nothing journaled"
+    );
     assert_eq!(serving(&gateway).await, "1");
 
     mlflow.with(|s| s.fail_page = None);
@@ -139,7 +129,7 @@ async fn a_500_in_the_middle_of_a_sync_changes_nothing_and_the_next_sync_applies
     assert_eq!(status["state"], "ok", "{status}");
     assert_eq!(serving(&gateway).await, "3");
     sync(&gateway).await;
-    let records = history(&gateway).await;
+    let records = common::history(&gateway).await;
     let observed = records
         .iter()
         .filter(|r| r["action"] == "observe" && r["observed"]["to"] == "3")

@@ -265,6 +265,16 @@ pub async fn admin(
     send(&client(), method, &url, &[("authorization", &auth)], &body).await
 }
 
+/// Model fraud's journal entries, newest first (up to 1,000).
+pub async fn history(gateway: &RunningGateway) -> Vec<serde_json::Value> {
+    let path = "/api/v1/models/fraud/history?limit=1000";
+    let answer = admin(gateway, Method::GET, path, None).await;
+    answer.json()["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Config text for one model "fraud" with the given `(version, stage, [urls])`.
 pub fn one_model(server: &str, versions: &[(&str, &str, &[&str])]) -> String {
     let mut text = format!("[server]\n{server}\n[[models]]\nname = \"fraud\"\n");
