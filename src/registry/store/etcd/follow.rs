@@ -12,6 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Keys;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
 use super::client::{EtcdClient, number};
 
 /// The first wait before re-opening a failed watch; it doubles up to the most.
@@ -48,7 +51,11 @@ async fn follow(client: &EtcdClient, keys: &Keys, mut next: i64, changed: &mpsc:
                             next = next.max(revision + 1);
                         }
                         let compacted = number(&result["compact_revision"]).unwrap_or(0) > 0;
-                        let events = result["events"].as_array().is_some_and(|e| !e.is_empty());
+                        // Measurements and the leader key change all the time; only
+                        // the journal and the snapshot are the state.
+                        let events = result["events"].as_array().is_some_and(|events| {
+                            events.iter().any(|e| keys.is_state(&event_key(e)))
+                        });
                         if events || compacted || result["canceled"] == serde_json::json!(true) {
                             let _ = changed.try_send(());
                         }
@@ -71,4 +78,10 @@ async fn follow(client: &EtcdClient, keys: &Keys, mut next: i64, changed: &mpsc:
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MOST);
     }
+}
+
+/// The key an event is about (empty if unreadable).
+fn event_key(event: &serde_json::Value) -> Vec<u8> {
+    let key = event["kv"]["key"].as_str().unwrap_or_default();
+    STANDARD.decode(key).unwrap_or_default()
 }

@@ -50,6 +50,12 @@ impl Keys {
         format!("{}/snapshot", self.prefix).into_bytes()
     }
 
+    /// Whether `key` is part of the state (a journal record or the snapshot).
+    pub fn is_state(&self, key: &[u8]) -> bool {
+        let journal = format!("{}/journal/", self.prefix);
+        key.starts_with(journal.as_bytes()) || key == self.snapshot().as_slice()
+    }
+
     /// Held by the replica that runs the rollout controller.
     pub fn leader(&self) -> Vec<u8> {
         format!("{}/leader", self.prefix).into_bytes()
