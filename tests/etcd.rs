@@ -854,3 +854,61 @@ async fn serves_but_refuses_writes(
     let bound = Duration::from_millis(DIAL_TIMEOUT_MS * 4);
     assert!(took < bound, "took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_folds_the_journal_into_the_snapshot_and_a_lagging_replica_reads_it() {
+    use stagegate::config::store::StoreConfig;
+    use stagegate::registry::store::{EtcdStore, Store};
+
+    let etcd = EtcdServer::start();
+    let upstreams = upstreams(3).await;
+    let text = config(&etcd, "/sg/compact", &upstreams);
+    let seeded = common::gateway(&text).await;
+    let (status, _) = transition(&seeded, "2", "production").await;
+    assert_eq!(status, StatusCode::OK);
+    seeded.shutdown().await;
+
+    let parsed = stagegate::config::Config::parse(&text, "test").unwrap();
+    let StoreConfig::Etcd(etcd_config) = parsed.store else {
+        panic!("an etcd store")
+    };
+    let opened = EtcdStore::open(&etcd_config).await.unwrap();
+    let (ledger, mut store) = (opened.loaded.ledger, opened.store);
+    assert_eq!((ledger.revision, store.records_since_snapshot()), (4, 4));
+    let client = store.client();
+    let compacted = ledger.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        store.compact(&compacted).unwrap();
+        store
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.records_since_snapshot(), 0);
+    // The journal's keys are gone, in the same transaction that wrote the snapshot.
+    let keys = store.keys();
+    let (start, end) = keys.range();
+    let (_, kvs) = client.range(&start, Some(&end), 0).await.unwrap();
+    let names: Vec<String> = kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .filter(|k| !k.contains("/measurements/") && !k.ends_with("/leader"))
+        .collect();
+    assert_eq!(names, ["/sg/compact/snapshot"], "{names:?}");
+
+    // A replica that is behind (at revision 1) catches up from the snapshot.
+    let mut lagging = EtcdStore::open(&etcd_config).await.unwrap().store;
+    let caught = tokio::task::spawn_blocking(move || lagging.catch_up(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(caught.snapshot.map(|s| s.revision), Some(4));
+    assert!(caught.records.is_empty());
+    // And a replica that starts now serves the same state, history included.
+    let replica = common::gateway(&text).await;
+    assert_eq!(served(&replica).1, 4);
+    assert_eq!(common::history(&replica).await.len(), 4);
+    let (status, answer) = transition(&replica, "3", "production").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["record"]["revision"], 5);
+    replica.shutdown().await;
+}
