@@ -912,3 +912,59 @@ async fn compaction_folds_the_journal_into_the_snapshot_and_a_lagging_replica_re
     assert_eq!(answer["record"]["revision"], 5);
     replica.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_cancelled_by_etcd_compaction_asks_for_a_re_read_and_watches_again() {
+    use stagegate::config::store::StoreConfig;
+    use stagegate::registry::store::etcd::{EtcdClient, Keys, follow};
+
+    let etcd = EtcdServer::start();
+    let text = config(&etcd, "/sg/compacted", &[]);
+    let parsed = stagegate::config::Config::parse(&text, "test").unwrap();
+    let StoreConfig::Etcd(etcd_config) = parsed.store else {
+        panic!("an etcd store")
+    };
+    let client = std::sync::Arc::new(EtcdClient::new(&etcd_config));
+    let keys = Keys::new("/sg/compacted");
+    for n in 1..=3 {
+        client
+            .create(&[(keys.journal(n), b"{}".to_vec())])
+            .await
+            .unwrap();
+    }
+    // etcd forgets its history up to now: a watch from revision 1 is refused.
+    let (_, kvs) = client.range(&keys.journal(1), None, 0).await.unwrap();
+    let (now, _) = client.range(&keys.snapshot(), None, 0).await.unwrap();
+    assert_eq!(kvs.len(), 1);
+    let compaction = format!("http://{}/v3/kv/compaction", etcd.client_addr(0));
+    let body = json!({ "revision": now.to_string(), "physical": true }).to_string();
+    let answer = common::send(&common::client(), Method::POST, &compaction, &[], &body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+
+    let (changed, mut changes) = tokio::sync::mpsc::channel(1);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = follow::spawn(
+        std::sync::Arc::clone(&client),
+        keys.clone(),
+        1,
+        changed,
+        stop.clone(),
+    );
+    // The cancelled watch asks for a re-read...
+    tokio::time::timeout(CONVERGED_WITHIN, changes.recv())
+        .await
+        .expect("a re-read is asked for")
+        .expect("the channel is open");
+    // ...and the watch is opened again from where etcd is: a new record is seen.
+    while changes.try_recv().is_ok() {}
+    client
+        .create(&[(keys.journal(4), b"{}".to_vec())])
+        .await
+        .unwrap();
+    tokio::time::timeout(CONVERGED_WITHIN, changes.recv())
+        .await
+        .expect("the new record is seen")
+        .expect("the channel is open");
+    stop.cancel();
+    let _ = task.await;
+}

@@ -77,6 +77,11 @@ impl EtcdServer {
         EtcdServer { members, _dir: dir }
     }
 
+    /// Member `index`'s client address.
+    pub fn client_addr(&self, index: usize) -> SocketAddr {
+        self.members[index].client
+    }
+
     /// Every member's client URL, as a TOML array's items.
     pub fn urls(&self) -> String {
         let urls: Vec<String> = self
