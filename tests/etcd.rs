@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 /// How long replicas may take to agree: a watch event and one read.
 const CONVERGED_WITHIN: Duration = Duration::from_secs(10);
 /// The replicas' bound on one etcd call.
-const DIAL_TIMEOUT_MS: u64 = 500;
+const DIAL_TIMEOUT_MS: u64 = 1_000;
 
 fn config(etcd: &EtcdServer, prefix: &str, upstreams: &[FakeUpstream]) -> String {
     let mut text = format!(
