@@ -334,17 +334,7 @@ async fn one_replica_leads_and_another_finishes_its_rollout_when_it_goes() {
     let text =
         config(&etcd, "/sg/leader", &upstreams).replace("lease_ttl_s = 2", "lease_ttl_s = 1");
     let replicas = replicas(&text, 2).await;
-    let deadline = Instant::now() + CONVERGED_WITHIN;
-    let leader = loop {
-        let leading = [leads(&replicas[0]).await, leads(&replicas[1]).await];
-        match leading {
-            [true, false] => break 0,
-            [false, true] => break 1,
-            [true, true] => panic!("two leaders"),
-            [false, false] => assert!(Instant::now() < deadline, "no leader"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let leader = leader_of(&replicas).await;
     let survivor = 1 - leader;
 
     // Traffic to both replicas, then only to the survivor once the leader goes.
@@ -353,20 +343,7 @@ async fn one_replica_leads_and_another_finishes_its_rollout_when_it_goes() {
         common::infer_url(&replicas[1]),
     ]));
     let stop = tokio_util::sync::CancellationToken::new();
-    let traffic = tokio::spawn({
-        let (targets, stop) = (Arc::clone(&targets), stop.clone());
-        async move {
-            let client = common::client();
-            let mut n = 0usize;
-            while !stop.is_cancelled() {
-                let urls = targets.lock().unwrap().clone();
-                let url = &urls[n % urls.len()];
-                let user = format!("user-{n}");
-                predict_as(&client, url, &user).await;
-                n += 1;
-            }
-        }
-    });
+    let traffic = traffic(Arc::clone(&targets), stop.clone());
     let plan = json!({
         "candidate": "2", "steps": [20, 50, 100], "step_interval_s": 0.3,
         "max_step_duration_s": 30.0, "min_requests": 20, "max_error_rate": 0.05,
@@ -687,15 +664,7 @@ async fn a_candidate_failing_only_on_a_follower_is_rolled_back_by_the_leader() {
     let failing = FakeUpstream::with("v2", common::Behaviour::Status(500)).await;
     let text = config(&etcd, "/sg/merged", &[production, failing]);
     let replicas = replicas(&text, 2).await;
-    let deadline = Instant::now() + CONVERGED_WITHIN;
-    let follower = loop {
-        match [leads(&replicas[0]).await, leads(&replicas[1]).await] {
-            [true, false] => break 1,
-            [false, true] => break 0,
-            other => assert!(Instant::now() < deadline, "no single leader: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let follower = 1 - leader_of(&replicas).await;
     let plan = json!({
         "candidate": "2", "steps": [50, 100], "step_interval_s": 0.3,
         "max_step_duration_s": 600.0, "min_requests": 20, "max_error_rate": 0.05,
@@ -711,18 +680,8 @@ async fn a_candidate_failing_only_on_a_follower_is_rolled_back_by_the_leader() {
     assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.json());
     // Only the follower serves traffic: the leader's own counts stay at zero.
     let stop = tokio_util::sync::CancellationToken::new();
-    let traffic = tokio::spawn({
-        let (url, stop) = (common::infer_url(&replicas[follower]), stop.clone());
-        async move {
-            let client = common::client();
-            let mut n = 0usize;
-            while !stop.is_cancelled() {
-                let user = format!("user-{n}");
-                predict_as(&client, &url, &user).await;
-                n += 1;
-            }
-        }
-    });
+    let targets = Arc::new(Mutex::new(vec![common::infer_url(&replicas[follower])]));
+    let traffic = traffic(targets, stop.clone());
     let deadline = Instant::now() + Duration::from_secs(40);
     let done = loop {
         // The leader must stay the leader: its own counts are zero, so only the
@@ -988,4 +947,38 @@ async fn predict_as(
     {
         let _ = http_body_util::BodyExt::collect(response.into_body()).await;
     }
+}
+
+/// Which of two replicas leads, once exactly one does (by its gauge).
+async fn leader_of(replicas: &[TestGateway]) -> usize {
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    loop {
+        match [leads(&replicas[0]).await, leads(&replicas[1]).await] {
+            [true, false] => return 0,
+            [false, true] => return 1,
+            [true, true] => panic!("two leaders"),
+            [false, false] => assert!(Instant::now() < deadline, "no leader"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Predictions, each from another user, round-robin over `targets` (which the
+/// test may change) until `stop`.
+fn traffic(
+    targets: Arc<Mutex<Vec<String>>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = common::client();
+        let mut n = 0usize;
+        while !stop.is_cancelled() {
+            let url = {
+                let urls = targets.lock().unwrap();
+                urls[n % urls.len()].clone()
+            };
+            predict_as(&client, &url, &format!("user-{n}")).await;
+            n += 1;
+        }
+    })
 }
