@@ -165,6 +165,8 @@ pub async fn start_on(
         CONTROLLER_TICK,
     );
     let mut store_up = None;
+    // The other replicas' measurements; none while alone.
+    let remote = RemoteStats::default();
     // Alone, a replica always leads.
     let mut leading = tokio::sync::watch::channel(true).1;
     if let (Some((client, keys, _)), StoreConfig::Etcd(etcd)) = (&opened_follow, &config.store) {
@@ -177,7 +179,6 @@ pub async fn start_on(
             following_stop.clone(),
         );
         leading = campaign.leading.clone();
-        let remote = RemoteStats::default();
         let exchange = cluster::Exchange {
             client: Arc::clone(client),
             keys: keys.clone(),
@@ -185,11 +186,13 @@ pub async fn start_on(
             lease: campaign.lease.clone(),
             published: Arc::clone(&published),
             remote: remote.clone(),
+            leading: campaign.leading.clone(),
+            readings: readings.clone(),
         };
         following.push(cluster::spawn(exchange, following_stop.clone()));
         controller = controller
             .leading_while(campaign.leading)
-            .with_remote(remote);
+            .with_remote(remote.clone());
         following.push(campaign.task);
         following.push(mirror_store_health(
             campaign.store_up.clone(),
@@ -219,7 +222,8 @@ pub async fn start_on(
             tokens,
             sync.as_ref().map(|(handle, _)| handle.clone()),
         )
-        .with_store_health(store_up),
+        .with_store_health(store_up)
+        .with_remote(remote),
     );
     let admin = tokio::spawn({
         let admin_shutdown = admin_shutdown.clone();

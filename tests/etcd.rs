@@ -403,6 +403,44 @@ async fn one_replica_leads_and_another_finishes_its_rollout_when_it_goes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_shows_what_the_leaders_controller_measured() {
+    let etcd = EtcdServer::start();
+    let upstreams = upstreams(2).await;
+    let replicas = replicas(&config(&etcd, "/sg/readings", &upstreams), 2).await;
+    let follower = 1 - leader_of(&replicas).await;
+    // No traffic: the rollout waits for requests, and the leader says so.
+    let plan = json!({
+        "candidate": "2", "steps": [50, 100], "step_interval_s": 0.3,
+        "max_step_duration_s": 600.0, "min_requests": 20, "max_error_rate": 0.05,
+        "reason": "readings on a follower"
+    });
+    let started = admin(
+        &replicas[follower],
+        Method::POST,
+        "/api/v1/models/fraud/rollout",
+        Some(plan),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.json());
+    let status = wait_rollout(&replicas[follower], "the leader's readings", |s| {
+        !s["readings"].is_null()
+    })
+    .await;
+    let gates: Vec<&str> = status["readings"]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["gate"].as_str().unwrap())
+        .collect();
+    assert!(gates.contains(&"error_rate"), "{status:#}");
+    assert_ne!(status["readings"]["waiting_for"], "", "{status:#}");
+    assert_eq!(status["readings"]["candidate_requests"], 0, "{status:#}");
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_directory_migrates_into_an_empty_prefix_only() {
     let etcd = EtcdServer::start();
     let upstreams = upstreams(2).await;
@@ -701,6 +739,82 @@ async fn a_candidate_failing_only_on_a_follower_is_rolled_back_by_the_leader() {
         done["rollout"]["failed_gate"]["gate"], "error_rate",
         "rolled back by the error gate on the follower's errors: {done:#}"
     );
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+/// The staging version's shadow report as `replica` shows it.
+async fn shadow_report(replica: &TestGateway) -> Value {
+    let answer = admin(replica, Method::GET, "/api/v1/models/fraud/shadow", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    answer.json()["versions"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_report_of_any_replica_merges_every_replicas_mirrors() {
+    let etcd = EtcdServer::start();
+    let production = FakeUpstream::start("v1").await;
+    // The staging version disagrees on every answer.
+    let staging = FakeUpstream::start("v2").await;
+    let text = format!(
+        "[server]\nshadow_cpu_share = 2.0\n\n{}[models.shadow]\npercent = 100.0\n",
+        config(&etcd, "/sg/shadow", &[production, staging])
+    );
+    let replicas = replicas(&text, 2).await;
+    // 30 requests through the first replica, 20 through the second.
+    for (replica, n) in replicas.iter().zip([30, 20]) {
+        let url = common::infer_url(replica);
+        for _ in 0..n {
+            assert_eq!(common::post(&url, &[]).await.status, StatusCode::OK);
+        }
+    }
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    let reports = loop {
+        let reports = [
+            shadow_report(&replicas[0]).await,
+            shadow_report(&replicas[1]).await,
+        ];
+        if reports.iter().all(|r| r["compared"] == 50) {
+            break reports;
+        }
+        assert!(Instant::now() < deadline, "not merged: {reports:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for report in &reports {
+        assert_eq!(report["replicas"], 2, "{report:#}");
+        assert_eq!(report["mirrored"], 50, "{report:#}");
+        assert_eq!(report["mismatched"], 50, "{report:#}");
+        assert_eq!(report["agreement"]["judged"], 50, "{report:#}");
+        assert_eq!(report["agreement"]["window_compared"], 50, "{report:#}");
+        let minutes: u64 = report["agreement_per_minute"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["compared"].as_u64().unwrap())
+            .sum();
+        assert_eq!(minutes, 50, "{report:#}");
+        assert!(report["latency_ms"]["shadow"]["p50"].as_f64().unwrap() > 0.0);
+        assert!(!report["samples"].as_array().unwrap().is_empty());
+        assert_eq!(report["top_mismatch_paths"][0]["count"], 50, "{report:#}");
+    }
+    // A replica that goes stops counting in the others' report.
+    let mut replicas = replicas;
+    let gone = replicas.pop().unwrap();
+    gone.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = shadow_report(&replicas[0]).await;
+        if report["replicas"] == 1 {
+            assert_eq!(report["compared"], 30, "{report:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gone replica still counts: {report:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for replica in replicas {
         replica.shutdown().await;
     }

@@ -19,7 +19,7 @@ use super::{registry, rollout, shadow, views};
 use crate::proxy::{json_error, json_response};
 use crate::registry::Published;
 use crate::registry::{Command, Registry, RegistryError, Stage};
-use crate::rollout::RolloutReadings;
+use crate::rollout::{RemoteStats, RolloutReadings};
 use crate::sync::SyncHandle;
 
 /// Admin request bodies are small JSON documents.
@@ -32,6 +32,8 @@ pub struct Api {
     registry: Registry,
     readings: RolloutReadings,
     sync: Option<SyncHandle>,
+    /// The other replicas' measurements, for merged shadow reports.
+    pub(super) remote: RemoteStats,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +88,16 @@ impl Api {
             registry,
             readings,
             sync,
+            remote: RemoteStats::default(),
+        }
+    }
+
+    /// What the rollout controller last measured for `model`: this replica's own
+    /// when it runs the controller, the leader's otherwise.
+    fn rollout_readings(&self, model: &str) -> Option<Value> {
+        match self.readings.get(model) {
+            Some(own) => serde_json::to_value(own).ok(),
+            None => self.remote.leader_readings(model),
         }
     }
 
@@ -134,10 +146,12 @@ impl Api {
                     .await
             }
             ApiRoute::Reload => self.reload().await,
-            ApiRoute::ShadowReport(model) => match shadow::report(&self.published.load(), &model) {
-                Some(view) => json_response(StatusCode::OK, &view),
-                None => registry_error(&RegistryError::UnknownModel(model)),
-            },
+            ApiRoute::ShadowReport(model) => {
+                match shadow::report(&self.published.load(), &model, &self.remote) {
+                    Some(view) => json_response(StatusCode::OK, &view),
+                    None => registry_error(&RegistryError::UnknownModel(model)),
+                }
+            }
             ApiRoute::SetShadow(model) => self.set_shadow(model, caller, request).await,
             ApiRoute::SetCanary(model) => {
                 let command = |body: rollout::CanaryBody| Command::SetCanary {
@@ -154,7 +168,7 @@ impl Api {
                 match table.catalog().model(&model) {
                     Some(spec) => json_response(
                         StatusCode::OK,
-                        &rollout::view(spec, self.readings.get(&model)),
+                        &rollout::view(spec, self.rollout_readings(&model)),
                     ),
                     None => registry_error(&RegistryError::UnknownModel(model)),
                 }

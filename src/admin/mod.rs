@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 use crate::proxy::{Handler, json_error, method_not_allowed};
 use crate::registry::Published;
 use crate::registry::Registry;
-use crate::rollout::RolloutReadings;
+use crate::rollout::{RemoteStats, RolloutReadings};
 use crate::sync::SyncHandle;
 use api::Api;
 use auth::Tokens;
@@ -79,6 +79,12 @@ impl Admin {
         store_up: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Admin {
         self.store_up = store_up;
+        self
+    }
+
+    /// Merges the other replicas' shadow reports into the ones shown.
+    pub fn with_remote(mut self, remote: RemoteStats) -> Admin {
+        self.api.remote = remote;
         self
     }
 

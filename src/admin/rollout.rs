@@ -5,7 +5,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::registry::{Decision, GateLimit, ModelSpec, OnFailure, Plan};
-use crate::rollout::Readings;
 
 /// `POST /api/v1/models/{m}/canary`.
 #[derive(Deserialize)]
@@ -91,7 +90,7 @@ pub fn decision(action: &str) -> Option<Decision> {
 
 /// `GET /api/v1/models/{m}/rollout`: the rollout (running or the last one), its
 /// weight, and what the controller last measured.
-pub fn view(model: &ModelSpec, readings: Option<Readings>) -> Value {
+pub fn view(model: &ModelSpec, readings: Option<Value>) -> Value {
     let canary = model
         .canary
         .as_ref()

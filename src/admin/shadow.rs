@@ -3,22 +3,28 @@
 
 use serde_json::{Value, json};
 
+use crate::rollout::RemoteStats;
 use crate::routing::RoutingTable;
 
-/// `GET /api/v1/models/{m}/shadow`, or `None` for an unknown model.
-pub fn report(table: &RoutingTable, model: &str) -> Option<Value> {
+/// `GET /api/v1/models/{m}/shadow`, or `None` for an unknown model: each
+/// report merged with the other replicas' (`remote`; none with one replica).
+pub fn report(table: &RoutingTable, model: &str, remote: &RemoteStats) -> Option<Value> {
     let shadow = table.model(model)?.shadow();
+    let view = |version: &crate::shadow::ShadowVersion, replay: bool| {
+        let others = remote.shadow_shares(model, &version.version, replay);
+        version.report.view_with(&others)
+    };
     let versions: Vec<Value> = shadow
         .versions()
         .iter()
         .map(|v| {
-            let mut view = v.report.view();
+            let mut view = view(v, false);
             view["targeted"] = Value::Bool(v.targeted);
             view
         })
         .collect();
     // Production's agreement with itself, the staging versions' noise floor.
-    let replay = shadow.replay().map(|v| v.report.view());
+    let replay = shadow.replay().map(|v| view(v, true));
     Some(json!({
         "model": model,
         "active": shadow.is_active(),

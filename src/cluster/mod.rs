@@ -4,6 +4,12 @@
 //! the others' into [`RemoteStats`] for the rollout controller to add to its
 //! own. A replica that dies stops publishing and its key goes with its lease.
 //!
+//! Once a second each replica also publishes its shadow reports' shares (under
+//! a key of their own, bound to the same lease, and only when they changed), so
+//! the shadow report read from any replica, and the shadow gate, cover the
+//! mirrors of every replica. The leader publishes its rollout readings the same
+//! way, so `GET .../rollout` on a follower shows what the controller measured.
+//!
 //! Above the registry (it reads the published table and talks to etcd) and the
 //! rollout controller (whose sink it fills); only the gateway's wiring uses it.
 
@@ -17,13 +23,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::registry::Published;
 use crate::registry::store::etcd::{EtcdClient, Keys};
-use crate::rollout::remote::{Report, RouteKey};
-use crate::rollout::{RemoteStats, route_key};
+use crate::rollout::remote::{Report, RouteKey, ShadowKey};
+use crate::rollout::{RemoteStats, RolloutReadings, route_key};
 use crate::routing::ServedStage;
 use crate::routing::stats::StatsSnapshot;
+use crate::shadow::report::ReportShare;
 
 /// How often measurements are published and read.
 pub const EXCHANGE_EVERY: Duration = Duration::from_millis(250);
+/// Shadow report shares are published and read every this many exchanges.
+const SHADOW_EVERY: u32 = 4;
 
 /// What one replica needs to take part.
 pub struct Exchange {
@@ -33,6 +42,9 @@ pub struct Exchange {
     pub lease: watch::Receiver<Option<i64>>,
     pub published: Arc<Published>,
     pub remote: RemoteStats,
+    pub leading: watch::Receiver<bool>,
+    /// The local controller's readings (published while this replica leads).
+    pub readings: RolloutReadings,
 }
 
 /// Publishes and reads until `stop`.
@@ -48,10 +60,15 @@ pub fn spawn(exchange: Exchange, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(EXCHANGE_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let mut shadow = ShadowPublished::default();
+        for tick in 0u32.. {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = ticks.tick() => exchange.once(&incarnation).await,
+            }
+            if tick % SHADOW_EVERY == 0 {
+                exchange.shadow_once(&mut shadow).await;
+                exchange.readings_once().await;
             }
         }
     })
@@ -89,6 +106,96 @@ impl Exchange {
         }
     }
 
+    /// Publishes this replica's shadow shares if they changed (or its lease did),
+    /// and reads the others'.
+    async fn shadow_once(&self, published: &mut ShadowPublished) {
+        let lease = *self.lease.borrow();
+        if let Some(lease) = lease {
+            let text = Value::Array(self.local_shadow()).to_string();
+            if published.lease != Some(lease) || published.text != text {
+                let key = self.keys.shadow_reports(&self.replica);
+                match self.client.put_leased(&key, text.as_bytes(), lease).await {
+                    Ok(_) => {
+                        *published = ShadowPublished {
+                            lease: Some(lease),
+                            text,
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot publish this replica's shadow reports")
+                    }
+                }
+            }
+        }
+        let (start, end) = self.keys.all_shadow_reports();
+        match self.client.range(&start, Some(&end), 0).await {
+            Ok((_, kvs)) => {
+                let own = self.keys.shadow_reports(&self.replica);
+                let shares = kvs
+                    .iter()
+                    .filter(|kv| kv.key != own)
+                    .flat_map(|kv| shadow_shares(&kv.value))
+                    .collect();
+                self.remote.observe_shadow(shares);
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the other replicas' shadow reports"),
+        }
+    }
+
+    /// Publishes the controller's readings while leading; reads the leader's
+    /// otherwise.
+    async fn readings_once(&self) {
+        let lease = *self.lease.borrow();
+        let leading = *self.leading.borrow();
+        if leading {
+            self.remote.observe_leader_readings(serde_json::Map::new());
+            if let Some(lease) = lease {
+                let text = self.readings.to_json().to_string();
+                let key = self.keys.readings();
+                if let Err(error) = self.client.put_leased(&key, text.as_bytes(), lease).await {
+                    tracing::debug!(%error, "cannot publish the rollout readings");
+                }
+            }
+            return;
+        }
+        match self.client.range(&self.keys.readings(), None, 0).await {
+            Ok((_, kvs)) => {
+                let readings = kvs
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                    .and_then(|value| match value {
+                        Value::Object(map) => Some(map),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                self.remote.observe_leader_readings(readings);
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the leader's rollout readings"),
+        }
+    }
+
+    /// The share of every shadow report of this replica's table.
+    fn local_shadow(&self) -> Vec<Value> {
+        let table = self.published.load();
+        let mut shares = Vec::new();
+        for model in &table.catalog().models {
+            let Some(served) = table.model(&model.name) else {
+                continue;
+            };
+            let shadow = served.shadow();
+            let reports = shadow.versions().iter().map(|v| (v, false));
+            for (version, replay) in reports.chain(shadow.replay().map(|v| (v, true))) {
+                shares.push(json!({
+                    "model": model.name,
+                    "version": version.version,
+                    "replay": replay,
+                    "share": version.report.share(),
+                }));
+            }
+        }
+        shares
+    }
+
     /// Each model's production route, and its canary route while a rollout runs.
     fn local_routes(&self) -> Vec<Value> {
         let table = self.published.load();
@@ -115,6 +222,30 @@ impl Exchange {
 
 fn route_json((model, version, stage): &RouteKey, stats: &StatsSnapshot) -> Value {
     json!({ "model": model, "version": version, "stage": stage, "stats": stats.to_json() })
+}
+
+/// What this replica last published of its shadow reports, and under which lease.
+#[derive(Default)]
+struct ShadowPublished {
+    lease: Option<i64>,
+    text: String,
+}
+
+/// Another replica's shadow shares; unreadable ones are skipped.
+fn shadow_shares(value: &[u8]) -> Vec<(ShadowKey, ReportShare)> {
+    let Ok(Value::Array(entries)) = serde_json::from_slice::<Value>(value) else {
+        return Vec::new();
+    };
+    let share = |entry: &Value| {
+        let key = (
+            entry["model"].as_str()?.to_string(),
+            entry["version"].as_str()?.to_string(),
+            entry["replay"].as_bool()?,
+        );
+        let share = serde_json::from_value(entry["share"].clone()).ok()?;
+        Some((key, share))
+    };
+    entries.iter().filter_map(share).collect()
 }
 
 /// Another replica's report, or `None` if it is unreadable (skipped).

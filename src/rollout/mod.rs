@@ -53,6 +53,12 @@ impl RolloutReadings {
             .cloned()
     }
 
+    /// Every model's readings, as JSON (what the leader publishes).
+    pub fn to_json(&self) -> serde_json::Value {
+        let readings = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        serde_json::to_value(&*readings).unwrap_or_default()
+    }
+
     fn clear(&self) {
         self.0
             .lock()
@@ -214,10 +220,9 @@ impl Controller {
             candidate: &candidate,
             stable_version,
             stable: &stable,
-            shadow: routes
-                .shadow()
-                .report(&rollout.candidate)
-                .map(|r| r.agreement()),
+            shadow: routes.shadow().report(&rollout.candidate).map(|r| {
+                r.agreement_with(&self.remote.shadow_shares(model, &rollout.candidate, false))
+            }),
         };
         self.windows.look(model, rollout, now, &counters)
     }

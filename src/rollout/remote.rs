@@ -7,14 +7,21 @@
 //! what grew. The totals therefore never go down: a replica that restarts
 //! starts again from zero without taking back what it reported, and one that
 //! dies keeps what it reported.
+//!
+//! It also keeps the other replicas' latest shadow report shares, which are
+//! absolute snapshots: a replica that stops publishing drops out of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::routing::stats::StatsSnapshot;
+use crate::shadow::report::ReportShare;
 
 /// A route: model, version, and the stage it is served in (`production`, `canary`).
 pub type RouteKey = (String, String, String);
+
+/// A shadow report: model, version, and whether it is production's replay.
+pub type ShadowKey = (String, String, bool);
 
 /// One replica's report: who, which start of it, and its counts per route.
 pub struct Report {
@@ -31,13 +38,17 @@ struct Totals {
     /// What each (replica, incarnation) last reported per route.
     last: HashMap<(String, String), HashMap<RouteKey, StatsSnapshot>>,
     totals: HashMap<RouteKey, StatsSnapshot>,
+    /// The other replicas' latest shadow report shares.
+    shadow: HashMap<ShadowKey, Vec<ReportShare>>,
+    /// The leader's latest rollout readings per model, when another replica leads.
+    leader_readings: serde_json::Map<String, serde_json::Value>,
 }
 
 impl RemoteStats {
     /// Takes in the other replicas' latest reports.
     pub fn observe(&self, reports: Vec<Report>) {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let Totals { last, totals } = &mut *state;
+        let mut state = self.lock();
+        let Totals { last, totals, .. } = &mut *state;
         for report in reports {
             let seen = last
                 .entry((report.replica, report.incarnation))
@@ -54,11 +65,41 @@ impl RemoteStats {
 
     /// `local` with what the other replicas added on the same route.
     pub fn merged(&self, route: &RouteKey, local: StatsSnapshot) -> StatsSnapshot {
-        let state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.lock();
         match state.totals.get(route) {
             Some(remote) => local.plus(remote),
             None => local,
         }
+    }
+
+    /// Replaces the other replicas' shadow shares with the ones read now.
+    pub fn observe_shadow(&self, shares: Vec<(ShadowKey, ReportShare)>) {
+        let mut grouped: HashMap<ShadowKey, Vec<ReportShare>> = HashMap::new();
+        for (key, share) in shares {
+            grouped.entry(key).or_default().push(share);
+        }
+        self.lock().shadow = grouped;
+    }
+
+    /// The other replicas' shares of one shadow report.
+    pub fn shadow_shares(&self, model: &str, version: &str, replay: bool) -> Vec<ReportShare> {
+        let key = (model.to_string(), version.to_string(), replay);
+        self.lock().shadow.get(&key).cloned().unwrap_or_default()
+    }
+
+    /// Replaces the leader's readings with the ones read now (none while this
+    /// replica leads, or no leader published any).
+    pub fn observe_leader_readings(&self, readings: serde_json::Map<String, serde_json::Value>) {
+        self.lock().leader_readings = readings;
+    }
+
+    /// What the leader last measured for `model`'s rollout.
+    pub fn leader_readings(&self, model: &str) -> Option<serde_json::Value> {
+        self.lock().leader_readings.get(model).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Totals> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

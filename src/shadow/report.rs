@@ -11,11 +11,16 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::compare::Verdict;
 use super::llm_report::{LlmDetails, Side};
 use crate::vocab::path::{Display, Step, normalized};
+
+mod share;
+
+use share::Counts;
+pub use share::ReportShare;
 
 /// Mismatch samples kept, newest last.
 pub const SAMPLES: usize = 20;
@@ -133,7 +138,7 @@ struct Details {
     llm: Option<LlmDetails>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Bucket {
     slot: u64,
     compared: u64,
@@ -161,7 +166,7 @@ pub struct Compared<'a> {
 }
 
 /// A mismatch, as kept in the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub request_id: String,
     pub path: String,
@@ -251,16 +256,64 @@ impl VersionReport {
         self.details().agreement(now_secs())
     }
 
+    /// Agreement over this report and `others` (the other replicas' shares).
+    pub fn agreement_with(&self, others: &[ReportShare]) -> Agreement {
+        if others.is_empty() {
+            return self.agreement();
+        }
+        let own = self.share();
+        let (merged, _) = Details::merged(std::iter::once(&own).chain(others));
+        merged.agreement(now_secs())
+    }
+
+    /// What this report has counted, for the other replicas to merge.
+    pub fn share(&self) -> ReportShare {
+        self.details().share(self.counts(), now_secs())
+    }
+
+    fn counts(&self) -> Counts {
+        let load =
+            |counters: &[AtomicU64]| counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        Counts {
+            mirrored: self.mirrored.load(Ordering::Relaxed),
+            dropped: load(&self.dropped),
+            errors: load(&self.errors),
+        }
+    }
+
     /// The report as the admin API shows it.
     pub fn view(&self) -> serde_json::Value {
+        self.view_with(&[])
+    }
+
+    /// The report merged with `others` (the other replicas' shares). The LLM
+    /// figures are this replica's own.
+    pub fn view_with(&self, others: &[ReportShare]) -> serde_json::Value {
         let details = self.details();
-        let count = |counters: &[AtomicU64],
+        let llm = details.llm.as_ref().map(LlmDetails::to_json);
+        if others.is_empty() {
+            return self.render(&details, &self.counts(), llm, 1);
+        }
+        let own = details.share(self.counts(), now_secs());
+        drop(details);
+        let (merged, counts) = Details::merged(std::iter::once(&own).chain(others));
+        self.render(&merged, &counts, llm, 1 + others.len())
+    }
+
+    fn render(
+        &self,
+        details: &Details,
+        counts: &Counts,
+        llm: Option<serde_json::Value>,
+        replicas: usize,
+    ) -> serde_json::Value {
+        let count = |counters: &[u64],
                      names: Vec<&'static str>|
          -> serde_json::Map<String, serde_json::Value> {
             names
                 .into_iter()
                 .zip(counters)
-                .map(|(name, c)| (name.to_string(), c.load(Ordering::Relaxed).into()))
+                .map(|(name, n)| (name.to_string(), (*n).into()))
                 .collect()
         };
         let mut paths: Vec<(&String, &u64)> = details.paths.iter().collect();
@@ -275,14 +328,15 @@ impl VersionReport {
             "version": self.version,
             "replay_of_production": self.replay,
             "since": humantime::format_rfc3339_seconds(details.since).to_string(),
-            "mirrored": self.mirrored.load(Ordering::Relaxed),
+            "replicas": replicas,
+            "mirrored": counts.mirrored,
             "compared": details.compared,
             "matched": details.matched,
             "mismatched": details.compared - details.matched,
             "labels": (details.labels_total > 0).then(|| serde_json::json!({ "agreed": details.labels_agreed, "compared": details.labels_total })),
             "agreement": details.agreement(now_secs()),
-            "errors": count(&self.errors, ErrorKind::ALL.map(ErrorKind::as_str).to_vec()),
-            "dropped": count(&self.dropped, DropReason::ALL.map(DropReason::as_str).to_vec()),
+            "errors": count(&counts.errors, ErrorKind::ALL.map(ErrorKind::as_str).to_vec()),
+            "dropped": count(&counts.dropped, DropReason::ALL.map(DropReason::as_str).to_vec()),
             "latency_ms": {
                 "primary": percentiles(&details.primary_latency),
                 "shadow": percentiles(&details.shadow_latency),
@@ -292,7 +346,7 @@ impl VersionReport {
                 "shadow": cdf(&details.shadow_latency),
             },
             "agreement_per_minute": details.minutes.series(now_secs()),
-            "llm": details.llm.as_ref().map(LlmDetails::to_json),
+            "llm": llm,
             "top_mismatch_paths": top,
             "samples": details.samples,
         })

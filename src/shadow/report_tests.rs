@@ -143,3 +143,56 @@ fn latency_distributions_are_shown_as_cdf_points() {
     assert!((points[0][1].as_f64().unwrap() - 5.0).abs() < 0.1);
     assert_eq!(view["agreement_per_minute"][0]["compared"], 1);
 }
+
+#[test]
+fn shares_of_several_reports_merge_into_one() {
+    let (good, bad) = (verdict(true, ""), verdict(false, "score"));
+    let (a, b) = (VersionReport::new("m", "3"), VersionReport::new("m", "3"));
+    for _ in 0..3 {
+        a.count_mirrored();
+        a.record(&compared(&good));
+    }
+    b.count_mirrored();
+    b.count_dropped(DropReason::CpuShare);
+    b.record(&Compared {
+        shadow_latency: Duration::from_millis(50),
+        ..compared(&bad)
+    });
+    let share = b.share();
+    // Through JSON, as the replicas exchange it.
+    let share: ReportShare = serde_json::from_str(&serde_json::to_string(&share).unwrap()).unwrap();
+    let view = a.view_with(std::slice::from_ref(&share));
+    assert_eq!(view["replicas"], 2);
+    assert_eq!(
+        (
+            view["mirrored"].as_u64(),
+            view["compared"].as_u64(),
+            view["mismatched"].as_u64()
+        ),
+        (Some(4), Some(4), Some(1))
+    );
+    assert_eq!(view["dropped"]["cpu_share"], 1);
+    assert_eq!(view["agreement"]["agreement"], 0.75);
+    assert_eq!(view["agreement"]["window_compared"], 4);
+    assert_eq!(view["top_mismatch_paths"][0]["count"], 1);
+    assert_eq!(view["samples"].as_array().unwrap().len(), 1);
+    // Percentiles of every answer, not of each report: a's three at 5 ms, b's
+    // one at 50 ms.
+    let p50 = view["latency_ms"]["shadow"]["p50"].as_f64().unwrap();
+    assert!((4.9..5.1).contains(&p50), "{p50}");
+    assert!(view["latency_ms"]["shadow"]["p99"].as_f64().unwrap() >= 49.0);
+    let agreement = a.agreement_with(&[share]);
+    assert_eq!((agreement.agreed, agreement.judged), (3, 4));
+    // Alone, a report is what it was.
+    assert_eq!(a.view()["compared"], 3);
+    assert_eq!(a.view()["replicas"], 1);
+}
+
+#[test]
+fn a_merged_report_counts_from_the_newest_start() {
+    let a = VersionReport::new("m", "3");
+    let mut share = a.share();
+    share.since_ms += 60_000;
+    let merged = a.agreement_with(&[share.clone()]);
+    assert_eq!(merged.since_ms, share.since_ms);
+}

@@ -66,6 +66,24 @@ impl Keys {
         format!("{}/measurements/{replica}", self.prefix).into_bytes()
     }
 
+    /// Where the leader publishes its rollout readings.
+    pub fn readings(&self) -> Vec<u8> {
+        format!("{}/readings", self.prefix).into_bytes()
+    }
+
+    /// Where a replica publishes its shadow reports' shares.
+    pub fn shadow_reports(&self, replica: &str) -> Vec<u8> {
+        format!("{}/shadow/{replica}", self.prefix).into_bytes()
+    }
+
+    /// Every replica's shadow reports: `[prefix/shadow/, prefix/shadow0)`.
+    pub fn all_shadow_reports(&self) -> (Vec<u8>, Vec<u8>) {
+        (
+            format!("{}/shadow/", self.prefix).into_bytes(),
+            format!("{}/shadow0", self.prefix).into_bytes(),
+        )
+    }
+
     /// Every replica's measurements: `[prefix/measurements/, prefix/measurements0)`.
     pub fn all_measurements(&self) -> (Vec<u8>, Vec<u8>) {
         (
