@@ -165,6 +165,7 @@ pub async fn start_on(
         CONTROLLER_TICK,
     );
     let mut store_up = None;
+    let mut cluster_exchange = None;
     // The other replicas' measurements; none while alone.
     let remote = RemoteStats::default();
     // Alone, a replica always leads.
@@ -188,8 +189,9 @@ pub async fn start_on(
             remote: remote.clone(),
             leading: campaign.leading.clone(),
             readings: readings.clone(),
+            sync: None,
         };
-        following.push(cluster::spawn(exchange, following_stop.clone()));
+        cluster_exchange = Some(exchange);
         controller = controller
             .leading_while(campaign.leading)
             .with_remote(remote.clone());
@@ -213,6 +215,11 @@ pub async fn start_on(
             sync_stop.clone(),
         )
     });
+    // Started once the sync is, so polls asked of a follower can reach the leader.
+    if let Some(mut exchange) = cluster_exchange {
+        exchange.sync = sync.as_ref().map(|(handle, _)| handle.clone());
+        following.push(cluster::spawn(exchange, following_stop.clone()));
+    }
     let admin_handler = Arc::new(
         Admin::new(
             Arc::clone(&published),

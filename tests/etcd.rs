@@ -300,6 +300,69 @@ async fn without_etcd_the_data_plane_serves_and_writes_are_refused_quickly() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_stopped_then_killed_under_load_fails_no_prediction_and_replicas_recover() {
+    let mut etcd = EtcdServer::start();
+    let upstreams = upstreams(2).await;
+    let replicas = replicas(&config(&etcd, "/sg/killed", &upstreams), 2).await;
+    converged(&replicas).await;
+    // Predictions through both replicas all along, each one counted.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let urls: Vec<String> = replicas.iter().map(|r| common::infer_url(r)).collect();
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut served, mut failed) = (0u64, Vec::new());
+            for n in 0usize.. {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let answer = common::post(&urls[n % urls.len()], &[]).await;
+                match answer.status {
+                    StatusCode::OK => served += 1,
+                    status => failed.push(status),
+                }
+            }
+            (served, failed)
+        }
+    });
+
+    etcd.freeze();
+    serves_but_refuses_writes(&replicas[0], &replicas[1], "1", "2").await;
+    // SIGKILL while stopped: what a crashed etcd host leaves.
+    etcd.kill(0);
+    serves_but_refuses_writes(&replicas[1], &replicas[0], "1", "2").await;
+    etcd.restart(0);
+    // Back on its data directory: writes are taken again (or the refused one
+    // landed after all), and both replicas catch up.
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    loop {
+        let (status, answer) = transition(&replicas[0], "2", "production").await;
+        match (status, answer["code"].as_str()) {
+            (StatusCode::OK, _) | (StatusCode::CONFLICT, Some("already_in_stage")) => break,
+            _ => assert!(
+                Instant::now() < deadline,
+                "etcd did not come back: {answer}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (stages, _) = converged(&replicas).await;
+    assert_eq!(stages[1], ("2".to_string(), "production".to_string()));
+    stop.cancel();
+    let (served, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} predictions failed: {failed:?}",
+        failed.len(),
+        served + failed.len() as u64
+    );
+    assert!(served > 0);
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
 /// Whether `replica` runs the cluster's rollout controller, by its gauge.
 async fn leads(replica: &TestGateway) -> bool {
     common::metrics(replica)
@@ -831,10 +894,17 @@ async fn only_the_leader_follows_mlflow_and_every_replica_serves_what_it_applied
     mlflow.add_version("fraud-detector", "1", &v1.url());
     mlflow.add_version("fraud-detector", "2", &v2.url());
     mlflow.set_alias("fraud-detector", "champion", "1");
+    let secret = "etcd-webhook-secret-0123456789";
+    // SAFETY: set before the gateways (the only readers) start; no other test of
+    // this binary reads this variable.
+    unsafe { std::env::set_var("STAGEGATE_TEST_ETCD_WEBHOOK_SECRET", secret) };
+    // Polls an hour apart: after the first, only a webhook delivery makes the
+    // leader poll.
     let text = format!(
         "[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"/sg/mlflow\"\n\
          lease_ttl_s = 2\ndial_timeout_ms = {DIAL_TIMEOUT_MS}\n\
-         [registry]\nkind = \"mlflow\"\nurl = \"{}\"\npoll_interval_ms = 100\n\n\
+         [registry]\nkind = \"mlflow\"\nurl = \"{}\"\npoll_interval_ms = 3600000\n\
+         webhook_secret_env = \"STAGEGATE_TEST_ETCD_WEBHOOK_SECRET\"\n\n\
          [[models]]\nname = \"fraud\"\n[models.mlflow]\nregistered_model = \"fraud-detector\"\n\
          on_production_change = \"promote\"\n",
         etcd.urls(),
@@ -869,8 +939,28 @@ async fn only_the_leader_follows_mlflow_and_every_replica_serves_what_it_applied
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // MLflow moves the champion: the leader applies it once, both serve it.
+    // MLflow moves the champion and delivers its webhook to the follower: the
+    // leader polls, applies it once, and both serve it.
     mlflow.set_alias("fraud-detector", "champion", "2");
+    let follower = usize::from(sync_state(&replicas[0]).await != "following");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let key = stagegate::config::registry::Secret::new(secret.into());
+    let signature = stagegate::sync::webhook::sign(&key, "d-1", &now, b"{}");
+    let hook = format!(
+        "http://{}/api/v1/registry/webhook",
+        replicas[follower].admin_addr()
+    );
+    let headers = [
+        ("x-mlflow-signature", signature.as_str()),
+        ("x-mlflow-delivery-id", "d-1"),
+        ("x-mlflow-timestamp", now.as_str()),
+    ];
+    let delivered = common::send(&common::client(), Method::POST, &hook, &headers, "{}").await;
+    assert_eq!(delivered.status, StatusCode::OK, "{:?}", delivered.body);
     let deadline = Instant::now() + CONVERGED_WITHIN;
     while replicas.iter().any(|r| serving(r).as_deref() != Some("2")) {
         assert!(

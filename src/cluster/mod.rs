@@ -9,6 +9,9 @@
 //! the shadow report read from any replica, and the shadow gate, cover the
 //! mirrors of every replica. The leader publishes its rollout readings the same
 //! way, so `GET .../rollout` on a follower shows what the controller measured.
+//! And a poll of the external registry asked of a follower (an MLflow webhook
+//! delivery, `POST .../registry/sync`) is passed on to the leader through a key
+//! it watches on every exchange.
 //!
 //! Above the registry (it reads the published table and talks to etcd) and the
 //! rollout controller (whose sink it fills); only the gateway's wiring uses it.
@@ -28,6 +31,7 @@ use crate::rollout::{RemoteStats, RolloutReadings, route_key};
 use crate::routing::ServedStage;
 use crate::routing::stats::StatsSnapshot;
 use crate::shadow::report::ReportShare;
+use crate::sync::SyncHandle;
 
 /// How often measurements are published and read.
 pub const EXCHANGE_EVERY: Duration = Duration::from_millis(250);
@@ -45,6 +49,8 @@ pub struct Exchange {
     pub leading: watch::Receiver<bool>,
     /// The local controller's readings (published while this replica leads).
     pub readings: RolloutReadings,
+    /// The external registry's sync, when one is configured.
+    pub sync: Option<SyncHandle>,
 }
 
 /// Publishes and reads until `stop`.
@@ -61,10 +67,14 @@ pub fn spawn(exchange: Exchange, stop: CancellationToken) -> JoinHandle<()> {
         let mut ticks = tokio::time::interval(EXCHANGE_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shadow = ShadowPublished::default();
+        let mut polls = PollsPassedOn::default();
         for tick in 0u32.. {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = ticks.tick() => exchange.once(&incarnation).await,
+            }
+            if let Some(sync) = &exchange.sync {
+                exchange.pass_on_polls(sync, &mut polls).await;
             }
             if tick % SHADOW_EVERY == 0 {
                 exchange.shadow_once(&mut shadow).await;
@@ -139,6 +149,34 @@ impl Exchange {
                 self.remote.observe_shadow(shares);
             }
             Err(error) => tracing::debug!(%error, "cannot read the other replicas' shadow reports"),
+        }
+    }
+
+    /// A follower writes the polls asked of it to the request key; the leader
+    /// polls when that key changes.
+    async fn pass_on_polls(&self, sync: &SyncHandle, polls: &mut PollsPassedOn) {
+        let key = self.keys.sync_requested();
+        if !*self.leading.borrow() {
+            let asked = sync.polls_asked();
+            if asked != polls.asked {
+                match self.client.put(&key, self.replica.as_bytes()).await {
+                    Ok(()) => polls.asked = asked,
+                    Err(error) => tracing::debug!(%error, "cannot pass a poll on to the leader"),
+                }
+            }
+            return;
+        }
+        match self.client.range(&key, None, 0).await {
+            Ok((_, kvs)) => {
+                let requested = kvs.first().map_or(0, |kv| kv.mod_revision);
+                // The first reading is where counting starts: the leader polls
+                // when it takes over anyway.
+                if polls.seen.is_some_and(|seen| requested > seen) {
+                    sync.poke_for_another();
+                }
+                polls.seen = Some(requested);
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the polls asked of followers"),
         }
     }
 
@@ -222,6 +260,14 @@ impl Exchange {
 
 fn route_json((model, version, stage): &RouteKey, stats: &StatsSnapshot) -> Value {
     json!({ "model": model, "version": version, "stage": stage, "stats": stats.to_json() })
+}
+
+/// Polls passed on: as a follower, how many asked of it were passed on; as the
+/// leader, the request key's revision last seen.
+#[derive(Default)]
+struct PollsPassedOn {
+    asked: u64,
+    seen: Option<i64>,
 }
 
 /// What this replica last published of its shadow reports, and under which lease.

@@ -25,6 +25,7 @@ pub mod write_back;
 mod test_world;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -78,6 +79,9 @@ pub struct SyncHandle {
     status: Arc<ArcSwap<SyncStatus>>,
     requests: mpsc::Sender<Option<oneshot::Sender<()>>>,
     webhook_secret: Option<Secret>,
+    /// Polls asked for (webhook deliveries, sync requests): a follower passes
+    /// them on to the leader, which is the one that polls.
+    asked: Arc<AtomicU64>,
 }
 
 impl SyncHandle {
@@ -87,6 +91,7 @@ impl SyncHandle {
 
     /// Polls now and resolves once that sync is over.
     pub async fn sync_now(&self) -> Result<Arc<SyncStatus>, SyncError> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
         let (done, finished) = oneshot::channel();
         self.requests
             .send(Some(done))
@@ -98,7 +103,18 @@ impl SyncHandle {
 
     /// Asks for a poll without waiting for it (a webhook delivery).
     pub fn poke(&self) {
+        self.asked.fetch_add(1, Ordering::Relaxed);
         // A full queue already holds a request for a poll.
+        let _ = self.requests.try_send(None);
+    }
+
+    /// How many polls have been asked for here since the start.
+    pub fn polls_asked(&self) -> u64 {
+        self.asked.load(Ordering::Relaxed)
+    }
+
+    /// Asks for a poll on behalf of another replica (not counted as asked here).
+    pub fn poke_for_another(&self) {
         let _ = self.requests.try_send(None);
     }
 
@@ -150,6 +166,7 @@ impl Syncer {
             status: Arc::clone(&status),
             requests,
             webhook_secret: source.webhook_secret.clone(),
+            asked: Arc::default(),
         };
         let syncer = Syncer {
             client: MlflowClient::new(&source),

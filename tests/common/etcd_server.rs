@@ -15,11 +15,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct EtcdServer {
     members: Vec<Member>,
-    _dir: tempfile::TempDir,
+    etcd: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 struct Member {
     client: SocketAddr,
+    /// Its command line after the executable, to start it again.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -40,41 +43,69 @@ impl EtcdServer {
             .enumerate()
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect();
-        let mut members = Vec::with_capacity(size);
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let log = std::fs::File::create(dir.path().join(format!("m{i}.log")))
-                .expect("etcd's log file");
-            let mut command = Command::new(&etcd);
-            command
-                .arg(format!("--name=m{i}"))
-                .arg(format!(
-                    "--data-dir={}",
-                    dir.path().join(format!("m{i}")).display()
-                ))
-                .arg(format!("--listen-client-urls={client_url}"))
-                .arg(format!("--advertise-client-urls={client_url}"))
-                .arg(format!("--listen-peer-urls={peer_url}"))
-                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-                .arg(format!("--initial-cluster={}", initial.join(",")))
-                .arg("--initial-cluster-state=new")
-                .stdout(Stdio::null())
-                .stderr(log);
-            let child = spawn_for_the_binary(command)
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", etcd.display()));
-            members.push(Member {
-                client: ([127, 0, 0, 1], *client).into(),
-                child: Some(child),
-            });
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let client_url = format!("http://127.0.0.1:{client}");
+                let peer_url = format!("http://127.0.0.1:{peer}");
+                let args = vec![
+                    format!("--name=m{i}"),
+                    format!("--data-dir={}", dir.path().join(format!("m{i}")).display()),
+                    format!("--listen-client-urls={client_url}"),
+                    format!("--advertise-client-urls={client_url}"),
+                    format!("--listen-peer-urls={peer_url}"),
+                    format!("--initial-advertise-peer-urls={peer_url}"),
+                    format!("--initial-cluster={}", initial.join(",")),
+                    "--initial-cluster-state=new".to_string(),
+                ];
+                Member {
+                    client: ([127, 0, 0, 1], *client).into(),
+                    args,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut server = EtcdServer { members, etcd, dir };
+        for index in 0..size {
+            server.spawn(index);
         }
-        for (i, member) in members.iter_mut().enumerate() {
-            let log_path = dir.path().join(format!("m{i}.log"));
-            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-            let child = member.child.as_mut().expect("just started");
-            wait_until_ok("etcd", member.client, "/health", child, START_TIMEOUT, log);
+        for index in 0..size {
+            server.wait_for(index);
         }
-        EtcdServer { members, _dir: dir }
+        server
+    }
+
+    /// Starts member `index` again on its data directory, after [`kill`](Self::kill).
+    pub fn restart(&mut self, index: usize) {
+        self.spawn(index);
+        self.wait_for(index);
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(index))
+            .expect("etcd's log file");
+        let member = &mut self.members[index];
+        let mut command = Command::new(&self.etcd);
+        command.args(&member.args).stdout(Stdio::null()).stderr(log);
+        let child = spawn_for_the_binary(command)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.etcd.display()));
+        member.child = Some(child);
+    }
+
+    fn wait_for(&mut self, index: usize) {
+        let log_path = self.log_path(index);
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let member = &mut self.members[index];
+        let child = member.child.as_mut().expect("just started");
+        wait_until_ok("etcd", member.client, "/health", child, START_TIMEOUT, log);
+    }
+
+    fn log_path(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("m{index}.log"))
     }
 
     /// Member `index`'s client address.

@@ -149,6 +149,12 @@ impl EtcdClient {
         Ok(self.txn(compare, vec![put]).await?.0)
     }
 
+    /// Puts `key`, bound to no lease.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EtcdError> {
+        let body = put(key, value)["request_put"].take();
+        self.call("put", "/v3/kv/put", body).await.map(drop)
+    }
+
     /// Puts `key` bound to `lease` (it goes when the lease does).
     pub async fn put_leased(&self, key: &[u8], value: &[u8], lease: i64) -> Result<(), EtcdError> {
         let mut body = put(key, value)["request_put"].take();

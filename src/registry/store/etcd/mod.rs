@@ -66,6 +66,11 @@ impl Keys {
         format!("{}/measurements/{replica}", self.prefix).into_bytes()
     }
 
+    /// Where a follower asks the leader to poll the external registry now.
+    pub fn sync_requested(&self) -> Vec<u8> {
+        format!("{}/sync-requested", self.prefix).into_bytes()
+    }
+
     /// Where the leader publishes its rollout readings.
     pub fn readings(&self) -> Vec<u8> {
         format!("{}/readings", self.prefix).into_bytes()
