@@ -278,23 +278,7 @@ async fn without_etcd_the_data_plane_serves_and_writes_are_refused_quickly() {
     );
 
     etcd.thaw();
-    // The refused write may still land: its request was on its way when etcd
-    // froze, and etcd reads it when it wakes. Then the retry finds v2 in
-    // production already, which every replica shows.
-    let deadline = Instant::now() + CONVERGED_WITHIN;
-    loop {
-        let (status, answer) = transition(&replicas[1], "2", "production").await;
-        match (status, answer["code"].as_str()) {
-            (StatusCode::OK, _) | (StatusCode::CONFLICT, Some("already_in_stage")) => break,
-            _ => assert!(
-                Instant::now() < deadline,
-                "etcd did not come back: {answer}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (stages, _) = converged(&replicas).await;
-    assert_eq!(stages[1], ("2".to_string(), "production".to_string()));
+    promoted_once_etcd_is_back(&replicas[1], &replicas).await;
     for replica in replicas {
         replica.shutdown().await;
     }
@@ -333,22 +317,8 @@ async fn etcd_stopped_then_killed_under_load_fails_no_prediction_and_replicas_re
     etcd.kill(0);
     serves_but_refuses_writes(&replicas[1], &replicas[0], "1", "2").await;
     etcd.restart(0);
-    // Back on its data directory: writes are taken again (or the refused one
-    // landed after all), and both replicas catch up.
-    let deadline = Instant::now() + CONVERGED_WITHIN;
-    loop {
-        let (status, answer) = transition(&replicas[0], "2", "production").await;
-        match (status, answer["code"].as_str()) {
-            (StatusCode::OK, _) | (StatusCode::CONFLICT, Some("already_in_stage")) => break,
-            _ => assert!(
-                Instant::now() < deadline,
-                "etcd did not come back: {answer}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (stages, _) = converged(&replicas).await;
-    assert_eq!(stages[1], ("2".to_string(), "production".to_string()));
+    // Back on its data directory: writes are taken again, both replicas catch up.
+    promoted_once_etcd_is_back(&replicas[0], &replicas).await;
     stop.cancel();
     let (served, failed) = load.await.unwrap();
     assert!(
@@ -361,6 +331,27 @@ async fn etcd_stopped_then_killed_under_load_fails_no_prediction_and_replicas_re
     for replica in replicas {
         replica.shutdown().await;
     }
+}
+
+/// Promotes version 2 through `writer` once etcd answers again, and waits until
+/// every replica serves it. The write refused during the outage may have landed
+/// after all (its request was on its way when etcd went): then the retry finds
+/// version 2 in production already.
+async fn promoted_once_etcd_is_back(writer: &TestGateway, replicas: &[TestGateway]) {
+    let deadline = Instant::now() + CONVERGED_WITHIN;
+    loop {
+        let (status, answer) = transition(writer, "2", "production").await;
+        match (status, answer["code"].as_str()) {
+            (StatusCode::OK, _) | (StatusCode::CONFLICT, Some("already_in_stage")) => break,
+            _ => assert!(
+                Instant::now() < deadline,
+                "etcd did not come back: {answer}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (stages, _) = converged(replicas).await;
+    assert_eq!(stages[1], ("2".to_string(), "production".to_string()));
 }
 
 /// Whether `replica` runs the cluster's rollout controller, by its gauge.
@@ -943,23 +934,11 @@ async fn only_the_leader_follows_mlflow_and_every_replica_serves_what_it_applied
     // leader polls, applies it once, and both serve it.
     mlflow.set_alias("fraud-detector", "champion", "2");
     let follower = usize::from(sync_state(&replicas[0]).await != "following");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string();
-    let key = stagegate::config::registry::Secret::new(secret.into());
-    let signature = stagegate::sync::webhook::sign(&key, "d-1", &now, b"{}");
     let hook = format!(
         "http://{}/api/v1/registry/webhook",
         replicas[follower].admin_addr()
     );
-    let headers = [
-        ("x-mlflow-signature", signature.as_str()),
-        ("x-mlflow-delivery-id", "d-1"),
-        ("x-mlflow-timestamp", now.as_str()),
-    ];
-    let delivered = common::send(&common::client(), Method::POST, &hook, &headers, "{}").await;
+    let delivered = common::deliver_webhook(&hook, secret, common::unix_seconds()).await;
     assert_eq!(delivered.status, StatusCode::OK, "{:?}", delivered.body);
     let deadline = Instant::now() + CONVERGED_WITHIN;
     while replicas.iter().any(|r| serving(r).as_deref() != Some("2")) {

@@ -587,52 +587,15 @@ async fn mlflow_webhooks_trigger_a_sync_and_bad_signatures_are_refused() {
     registered.set_alias("champion", &v2).await;
     serving(&gateway, &v2).await;
 
-    let send = |headers: Vec<(&'static str, String)>| {
-        let hook = hook.clone();
-        async move {
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            common::send(&common::client(), Method::POST, &hook, &headers, "{}").await
-        }
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string();
-    let key = stagegate::config::registry::Secret::new(secret.into());
-    let good = stagegate::sync::webhook::sign(&key, "d-1", &now, b"{}");
-    let answer = send(vec![
-        ("x-mlflow-signature", good.clone()),
-        ("x-mlflow-delivery-id", "d-1".into()),
-        ("x-mlflow-timestamp", now.clone()),
-    ])
-    .await;
+    let now = common::unix_seconds();
+    let answer = common::deliver_webhook(&hook, secret, now).await;
     assert_eq!(answer.status, StatusCode::OK);
-    let wrong = stagegate::sync::webhook::sign(
-        &stagegate::config::registry::Secret::new("not-it".into()),
-        "d-1",
-        &now,
-        b"{}",
-    );
-    let answer = send(vec![
-        ("x-mlflow-signature", wrong),
-        ("x-mlflow-delivery-id", "d-1".into()),
-        ("x-mlflow-timestamp", now.clone()),
-    ])
-    .await;
+    let answer = common::deliver_webhook(&hook, "not-it", now).await;
     assert_eq!(
         (answer.status, answer.code().as_str()),
         (StatusCode::UNAUTHORIZED, "bad_signature")
     );
-    let old = (now.parse::<i64>().unwrap() - 301).to_string();
-    let stale = stagegate::sync::webhook::sign(&key, "d-1", &old, b"{}");
-    let answer = send(vec![
-        ("x-mlflow-signature", stale),
-        ("x-mlflow-delivery-id", "d-1".into()),
-        ("x-mlflow-timestamp", old),
-    ])
-    .await;
+    let answer = common::deliver_webhook(&hook, secret, now - 301).await;
     assert_eq!(
         (answer.status, answer.code().as_str()),
         (StatusCode::UNAUTHORIZED, "stale_delivery")

@@ -319,6 +319,28 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// Seconds since the epoch, as an MLflow webhook's timestamp header carries them.
+pub fn unix_seconds() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_secs()).unwrap()
+}
+
+/// An MLflow webhook delivery (`{}`) to `hook`, signed with `secret` as sent at
+/// `timestamp` (seconds since the epoch).
+pub async fn deliver_webhook(hook: &str, secret: &str, timestamp: i64) -> Answer {
+    let key = stagegate::config::registry::Secret::new(secret.into());
+    let timestamp = timestamp.to_string();
+    let signature = stagegate::sync::webhook::sign(&key, "d-1", &timestamp, b"{}");
+    let headers = [
+        ("x-mlflow-signature", signature.as_str()),
+        ("x-mlflow-delivery-id", "d-1"),
+        ("x-mlflow-timestamp", timestamp.as_str()),
+    ];
+    send(&client(), Method::POST, hook, &headers, "{}").await
+}
+
 /// Sends one request and reads the whole answer.
 pub async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
