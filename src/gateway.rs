@@ -171,7 +171,7 @@ pub async fn start_on(
     // Alone, a replica always leads.
     let mut leading = tokio::sync::watch::channel(true).1;
     if let (Some((client, keys, _)), StoreConfig::Etcd(etcd)) = (&opened_follow, &config.store) {
-        let name = format!("{admin_addr}-{}", std::process::id());
+        let name = replica_name(admin_addr);
         let campaign = etcd::election::campaign(
             Arc::clone(client),
             keys.clone(),
@@ -487,4 +487,18 @@ async fn upkeep(telemetry: Telemetry, router: Arc<Router>, shutdown: Cancellatio
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// This replica's name among the others: host, admin address and process. The
+/// host tells apart containers that all run as pid 1 on `0.0.0.0:8081`.
+fn replica_name(admin_addr: SocketAddr) -> String {
+    let mut host = [0u8; 256];
+    // SAFETY: `host` is a writable buffer of the length passed.
+    let status = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) };
+    let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+    let host = match status {
+        0 => String::from_utf8_lossy(&host[..end]).into_owned(),
+        _ => "unknown-host".to_string(),
+    };
+    format!("{host}-{admin_addr}-{}", std::process::id())
 }

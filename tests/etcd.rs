@@ -886,8 +886,10 @@ async fn only_the_leader_follows_mlflow_and_every_replica_serves_what_it_applied
     mlflow.add_version("fraud-detector", "2", &v2.url());
     mlflow.set_alias("fraud-detector", "champion", "1");
     let secret = "etcd-webhook-secret-0123456789";
-    // SAFETY: set before the gateways (the only readers) start; no other test of
-    // this binary reads this variable.
+    // SAFETY: set before the gateways that read it start. Other tests of this
+    // binary may run meanwhile, but none sets the environment, and what they
+    // read of it (etcd's and the gateways' start-up) is read once, at start;
+    // the remaining risk is the one `set_var` documents for any threaded test.
     unsafe { std::env::set_var("STAGEGATE_TEST_ETCD_WEBHOOK_SECRET", secret) };
     // Polls an hour apart: after the first, only a webhook delivery makes the
     // leader poll.

@@ -342,9 +342,12 @@ async fn many_slow_and_silent_clients_are_closed_while_normal_traffic_flows() {
         slowest = slowest.max(connection.await.unwrap());
     }
     eprintln!("slowest of 200 closed {slowest:?} after its connect");
+    // Nothing else closes a silent connection before `request_timeout_ms` (30 s):
+    // well under that, it was the header-read timeout (a loaded CI machine may
+    // take a second or more to get round to 200 connections).
     assert!(
-        slowest < Duration::from_millis(300) + Duration::from_secs(1),
-        "a silent connection stayed open {slowest:?}, past the header-read timeout plus a second"
+        slowest < Duration::from_millis(300) + Duration::from_secs(5),
+        "a silent connection stayed open {slowest:?}, past the header-read timeout plus 5 s"
     );
     // The gateway's side of every slow connection is gone too.
     let settled = async {

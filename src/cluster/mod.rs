@@ -148,7 +148,11 @@ impl Exchange {
                     .collect();
                 self.remote.observe_shadow(shares);
             }
-            Err(error) => tracing::debug!(%error, "cannot read the other replicas' shadow reports"),
+            Err(error) => {
+                // Shown as this replica's alone rather than merged with frozen ones.
+                self.remote.observe_shadow(Vec::new());
+                tracing::debug!(%error, "cannot read the other replicas' shadow reports")
+            }
         }
     }
 
@@ -208,7 +212,10 @@ impl Exchange {
                     .unwrap_or_default();
                 self.remote.observe_leader_readings(readings);
             }
-            Err(error) => tracing::debug!(%error, "cannot read the leader's rollout readings"),
+            Err(error) => {
+                self.remote.observe_leader_readings(serde_json::Map::new());
+                tracing::debug!(%error, "cannot read the leader's rollout readings")
+            }
         }
     }
 

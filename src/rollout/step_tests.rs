@@ -268,6 +268,7 @@ fn the_wait_for_shadow_counts_the_whole_report_and_a_step_counts_from_its_start(
         agreed,
         judged,
         since_ms,
+        basis: since_ms,
         window_compared: 0,
         window_agreement: None,
         window_seconds: 300,

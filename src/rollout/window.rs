@@ -239,12 +239,10 @@ impl Window {
 /// Comparisons since the window began; all of them if the report was reset.
 fn shadow_since(start: Option<&Agreement>, now: &Agreement) -> ShadowCounts {
     match start {
-        Some(start) if start.since_ms == now.since_ms && start.judged <= now.judged => {
-            ShadowCounts {
-                agreed: now.agreed.saturating_sub(start.agreed),
-                judged: now.judged - start.judged,
-            }
-        }
+        Some(start) if start.basis == now.basis && start.judged <= now.judged => ShadowCounts {
+            agreed: now.agreed.saturating_sub(start.agreed),
+            judged: now.judged - start.judged,
+        },
         _ => ShadowCounts {
             agreed: now.agreed,
             judged: now.judged,

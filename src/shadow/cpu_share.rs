@@ -14,9 +14,9 @@
 //! so production's own requests get slower while mirrors run. That cost grows
 //! with the shadow threads' running time, and it is only a cost when production
 //! wants the CPU, so their time is charged with a surcharge ([`INTERFERENCE`])
-//! scaled by how busy the rest of the process was in the time the shadow threads
-//! left it: none while production idles, the whole surcharge when it is
-//! saturated.
+//! scaled by how busy the rest of the process was in the CPU time the shadow
+//! threads left it on the cores it may use: none while production idles, the
+//! whole surcharge when it is saturated.
 //!
 //! The meter is a token bucket in CPU nanoseconds, refilled at `share` per
 //! wall-clock nanosecond, holding at most [`BURST`] worth of refill, and read by
@@ -57,6 +57,8 @@ struct Meter {
     clocks: Vec<(CpuClock, Duration)>,
     /// The whole process's CPU clock and its reading at the last sample.
     process: Option<(CpuClock, Duration)>,
+    /// The cores this process may run on: what production can use.
+    cores: u32,
     busy: Busyness,
     tokens: f64,
     last_sample: Instant,
@@ -71,6 +73,8 @@ impl CpuShare {
             meter: Mutex::new(Meter {
                 clocks: Vec::new(),
                 process: CpuClock::process().map(|clock| (clock, clock.read().unwrap_or_default())),
+                cores: std::thread::available_parallelism()
+                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
                 busy: Busyness::default(),
                 tokens: share * BURST.as_nanos() as f64,
                 last_sample: Instant::now(),
@@ -125,11 +129,11 @@ impl CpuShare {
             let reading = clock.read()?;
             Some(reading.saturating_sub(std::mem::replace(last, reading)))
         });
+        // What production could have used: every core's time the shadow left.
+        let left = (passed * meter.cores).saturating_sub(ran);
         // Without a process clock, production counts as saturated: the safe side.
-        let others = process.map_or(passed, |all| all.saturating_sub(ran));
-        let busy = meter
-            .busy
-            .observe(others, passed.saturating_sub(ran), passed);
+        let others = process.map_or(left, |all| all.saturating_sub(ran));
+        let busy = meter.busy.observe(others, left, passed);
         let surcharge = ran.as_nanos() as f64 * INTERFERENCE * busy;
         let used = charged.as_nanos() as f64 + ran.as_nanos() as f64 + surcharge;
         let burst = self.share * BURST.as_nanos() as f64;
@@ -144,8 +148,8 @@ impl CpuShare {
     }
 }
 
-/// How busy the rest of the process has lately been in the time the shadow
-/// threads left it, from 0 (idle) to 1 (saturated). Sums decay over
+/// How busy the rest of the process has lately been in the CPU time the shadow
+/// threads left it (on every core it may use), from 0 (idle) to 1 (saturated). Sums decay over
 /// [`BUSY_HORIZON`], so one short window between samples (in which the shadow
 /// threads may have left no time at all) does not decide it.
 #[derive(Debug, Default)]
@@ -291,9 +295,10 @@ mod tests {
         share.meter_current_thread();
         share.sample();
         // Production saturated, as far as the meter can tell.
+        // Large sums, so a long pause of this thread cannot decay them away.
         share.lock().busy = Busyness {
-            others: 1.0,
-            left: 1.0,
+            others: 1000.0,
+            left: 1000.0,
         };
         // 15 ms is inside the 20 ms burst, but not with the surcharge on it.
         burn(Duration::from_millis(15));

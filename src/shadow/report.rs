@@ -136,6 +136,8 @@ struct Details {
     minutes: Ring<MINUTES>,
     /// Once an `llm` comparison was made.
     llm: Option<LlmDetails>,
+    /// A merged report's [`Agreement::basis`] (a report's own is its start).
+    basis: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -191,9 +193,14 @@ pub struct Agreement {
     /// in `label` mode) that agreed, of all judged.
     pub agreed: u64,
     pub judged: u64,
-    /// When the report was (re)started, in milliseconds since the epoch: counts
-    /// from different starts cannot be subtracted.
+    /// When the report was (re)started, in milliseconds since the epoch (of a
+    /// merged report: the newest start among those merged).
     pub since_ms: u64,
+    /// Which counting these counts continue: counts of different bases cannot
+    /// be subtracted. A report's own start; for a merged report, one value for
+    /// the set of starts merged, so a report that joins, leaves or restarts
+    /// changes it.
+    pub basis: u64,
     /// Comparisons in the last `window_seconds`.
     pub window_compared: u64,
     pub window_agreement: Option<f64>,
@@ -261,7 +268,7 @@ impl VersionReport {
         if others.is_empty() {
             return self.agreement();
         }
-        let own = self.share();
+        let own = self.details().share_whole(self.counts(), now_secs());
         let (merged, _) = Details::merged(std::iter::once(&own).chain(others));
         merged.agreement(now_secs())
     }
@@ -294,7 +301,7 @@ impl VersionReport {
         if others.is_empty() {
             return self.render(&details, &self.counts(), llm, 1);
         }
-        let own = details.share(self.counts(), now_secs());
+        let own = details.share_whole(self.counts(), now_secs());
         drop(details);
         let (merged, counts) = Details::merged(std::iter::once(&own).chain(others));
         self.render(&merged, &counts, llm, 1 + others.len())
@@ -332,7 +339,7 @@ impl VersionReport {
             "mirrored": counts.mirrored,
             "compared": details.compared,
             "matched": details.matched,
-            "mismatched": details.compared - details.matched,
+            "mismatched": details.compared.saturating_sub(details.matched),
             "labels": (details.labels_total > 0).then(|| serde_json::json!({ "agreed": details.labels_agreed, "compared": details.labels_total })),
             "agreement": details.agreement(now_secs()),
             "errors": count(&counts.errors, ErrorKind::ALL.map(ErrorKind::as_str).to_vec()),
@@ -378,6 +385,7 @@ impl Details {
             window: Ring::new(BUCKET_SECS),
             minutes: Ring::new(60),
             llm: None,
+            basis: None,
         }
     }
 
@@ -470,10 +478,10 @@ impl Details {
             agreement: ratio(all_agreed, all_total),
             agreed: self.units_agreed,
             judged: self.units_judged,
-            since_ms: self
-                .since
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            since_ms: share::millis_since_epoch(self),
+            basis: self
+                .basis
+                .unwrap_or_else(|| share::millis_since_epoch(self)),
             window_compared: compared,
             window_agreement: ratio(agreed, total),
             window_seconds: WINDOW_BUCKETS as u64 * BUCKET_SECS,
@@ -508,7 +516,7 @@ impl<const N: usize> Ring<N> {
         let current = now / self.secs;
         self.buckets
             .iter()
-            .filter(move |b| b.compared > 0 && b.slot + (N as u64) > current)
+            .filter(move |b| b.compared > 0 && b.slot.saturating_add(N as u64) > current)
     }
 
     /// Each live slot's start, comparisons and agreement, oldest first.
@@ -517,7 +525,7 @@ impl<const N: usize> Ring<N> {
         live.sort_by_key(|b| b.slot);
         let points = live.into_iter().map(|b| {
             serde_json::json!({
-                "start_ms": b.slot * self.secs * 1000,
+                "start_ms": b.slot.saturating_mul(self.secs).saturating_mul(1000),
                 "compared": b.compared,
                 "agreement": ratio(b.agreed, b.total),
             })

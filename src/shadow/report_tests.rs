@@ -193,6 +193,22 @@ fn a_merged_report_counts_from_the_newest_start() {
     let a = VersionReport::new("m", "3");
     let mut share = a.share();
     share.since_ms += 60_000;
-    let merged = a.agreement_with(&[share.clone()]);
+    let merged = a.agreement_with(std::slice::from_ref(&share));
     assert_eq!(merged.since_ms, share.since_ms);
+    // The basis stands for the set of starts: a report that joins, leaves or
+    // restarts changes it, so a gate never subtracts across that.
+    let alone = a.agreement();
+    assert_eq!(alone.basis, alone.since_ms);
+    assert_ne!(merged.basis, alone.basis);
+    assert_eq!(
+        a.agreement_with(std::slice::from_ref(&share)).basis,
+        merged.basis
+    );
+    let mut restarted = share.clone();
+    restarted.since_ms += 1;
+    assert_ne!(a.agreement_with(&[restarted]).basis, merged.basis);
+    assert_ne!(
+        a.agreement_with(&[share.clone(), share]).basis,
+        merged.basis
+    );
 }

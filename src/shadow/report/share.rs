@@ -10,6 +10,7 @@
 //! is this replica's report plus the others' latest shares, and a replica that
 //! stops publishing drops out of it.
 
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -52,7 +53,7 @@ pub(super) struct Counts {
 
 impl Counts {
     fn add(&mut self, mirrored: u64, dropped: &[u64], errors: &[u64]) {
-        self.mirrored += mirrored;
+        self.mirrored = self.mirrored.saturating_add(mirrored);
         add_slices(&mut self.dropped, dropped);
         add_slices(&mut self.errors, errors);
     }
@@ -62,17 +63,28 @@ fn add_slices(into: &mut Vec<u64>, from: &[u64]) {
     if into.len() < from.len() {
         into.resize(from.len(), 0);
     }
-    into.iter_mut().zip(from).for_each(|(sum, n)| *sum += n);
+    into.iter_mut()
+        .zip(from)
+        .for_each(|(sum, n)| *sum = sum.saturating_add(*n));
 }
 
 impl Details {
-    /// This report's share, with `counts` from the request path.
+    /// This report's share for the other replicas, with `counts` from the
+    /// request path: its most frequent paths and newest samples only.
     pub(super) fn share(&self, counts: Counts, now: u64) -> ReportShare {
-        let mut paths: Vec<(String, u64)> =
-            self.paths.iter().map(|(p, n)| (p.clone(), *n)).collect();
-        paths.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        paths.truncate(SHARED_PATHS);
-        let skip = self.samples.len().saturating_sub(SHARED_SAMPLES);
+        self.share_within(counts, now, SHARED_PATHS, SHARED_SAMPLES)
+    }
+
+    /// This report whole, to merge the others' shares into.
+    pub(super) fn share_whole(&self, counts: Counts, now: u64) -> ReportShare {
+        self.share_within(counts, now, MAX_TRACKED_PATHS, SAMPLES)
+    }
+
+    fn share_within(&self, counts: Counts, now: u64, paths: usize, samples: usize) -> ReportShare {
+        let mut top: Vec<(String, u64)> = self.paths.iter().map(|(p, n)| (p.clone(), *n)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(paths);
+        let skip = self.samples.len().saturating_sub(samples);
         ReportShare {
             since_ms: millis_since_epoch(self),
             mirrored: counts.mirrored,
@@ -86,30 +98,36 @@ impl Details {
             units_judged: self.units_judged,
             primary_latency: buckets(&self.primary_latency),
             shadow_latency: buckets(&self.shadow_latency),
-            paths,
+            paths: top,
             window: self.window.live(now).copied().collect(),
             minutes: self.minutes.live(now).copied().collect(),
             samples: self.samples.iter().skip(skip).cloned().collect(),
         }
     }
 
-    /// A report made of `shares` added together. It counts from the newest of
-    /// their starts, so a gate reading it sees a restart of any of them as a
-    /// restart of the whole.
+    /// A report made of `shares` added together. Its start is the newest of
+    /// theirs, and its basis stands for the set of their starts, so a gate
+    /// reading it does not subtract counts across a report that joined, left or
+    /// restarted.
     pub(super) fn merged<'a>(
         shares: impl IntoIterator<Item = &'a ReportShare>,
     ) -> (Details, Counts) {
         let mut details = Details::new();
         let mut counts = Counts::default();
-        let mut since_ms = 0;
+        let mut starts = Vec::new();
         let mut samples = Vec::new();
         for share in shares {
-            since_ms = since_ms.max(share.since_ms);
+            starts.push(share.since_ms);
             counts.add(share.mirrored, &share.dropped, &share.errors);
             details.absorb(share);
             samples.extend(share.samples.iter().cloned());
         }
-        details.since = UNIX_EPOCH + Duration::from_millis(since_ms);
+        let newest = starts.iter().copied().max().unwrap_or(0);
+        details.since = UNIX_EPOCH + Duration::from_millis(newest);
+        starts.sort_unstable();
+        let mut basis = std::collections::hash_map::DefaultHasher::new();
+        starts.hash(&mut basis);
+        details.basis = Some(basis.finish());
         // RFC 3339 times of one precision sort as text.
         samples.sort_by(|a, b| a.time.cmp(&b.time));
         let skip = samples.len().saturating_sub(SAMPLES);
@@ -118,12 +136,14 @@ impl Details {
     }
 
     fn absorb(&mut self, share: &ReportShare) {
-        self.compared += share.compared;
-        self.matched += share.matched;
-        self.labels_agreed += share.labels_agreed;
-        self.labels_total += share.labels_total;
-        self.units_agreed += share.units_agreed;
-        self.units_judged += share.units_judged;
+        // Saturating: a share is another process's word, not to panic on.
+        let add = |sum: &mut u64, n: u64| *sum = sum.saturating_add(n);
+        add(&mut self.compared, share.compared);
+        add(&mut self.matched, share.matched);
+        add(&mut self.labels_agreed, share.labels_agreed);
+        add(&mut self.labels_total, share.labels_total);
+        add(&mut self.units_agreed, share.units_agreed);
+        add(&mut self.units_judged, share.units_judged);
         for &(micros, count) in &share.primary_latency {
             self.primary_latency.saturating_record_n(micros, count);
         }
@@ -133,7 +153,8 @@ impl Details {
         for (path, count) in &share.paths {
             let tracked = self.paths.len() < MAX_TRACKED_PATHS || self.paths.contains_key(path);
             if tracked {
-                *self.paths.entry(path.clone()).or_default() += count;
+                let sum = self.paths.entry(path.clone()).or_default();
+                *sum = sum.saturating_add(*count);
             }
         }
         share.window.iter().for_each(|b| self.window.absorb(b));
@@ -147,9 +168,9 @@ impl<const N: usize> Ring<N> {
     fn absorb(&mut self, other: &Bucket) {
         let bucket = &mut self.buckets[(other.slot % N as u64) as usize];
         if bucket.slot == other.slot {
-            bucket.compared += other.compared;
-            bucket.agreed += other.agreed;
-            bucket.total += other.total;
+            bucket.compared = bucket.compared.saturating_add(other.compared);
+            bucket.agreed = bucket.agreed.saturating_add(other.agreed);
+            bucket.total = bucket.total.saturating_add(other.total);
         } else if bucket.slot < other.slot || bucket.compared == 0 {
             *bucket = *other;
         }
@@ -163,7 +184,7 @@ fn buckets(histogram: &hdrhistogram::Histogram<u64>) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn millis_since_epoch(details: &Details) -> u64 {
+pub(super) fn millis_since_epoch(details: &Details) -> u64 {
     details
         .since
         .duration_since(UNIX_EPOCH)
