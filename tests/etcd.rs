@@ -368,6 +368,18 @@ async fn rollout(replica: &TestGateway) -> Value {
         .json()
 }
 
+/// Starts a rollout of `plan` through `replica`.
+async fn start_rollout(replica: &TestGateway, plan: Value) {
+    let started = admin(
+        replica,
+        Method::POST,
+        "/api/v1/models/fraud/rollout",
+        Some(plan),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.json());
+}
+
 /// Waits until `done` holds for `replica`'s rollout status.
 async fn wait_rollout(replica: &TestGateway, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -403,14 +415,7 @@ async fn one_replica_leads_and_another_finishes_its_rollout_when_it_goes() {
         "max_step_duration_s": 30.0, "min_requests": 20, "max_error_rate": 0.05,
         "max_p99_ratio": "off", "max_latency_increase": "off", "reason": "leader test"
     });
-    let started = admin(
-        &replicas[survivor],
-        Method::POST,
-        "/api/v1/models/fraud/rollout",
-        Some(plan),
-    )
-    .await;
-    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.json());
+    start_rollout(&replicas[survivor], plan).await;
     wait_rollout(&replicas[survivor], "the second step", |s| {
         s["step"].as_u64() >= Some(2)
     })
@@ -468,14 +473,7 @@ async fn a_follower_shows_what_the_leaders_controller_measured() {
         "max_step_duration_s": 600.0, "min_requests": 20, "max_error_rate": 0.05,
         "reason": "readings on a follower"
     });
-    let started = admin(
-        &replicas[follower],
-        Method::POST,
-        "/api/v1/models/fraud/rollout",
-        Some(plan),
-    )
-    .await;
-    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.json());
+    start_rollout(&replicas[follower], plan).await;
     let status = wait_rollout(&replicas[follower], "the leader's readings", |s| {
         !s["readings"].is_null()
     })
@@ -762,14 +760,7 @@ async fn a_candidate_failing_only_on_a_follower_is_rolled_back_by_the_leader() {
         "max_step_duration_s": 600.0, "min_requests": 20, "max_error_rate": 0.05,
         "max_p99_ratio": "off", "max_latency_increase": "off", "reason": "merged gates"
     });
-    let started = admin(
-        &replicas[follower],
-        Method::POST,
-        "/api/v1/models/fraud/rollout",
-        Some(plan),
-    )
-    .await;
-    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.json());
+    start_rollout(&replicas[follower], plan).await;
     // Only the follower serves traffic: the leader's own counts stay at zero.
     let stop = tokio_util::sync::CancellationToken::new();
     let targets = Arc::new(Mutex::new(vec![common::infer_url(&replicas[follower])]));
