@@ -36,7 +36,9 @@
 //!   plan while their confidence-bound gates hold), [`sync`] (following MLflow),
 //!   [`admin`] (`/healthz`, `/readyz`, `/metrics`, the JSON admin API under
 //!   `/api/v1`, and the status page at `/`), and above them [`cluster`]
-//!   (replicas on one etcd sharing their measurements with the leader).
+//!   (replicas on one etcd sharing their route measurements and shadow reports,
+//!   the leader's rollout readings, and passing MLflow poll requests to the
+//!   leader).
 //! - [`gateway`] wires the parts together; [`ctl`] is `stagegate ctl`; [`demo`]
 //!   is `stagegate demo`; [`fuzzing`] holds the fuzz targets' entry points.
 //!

@@ -13,8 +13,9 @@
 //! delivery, `POST .../registry/sync`) is passed on to the leader through a key
 //! it watches on every exchange.
 //!
-//! Above the registry (it reads the published table and talks to etcd) and the
-//! rollout controller (whose sink it fills); only the gateway's wiring uses it.
+//! Above the registry (it reads the published table and talks to etcd), the
+//! rollout controller (whose sink it fills) and the MLflow sync (which it pokes);
+//! only the gateway's wiring uses it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::Published;
-use crate::registry::store::etcd::{EtcdClient, Keys};
+use crate::registry::store::etcd::{EtcdClient, EtcdError, Keys, Kv};
 use crate::rollout::remote::{Report, RouteKey, ShadowKey};
 use crate::rollout::{RemoteStats, RolloutReadings, route_key};
 use crate::routing::ServedStage;
@@ -102,12 +103,11 @@ impl Exchange {
             }
         }
         let (start, end) = self.keys.all_measurements();
-        match self.client.range(&start, Some(&end), 0).await {
-            Ok((_, kvs)) => {
-                let own = self.keys.measurements(&self.replica);
+        let own = self.keys.measurements(&self.replica);
+        match self.others(&start, &end, &own).await {
+            Ok(kvs) => {
                 let reports = kvs
                     .iter()
-                    .filter(|kv| kv.key != own)
                     .filter_map(|kv| report(&kv.key, &kv.value, &start))
                     .collect();
                 self.remote.observe(reports);
@@ -138,14 +138,10 @@ impl Exchange {
             }
         }
         let (start, end) = self.keys.all_shadow_reports();
-        match self.client.range(&start, Some(&end), 0).await {
-            Ok((_, kvs)) => {
-                let own = self.keys.shadow_reports(&self.replica);
-                let shares = kvs
-                    .iter()
-                    .filter(|kv| kv.key != own)
-                    .flat_map(|kv| shadow_shares(&kv.value))
-                    .collect();
+        let own = self.keys.shadow_reports(&self.replica);
+        match self.others(&start, &end, &own).await {
+            Ok(kvs) => {
+                let shares = kvs.iter().flat_map(|kv| shadow_shares(&kv.value)).collect();
                 self.remote.observe_shadow(shares);
             }
             Err(error) => {
@@ -154,6 +150,13 @@ impl Exchange {
                 tracing::debug!(%error, "cannot read the other replicas' shadow reports")
             }
         }
+    }
+
+    /// The keys in `[start, end)` other than this replica's `own`.
+    async fn others(&self, start: &[u8], end: &[u8], own: &[u8]) -> Result<Vec<Kv>, EtcdError> {
+        let (_, mut kvs) = self.client.range(start, Some(end), 0).await?;
+        kvs.retain(|kv| kv.key != own);
+        Ok(kvs)
     }
 
     /// A follower writes the polls asked of it to the request key; the leader

@@ -250,6 +250,8 @@ fn edges(index: usize) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn snapshots_travel_as_sparse_json() {
         let mut snapshot = StatsSnapshot::default();
@@ -267,8 +269,6 @@ mod tests {
             "latency": [[BUCKETS, 1]], "time_to_first_token": [], "time_per_output_token": [] });
         assert_eq!(StatsSnapshot::from_json(&past_the_end), None);
     }
-
-    use super::*;
 
     #[test]
     fn buckets_are_at_most_a_thirty_second_wide_and_cover_every_value() {

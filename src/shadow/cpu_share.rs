@@ -56,7 +56,7 @@ struct Meter {
     /// Each shadow thread's CPU clock and its reading at the last sample.
     clocks: Vec<(CpuClock, Duration)>,
     /// The whole process's CPU clock and its reading at the last sample.
-    process: Option<(CpuClock, Duration)>,
+    process: (CpuClock, Duration),
     /// The cores this process may run on: what production can use.
     cores: u32,
     busy: Busyness,
@@ -72,7 +72,10 @@ impl CpuShare {
             charged: AtomicU64::new(0),
             meter: Mutex::new(Meter {
                 clocks: Vec::new(),
-                process: CpuClock::process().map(|clock| (clock, clock.read().unwrap_or_default())),
+                process: (
+                    CpuClock::PROCESS,
+                    CpuClock::PROCESS.read().unwrap_or_default(),
+                ),
                 cores: std::thread::available_parallelism()
                     .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
                 busy: Busyness::default(),
@@ -125,13 +128,13 @@ impl CpuShare {
             }
             None => false,
         });
-        let process = meter.process.as_mut().and_then(|(clock, last)| {
-            let reading = clock.read()?;
-            Some(reading.saturating_sub(std::mem::replace(last, reading)))
-        });
+        let (clock, last) = &mut meter.process;
+        let process = clock
+            .read()
+            .map(|reading| reading.saturating_sub(std::mem::replace(last, reading)));
         // What production could have used: every core's time the shadow left.
         let left = (passed * meter.cores).saturating_sub(ran);
-        // Without a process clock, production counts as saturated: the safe side.
+        // An unreadable process clock counts production as saturated: the safe side.
         let others = process.map_or(left, |all| all.saturating_sub(ran));
         let busy = meter.busy.observe(others, left, passed);
         let surcharge = ran.as_nanos() as f64 * INTERFERENCE * busy;
@@ -180,9 +183,7 @@ impl Busyness {
 struct CpuClock(libc::clockid_t);
 
 impl CpuClock {
-    fn process() -> Option<CpuClock> {
-        Some(CpuClock(libc::CLOCK_PROCESS_CPUTIME_ID))
-    }
+    const PROCESS: CpuClock = CpuClock(libc::CLOCK_PROCESS_CPUTIME_ID);
 
     #[cfg(target_os = "linux")]
     fn current_thread() -> Option<CpuClock> {

@@ -11,10 +11,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::Keys;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+use super::Keys;
 use super::client::{EtcdClient, number};
 
 /// The first wait before re-opening a failed watch; it doubles up to the most.

@@ -13,7 +13,7 @@ mod client;
 pub mod election;
 pub mod follow;
 
-pub use client::{EtcdClient, EtcdError};
+pub use client::{EtcdClient, EtcdError, Kv};
 
 use std::sync::Arc;
 
