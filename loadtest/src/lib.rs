@@ -1,7 +1,8 @@
 //! Load testing for stagegate: a load generator ([`load`]) built directly on hyper's
 //! HTTP/1 client connections, with coordinated-omission-corrected open-loop pacing,
 //! and a fast fake model server ([`backend`]) to aim it at; [`compare`] runs
-//! stagegate, nginx and haproxy side by side with both; [`judge`] simulates
+//! stagegate, nginx, haproxy and the hyper floor ([`floor`], the cheapest proxy
+//! hyper and Tokio make) side by side with both; [`judge`] simulates
 //! thousands of rollouts through stagegate's gates, and [`rollouts`] runs real
 //! ones against Python model servers.
 //!
@@ -11,6 +12,7 @@
 pub mod backend;
 pub mod compare;
 mod conn;
+pub mod floor;
 pub mod grpc;
 pub mod judge;
 pub mod load;

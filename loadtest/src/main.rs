@@ -19,7 +19,9 @@ use loadtest::compare::{self, CompareArgs};
 use loadtest::judge::{self, JudgeArgs};
 use loadtest::parse::{parse_duration, parse_fraction, parse_header, parse_rate};
 use loadtest::rollouts::{self, RolloutsArgs};
-use loadtest::{BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, grpc, load, sse};
+use loadtest::{
+    BackendOptions, LoadError, LoadOptions, Mode, Stop, backend, floor, grpc, load, sse,
+};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -44,6 +46,23 @@ enum Command {
     /// Run rollouts end to end: the stagegate binary in front of Python model
     /// servers, under load, and print how each kind of candidate fared.
     Rollouts(RolloutsArgs),
+    /// Run the hyper floor: the cheapest HTTP/1.1 proxy on hyper and Tokio, one
+    /// upstream connection per client connection and nothing else, to measure
+    /// what a proxy built on them costs before any proxy logic.
+    Floor(FloorArgs),
+}
+
+#[derive(Debug, Args)]
+struct FloorArgs {
+    /// Address to listen on; port 0 picks a free one (printed on start).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The server every request goes to.
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// Worker threads, each with a current-thread runtime of its own.
+    #[arg(long, default_value = "1")]
+    threads: NonZeroUsize,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +182,8 @@ enum CliError {
     Compare(compare::CompareError),
     #[error(transparent)]
     Judge(judge::JudgeError),
+    #[error("the hyper floor stopped: {0}")]
+    Floor(#[source] io::Error),
 }
 
 fn main() -> ExitCode {
@@ -175,6 +196,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(&args).map_err(CliError::Compare),
         Command::Judge(args) => judge::run(&args).map_err(CliError::Judge),
         Command::Rollouts(args) => rollouts::run(&args).map_err(CliError::Compare),
+        Command::Floor(args) => floor_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -183,6 +205,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn floor_command(args: &FloorArgs) -> Result<(), CliError> {
+    let listener = std::net::TcpListener::bind(args.listen).map_err(|source| CliError::Listen {
+        addr: args.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| CliError::Listen {
+        addr: args.listen,
+        source,
+    })?;
+    let mut stdout = io::stdout();
+    writeln!(stdout, "listening on {addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(CliError::Stdout)?;
+    floor::run(listener, args.upstream, args.threads.get()).map_err(CliError::Floor)
 }
 
 fn runtime(threads: NonZeroUsize) -> Result<tokio::runtime::Runtime, CliError> {

@@ -140,3 +140,15 @@ async fn a_timed_run_stops_on_time() {
     assert!(report.successes() > 0);
     assert_eq!(total_errors(&report), 0, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hyper_floor_passes_every_request_through() {
+    let (backend_addr, _stop) = start_backend(BackendOptions::default()).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let floor_addr = listener.local_addr().unwrap();
+    // It serves until the process ends.
+    std::thread::spawn(move || loadtest::floor::run(listener, backend_addr, 2));
+    let report = run(options(floor_addr, 300, 8)).await;
+    assert_eq!(report.successes(), 300, "{report}");
+    assert_eq!(total_errors(&report), 0, "{report}");
+}

@@ -85,15 +85,16 @@ struct Shared<H> {
 }
 
 impl<H: Handler> Shared<H> {
-    async fn answer(&self, request: Request<Incoming>) -> Response<H::Body> {
-        let (index, _in_flight) = self.activity.begin();
+    /// The answer the connection gives itself to the request with index
+    /// `index`, if the handler must not see it.
+    fn refusal(&self, index: u64, request: &Request<Incoming>) -> Option<Response<H::Body>> {
         // hyper keeps Transfer-Encoding (it drops only Content-Length): checking it
         // too means a scanner gone wrong could never refuse a plain request.
         if self.conflict.is(index) && request.headers().contains_key(header::TRANSFER_ENCODING) {
             tracing::debug!(peer = ?self.peer, "refused a request with both framings");
-            return self.handler.local_response(conflicting_framing());
+            return Some(self.handler.local_response(conflicting_framing()));
         }
-        self.handler.handle(request, &self.peer).await
+        None
     }
 }
 
@@ -131,9 +132,18 @@ pub async fn serve_connection<H: Handler>(
         conflict,
     });
     let io = TokioIo::new(conn::ClientIo::new(stream, idle_timeout, heads));
-    let service = service_fn(|request| {
+    // One `async` block, not `async fn`s inside it: each nested one would keep
+    // its own copy of the request beside the handler's future.
+    let service = service_fn(|request: Request<Incoming>| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(shared.answer(request).await) }
+        async move {
+            let (index, _in_flight) = shared.activity.begin();
+            let answer = match shared.refusal(index, &request) {
+                Some(refused) => refused,
+                None => shared.handler.handle(request, &shared.peer).await,
+            };
+            Ok::<_, Infallible>(answer)
+        }
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);

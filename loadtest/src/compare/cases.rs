@@ -444,7 +444,8 @@ mod tests {
 
     #[test]
     fn which_proxies_run_which_case() {
-        assert_eq!(Case::Plain256.proxies().len(), 4);
+        assert_eq!(Case::Plain256.proxies().len(), 5);
+        assert!(Case::Plain64.proxies().contains(&ProxyKind::Floor));
         assert_eq!(Case::Plain256.connections(), 256);
         assert_eq!(Case::ShadowHang.connections(), 64);
         assert_eq!(

@@ -203,6 +203,7 @@ pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
         nginx: which("nginx"),
         haproxy: which("haproxy"),
         stagegate,
+        loadtest: exe.clone(),
     };
     let tools = tool_lines(&programs);
     pin.pin_self()?;

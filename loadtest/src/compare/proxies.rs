@@ -34,14 +34,17 @@ pub enum ProxyKind {
     Stagegate,
     Nginx,
     Haproxy,
+    /// The hyper floor ([`crate::floor`]): what hyper and Tokio cost alone.
+    Floor,
 }
 
 impl ProxyKind {
-    pub const ALL: [ProxyKind; 4] = [
+    pub const ALL: [ProxyKind; 5] = [
         ProxyKind::Direct,
         ProxyKind::Stagegate,
         ProxyKind::Nginx,
         ProxyKind::Haproxy,
+        ProxyKind::Floor,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl ProxyKind {
             ProxyKind::Stagegate => "stagegate",
             ProxyKind::Nginx => "nginx",
             ProxyKind::Haproxy => "haproxy",
+            ProxyKind::Floor => "hyper floor",
         }
     }
 }
@@ -127,6 +131,8 @@ pub struct Programs {
     pub stagegate: PathBuf,
     pub nginx: Option<PathBuf>,
     pub haproxy: Option<PathBuf>,
+    /// This executable, which runs the hyper floor.
+    pub loadtest: PathBuf,
 }
 
 pub fn start(
@@ -139,7 +145,7 @@ pub fn start(
         return Ok(RunningProxy::direct(setup.grpc.unwrap_or(setup.primary)));
     }
     let dir = tempfile::Builder::new()
-        .prefix(&format!("loadtest-{kind}-"))
+        .prefix(&format!("loadtest-{}-", kind.name().replace(' ', "-")))
         .tempdir()
         .map_err(|source| CompareError::io("creating a temporary directory", source))?;
     let ports = Ports {
@@ -180,6 +186,7 @@ fn write_config(
 ) -> Result<(PathBuf, Vec<OsString>), CompareError> {
     let (program, name, config, flags): (_, _, _, &[&str]) = match kind {
         ProxyKind::Direct => return Err(CompareError::Setup("direct has no proxy".into())),
+        ProxyKind::Floor => return Ok((programs.loadtest.clone(), floor_args(setup, ports))),
         ProxyKind::Stagegate => (
             programs.stagegate.clone(),
             "stagegate.toml",
@@ -205,6 +212,20 @@ fn write_config(
     let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
     args.push(path.into_os_string());
     Ok((program, args))
+}
+
+/// The hyper floor takes its few settings as arguments.
+fn floor_args(setup: &Setup, ports: &Ports) -> Vec<OsString> {
+    let args = [
+        "floor".to_string(),
+        "--listen".to_string(),
+        ports.listen.to_string(),
+        "--upstream".to_string(),
+        setup.primary.to_string(),
+        "--threads".to_string(),
+        setup.threads.to_string(),
+    ];
+    args.into_iter().map(OsString::from).collect()
 }
 
 fn missing(program: Option<PathBuf>, kind: ProxyKind) -> Result<PathBuf, CompareError> {
