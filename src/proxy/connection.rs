@@ -6,7 +6,8 @@
 //! HTTP/2 connection that completed its preface has no idle limit at all: a client
 //! could hold it (and a file descriptor) forever without sending a request. The
 //! watchdog here closes any connection gracefully once a full idle period passes
-//! with no request started and none in flight.
+//! with no request started and none in flight. It runs in the connection's task
+//! but is polled only when its timer or a closer wakes it ([`super::watchdog`]).
 //!
 //! A request with both Transfer-Encoding and Content-Length is found by the
 //! connection's IO ([`super::framing`]), which tells the service its index; the
@@ -27,11 +28,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::framing::{ConflictingRequest, HeadScanner};
 use super::server::Handler;
+use super::watchdog::{Outcome, WatchWaker, Watched};
 use super::{ProxyError, conn, headers};
 
 /// What ends connections from outside: `draining` asks them to finish their
@@ -150,31 +152,65 @@ pub async fn serve_connection<H: Handler>(
     let mut idle_check =
         tokio::time::interval_at(tokio::time::Instant::now() + idle_timeout, idle_timeout);
     idle_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let watch = WatchWaker::new();
     let (mut closing, mut last_started) = (false, 0);
     loop {
-        tokio::select! {
-            // The connection is what wakes this task almost every time.
-            biased;
-            served = connection.as_mut() => {
+        let watchdog = next_order(
+            &closers,
+            &mut idle_check,
+            &shared.activity,
+            closing,
+            &mut last_started,
+        );
+        match Watched::new(connection.as_mut(), watchdog, &watch).await {
+            Outcome::Served(served) => {
                 if let Err(error) = served {
                     tracing::debug!(%error, %peer, "connection ended with an error");
                 }
                 return;
             }
-            () = closers.force_close.cancelled() => return,
-            () = closers.draining.cancelled(), if !closing => {
+            Outcome::Ordered(Order::Close) => return,
+            Outcome::Ordered(order) => {
+                if matches!(order, Order::Idle) {
+                    tracing::debug!(%peer, "closing idle connection");
+                }
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
+        }
+    }
+}
+
+/// What the watchdog tells a connection.
+enum Order {
+    /// Drop it now.
+    Close,
+    /// Finish what is in flight, then close (the gateway is draining).
+    Drain,
+    /// The same, after a whole idle period with no request started or in flight.
+    Idle,
+}
+
+/// The watchdog's next order; once `closing`, only a forced close is left.
+async fn next_order(
+    closers: &Closers,
+    idle_check: &mut Interval,
+    activity: &Activity,
+    closing: bool,
+    last_started: &mut u64,
+) -> Order {
+    loop {
+        tokio::select! {
+            biased;
+            () = closers.force_close.cancelled() => return Order::Close,
+            () = closers.draining.cancelled(), if !closing => return Order::Drain,
             _ = idle_check.tick(), if !closing => {
-                let activity = &shared.activity;
                 let started = activity.started.load(Ordering::Relaxed);
-                if started == last_started && activity.in_flight.load(Ordering::Relaxed) == 0 {
-                    tracing::debug!(%peer, "closing idle connection");
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
+                let idle = started == *last_started && activity.in_flight.load(Ordering::Relaxed) == 0;
+                *last_started = started;
+                if idle {
+                    return Order::Idle;
                 }
-                last_started = started;
             }
         }
     }

@@ -28,6 +28,7 @@ mod route;
 mod server;
 pub mod server_calls;
 mod stack;
+mod watchdog;
 
 pub use body::ResponseBody;
 pub use error::{ProxyError, json_error, json_response, method_not_allowed};
