@@ -216,11 +216,16 @@ fn floor_command(args: &FloorArgs) -> Result<(), CliError> {
         addr: args.listen,
         source,
     })?;
-    let mut stdout = io::stdout();
+    announce(addr)?;
+    floor::run(listener, args.upstream, args.threads.get()).map_err(CliError::Floor)
+}
+
+/// The line whoever started a server reads to learn its address.
+fn announce(addr: SocketAddr) -> Result<(), CliError> {
+    let mut stdout = io::stdout().lock();
     writeln!(stdout, "listening on {addr}")
         .and_then(|()| stdout.flush())
-        .map_err(CliError::Stdout)?;
-    floor::run(listener, args.upstream, args.threads.get()).map_err(CliError::Floor)
+        .map_err(CliError::Stdout)
 }
 
 fn runtime(threads: NonZeroUsize) -> Result<tokio::runtime::Runtime, CliError> {
@@ -245,11 +250,7 @@ async fn backend_command(args: BackendArgs) -> Result<(), CliError> {
     // Installed before announcing the address, so a signal sent by whoever reads
     // that line is never missed.
     let shutdown = shutdown_signal()?;
-    let mut stdout = io::stdout().lock();
-    writeln!(stdout, "listening on {addr}")
-        .and_then(|()| stdout.flush())
-        .map_err(CliError::Stdout)?;
-    drop(stdout);
+    announce(addr)?;
     if let Some(events) = args.sse_events {
         tokio::select! {
             () = sse::serve(listener, events, Duration::from_millis(args.sse_gap_ms)) => {}
