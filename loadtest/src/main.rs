@@ -208,16 +208,14 @@ fn main() -> ExitCode {
 }
 
 fn floor_command(args: &FloorArgs) -> Result<(), CliError> {
-    let listener = std::net::TcpListener::bind(args.listen).map_err(|source| CliError::Listen {
-        addr: args.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| CliError::Listen {
-        addr: args.listen,
-        source,
-    })?;
+    let listener = std::net::TcpListener::bind(args.listen).map_err(listen_failed(args.listen))?;
+    let addr = listener.local_addr().map_err(listen_failed(args.listen))?;
     announce(addr)?;
     floor::run(listener, args.upstream, args.threads.get()).map_err(CliError::Floor)
+}
+
+fn listen_failed(addr: SocketAddr) -> impl FnOnce(io::Error) -> CliError {
+    move |source| CliError::Listen { addr, source }
 }
 
 /// The line whoever started a server reads to learn its address.
@@ -239,14 +237,8 @@ fn runtime(threads: NonZeroUsize) -> Result<tokio::runtime::Runtime, CliError> {
 async fn backend_command(args: BackendArgs) -> Result<(), CliError> {
     let listener = TcpListener::bind(args.listen)
         .await
-        .map_err(|source| CliError::Listen {
-            addr: args.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| CliError::Listen {
-        addr: args.listen,
-        source,
-    })?;
+        .map_err(listen_failed(args.listen))?;
+    let addr = listener.local_addr().map_err(listen_failed(args.listen))?;
     // Installed before announcing the address, so a signal sent by whoever reads
     // that line is never missed.
     let shutdown = shutdown_signal()?;

@@ -67,7 +67,7 @@ pub fn spawn(exchange: Exchange, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(EXCHANGE_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut shadow = ShadowPublished::default();
+        let (mut shadow, mut readings) = (LastPut::default(), LastPut::default());
         let mut polls = PollsPassedOn::default();
         for tick in 0u32.. {
             tokio::select! {
@@ -79,7 +79,7 @@ pub fn spawn(exchange: Exchange, stop: CancellationToken) -> JoinHandle<()> {
             }
             if tick % SHADOW_EVERY == 0 {
                 exchange.shadow_once(&mut shadow).await;
-                exchange.readings_once().await;
+                exchange.readings_once(&mut readings).await;
             }
         }
     })
@@ -118,24 +118,11 @@ impl Exchange {
 
     /// Publishes this replica's shadow shares if they changed (or its lease did),
     /// and reads the others'.
-    async fn shadow_once(&self, published: &mut ShadowPublished) {
-        let lease = *self.lease.borrow();
-        if let Some(lease) = lease {
-            let text = Value::Array(self.local_shadow()).to_string();
-            if published.lease != Some(lease) || published.text != text {
-                let key = self.keys.shadow_reports(&self.replica);
-                match self.client.put_leased(&key, text.as_bytes(), lease).await {
-                    Ok(_) => {
-                        *published = ShadowPublished {
-                            lease: Some(lease),
-                            text,
-                        }
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "cannot publish this replica's shadow reports")
-                    }
-                }
-            }
+    async fn shadow_once(&self, published: &mut LastPut) {
+        let text = Value::Array(self.local_shadow()).to_string();
+        let key = self.keys.shadow_reports(&self.replica);
+        if let Err(error) = self.put_if_changed(&key, text, published).await {
+            tracing::debug!(%error, "cannot publish this replica's shadow reports");
         }
         let (start, end) = self.keys.all_shadow_reports();
         let own = self.keys.shadow_reports(&self.replica);
@@ -187,31 +174,27 @@ impl Exchange {
         }
     }
 
-    /// Publishes the controller's readings while leading; reads the leader's
-    /// otherwise.
-    async fn readings_once(&self) {
-        let lease = *self.lease.borrow();
-        let leading = *self.leading.borrow();
-        if leading {
+    /// Publishes the controller's readings while leading (when they changed);
+    /// reads the leader's otherwise.
+    async fn readings_once(&self, published: &mut LastPut) {
+        if *self.leading.borrow() {
             self.remote.observe_leader_readings(serde_json::Map::new());
-            if let Some(lease) = lease {
-                let text = self.readings.to_json().to_string();
-                let key = self.keys.readings();
-                if let Err(error) = self.client.put_leased(&key, text.as_bytes(), lease).await {
-                    tracing::debug!(%error, "cannot publish the rollout readings");
-                }
+            let text = self.readings.to_json().to_string();
+            if let Err(error) = self
+                .put_if_changed(&self.keys.readings(), text, published)
+                .await
+            {
+                tracing::debug!(%error, "cannot publish the rollout readings");
             }
             return;
         }
+        // Another leader may write the key meanwhile: leading again, put anew.
+        *published = LastPut::default();
         match self.client.range(&self.keys.readings(), None, 0).await {
             Ok((_, kvs)) => {
                 let readings = kvs
                     .first()
-                    .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-                    .and_then(|value| match value {
-                        Value::Object(map) => Some(map),
-                        _ => None,
-                    })
+                    .and_then(|kv| serde_json::from_slice(&kv.value).ok())
                     .unwrap_or_default();
                 self.remote.observe_leader_readings(readings);
             }
@@ -220,6 +203,28 @@ impl Exchange {
                 tracing::debug!(%error, "cannot read the leader's rollout readings")
             }
         }
+    }
+
+    /// Puts `text` under `key`, bound to this replica's lease, unless it is what
+    /// was last put there under the same lease (nothing is put without a lease).
+    async fn put_if_changed(
+        &self,
+        key: &[u8],
+        text: String,
+        last: &mut LastPut,
+    ) -> Result<(), EtcdError> {
+        let Some(lease) = *self.lease.borrow() else {
+            return Ok(());
+        };
+        if last.lease == Some(lease) && last.text == text {
+            return Ok(());
+        }
+        self.client.put_leased(key, text.as_bytes(), lease).await?;
+        *last = LastPut {
+            lease: Some(lease),
+            text,
+        };
+        Ok(())
     }
 
     /// The share of every shadow report of this replica's table.
@@ -280,9 +285,9 @@ struct PollsPassedOn {
     seen: Option<i64>,
 }
 
-/// What this replica last published of its shadow reports, and under which lease.
+/// What this replica last put under a leased key, and under which lease.
 #[derive(Default)]
-struct ShadowPublished {
+struct LastPut {
     lease: Option<i64>,
     text: String,
 }

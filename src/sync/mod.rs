@@ -104,8 +104,7 @@ impl SyncHandle {
     /// Asks for a poll without waiting for it (a webhook delivery).
     pub fn poke(&self) {
         self.asked.fetch_add(1, Ordering::Relaxed);
-        // A full queue already holds a request for a poll.
-        let _ = self.requests.try_send(None);
+        self.poke_for_another();
     }
 
     /// How many polls have been asked for here since the start.
@@ -115,6 +114,7 @@ impl SyncHandle {
 
     /// Asks for a poll on behalf of another replica (not counted as asked here).
     pub fn poke_for_another(&self) {
+        // A full queue already holds a request for a poll.
         let _ = self.requests.try_send(None);
     }
 
