@@ -161,6 +161,30 @@ async fn silent_and_partial_connections_are_closed_by_the_header_read_timeout() 
 }
 
 #[tokio::test]
+async fn a_keep_alive_connection_left_holding_half_a_head_is_closed() {
+    let upstream = FakeUpstream::start("v2").await;
+    let gateway = gateway(&one_model(
+        "header_read_timeout_ms = 200",
+        &[("2", "production", &[&upstream.url()])],
+    ))
+    .await;
+    let body = r#"{"instances": [[1.0]]}"#;
+    let exchange = format!(
+        "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}\
+         POST /v2/models/fraud/infer HTTP/1.1\r\nhost: x\r\n",
+        body.len()
+    );
+    let (response, closed) = common::raw_exchange(gateway.data_addr(), exchange.as_bytes()).await;
+    assert!(
+        closed,
+        "a second head that never completes must not hold the connection"
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response}");
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
 async fn headers_over_the_limit_are_431() {
     let upstream = FakeUpstream::start("v2").await;
     let gateway = gateway(&one_model(

@@ -1,13 +1,16 @@
 //! [`ClientIo`]: an accepted connection's IO as hyper sees it, watched on the
 //! way in for what hyper does not show.
 //!
-//! First, a deadline for the first bytes. hyper's `header_read_timeout` only
-//! starts once HTTP/1 parsing starts, and the auto builder first waits, without
-//! any timeout, for enough bytes to tell HTTP/1 from the HTTP/2 preface. A
-//! client that connects and stays silent (or sends `P` and stops) would hold its
-//! connection forever. Reads fail once the deadline passes, until the bytes read
-//! rule the HTTP/2 preface out (HTTP/1, whose header timer hyper runs from then
-//! on) or complete it (HTTP/2).
+//! First, a deadline for the first request head. The auto builder first waits,
+//! without any timeout, for enough bytes to tell HTTP/1 from the HTTP/2 preface,
+//! and hyper's own HTTP/1 `header_read_timeout` is off: it allocates, arms and
+//! drops a timer for every request head of every keep-alive connection, about
+//! 1,600 instructions of the gateway's 45,000 per request (`instructions.sh`).
+//! Reads fail once the deadline passes, until the bytes read complete the HTTP/2
+//! preface or, for HTTP/1, the first request head. After the first request, the
+//! connection's watchdog closes a connection on which nothing is started or in
+//! flight, which is where a later head that never completes ends
+//! ([`super::connection`]).
 //!
 //! Second, every byte read goes through a [`HeadScanner`], which finds the
 //! requests whose framing hyper would quietly settle (see [`super::framing`]).
@@ -27,32 +30,43 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub struct ClientIo<I> {
     io: I,
-    /// Armed until the protocol is known.
+    /// Armed until the HTTP/2 preface or the first HTTP/1 head is complete.
     deadline: Option<Pin<Box<Sleep>>>,
     /// Bytes read so far, all of them matching the HTTP/2 preface.
     preface_seen: usize,
+    /// The bytes read are no HTTP/2 preface.
+    http1: bool,
     heads: HeadScanner,
 }
 
 impl<I> ClientIo<I> {
-    /// `io` with a deadline of `timeout` for its first bytes, and its reads
-    /// followed by `heads`.
+    /// `io` with a deadline of `timeout` for its first request head, and its
+    /// reads followed by `heads`.
     pub fn new(io: I, timeout: Duration, heads: HeadScanner) -> ClientIo<I> {
         ClientIo {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             preface_seen: 0,
+            http1: false,
             heads,
         }
     }
 
-    /// Looks at newly read bytes and disarms the deadline once the protocol is known.
+    /// Looks at newly read bytes (already scanned for heads) and disarms the
+    /// deadline once the first request has arrived, or the client closed.
     fn observe(&mut self, fresh: &[u8]) {
-        let expected = &H2_PREFACE[self.preface_seen..];
-        let compared = fresh.len().min(expected.len());
-        let still_h2 = fresh[..compared] == expected[..compared];
-        self.preface_seen += compared;
-        if fresh.is_empty() || !still_h2 || self.preface_seen == H2_PREFACE.len() {
+        if !self.http1 {
+            let expected = &H2_PREFACE[self.preface_seen..];
+            let compared = fresh.len().min(expected.len());
+            self.http1 = fresh[..compared] != expected[..compared];
+            self.preface_seen += compared;
+        }
+        let arrived = if self.http1 {
+            self.heads.heads() > 0
+        } else {
+            self.preface_seen == H2_PREFACE.len()
+        };
+        if fresh.is_empty() || arrived {
             self.deadline = None;
         }
     }
@@ -76,10 +90,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         let fresh = &buf.filled()[before..];
+        this.heads.observe(fresh);
         if this.deadline.is_some() {
             this.observe(fresh);
         }
-        this.heads.observe(fresh);
         Poll::Ready(Ok(()))
     }
 }
@@ -154,16 +168,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn http1_bytes_disarm_the_deadline() {
+    async fn a_partial_http1_head_still_times_out() {
         let (mut client, server) = duplex(64);
         let (mut wrapped, _) = wrap(server);
         client.write_all(b"GET / HT").await.unwrap();
         let mut buf = [0u8; 24];
         assert_eq!(wrapped.read(&mut buf).await.unwrap(), 8);
+        assert!(wrapped.deadline.is_some());
+        assert_eq!(
+            wrapped.read(&mut buf).await.unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_http1_head_disarms_the_deadline() {
+        let (mut client, server) = duplex(64);
+        let (mut wrapped, _) = wrap(server);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 24];
+        assert_eq!(wrapped.read(&mut buf).await.unwrap(), 16);
+        client.write_all(b"\r\n").await.unwrap();
+        assert_eq!(wrapped.read(&mut buf).await.unwrap(), 2);
         assert!(wrapped.deadline.is_none());
         tokio::time::sleep(Duration::from_secs(60)).await;
-        client.write_all(b"TP/1.1").await.unwrap();
-        assert_eq!(wrapped.read(&mut buf).await.unwrap(), 6);
+        client.write_all(b"GET / HT").await.unwrap();
+        assert_eq!(wrapped.read(&mut buf).await.unwrap(), 8);
     }
 
     #[tokio::test(start_paused = true)]

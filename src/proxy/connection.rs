@@ -2,12 +2,17 @@
 //! watchdog, the refusal of requests with conflicting framing, and graceful or
 //! forced close.
 //!
-//! hyper closes idle HTTP/1 connections through its header-read timeout, but an
-//! HTTP/2 connection that completed its preface has no idle limit at all: a client
-//! could hold it (and a file descriptor) forever without sending a request. The
-//! watchdog here closes any connection gracefully once a full idle period passes
-//! with no request started and none in flight. It runs in the connection's task
-//! but is polled only when its timer or a closer wakes it ([`super::watchdog`]).
+//! A connection on which nothing happens is closed by its watchdog: once a full
+//! idle period (`header_read_timeout_ms`) passes with no request started and
+//! none in flight, it shuts the connection down gracefully. That ends an idle
+//! HTTP/2 connection (which hyper would keep forever), and an idle HTTP/1
+//! keep-alive connection, also when it holds the start of a head that never
+//! completes (hyper closes an HTTP/1 connection waiting for its next head at
+//! once; the first head has its own deadline in [`super::conn`]). The watchdog
+//! looks every half period and wants three quiet looks in a row, so the close
+//! comes between one and one and a half periods after the last request. It runs
+//! in the connection's task but is polled only when its timer or a closer wakes
+//! it ([`super::watchdog`]).
 //!
 //! A request with both Transfer-Encoding and Content-Length is found by the
 //! connection's IO ([`super::framing`]), which tells the service its index; the
@@ -149,19 +154,11 @@ pub async fn serve_connection<H: Handler>(
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    let mut idle_check =
-        tokio::time::interval_at(tokio::time::Instant::now() + idle_timeout, idle_timeout);
-    idle_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut idle_check = IdleCheck::new(idle_timeout);
     let watch = WatchWaker::new();
-    let (mut closing, mut last_started) = (false, 0);
+    let mut closing = false;
     loop {
-        let watchdog = next_order(
-            &closers,
-            &mut idle_check,
-            &shared.activity,
-            closing,
-            &mut last_started,
-        );
+        let watchdog = next_order(&closers, &mut idle_check, &shared.activity, closing);
         match Watched::new(connection.as_mut(), watchdog, &watch).await {
             Outcome::Served(served) => {
                 if let Err(error) = served {
@@ -194,24 +191,86 @@ enum Order {
 /// The watchdog's next order; once `closing`, only a forced close is left.
 async fn next_order(
     closers: &Closers,
-    idle_check: &mut Interval,
+    idle_check: &mut IdleCheck,
     activity: &Activity,
     closing: bool,
-    last_started: &mut u64,
 ) -> Order {
-    loop {
-        tokio::select! {
-            biased;
-            () = closers.force_close.cancelled() => return Order::Close,
-            () = closers.draining.cancelled(), if !closing => return Order::Drain,
-            _ = idle_check.tick(), if !closing => {
-                let started = activity.started.load(Ordering::Relaxed);
-                let idle = started == *last_started && activity.in_flight.load(Ordering::Relaxed) == 0;
-                *last_started = started;
-                if idle {
-                    return Order::Idle;
-                }
-            }
+    tokio::select! {
+        biased;
+        () = closers.force_close.cancelled() => Order::Close,
+        () = closers.draining.cancelled(), if !closing => Order::Drain,
+        () = idle_check.idle(activity), if !closing => Order::Idle,
+    }
+}
+
+/// Looks at a connection's activity every half idle period.
+struct IdleCheck {
+    looks: Interval,
+    /// Requests started at the last look.
+    started: u64,
+    /// Looks in a row that found no request started since the one before and
+    /// none in flight.
+    quiet: u8,
+}
+
+impl IdleCheck {
+    /// Quiet looks in a row that make a connection idle: the first may come just
+    /// after its last request ended, the third is a whole period after that.
+    const QUIET_LOOKS: u8 = 3;
+
+    fn new(idle_timeout: Duration) -> IdleCheck {
+        let half = idle_timeout / 2;
+        let mut looks = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        IdleCheck {
+            looks,
+            started: 0,
+            quiet: 0,
         }
+    }
+
+    /// Returns once the connection has been idle for a whole period.
+    async fn idle(&mut self, activity: &Activity) {
+        while self.quiet < Self::QUIET_LOOKS {
+            self.looks.tick().await;
+            let started = activity.started.load(Ordering::Relaxed);
+            let quiet = started == self.started && activity.in_flight.load(Ordering::Relaxed) == 0;
+            self.started = started;
+            self.quiet = if quiet { self.quiet + 1 } else { 0 };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_a_period_after_its_last_request() {
+        let period = Duration::from_secs(10);
+        let activity = Activity::default();
+        let mut check = IdleCheck::new(period);
+        let start = tokio::time::Instant::now();
+        check.idle(&activity).await;
+        assert_eq!(
+            start.elapsed(),
+            period * 3 / 2,
+            "never used: three half periods"
+        );
+
+        let mut check = IdleCheck::new(period);
+        let (_, in_flight) = activity.begin();
+        let busy = async {
+            // Off the looks' beat, so which comes first is not up to the runtime.
+            tokio::time::sleep(period * 4 + Duration::from_millis(1)).await;
+            drop(in_flight);
+            tokio::time::Instant::now()
+        };
+        let (ended, ()) = tokio::join!(busy, check.idle(&activity));
+        let waited = ended.elapsed();
+        assert!(
+            waited > period && waited <= period * 3 / 2,
+            "idle {waited:?} after the request ended"
+        );
     }
 }

@@ -105,6 +105,11 @@ impl HeadScanner {
         }
     }
 
+    /// Request heads read whole so far.
+    pub fn heads(&self) -> u64 {
+        self.heads
+    }
+
     /// Follows the requests on through newly read bytes.
     pub fn observe(&mut self, mut fresh: &[u8]) {
         while !fresh.is_empty() {

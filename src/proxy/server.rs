@@ -95,8 +95,9 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Off, and no timer: the first head's deadline is `conn::ClientIo`'s, the
+        // later ones' the connection watchdog's (see `conn`'s doc for the cost).
+        .header_read_timeout(None)
         .max_buf_size(max_head_bytes(limits))
         .keep_alive(true);
     builder
