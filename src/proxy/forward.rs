@@ -1,6 +1,7 @@
 //! [`Forward`]: the bottom of the request path. Sends the request to the
 //! endpoint [`super::balance::Balance`] picked, at the path the model server
-//! serves, and waits for the answer's head until the request's deadline; the rest of the
+//! serves, and waits for the answer's head until the request's deadline (on the
+//! connection's own timer, see [`crate::upstream::pool`]); the rest of the
 //! answer streams to the client through [`ResponseBody`]. A failure is the model
 //! server's (502/504, counted against its health) unless the streamed request
 //! body says the client was why (413, 408, 400).
@@ -13,8 +14,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::error::Elapsed;
-use tokio::time::{Instant, Timeout, timeout_at};
+use tokio::time::Instant;
 use tower::Service;
 
 use super::headers::strip_hop_by_hop;
@@ -25,7 +25,7 @@ use super::stack::{Answer, Refusal, Routed, Target, always_ready};
 use super::{ProxyError, ResponseBody};
 use crate::routing::{EndpointGuard, VersionRoute};
 use crate::upstream::UpstreamError;
-use crate::upstream::client::{UpstreamClient, record_health};
+use crate::upstream::client::{HeadDeadline, UpstreamClient, record_health};
 use crate::upstream::health::EjectionPolicy;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::request_body::{BodyStage, Progress};
@@ -79,19 +79,24 @@ impl Forward {
             None => (self.timeouts.request, self.timeouts.request),
         };
         let llm_usage_added = llm.map(|l| l.usage_added);
-        let deadline = Instant::from_std(started + head_timeout);
+        let deadline = HeadDeadline {
+            at: Instant::from_std(started + head_timeout),
+            timeout: head_timeout,
+        };
         let request = Request::from_parts(parts, body);
-        let send: Sending<'_> =
-            Box::pin(self.client.send(Arc::clone(endpoint.endpoint()), request));
+        let send: Sending<'_> = Box::pin(self.client.send(
+            Arc::clone(endpoint.endpoint()),
+            request,
+            deadline,
+        ));
         Forwarding {
-            sent: timeout_at(deadline, send),
+            sent: send,
             forward: self,
             waiting: Some(Waiting {
                 endpoint,
                 route,
                 progress,
                 started,
-                head_timeout,
                 idle_timeout,
                 llm_usage_added,
             }),
@@ -99,22 +104,15 @@ impl Forward {
     }
 
     /// The answer, or why there is none, once the exchange has ended.
-    fn answer(&self, sent: Sent, waiting: Waiting) -> Result<Answer, Refusal> {
+    fn answer(&self, result: Sent, waiting: Waiting) -> Result<Answer, Refusal> {
         let Waiting {
             endpoint,
             route,
             progress,
             started,
-            head_timeout,
             idle_timeout,
             llm_usage_added,
         } = waiting;
-        let result = sent.unwrap_or_else(|_elapsed| {
-            Err(UpstreamError::Timeout {
-                endpoint: endpoint.endpoint().url().to_string(),
-                timeout: head_timeout,
-            })
-        });
         if result.is_err()
             && let Some(error) = progress.and_then(|p| self.client_fault(&p))
         {
@@ -179,7 +177,7 @@ impl<'a> Service<Routed<Outgoing, Target>> for &'a Forward {
 type Sending<'a> =
     Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a>>;
 
-type Sent = Result<Result<Response<UpstreamBody>, UpstreamError>, Elapsed>;
+type Sent = Result<Response<UpstreamBody>, UpstreamError>;
 
 /// What the answer needs once the exchange ends.
 struct Waiting {
@@ -187,7 +185,6 @@ struct Waiting {
     route: Arc<VersionRoute>,
     progress: Option<Arc<Progress>>,
     started: std::time::Instant,
-    head_timeout: Duration,
     idle_timeout: Duration,
     /// An OpenAI-style call: whether the gateway asked for its usage event.
     llm_usage_added: Option<bool>,
@@ -204,8 +201,7 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
 pin_project! {
     /// [`Forward`]'s future: the exchange, until the request's deadline.
     pub struct Forwarding<'a> {
-        #[pin]
-        sent: Timeout<Sending<'a>>,
+        sent: Sending<'a>,
         forward: &'a Forward,
         waiting: Option<Waiting>,
     }
@@ -216,7 +212,7 @@ impl Future for Forwarding<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let sent = ready!(this.sent.poll(cx));
+        let sent = ready!(this.sent.as_mut().poll(cx));
         let Some(waiting) = this.waiting.take() else {
             panic!("Forwarding polled after it completed");
         };

@@ -25,7 +25,7 @@ use crate::llm::{LlmCall, ModelRef};
 use crate::telemetry::ShadowResult;
 use crate::upstream::admission::Permit;
 use crate::upstream::budget::Reservation;
-use crate::upstream::client::{UpstreamClient, record_health};
+use crate::upstream::client::{HeadDeadline, UpstreamClient, record_health};
 use crate::upstream::health::EjectionPolicy;
 use crate::upstream::request_body::{Copied, RequestBody};
 use crate::upstream::{EndpointGuard, UpstreamError};
@@ -295,15 +295,17 @@ impl MirrorTask {
         patience: Patience,
     ) -> Result<Outcome, ErrorKind> {
         let target = Arc::clone(endpoint.endpoint());
-        let sending = async {
-            match self.grpc {
-                true => self.client.send_multiplexed(target, request).await,
-                false => self.client.send(target, request).await,
+        let head = patience.head();
+        let sent = match self.grpc {
+            true => tokio::time::timeout_at(head, self.client.send_multiplexed(target, request))
+                .await
+                .map_err(|_elapsed| ErrorKind::Timeout)?,
+            false => {
+                let timeout = head.saturating_duration_since(started.into());
+                let deadline = HeadDeadline { at: head, timeout };
+                self.client.send(target, request, deadline).await
             }
         };
-        let sent = tokio::time::timeout_at(patience.head(), sending)
-            .await
-            .map_err(|_elapsed| ErrorKind::Timeout)?;
         // A dead staging endpoint is ejected like a production one, so mirrors
         // to it are dropped cheaply instead of paying a failed connect each.
         if is_health_evidence(&sent) {

@@ -6,6 +6,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Uri};
@@ -35,6 +36,14 @@ pub struct UpstreamClient {
     connect_timeout: Duration,
 }
 
+/// When the answer's head must have come, and the timeout that makes it (for
+/// the error).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadDeadline {
+    pub at: Instant,
+    pub timeout: Duration,
+}
+
 /// How one exchange on one connection went.
 enum Exchange {
     Answered(Response<Incoming>, Option<PooledConn>),
@@ -43,6 +52,8 @@ enum Exchange {
     /// Boxed: it is rare, and the request would make every exchange larger.
     NotSent(Box<Request<RequestBody>>),
     Failed(hyper::Error),
+    /// No answer by the deadline; the connection is closed.
+    TimedOut,
 }
 
 impl UpstreamClient {
@@ -54,37 +65,47 @@ impl UpstreamClient {
     }
 
     /// Sends `request` (its URI already set by [`upstream_uri`], its `Host` set) to
-    /// `endpoint` and waits for the response head.
+    /// `endpoint` and waits for the response head until `deadline`, connecting
+    /// first if no connection is idle.
     /// `endpoint` is owned so the future borrows nothing but the client; the
     /// response body's lease keeps it.
     pub async fn send(
         &self,
         endpoint: Arc<Endpoint>,
         mut request: Request<RequestBody>,
+        deadline: HeadDeadline,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(conn) = endpoint.pools.get(self.kind).take() {
-            match exchange(conn, request).await {
+            match exchange(conn, request, deadline.at).await {
                 Exchange::NotSent(unsent) => request = *unsent,
-                done => return self.finish(endpoint, done),
+                done => return self.finish(endpoint, done, deadline),
             }
         }
         // Boxed: connecting is the rare path, and its future would otherwise
         // make every request's future larger (and costlier to move).
-        let conn = Box::pin(self.connect(&endpoint)).await?;
-        let done = exchange(conn, request).await;
-        self.finish(endpoint, done)
+        let conn = match timeout_at(deadline.at, Box::pin(self.connect(&endpoint))).await {
+            Ok(connected) => connected?,
+            Err(_elapsed) => return self.finish(endpoint, Exchange::TimedOut, deadline),
+        };
+        let done = exchange(conn, request, deadline.at).await;
+        self.finish(endpoint, done, deadline)
     }
 
     fn finish(
         &self,
         endpoint: Arc<Endpoint>,
         done: Exchange,
+        deadline: HeadDeadline,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let failed = |message: String| UpstreamError::Failed {
             endpoint: endpoint.url().to_string(),
             message,
         };
         match done {
+            Exchange::TimedOut => Err(UpstreamError::Timeout {
+                endpoint: endpoint.url().to_string(),
+                timeout: deadline.timeout,
+            }),
             Exchange::Answered(response, conn) => {
                 let lease = Lease::new(conn, endpoint, self.kind);
                 Ok(response.map(|body| UpstreamBody::new(body, lease)))
@@ -165,8 +186,13 @@ pub(super) fn unreachable(endpoint: &Endpoint, message: String) -> UpstreamError
 }
 
 /// Sends `request` on `conn`, driving the connection in this task until the
-/// response head arrives.
-async fn exchange(mut conn: PooledConn, request: Request<RequestBody>) -> Exchange {
+/// response head arrives or `deadline` passes.
+async fn exchange(
+    mut conn: PooledConn,
+    request: Request<RequestBody>,
+    deadline: Instant,
+) -> Exchange {
+    conn.head_deadline.as_mut().reset(deadline);
     let mut response = pin!(conn.sender.try_send_request(request));
     let mut conn = Some(conn);
     let answered = poll_fn(|cx| {
@@ -178,9 +204,19 @@ async fn exchange(mut conn: PooledConn, request: Request<RequestBody>) -> Exchan
         {
             conn = None;
         }
-        response.as_mut().poll(cx)
+        if let Poll::Ready(answered) = response.as_mut().poll(cx) {
+            return Poll::Ready(Some(answered));
+        }
+        match conn.as_mut() {
+            Some(open) => open.head_deadline.as_mut().poll(cx).map(|()| None),
+            // Gone with its connection, the answer fails at once.
+            None => Poll::Pending,
+        }
     })
     .await;
+    let Some(answered) = answered else {
+        return Exchange::TimedOut;
+    };
     match answered {
         Ok(response) => Exchange::Answered(response, conn),
         Err(mut error) => match error.take_message() {
@@ -265,6 +301,18 @@ mod exchange_tests {
             .unwrap()
     }
 
+    /// A deadline no test reaches.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(30)
+    }
+
+    fn within(timeout: Duration) -> HeadDeadline {
+        HeadDeadline {
+            at: Instant::now() + timeout,
+            timeout,
+        }
+    }
+
     /// Answers one request on one connection, then closes it when told to and
     /// says so.
     async fn one_answer_then_close() -> (SocketAddr, oneshot::Sender<()>, oneshot::Receiver<()>) {
@@ -291,7 +339,8 @@ mod exchange_tests {
         let endpoint = Endpoint::new(EndpointUrl::parse(&format!("http://{addr}")).unwrap());
         let client = UpstreamClient::new(PoolKind::Primary, Duration::from_secs(5));
         let conn = client.connect(&endpoint).await.unwrap();
-        let Exchange::Answered(response, Some(conn)) = exchange(conn, request()).await else {
+        let Exchange::Answered(response, Some(conn)) = exchange(conn, request(), far()).await
+        else {
             panic!("the first request must be answered on an open connection");
         };
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -303,13 +352,50 @@ mod exchange_tests {
         tokio::task::yield_now().await;
         // Sent on it anyway (as when the close races a checkout), the request must
         // come back unwritten, ready for another connection, not wait forever.
-        let sent = tokio::time::timeout(Duration::from_secs(30), exchange(conn, request())).await;
+        let sent =
+            tokio::time::timeout(Duration::from_secs(30), exchange(conn, request(), far())).await;
         match sent {
             Ok(Exchange::NotSent(request)) => assert_eq!(request.uri(), "/infer"),
             Ok(Exchange::Answered(..)) => panic!("answered on a closed connection"),
             Ok(Exchange::Failed(error)) => panic!("failed instead of coming back: {error}"),
+            Ok(Exchange::TimedOut) => panic!("timed out instead of coming back"),
             Err(_) => panic!("the exchange hung on a closed connection"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_connections_one_timer_bounds_each_exchange_on_it() {
+        let (addr, _close, _on_close) = one_answer_then_close().await;
+        let url = EndpointUrl::parse(&format!("http://{addr}")).unwrap();
+        let endpoint = Arc::new(Endpoint::new(url));
+        let client = UpstreamClient::new(PoolKind::Primary, Duration::from_secs(5));
+        let response = client
+            .send(
+                Arc::clone(&endpoint),
+                request(),
+                within(Duration::from_secs(30)),
+            )
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap();
+        // The server never answers the second request on the same connection,
+        // whose timer was last set for the first one.
+        assert_eq!(endpoint.pools.get(PoolKind::Primary).len(), 1);
+        let timeout = Duration::from_millis(100);
+        let Err(error) = client
+            .send(Arc::clone(&endpoint), request(), within(timeout))
+            .await
+        else {
+            panic!("answered a request the server never answered");
+        };
+        assert!(
+            matches!(error, UpstreamError::Timeout { timeout: t, .. } if t == timeout),
+            "{error}"
+        );
+        assert!(
+            endpoint.pools.get(PoolKind::Primary).is_empty(),
+            "a connection that timed out is closed, not pooled"
+        );
     }
 
     #[tokio::test]
@@ -318,7 +404,14 @@ mod exchange_tests {
         let url = EndpointUrl::parse(&format!("http://{addr}")).unwrap();
         let endpoint = Arc::new(Endpoint::new(url));
         let client = UpstreamClient::new(PoolKind::Primary, Duration::from_secs(5));
-        let response = client.send(Arc::clone(&endpoint), request()).await.unwrap();
+        let response = client
+            .send(
+                Arc::clone(&endpoint),
+                request(),
+                within(Duration::from_secs(30)),
+            )
+            .await
+            .unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"{}");
         let pool = endpoint.pools.get(PoolKind::Primary);

@@ -26,6 +26,7 @@ use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::Endpoint;
 use super::idle_stack::{IdleStack, Linked};
@@ -148,14 +149,22 @@ pub struct UpstreamConn {
     driver: Driver,
     /// When it last went back to its pool.
     idle_since: Instant,
+    /// The deadline of the exchange on it, one timer for all of them: a timer
+    /// armed per request is an insert into and a removal from the runtime's
+    /// timer wheel, under its lock, each time. Reset to a later deadline it
+    /// stays where it is in the wheel (tokio moves it on only when the earlier
+    /// one comes round).
+    pub(super) head_deadline: Pin<Box<Sleep>>,
 }
 
 impl UpstreamConn {
     pub(super) fn new(sender: SendRequest<RequestBody>, driver: Driver) -> PooledConn {
+        let now = Instant::now();
         Linked::new(UpstreamConn {
             sender,
             driver,
-            idle_since: Instant::now(),
+            idle_since: now,
+            head_deadline: Box::pin(tokio::time::sleep_until(now.into())),
         })
     }
 
