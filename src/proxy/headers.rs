@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -99,25 +99,23 @@ pub fn prepare_upstream_request(
 /// may come from a trusted proxy in front of us) but the last entry is always the
 /// address we saw, so it cannot be forged.
 pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR, peer.clone());
-        return;
-    }
+    // One entry lookup: each lookup by a name that is not a standard one hashes it.
+    let mut client_list = match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(peer.clone());
+            return;
+        }
+        Entry::Occupied(occupied) => occupied,
+    };
     let mut joined = Vec::with_capacity(64);
-    for value in headers.get_all(&X_FORWARDED_FOR) {
+    for value in client_list.iter() {
         joined.extend_from_slice(value.as_bytes());
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(peer.as_bytes());
-    match HeaderValue::from_bytes(&joined) {
-        Ok(value) => {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
-        // A client value that cannot be joined is dropped rather than trusted.
-        Err(_) => {
-            headers.insert(X_FORWARDED_FOR, peer.clone());
-        }
-    }
+    // A client value that cannot be joined is dropped rather than trusted.
+    let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone());
+    client_list.insert(value);
 }
 
 /// The `x-forwarded-for` entry of a peer address.

@@ -28,6 +28,8 @@ use crate::vocab::{ModelSpec, Stage};
 pub static PIN_STAGE: HeaderName = HeaderName::from_static("x-stagegate-stage");
 /// Request header pinning a version id.
 pub static PIN_VERSION: HeaderName = HeaderName::from_static("x-stagegate-version");
+/// What both pin headers' names start with.
+const PIN_PREFIX: &str = "x-stagegate-";
 
 /// The role in which a version answers a request (the `x-stagegate-stage` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,8 +162,9 @@ pub fn resolve_model<'t>(
     let model = table
         .model(name)
         .ok_or_else(|| RouteError::UnknownModel(name.to_string()))?;
-    let version = pinned_version(version, headers)?;
-    let route = choose(model, name, version, pinned_stage(headers)?, headers, None)?;
+    let pins = pin_headers(headers);
+    let version = pinned_version(version, pins)?;
+    let route = choose(model, name, version, pinned_stage(pins)?, headers, None)?;
     Ok((model, route))
 }
 
@@ -188,8 +191,9 @@ pub fn resolve_named<'t>(
             Err(_) => (Some(pin), None),
         },
     };
-    let version = pinned_version(version, headers)?;
-    let stage = match (stage, pinned_stage(headers)?) {
+    let pins = pin_headers(headers);
+    let version = pinned_version(version, pins)?;
+    let stage = match (stage, pinned_stage(pins)?) {
         (Some(named), Some(header)) if named != header => {
             return Err(RouteError::ConflictingPins(format!(
                 "the model name pins {named} but x-stagegate-stage pins {header}"
@@ -234,11 +238,21 @@ fn choose<'t>(
     }
 }
 
+/// The headers, if any of them may pin: most requests carry no pin, and one
+/// pass over their few names is cheaper than hashing both pin names to find
+/// neither.
+fn pin_headers(headers: &HeaderMap) -> Option<&HeaderMap> {
+    headers
+        .keys()
+        .any(|name| name.as_str().starts_with(PIN_PREFIX))
+        .then_some(headers)
+}
+
 fn pinned_version<'a>(
     from_path: Option<&'a str>,
-    headers: &'a HeaderMap,
+    pins: Option<&'a HeaderMap>,
 ) -> Result<Option<&'a str>, RouteError> {
-    let from_header = header_str(headers, &PIN_VERSION)?;
+    let from_header = header_str(pins, &PIN_VERSION)?;
     match (from_path, from_header) {
         (Some(path), Some(header)) if path != header => Err(RouteError::ConflictingPins(format!(
             "the request pins version {path:?} but x-stagegate-version pins {header:?}"
@@ -247,8 +261,8 @@ fn pinned_version<'a>(
     }
 }
 
-fn pinned_stage(headers: &HeaderMap) -> Result<Option<Stage>, RouteError> {
-    let Some(value) = header_str(headers, &PIN_STAGE)? else {
+fn pinned_stage(pins: Option<&HeaderMap>) -> Result<Option<Stage>, RouteError> {
+    let Some(value) = header_str(pins, &PIN_STAGE)? else {
         return Ok(None);
     };
     value.parse().map(Some).map_err(|_| RouteError::InvalidPin {
@@ -258,10 +272,10 @@ fn pinned_stage(headers: &HeaderMap) -> Result<Option<Stage>, RouteError> {
 }
 
 fn header_str<'a>(
-    headers: &'a HeaderMap,
+    pins: Option<&'a HeaderMap>,
     name: &'static HeaderName,
 ) -> Result<Option<&'a str>, RouteError> {
-    match headers.get(name) {
+    match pins.and_then(|headers| headers.get(name)) {
         None => Ok(None),
         Some(value) => value
             .to_str()
@@ -371,5 +385,21 @@ impl Router {
 
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+
+    #[test]
+    fn both_pins_are_found_by_their_prefix() {
+        for pin in [&PIN_STAGE, &PIN_VERSION] {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::HOST, http::HeaderValue::from_static("x"));
+            assert!(pin_headers(&headers).is_none());
+            headers.insert(pin.clone(), http::HeaderValue::from_static("1"));
+            assert!(pin_headers(&headers).is_some(), "{pin}");
+        }
     }
 }
