@@ -61,8 +61,11 @@ impl<I> ClientIo<I> {
             self.http1 = fresh[..compared] != expected[..compared];
             self.preface_seen += compared;
         }
+        // Disarmed too where the scanner stops: then hyper refuses the bytes and
+        // closes, and a scanner that stopped where hyper goes on must not cut a
+        // connection hyper serves.
         let arrived = if self.http1 {
-            self.heads.heads() > 0
+            self.heads.head_read_or_stopped()
         } else {
             self.preface_seen == H2_PREFACE.len()
         };

@@ -13,7 +13,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::Service;
 
@@ -198,20 +197,18 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
 }
 
-pin_project! {
-    /// [`Forward`]'s future: the exchange, until the request's deadline.
-    pub struct Forwarding<'a> {
-        sent: Sending<'a>,
-        forward: &'a Forward,
-        waiting: Option<Waiting>,
-    }
+/// [`Forward`]'s future: the exchange, until the request's deadline.
+pub struct Forwarding<'a> {
+    sent: Sending<'a>,
+    forward: &'a Forward,
+    waiting: Option<Waiting>,
 }
 
 impl Future for Forwarding<'_> {
     type Output = Result<Answer, Refusal>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let this = self.get_mut();
         let sent = ready!(this.sent.as_mut().poll(cx));
         let Some(waiting) = this.waiting.take() else {
             panic!("Forwarding polled after it completed");

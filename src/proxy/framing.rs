@@ -105,9 +105,10 @@ impl HeadScanner {
         }
     }
 
-    /// Request heads read whole so far.
-    pub fn heads(&self) -> u64 {
-        self.heads
+    /// Whether a request head has been read whole, or scanning stopped (where
+    /// hyper refuses the connection's bytes, so it will not wait for a head).
+    pub fn head_read_or_stopped(&self) -> bool {
+        self.heads > 0 || matches!(self.state, State::Stopped)
     }
 
     /// Follows the requests on through newly read bytes.
