@@ -286,6 +286,7 @@ mod tests {
 
 #[cfg(test)]
 mod exchange_tests {
+    use bytes::Bytes;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -363,9 +364,8 @@ mod exchange_tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_connections_one_timer_bounds_each_exchange_on_it() {
-        let (addr, _close, _on_close) = one_answer_then_close().await;
+    /// The endpoint at `addr`, a client, and the answer to one request sent there.
+    async fn answered_once(addr: SocketAddr) -> (Arc<Endpoint>, UpstreamClient, Bytes) {
         let url = EndpointUrl::parse(&format!("http://{addr}")).unwrap();
         let endpoint = Arc::new(Endpoint::new(url));
         let client = UpstreamClient::new(PoolKind::Primary, Duration::from_secs(5));
@@ -377,7 +377,14 @@ mod exchange_tests {
             )
             .await
             .unwrap();
-        response.into_body().collect().await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (endpoint, client, body)
+    }
+
+    #[tokio::test]
+    async fn the_connections_one_timer_bounds_each_exchange_on_it() {
+        let (addr, _close, _on_close) = one_answer_then_close().await;
+        let (endpoint, client, _) = answered_once(addr).await;
         // The server never answers the second request on the same connection,
         // whose timer was last set for the first one.
         assert_eq!(endpoint.pools.get(PoolKind::Primary).len(), 1);
@@ -401,18 +408,7 @@ mod exchange_tests {
     #[tokio::test]
     async fn idle_connections_go_back_to_the_pool_and_are_reaped_once_closed() {
         let (addr, close, on_close) = one_answer_then_close().await;
-        let url = EndpointUrl::parse(&format!("http://{addr}")).unwrap();
-        let endpoint = Arc::new(Endpoint::new(url));
-        let client = UpstreamClient::new(PoolKind::Primary, Duration::from_secs(5));
-        let response = client
-            .send(
-                Arc::clone(&endpoint),
-                request(),
-                within(Duration::from_secs(30)),
-            )
-            .await
-            .unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let (endpoint, _, body) = answered_once(addr).await;
         assert_eq!(&body[..], b"{}");
         let pool = endpoint.pools.get(PoolKind::Primary);
         assert_eq!(pool.len(), 1, "a finished exchange returns its connection");
