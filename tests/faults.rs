@@ -185,6 +185,79 @@ async fn a_keep_alive_connection_left_holding_half_a_head_is_closed() {
 }
 
 #[tokio::test]
+async fn a_keep_alive_connection_stays_open_through_an_answer_that_streams_past_the_idle_limit() {
+    // Three idle periods of answer, one chunk every half period.
+    let upstream = streaming_upstream(6, Duration::from_millis(250)).await;
+    let gateway = gateway(&one_model(
+        "header_read_timeout_ms = 500",
+        &[("2", "production", &[&format!("http://{upstream}")])],
+    ))
+    .await;
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = |method: http::Method, path: &str, body: &'static [u8]| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "gateway")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(body)))
+            .unwrap()
+    };
+    let infer = request(http::Method::POST, "/v2/models/fraud/infer", b"{}");
+    let answer = sender.send_request(infer).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(answer.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"......");
+    // The gateway answers this one itself, on the same connection.
+    sender
+        .ready()
+        .await
+        .expect("the connection was closed after the long answer");
+    let live = request(http::Method::GET, "/v2/health/live", b"");
+    let answer = sender
+        .send_request(live)
+        .await
+        .expect("the connection was closed after the long answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+}
+
+/// A model server whose every answer is `chunks` one-byte chunks, one per `gap`.
+async fn streaming_upstream(chunks: usize, gap: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                    let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if stream.write_all(head).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..chunks {
+                        tokio::time::sleep(gap).await;
+                        if stream.write_all(b"1\r\n.\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                    if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
 async fn headers_over_the_limit_are_431() {
     let upstream = FakeUpstream::start("v2").await;
     let gateway = gateway(&one_model(

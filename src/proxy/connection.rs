@@ -4,7 +4,8 @@
 //!
 //! A connection on which nothing happens is closed by its watchdog: once a full
 //! idle period (`header_read_timeout_ms`) passes with no request started and
-//! none in flight, it shuts the connection down gracefully. That ends an idle
+//! none in flight (a request is in flight until its answer's body has been sent),
+//! it shuts the connection down gracefully. That ends an idle
 //! HTTP/2 connection (which hyper would keep forever), and an idle HTTP/1
 //! keep-alive connection, also when it holds the start of a head that never
 //! completes (hyper closes an HTTP/1 connection waiting for its next head at
@@ -21,17 +22,20 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -65,20 +69,56 @@ struct Activity {
     in_flight: AtomicUsize,
 }
 
-struct InFlight<'a>(&'a Activity);
-
 impl Activity {
     /// Counts a request in; returns its index on the connection, from 0.
-    fn begin(&self) -> (u64, InFlight<'_>) {
+    fn begin(&self) -> u64 {
         let index = self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        (index, InFlight(self))
+        index
+    }
+
+    fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl Drop for InFlight<'_> {
+/// A request of the connection, in flight until this is dropped: with its
+/// answer's body, so an answer that streams for longer than the idle period
+/// (a generation, say) keeps the connection from being closed as idle.
+struct InFlight<H>(Arc<Shared<H>>);
+
+impl<H> Drop for InFlight<H> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.activity.end();
+    }
+}
+
+pin_project! {
+    /// An answer's body, with its request held in flight.
+    struct TrackedBody<B, H> {
+        #[pin]
+        body: B,
+        in_flight: InFlight<H>,
+    }
+}
+
+impl<B: Body, H> Body for TrackedBody<B, H> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -142,14 +182,15 @@ pub async fn serve_connection<H: Handler>(
     // One `async` block, not `async fn`s inside it: each nested one would keep
     // its own copy of the request beside the handler's future.
     let service = service_fn(|request: Request<Incoming>| {
-        let shared = Arc::clone(&shared);
+        let in_flight = InFlight(Arc::clone(&shared));
         async move {
-            let (index, _in_flight) = shared.activity.begin();
+            let shared = &in_flight.0;
+            let index = shared.activity.begin();
             let answer = match shared.refusal(index, &request) {
                 Some(refused) => refused,
                 None => shared.handler.handle(request, &shared.peer).await,
             };
-            Ok::<_, Infallible>(answer)
+            Ok::<_, Infallible>(answer.map(|body| TrackedBody { body, in_flight }))
         }
     });
     let connection = builder.serve_connection(io, service);
@@ -259,11 +300,11 @@ mod tests {
         );
 
         let mut check = IdleCheck::new(period);
-        let (_, in_flight) = activity.begin();
+        activity.begin();
         let busy = async {
             // Off the looks' beat, so which comes first is not up to the runtime.
             tokio::time::sleep(period * 4 + Duration::from_millis(1)).await;
-            drop(in_flight);
+            activity.end();
             tokio::time::Instant::now()
         };
         let (ended, ()) = tokio::join!(busy, check.idle(&activity));
