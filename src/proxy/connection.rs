@@ -87,6 +87,13 @@ impl Activity {
 /// (a generation, say) keeps the connection from being closed as idle.
 struct InFlight<H>(Arc<Shared<H>>);
 
+impl<H> InFlight<H> {
+    /// Counts a request in; returns its index on the connection and its guard.
+    fn begin(shared: &Arc<Shared<H>>) -> (u64, InFlight<H>) {
+        (shared.activity.begin(), InFlight(Arc::clone(shared)))
+    }
+}
+
 impl<H> Drop for InFlight<H> {
     fn drop(&mut self) {
         self.0.activity.end();
@@ -182,10 +189,9 @@ pub async fn serve_connection<H: Handler>(
     // One `async` block, not `async fn`s inside it: each nested one would keep
     // its own copy of the request beside the handler's future.
     let service = service_fn(|request: Request<Incoming>| {
-        let in_flight = InFlight(Arc::clone(&shared));
+        let (index, in_flight) = InFlight::begin(&shared);
         async move {
             let shared = &in_flight.0;
-            let index = shared.activity.begin();
             let answer = match shared.refusal(index, &request) {
                 Some(refused) => refused,
                 None => shared.handler.handle(request, &shared.peer).await,
