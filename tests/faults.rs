@@ -12,12 +12,7 @@ use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn body_over_the_limit_is_413_with_content_length_and_never_forwarded() {
-    let upstream = FakeUpstream::start("v2").await;
-    let gateway = gateway(&one_model(
-        "max_body_bytes = 100",
-        &[("2", "production", &[&upstream.url()])],
-    ))
-    .await;
+    let (upstream, gateway) = common::served_with("max_body_bytes = 100").await;
     let url = common::infer_url(&gateway);
     let big = "x".repeat(101);
     let answer = common::send(&common::client(), http::Method::POST, &url, &[], &big).await;
@@ -42,12 +37,7 @@ async fn body_over_the_limit_is_413_with_content_length_and_never_forwarded() {
 
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_413_and_never_forwarded() {
-    let upstream = FakeUpstream::start("v2").await;
-    let gateway = gateway(&one_model(
-        "max_body_bytes = 100",
-        &[("2", "production", &[&upstream.url()])],
-    ))
-    .await;
+    let (upstream, gateway) = common::served_with("max_body_bytes = 100").await;
     let chunk = format!("1e\r\n{}\r\n", "x".repeat(30));
     let request = format!(
         "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n{}0\r\n\r\n",
@@ -131,12 +121,7 @@ async fn over_the_concurrency_limit_is_503_at_once_while_admitted_requests_finis
 
 #[tokio::test]
 async fn silent_and_partial_connections_are_closed_by_the_header_read_timeout() {
-    let upstream = FakeUpstream::start("v2").await;
-    let gateway = gateway(&one_model(
-        "header_read_timeout_ms = 200",
-        &[("2", "production", &[&upstream.url()])],
-    ))
-    .await;
+    let (upstream, gateway) = common::served_with("header_read_timeout_ms = 200").await;
     let addr = gateway.data_addr();
     // Silent, an incomplete HTTP/2 preface, and an incomplete HTTP/1 head.
     for opening in [
@@ -162,12 +147,7 @@ async fn silent_and_partial_connections_are_closed_by_the_header_read_timeout() 
 
 #[tokio::test]
 async fn a_keep_alive_connection_left_holding_half_a_head_is_closed() {
-    let upstream = FakeUpstream::start("v2").await;
-    let gateway = gateway(&one_model(
-        "header_read_timeout_ms = 200",
-        &[("2", "production", &[&upstream.url()])],
-    ))
-    .await;
+    let (upstream, gateway) = common::served_with("header_read_timeout_ms = 200").await;
     let body = r#"{"instances": [[1.0]]}"#;
     let exchange = format!(
         "POST /v2/models/fraud/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}\
@@ -230,28 +210,38 @@ async fn a_keep_alive_connection_stays_open_through_an_answer_that_streams_past_
 
 /// A model server whose every answer is `chunks` one-byte chunks, one per `gap`.
 async fn streaming_upstream(chunks: usize, gap: Duration) -> std::net::SocketAddr {
+    raw_upstream(move |mut stream| async move {
+        let mut buf = [0u8; 4096];
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+            let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            if stream.write_all(head).await.is_err() {
+                return;
+            }
+            for _ in 0..chunks {
+                tokio::time::sleep(gap).await;
+                if stream.write_all(b"1\r\n.\r\n").await.is_err() {
+                    return;
+                }
+            }
+            if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// A model server on an ephemeral port that runs `serve` on each connection.
+async fn raw_upstream<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
-                    let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
-                    if stream.write_all(head).await.is_err() {
-                        return;
-                    }
-                    for _ in 0..chunks {
-                        tokio::time::sleep(gap).await;
-                        if stream.write_all(b"1\r\n.\r\n").await.is_err() {
-                            return;
-                        }
-                    }
-                    if stream.write_all(b"0\r\n\r\n").await.is_err() {
-                        return;
-                    }
-                }
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
         }
     });
     addr
@@ -259,12 +249,7 @@ async fn streaming_upstream(chunks: usize, gap: Duration) -> std::net::SocketAdd
 
 #[tokio::test]
 async fn headers_over_the_limit_are_431() {
-    let upstream = FakeUpstream::start("v2").await;
-    let gateway = gateway(&one_model(
-        "max_header_bytes = 8192",
-        &[("2", "production", &[&upstream.url()])],
-    ))
-    .await;
+    let (upstream, gateway) = common::served_with("max_header_bytes = 8192").await;
     let url = common::infer_url(&gateway);
     let big = "y".repeat(9000);
     let answer = post(&url, &[("x-big", &big)]).await;
@@ -373,12 +358,8 @@ mod http2 {
 
     #[tokio::test]
     async fn limits_answer_in_json_over_http2_too() {
-        let upstream = FakeUpstream::start("v2").await;
-        let gateway = gateway(&one_model(
-            "max_body_bytes = 100\nmax_header_bytes = 8192",
-            &[("2", "production", &[&upstream.url()])],
-        ))
-        .await;
+        let (upstream, gateway) =
+            common::served_with("max_body_bytes = 100\nmax_header_bytes = 8192").await;
         let (mut sender, _connection) = connect(gateway.data_addr()).await;
         let url = common::infer_url(&gateway);
         let big_body = http::Request::post(&url)
@@ -400,8 +381,7 @@ mod http2 {
 
     #[tokio::test]
     async fn the_forwarded_host_is_the_http2_authority_never_the_clients_header() {
-        let upstream = FakeUpstream::start("v2").await;
-        let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
+        let (upstream, gateway) = common::served_with("").await;
         let (mut sender, _connection) = connect(gateway.data_addr()).await;
         let request = http::Request::post("http://gw.example:8080/v2/models/fraud/infer")
             .header("x-forwarded-host", "evil.example")
@@ -415,12 +395,7 @@ mod http2 {
 
     #[tokio::test]
     async fn an_idle_http2_connection_is_closed() {
-        let upstream = FakeUpstream::start("v2").await;
-        let gateway = gateway(&one_model(
-            "header_read_timeout_ms = 200",
-            &[("2", "production", &[&upstream.url()])],
-        ))
-        .await;
+        let (_upstream, gateway) = common::served_with("header_read_timeout_ms = 200").await;
         let (mut sender, connection) = connect(gateway.data_addr()).await;
         let request = http::Request::get(format!(
             "http://{}/v2/models/fraud/ready",
@@ -550,25 +525,19 @@ enum Then {
 /// A model server that reads the request, writes `partial` (possibly nothing)
 /// and then stalls forever or resets the connection (RST, not FIN).
 async fn misbehaving_upstream(partial: &'static [u8], then: Then) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream.write_all(partial).await;
-                let _ = stream.flush().await;
-                match then {
-                    Then::Stall => std::future::pending::<()>().await,
-                    Then::Reset => {
-                        let _ = stream.set_zero_linger();
-                    }
-                }
-            });
+    raw_upstream(move |mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream.write_all(partial).await;
+        let _ = stream.flush().await;
+        match then {
+            Then::Stall => std::future::pending::<()>().await,
+            Then::Reset => {
+                let _ = stream.set_zero_linger();
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 const PARTIAL_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\":";

@@ -255,8 +255,7 @@ async fn http2_connections_are_not_read_as_http1() {
     use hyper::client::conn::http2;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let upstream = FakeUpstream::start("v2").await;
-    let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
+    let (upstream, gateway) = common::served_with("").await;
     let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
     let (mut sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
@@ -280,8 +279,7 @@ async fn http2_connections_are_not_read_as_http1() {
 
 #[tokio::test]
 async fn too_many_header_fields_are_431() {
-    let upstream = FakeUpstream::start("v2").await;
-    let gateway = gateway(&one_model("", &[("2", "production", &[&upstream.url()])])).await;
+    let (upstream, gateway) = common::served_with("").await;
     let mut request = String::from("GET /v2/models/fraud/ready HTTP/1.1\r\nhost: gw\r\n");
     for i in 0..150 {
         request.push_str(&format!("x-h{i}: v\r\n"));
@@ -301,12 +299,7 @@ fn open_fds() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_slow_and_silent_clients_are_closed_while_normal_traffic_flows() {
-    let upstream = FakeUpstream::start("v2").await;
-    let gateway = gateway(&one_model(
-        "header_read_timeout_ms = 300",
-        &[("2", "production", &[&upstream.url()])],
-    ))
-    .await;
+    let (upstream, gateway) = common::served_with("header_read_timeout_ms = 300").await;
     let addr = gateway.data_addr();
     let url = format!("http://{addr}/v2/models/fraud/infer");
     post(&url, &[]).await; // warm the pools before the baseline

@@ -197,6 +197,18 @@ pub async fn gateway(config: &str) -> TestGateway {
     TestGateway { running, state_dir }
 }
 
+/// A model server named `v2`, and a gateway whose model `fraud` has one
+/// version, "2", in production there, with `server_setting` in `[server]`.
+pub async fn served_with(server_setting: &str) -> (FakeUpstream, TestGateway) {
+    let upstream = FakeUpstream::start("v2").await;
+    let gateway = gateway(&one_model(
+        server_setting,
+        &[("2", "production", &[&upstream.url()])],
+    ))
+    .await;
+    (upstream, gateway)
+}
+
 /// A gateway whose model `fraud` has one version, "2", in production at `upstream`.
 pub async fn gateway_for(upstream: SocketAddr) -> TestGateway {
     gateway(&one_model(
