@@ -197,6 +197,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn bytes_hyper_refuses_disarm_the_deadline() {
+        let (mut client, server) = duplex(64);
+        let (mut wrapped, _) = wrap(server);
+        let garbage = b"\x01\x02 not http\r\n\r\n";
+        client.write_all(garbage).await.unwrap();
+        let mut buf = [0u8; 24];
+        assert_eq!(wrapped.read(&mut buf).await.unwrap(), garbage.len());
+        assert!(
+            wrapped.deadline.is_none(),
+            "the scanner stopped, so the deadline must not cut what hyper does next"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn full_h2_preface_disarms_the_deadline() {
         let (mut client, server) = duplex(64);
         let (mut wrapped, _) = wrap(server);

@@ -4,16 +4,16 @@
 //!
 //! A connection on which nothing happens is closed by its watchdog: once a full
 //! idle period (`header_read_timeout_ms`) passes with no request started and
-//! none in flight (a request is in flight until its answer's body has been sent),
-//! it shuts the connection down gracefully. That ends an idle
-//! HTTP/2 connection (which hyper would keep forever), and an idle HTTP/1
-//! keep-alive connection, also when it holds the start of a head that never
-//! completes (hyper closes an HTTP/1 connection waiting for its next head at
-//! once; the first head has its own deadline in [`super::conn`]). The watchdog
-//! looks every half period and wants three quiet looks in a row, so the close
-//! comes between one and one and a half periods after the last request. It runs
-//! in the connection's task but is polled only when its timer or a closer wakes
-//! it ([`super::watchdog`]).
+//! none in flight (a request is in flight until its answer's body has been
+//! sent), it shuts the connection down gracefully. That ends an idle HTTP/2
+//! connection (which hyper would keep forever), and an idle HTTP/1 keep-alive
+//! connection, also when it holds the start of a head that never completes
+//! (hyper closes an HTTP/1 connection waiting for its next head at once; the
+//! first head has its own deadline in [`super::conn`]). The watchdog looks every
+//! half period and wants three quiet looks in a row, so the close comes between
+//! one and one and a half periods after the last request. It runs in the
+//! connection's task but is polled only when its timer or a closer wakes it
+//! ([`super::watchdog`]).
 //!
 //! A request with both Transfer-Encoding and Content-Length is found by the
 //! connection's IO ([`super::framing`]), which tells the service its index; the
